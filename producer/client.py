@@ -1,0 +1,148 @@
+"""The producer client: submit jobs and read their results, by Celery task *name* only.
+
+    client = PanelClient()                       # PANEL_REDIS_URL or redis://127.0.0.1:6379/0
+    job_id = client.submit({"task_class": "extraction", "prompt": "Invoice 42 ..."})
+    result = client.wait(job_id, timeout=60)     # Result with its Receipt
+
+Jobs are stored in Redis before the task is sent, and the task carries only the id.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+from celery import Celery
+
+from producer import keys
+from producer.contract import Job, Result
+from producer.errors import ContractError, JobTimeout, UnknownJob
+from producer.settings import Settings
+from producer.wire import NAME as CODEC
+
+RUN_TASK = "panel.run"
+
+
+@dataclass
+class LineError:
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.message}"
+
+
+@dataclass
+class SubmitReport:
+    submitted: list[tuple[int, str]] = field(default_factory=list)  # (line, job id)
+    errors: list[LineError] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.submitted) + len(self.errors)
+
+
+class PanelClient:
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        url = redis_url or self.settings.redis_url
+        self.redis = redis.Redis.from_url(url, health_check_interval=30, retry_on_timeout=True)
+        self.celery = Celery("panel_producer", broker=url, set_as_current=False)
+        self.celery.conf.update(
+            task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=self.settings.transport_options(),
+            broker_connection_retry_on_startup=True, task_send_sent_event=True,
+        )  # fmt: skip
+
+    # --- submit
+    def submit(self, job: Job | dict[str, Any] | bytes | str) -> str:
+        """Validate, store and enqueue one job; returns its id. A resubmitted idempotency key
+        (or job id) returns the first job's id and enqueues nothing."""
+        if not isinstance(job, Job):
+            job = Job.parse(job)
+        self._check_task_class(job)
+        job_id = job.id or uuid.uuid4().hex
+        if job.idempotency_key:
+            first = self.redis.set(keys.idempotency(job.tenant, job.idempotency_key), job_id,
+                                   nx=True, get=True, ex=self.settings.result_ttl_s)  # fmt: skip
+            if first is not None:
+                return str(first.decode())
+        spec = job.model_copy(update={"id": job_id}).model_dump_json()
+        jkey = keys.job(job_id)
+        if not self.redis.hsetnx(jkey, "spec", spec):
+            return job_id  # same job id resubmitted: the first one stands
+        self.redis.hset(jkey, mapping={"status": "queued", "submitted_at": time.time(), "tenant": job.tenant})
+        self.redis.expire(jkey, self.settings.result_ttl_s)
+        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}")
+        return job_id
+
+    def _check_task_class(self, job: Job) -> None:
+        known = self.redis.smembers(keys.task_classes())
+        if known and job.task_class.encode() not in known:
+            names = ", ".join(sorted(k.decode() for k in known))
+            raise ContractError([("task_class", f"unknown task class {job.task_class!r}; known: {names}")])
+
+    def submit_many(self, lines: Iterable[bytes], progress: Callable[[int, int], None] | None = None) -> SubmitReport:
+        """Submit every good line of a JSONL stream; report every bad one. Nothing is dropped:
+        each line ends in `submitted` or `errors`."""
+        report = SubmitReport()
+        for n, raw in enumerate(lines, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                try:
+                    text.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ContractError([("(line)", f"not UTF-8 at byte {e.start}; re-encode the file as UTF-8")]) from None
+                report.submitted.append((n, self.submit(text)))
+            except ContractError as e:
+                report.errors.append(LineError(n, e.field, str(e).split(": ", 1)[-1]))
+            if progress:
+                progress(len(report.submitted), len(report.errors))
+        return report
+
+    # --- read
+    def status(self, job_id: str) -> str:
+        st = self.redis.hget(keys.job(job_id), "status")
+        if st is None:
+            raise UnknownJob(job_id)
+        return str(st.decode())
+
+    def result(self, job_id: str) -> Result | None:
+        raw = self.redis.hmget(keys.job(job_id), ["status", "result"])
+        if raw[0] is None:
+            raise UnknownJob(job_id)
+        return Result.model_validate_json(raw[1]) if raw[1] else None
+
+    def wait(self, job_id: str, timeout: float = 300.0) -> Result:
+        end = time.monotonic() + timeout
+        while True:
+            res = self.result(job_id)
+            if res is not None and res.status in ("decided", "failed"):
+                return res
+            left = end - time.monotonic()
+            if left <= 0:
+                raise JobTimeout(f"job {job_id} not done after {timeout}s (status {self.status(job_id)})")
+            # BLPOP wakes on the done signal; put it back so other waiters see it too
+            got = self.redis.blpop([keys.done_channel(job_id)], timeout=min(1.0, max(left, 0.01)))
+            if got is not None:
+                self.redis.rpush(keys.done_channel(job_id), got[1])
+
+    def wait_many(self, job_ids: list[str], timeout: float = 600.0) -> Iterator[Result]:
+        end = time.monotonic() + timeout
+        for jid in job_ids:
+            yield self.wait(jid, max(0.01, end - time.monotonic()))
+
+    def ledger(self, count: int = 100_000) -> list[dict[str, Any]]:
+        """Receipts from the ledger stream, oldest first."""
+        entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
+        return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
+
+    def close(self) -> None:
+        self.redis.close()

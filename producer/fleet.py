@@ -1,0 +1,146 @@
+"""Start and stop a whole local fleet: redis-server, the simulator, real Celery worker processes.
+
+Used by `panel demo`, `panel eval`, the integration tests and the benchmarks. Workers run as
+`python -m celery -A workers.app worker` subprocesses; nothing here imports worker code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from producer.embedded import RedisProcess, child_env, free_port, stop_process, wait_port
+
+SIM_KEY = "sim-local-key-not-a-secret"
+ALL_QUEUES = "control,llm.economy,llm.workhorse,llm.frontier,llm.batch"
+
+
+@dataclass
+class WorkerSpec:
+    name: str
+    queues: str
+    concurrency: int = 32
+    pool: str = "threads"
+    beat: bool = False
+
+
+DEFAULT_WORKERS = [
+    WorkerSpec("control", "control", concurrency=16, beat=True),
+    WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=128),
+]
+
+
+@dataclass
+class Fleet:
+    workers: list[WorkerSpec] = field(default_factory=lambda: list(DEFAULT_WORKERS))
+    sim_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="panel-fleet-")))
+    redis: RedisProcess | None = None
+    sim_proc: subprocess.Popen[bytes] | None = None
+    sim_port: int = 0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    @property
+    def sim_url(self) -> str:
+        return f"http://127.0.0.1:{self.sim_port}"
+
+    def worker_env(self) -> dict[str, str]:
+        env = {
+            "PANEL_REDIS_URL": self.redis_url,
+            "OPENAI_BASE_URL": f"{self.sim_url}/v1", "OPENAI_API_KEY": SIM_KEY,
+            "FIREWORKS_BASE_URL": f"{self.sim_url}/v1", "FIREWORKS_API_KEY": SIM_KEY,
+            "ANTHROPIC_BASE_URL": self.sim_url, "ANTHROPIC_API_KEY": SIM_KEY,
+            "PANEL_SWEEP_INTERVAL_S": "0.5",
+        }  # fmt: skip
+        env.update(self.env)
+        return child_env(env)
+
+    def start(self, redis: RedisProcess | None = None) -> "Fleet":
+        self.redis = redis or RedisProcess().start()
+        self.start_sim()
+        for w in self.workers:
+            self.start_worker(w)
+        self.wait_ready()
+        return self
+
+    def start_sim(self) -> None:
+        self.sim_port = free_port()
+        models = Path(__file__).resolve().parent.parent / "policies" / "models.yaml"
+        args = [sys.executable, "-m", "sim", "--host", "127.0.0.1", "--port", str(self.sim_port),
+                "--models", os.environ.get("PANEL_POLICIES", str(models.parent)) + "/models.yaml", *self.sim_args]  # fmt: skip
+        log = open(self.log_dir / "sim.log", "wb")
+        self.sim_proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        wait_port("127.0.0.1", self.sim_port, timeout=30, proc=self.sim_proc)
+
+    def start_worker(self, w: WorkerSpec) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", w.queues,
+                "-n", f"{w.name}@%h", "--pool", w.pool, "--concurrency", str(w.concurrency),
+                "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO"]  # fmt: skip
+        if w.beat:
+            args += ["-B", "-s", str(self.log_dir / "beat-schedule")]
+        log = open(self.log_dir / f"worker-{w.name}.log", "ab")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.worker_env())
+        self.procs[w.name] = proc
+        return proc
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every worker answers on the broker (its consumer is attached)."""
+        import redis as redis_lib
+
+        from producer import keys
+
+        r = redis_lib.Redis.from_url(self.redis_url)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker {name} exited ({p.returncode}); log: {self.log_dir}/worker-{name}.log")
+            if r.exists(keys.task_classes()) and self._workers_online(r) >= len(self.procs):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"workers not ready after {timeout}s; logs in {self.log_dir}")
+
+    def _workers_online(self, r: "object") -> int:
+        from celery import Celery
+
+        app = Celery(broker=self.redis_url, set_as_current=False)
+        try:
+            replies = app.control.inspect(timeout=0.5).ping() or {}
+        finally:
+            app.close()
+        return len(replies)
+
+    def sim(self, path: str, payload: dict[str, object] | None = None) -> dict[str, object]:
+        url = f"{self.sim_url}{path}"
+        resp = httpx.post(url, json=payload, timeout=10) if payload is not None else httpx.get(url, timeout=10)
+        resp.raise_for_status()
+        return resp.json()  # type: ignore[no-any-return]
+
+    def stop(self, keep_redis: bool = False) -> None:
+        for p in self.procs.values():
+            stop_process(p, timeout=20)
+        self.procs.clear()
+        if self.sim_proc is not None:
+            stop_process(self.sim_proc, timeout=5)
+            self.sim_proc = None
+        if self.redis is not None and not keep_redis:
+            self.redis.stop()
+
+    def __enter__(self) -> "Fleet":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

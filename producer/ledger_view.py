@@ -1,0 +1,55 @@
+"""`panel ledger`: receipts summarised per task class (escalation, arbiter, panel value, cost)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import quantiles
+from typing import Any
+
+
+def _pct(values: list[float], q: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in receipts:
+        groups[r["task_class"]].append(r)
+    rows = []
+    for tc, rs in sorted(groups.items()):
+        n = len(rs)
+        lat = [r["latency_ms"] for r in rs]
+        panels = [r for r in rs if any(step["lane"] in ("panel", "batch") for step in r["lanes"])]
+        changed = [r for r in rs if r.get("changed_vs_default")]
+        batch_calls = [c for r in rs for c in r["calls"] if c.get("batch")]
+        rows.append({
+            "task_class": tc, "jobs": n,
+            "escalation_rate": sum(1 for r in rs if r["triggers"]) / n,
+            "panel_rate": len(panels) / n,
+            "arbiter_rate": sum(1 for r in rs if r["decision"] in ("arbiter", "majority")) / n,
+            "early_exit_rate": sum(1 for r in rs if r["early_exit"]) / n,
+            "changed_answer_rate": len(changed) / n,
+            "cost_per_job_usd": sum(r["total_cost_usd"] for r in rs) / n,
+            "calls_per_job": sum(1 for r in rs for c in r["calls"] if c["status"] in ("answered", "failed", "late")) / n,
+            "batch_calls": len(batch_calls),
+            "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95),
+            "failed": sum(1 for r in rs if r["decision"] == "failed"),
+        })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'task class':20} {'jobs':>5} {'escal':>6} {'arbiter':>7} {'early':>6} {'changed':>7} "
+            f"{'calls/job':>9} {'$/job':>10} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")  # fmt: skip
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['task_class']:20} {r['jobs']:5d} {r['escalation_rate']:6.0%} {r['arbiter_rate']:7.0%} "
+            f"{r['early_exit_rate']:6.0%} {r['changed_answer_rate']:7.0%} {r['calls_per_job']:9.2f} "
+            f"{r['cost_per_job_usd']:10.6f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['failed']:6d}"
+        )
+    return "\n".join(lines)

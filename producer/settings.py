@@ -1,0 +1,47 @@
+"""One settings object, read from the environment (PANEL_*), shared by producers and workers."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+
+class Settings(BaseModel):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    default_deadline_s: float = Field(default=600.0, gt=0)
+    visibility_timeout_s: int = Field(default=3600, gt=0, description="above the longest call")
+    soft_shutdown_s: float = Field(default=60.0, ge=0)
+    metrics_port: int = Field(default=0, ge=0, description="0: no exporter")
+    heartbeat_file: str = "/tmp/panel-worker-heartbeat"
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    call_timeout_s: float = Field(default=120.0, gt=0)
+    tenant_budget_usd: float | None = Field(default=None, gt=0)
+
+    def transport_options(self) -> dict[str, object]:
+        """Broker options every producer and worker must share: they name the Redis lists."""
+        return {
+            # Above the longest call, or a late-acked task is delivered twice (celery#5935).
+            "visibility_timeout": self.visibility_timeout_s,
+            # Priority lists named `q`, `q:3`, `q:6`, `q:9`, so KEDA can watch each by name.
+            "sep": ":",
+            "priority_steps": [0, 3, 6, 9],
+            "queue_order_strategy": "priority",
+        }
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        fields = {
+            "redis_url": "PANEL_REDIS_URL",
+            "result_ttl_s": "PANEL_RESULT_TTL",
+            "default_deadline_s": "PANEL_DEFAULT_DEADLINE_S",
+            "visibility_timeout_s": "PANEL_VISIBILITY_TIMEOUT_S",
+            "soft_shutdown_s": "PANEL_SOFT_SHUTDOWN_S",
+            "metrics_port": "PANEL_METRICS_PORT",
+            "heartbeat_file": "PANEL_HEARTBEAT_FILE",
+            "sweep_interval_s": "PANEL_SWEEP_INTERVAL_S",
+            "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
+            "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
+        }
+        return cls.model_validate({k: os.environ[v] for k, v in fields.items() if os.environ.get(v)})

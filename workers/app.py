@@ -1,0 +1,104 @@
+"""The Celery app: queues, routing and the reliability settings every worker runs with.
+
+Queues: `control` (orchestration: run, sweep), one per tier (`llm.economy`, `llm.workhorse`,
+`llm.frontier`) for model calls, `llm.batch` for the batch lane. Tasks carry ids only; prompts
+and keys never enter a message.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, bootsteps
+from kombu import Queue
+
+import producer.wire  # noqa: F401  (registers the orjson codec)
+from producer.settings import Settings
+
+QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
+
+settings = Settings.from_env()
+
+app = Celery("panel_fleet", broker=settings.redis_url, include=["workers.tasks"])
+app.conf.update(
+    task_serializer="orjson",
+    result_serializer="orjson",
+    accept_content=["orjson"],
+    event_serializer="json",  # Flower decodes events itself
+    # Results live in our own Redis keys (producer/keys.py); Celery's backend is not used.
+    task_ignore_result=True,
+    task_store_errors_even_if_ignored=False,
+    task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+    task_default_queue="control",
+    task_routes={
+        "panel.run": {"queue": "control"},
+        "panel.sweep": {"queue": "control"},
+        "panel.arbiter": {"queue": "llm.frontier"},
+        # panel.member is routed per call to its model's tier queue
+    },
+    # A worker killed mid-call must not lose the task: ack after the body, requeue on loss.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Long I/O tasks: take one message at a time, so a revoked or queued member is never
+    # held (and run) by a busy worker; see FIELD-NOTES on revoke with the threads pool.
+    worker_prefetch_multiplier=1,
+    worker_disable_prefetch=True,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    worker_soft_shutdown_timeout=settings.soft_shutdown_s,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options=settings.transport_options(),
+    beat_schedule={
+        "panel-deadline-sweep": {"task": "panel.sweep", "schedule": settings.sweep_interval_s},
+    },
+    worker_hijack_root_logger=False,
+)
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Touches PANEL_HEARTBEAT_FILE every few seconds: the liveness probe reads its age
+    (a broker blip does not make every pod fail it, unlike `celery inspect ping`)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **kwargs)
+        self.tref = None
+
+    def start(self, worker):  # type: ignore[no-untyped-def]
+        from pathlib import Path
+
+        path = Path(settings.heartbeat_file)
+        self.tref = worker.timer.call_repeatedly(5.0, path.touch, (), priority=10)
+        path.touch()
+
+    def stop(self, worker):  # type: ignore[no-untyped-def]
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+class PolicyCheck(bootsteps.Step):
+    """Loads policies/*.yaml before the worker consumes anything: a bad file stops the worker
+    with file:line and field, so it never starts and misroutes jobs. Publishes the task classes
+    so producers can reject unknown ones at submit."""
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        import sys
+
+        from producer import keys
+        from producer.errors import PanelError
+        from workers.runtime import Runtime
+
+        try:
+            rt = Runtime.get()
+        except PanelError as e:
+            print(f"panel-fleet: cannot start: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        pipe = rt.redis.pipeline()  # MULTI: producers never see a half-written set
+        pipe.delete(keys.task_classes())
+        pipe.sadd(keys.task_classes(), *rt.policies.task_classes)
+        pipe.execute()
+        super().__init__(worker, **kwargs)
+
+
+app.steps["worker"].add(Heartbeat)
+app.steps["worker"].add(PolicyCheck)

@@ -1,0 +1,189 @@
+"""A job's path through lanes: plan, start its first panel, conclude each decided panel
+(output triggers may retry or escalate to a panel), and finalise the result and receipt.
+
+A `single` lane is a panel of one member with a quorum of one, so every lane shares the chord.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import jsonschema
+import orjson
+
+from producer import keys
+from producer.contract import Job, Result
+from workers.ledger import render_receipt, write_ledger
+from workers.panel.agreement import parse_json_object
+from workers.panel.chord import Dispatcher, dispatch
+from workers.panel.state import Member, PanelSpec, Stage
+from workers.policy import TaskPolicy
+from workers.runtime import Runtime
+
+log = logging.getLogger("panel.jobs")
+_CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
+_CITATION = re.compile(r"\[\d+\]|https?://|(?im)^\s*sources?\s*:")
+
+
+def load_job(rt: Runtime, job_id: str) -> Job:
+    raw = rt.redis.hget(keys.job(job_id), "spec")
+    if raw is None:
+        raise KeyError(f"job {job_id} not found")
+    return Job.model_validate(orjson.loads(raw))
+
+
+def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
+    if job.deadline is not None:
+        return job.deadline.timestamp()
+    return time.time() + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
+
+
+def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
+    """`panel.run`: plan the job and send its first panel. Idempotent per job."""
+    jkey = keys.job(job_id)
+    if not rt.redis.hsetnx(jkey, "started", time.time()):
+        return "already started"
+    try:
+        job = load_job(rt, job_id)
+        policy = rt.policies.get(job.task_class)
+        plan = rt.policies.plan(job)
+    except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
+        fail_job(rt, job_id, str(e))
+        return "failed"
+    rt.redis.hset(jkey, mapping={"status": "running", "plan": orjson.dumps(plan.__dict__)})
+    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
+    return plan.lane
+
+
+def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
+              attempt: int, triggers: list[str], reason: str) -> PanelSpec:  # fmt: skip
+    n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
+    models = [policy.single.model] if stage == "single" else policy.panel.members
+    members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
+    batch = job.mode == "batch" or policy.mode == "batch"
+    spec = PanelSpec(
+        panel_id=f"{job_id}.{n}", job_id=job_id, stage=stage, attempt=attempt, members=members,
+        quorum=1 if stage == "single" else policy.panel.quorum,
+        dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
+        agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
+        rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
+    )  # fmt: skip
+    rt.store.create(spec, rt.settings.result_ttl_s)
+    rt.redis.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
+    rt.redis.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
+    dispatch(rt, d, spec, members[: spec.first_stage_size])
+    return spec
+
+
+def panels_of(rt: Runtime, job_id: str) -> list[dict[str, Any]]:
+    return [orjson.loads(x) for x in rt.redis.lrange(keys.job(job_id) + ":panels", 0, -1)]
+
+
+def final_text(rt: Runtime, panel_id: str) -> str | None:
+    """The decided answer as text: the arbiter's, else the first answering member with the key."""
+    st = rt.store.state(panel_id)
+    if st.get("verdict"):
+        return str(orjson.loads(st["verdict"])["final_answer"])
+    key = st.get("answer")
+    answered = [c for c in rt.store.calls(panel_id).values() if c["status"] in ("answered", "late")]
+    for c in sorted(answered, key=lambda c: c["member"]):
+        if key and c.get("answer_key") == key:
+            return str(c["text"])
+    return None
+
+
+def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_far: int) -> tuple[list[str], bool]:
+    """(triggers hit, schema_invalid) for the single lane's answer."""
+    out = policy.triggers.output
+    if text is None:
+        return ["output:call_failed"], False
+    hits: list[str] = []
+    invalid = False
+    if job.response_schema is not None:
+        obj = parse_json_object(text)
+        try:
+            jsonschema.validate(obj, job.response_schema)
+        except jsonschema.ValidationError:
+            invalid = True
+        if invalid and invalid_so_far + 1 >= (out.schema_invalid or 2):
+            hits.append(f"output:schema_invalid_x{invalid_so_far + 1}")
+    if out.low_confidence is not None:
+        m = _CONFIDENCE.search(text)
+        if m:
+            conf = float(m.group(1)) / (100 if m.group(2) or float(m.group(1)) > 1 else 1)
+            if conf < out.low_confidence:
+                hits.append(f"output:low_confidence<{out.low_confidence}")
+    if out.missing_citations and not _CITATION.search(text):
+        hits.append("output:missing_citations")
+    return hits, invalid
+
+
+def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
+    """A panel is decided: escalate, retry, or finalise the job. The first call acts; later calls
+    (late members) only re-render the receipt."""
+    spec = rt.store.spec(panel_id)
+    if spec is None:
+        return
+    if not rt.store.once(panel_id, "concluded"):
+        if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
+            finalise_job(rt, spec.job_id, rerender=True)
+        return
+    rt.publish_decided(panel_id)
+    job = load_job(rt, spec.job_id)
+    policy = rt.policies.get(job.task_class)
+    text = final_text(rt, panel_id)
+    if spec.stage == "single":
+        invalid_so_far = int(rt.redis.hget(keys.job(spec.job_id), "schema_invalid") or 0)
+        hits, invalid = output_triggers(job, policy, text, invalid_so_far)
+        if invalid:
+            rt.redis.hincrby(keys.job(spec.job_id), "schema_invalid", 1)
+        if hits:
+            new_panel(rt, d, spec.job_id, job, policy, "panel", 1, hits, f"output trigger {hits[0]}")
+            return
+        if invalid:  # below the escalation count: one more try on the default lane
+            new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry")
+            return
+    finalise_job(rt, spec.job_id)
+
+
+def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
+    job = load_job(rt, job_id)
+    panels = panels_of(rt, job_id)
+    last = panels[-1]["panel_id"]
+    text = final_text(rt, last)
+    receipt = render_receipt(rt, job_id, job, panels).model_copy(update={"final_answer": text})
+    decided = receipt.decision != "failed" and text is not None
+    parsed = parse_json_object(text) if (text and job.response_schema) else None
+    result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
+                    disagreement=receipt.disagreement, receipt=receipt,
+                    error=None if decided else "no member answered before the deadline or all calls failed")  # fmt: skip
+    jkey = keys.job(job_id)
+    pipe = rt.redis.pipeline()
+    pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
+    if not rerender:
+        pipe.rpush(keys.done_channel(job_id), result.status)
+    for k in (jkey, keys.done_channel(job_id)):
+        pipe.expire(k, rt.settings.result_ttl_s)
+    pipe.execute()
+    if not rerender:
+        write_ledger(rt, receipt)
+        rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+    log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
+             len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
+    return result
+
+
+def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
+    result = Result(job_id=job_id, status="failed", error=reason)
+    jkey = keys.job(job_id)
+    pipe = rt.redis.pipeline()
+    pipe.hset(jkey, mapping={"status": "failed", "result": result.model_dump_json(), "error": reason})
+    pipe.rpush(keys.done_channel(job_id), "failed")
+    pipe.expire(keys.done_channel(job_id), rt.settings.result_ttl_s)
+    pipe.execute()
+    log.info("job %s failed: %s", job_id, reason)
+
+

@@ -1,0 +1,127 @@
+"""The quorum chord: dispatch members, run one member, and act on the vote's outcome.
+
+Celery's chord waits for every header task; this one decides as soon as a quorum agrees. Every
+follow-up of a decision is guarded by `PanelStore.once`, so a redelivered member (worker crash)
+re-attempts exactly the steps that did not happen, and never a second arbiter or finalise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+from workers.panel.agreement import make_rule
+from workers.panel.calls import call_model
+from workers.panel.state import Member, PanelSpec, VoteOutcome
+from workers.runtime import Cancelled, Runtime
+
+log = logging.getLogger("panel.chord")
+
+
+class Dispatcher(Protocol):
+    """How the chord sends work; Celery in production (workers/tasks.py), plain calls in tests."""
+
+    def member(self, spec: PanelSpec, member: Member) -> str: ...
+
+    def arbiter(self, panel_id: str) -> None: ...
+
+    def conclude(self, panel_id: str) -> None: ...
+
+    def revoke(self, task_ids: list[str]) -> None: ...
+
+
+def dispatch(rt: Runtime, d: Dispatcher, spec: PanelSpec, members: list[Member]) -> None:
+    for m in members:
+        rt.store.set_task_id(spec.panel_id, m.member, d.member(spec, m))
+
+
+def call_record(spec: PanelSpec, m: Member, rt: Runtime, status: str, **extra: Any) -> dict[str, Any]:
+    model = extra.pop("model", m.model)
+    mspec = rt.registry.model(model)
+    return {"member": m.member, "role": "member", "model": model, "provider": mspec.provider,
+            "tier": mspec.tier, "status": status, "batch": spec.batch, **extra}  # fmt: skip
+
+
+def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str:
+    """One member's whole turn. Returns its call status (for logs and tests)."""
+    spec = rt.store.spec(panel_id)
+    if spec is None:
+        return "gone"
+    m = spec.member(member_id)
+    prior = rt.store.call(panel_id, member_id)
+    if prior and prior["status"] in ("answered", "failed", "late"):
+        # Redelivered after the call was paid for (worker lost after the answer): re-use it.
+        outcome = rt.store.vote(panel_id, member_id, prior.get("answer_key"), _step(spec))
+        follow_up(rt, d, spec, outcome)
+        return "reused"
+    if rt.store.decided(panel_id):
+        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled"), only_if_absent=True)
+        return "cancelled"
+    from workers.jobs import load_job
+
+    job = load_job(rt, spec.job_id)
+    json_mode = job.response_schema is not None or spec.agreement.get("rule") == "json"
+    started = time.time()
+    try:
+        res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode)
+    except Cancelled:
+        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled",
+                          latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
+        return "cancelled"
+    if res.completion is None:
+        rec = call_record(spec, m, rt, "failed", model=res.model, error=res.error,
+                          failed_over_from=res.failed_over_from, latency_ms=(time.time() - started) * 1000)  # fmt: skip
+        key = None
+    else:
+        c = res.completion
+        existing = list(rt.store.votes(panel_id).values())
+        key = make_rule(spec.agreement_spec(), job.response_schema).key(c.text, [e for e in existing if e])
+        rec = call_record(spec, m, rt, "answered", model=res.model, failed_over_from=res.failed_over_from,
+                          tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms,
+                          cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch),
+                          answer_key=key, text=c.text)  # fmt: skip
+    rt.store.put_call(panel_id, member_id, rec)  # before the vote: a redelivery re-uses it
+    outcome = rt.store.vote(panel_id, member_id, key, _step(spec))
+    if outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered":
+        rec["status"] = "late"  # paid for, but the panel was decided without it
+        rt.store.put_call(panel_id, member_id, rec)
+        d.conclude(panel_id)  # re-render the receipt with the late call's cost
+    follow_up(rt, d, spec, outcome)
+    return rec["status"]
+
+
+def follow_up(rt: Runtime, d: Dispatcher, spec: PanelSpec, outcome: VoteOutcome) -> None:
+    """Act on a vote. Safe to repeat: each action happens once per panel."""
+    pid = spec.panel_id
+    status = outcome.outcome if outcome.status == "decided" else outcome.status
+    if status in ("quorum", "sweep", "arbiter", "failed"):
+        if status == "quorum" and rt.store.once(pid, "cancel"):
+            cancel_stragglers(rt, d, spec)
+        if outcome.status != "decided" or outcome.duplicate:
+            d.conclude(pid)
+    elif status == "exhausted":
+        if rt.store.once(pid, "arbiter"):
+            answers = {v for v in rt.store.votes(pid).values() if v}
+            if len(answers) <= 1 or len(spec.members) == 1:
+                # nothing to arbitrate: one answer (others failed) or none at all
+                rt.store.decide(pid, "quorum" if answers else "failed", "", replace_exhausted=True)
+                d.conclude(pid)
+            else:
+                d.arbiter(pid)
+    elif status == "next" and rt.store.once(pid, f"stage:{outcome.send_to}"):
+        dispatch(rt, d, spec, spec.members[outcome.send_from : outcome.send_to])
+
+
+def cancel_stragglers(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
+    """Decided: stop in-flight calls (pub/sub) and revoke queued members (best effort; a member
+    that still starts checks `decided` first and makes no provider call)."""
+    rt.publish_decided(spec.panel_id)
+    done = set(rt.store.calls(spec.panel_id))
+    pending = [tid for member, tid in rt.store.task_ids(spec.panel_id).items() if member not in done]
+    if pending:
+        d.revoke(pending)
+
+
+def _step(spec: PanelSpec) -> int:
+    return 1 if spec.dispatch == "staged" else len(spec.members)

@@ -1,0 +1,155 @@
+"""Per-process runtime: one asyncio loop in a background thread holding the process's single
+httpx.AsyncClient, the Redis clients, the loaded policies, limiter and breaker.
+
+Celery's threads pool runs task bodies in threads; each body hands its provider call to this loop
+(`call`), which races it against the panel's decision: when another member wins the quorum the
+call is cancelled mid-flight (the connection is closed), not awaited. An AsyncClient is never
+shared across loops (encode/httpx#2473): there is exactly one loop per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import httpx
+import redis
+import redis.asyncio as aredis
+
+from producer import keys
+from producer.settings import Settings
+from workers.panel.state import PanelStore
+from workers.policy import PolicyTable
+from workers.providers.base import Provider
+from workers.registry import Registry
+
+log = logging.getLogger("panel.runtime")
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """The panel was decided while this call was queued or in flight."""
+
+
+class Runtime:
+    _instance: "Runtime | None" = None
+    _pid = 0
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> "Runtime":
+        """The process's runtime, made on first use (after any fork)."""
+        with cls._lock:
+            if cls._instance is None or cls._pid != os.getpid():
+                cls._instance = cls(Settings.from_env())
+                cls._pid = os.getpid()
+            return cls._instance
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = Registry.load()
+        self.policies = PolicyTable.load(self.registry)
+        self.redis = redis.Redis.from_url(
+            settings.redis_url, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
+        )
+        self.store = PanelStore(self.redis)
+        from workers.limits import CircuitBreaker, RateLimiter
+
+        self.limiter = RateLimiter(self.redis)
+        self.breaker = CircuitBreaker(self.redis)
+        self._providers: dict[str, Provider] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="panel-io", daemon=True)
+        self._thread.start()
+        self._http: httpx.AsyncClient = self.run(self._make_http())
+        self._aredis: aredis.Redis = aredis.Redis.from_url(settings.redis_url)
+        asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
+
+    async def _make_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+            timeout=httpx.Timeout(self.settings.call_timeout_s, connect=10.0),
+        )
+
+    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            from workers.providers import make_provider
+
+            self._providers[name] = make_provider(name, self.registry.providers[name], self._http)
+        return self._providers[name]
+
+    # --- cancellation: one pub/sub subscription per process fans decisions out to local calls
+    async def _watch_decisions(self) -> None:
+        while True:
+            try:
+                pubsub = self._aredis.pubsub()
+                await pubsub.subscribe(keys.DECIDED_CHANNEL)
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        for ev in self._waiters.get(msg["data"].decode(), ()):
+                            ev.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a Redis blip: resubscribe; calls still check `decided` on start
+                log.warning("decision watch reconnecting after %s", type(e).__name__)
+                await asyncio.sleep(0.5)
+
+    async def _race(self, panel_id: str, make: Callable[[], Awaitable[T]]) -> T:
+        ev = asyncio.Event()
+        self._waiters.setdefault(panel_id, set()).add(ev)
+        try:
+            if await self._aredis.hexists(keys.panel(panel_id), "decided"):
+                raise Cancelled(panel_id)
+            call = asyncio.ensure_future(make())
+            stop = asyncio.ensure_future(ev.wait())
+            done, _ = await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if call in done:
+                stop.cancel()
+                return call.result()
+            call.cancel()  # closes the HTTP request: the straggler is cancelled, not awaited
+            try:
+                await call
+            except (asyncio.CancelledError, Exception):
+                pass
+            raise Cancelled(panel_id)
+        finally:
+            waiters = self._waiters.get(panel_id)
+            if waiters is not None:
+                waiters.discard(ev)
+                if not waiters:
+                    self._waiters.pop(panel_id, None)
+
+    def call(self, panel_id: str | None, make: Callable[[], Awaitable[T]]) -> T:
+        """Run `make()` on the IO loop; with a panel id, cancel it if the panel is decided first."""
+        if panel_id is None:
+            return self.run(make())
+        return self.run(self._race(panel_id, make))
+
+    def publish_decided(self, panel_id: str) -> None:
+        self.redis.publish(keys.DECIDED_CHANNEL, panel_id)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self._http.aclose()
+            await self._aredis.aclose()
+
+        try:
+            self.run(_close(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def runtime() -> Runtime:
+    return Runtime.get()
+
+
