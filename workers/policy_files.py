@@ -55,7 +55,8 @@ def validate(model: type[M], data: Any, path: Path, lines: dict[Loc, int], base:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        # a misspelt key also makes its right spelling "missing": report the misspelling
+        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         loc = base + tuple(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

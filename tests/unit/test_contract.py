@@ -1,0 +1,70 @@
+"""The wire contract rejects bad input with the field's name and keeps good input intact."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from producer.contract import MAX_PROMPT_CHARS, Job, Receipt, Result
+from producer.errors import ContractError
+
+
+def field_of(data: object) -> str:
+    with pytest.raises(ContractError) as e:
+        Job.parse(data)  # type: ignore[arg-type]
+    return e.value.field
+
+
+def test_minimal_job_parses_with_defaults() -> None:
+    job = Job.parse({"task_class": "extraction", "prompt": "hi"})
+    assert (job.mode, job.tenant, job.schema_version) == ("realtime", "default", 1)
+    assert job.chat() == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"{not json", "(line)"),
+        (b"[1, 2]", "(line)"),
+        ({"task_class": "x", "promt": "hi"}, "promt"),
+        ({"task_class": "x"}, "messages"),
+        ({"task_class": "x", "prompt": "a", "messages": [{"role": "user", "content": "b"}]}, "messages"),
+        ({"task_class": "x", "messages": []}, "messages"),
+        ({"task_class": "x", "messages": [{"role": "system", "content": "s"}]}, "messages"),
+        ({"task_class": "x", "messages": [{"role": "robot", "content": "b"}]}, "messages.0.role"),
+        ({"task_class": "x", "prompt": "a", "mode": "fast"}, "mode"),
+        ({"task_class": "x", "prompt": "a", "budget_usd": -1}, "budget_usd"),
+        ({"task_class": "x", "prompt": ""}, "prompt"),
+        ({"task_class": "bad class!", "prompt": "a"}, "task_class"),
+        ({"task_class": "x", "prompt": "a", "response_schema": {"type": 3}}, "response_schema"),
+        ({"task_class": "x", "prompt": "a", "tenant": ""}, "tenant"),
+        ({"task_class": "x", "prompt": "a", "metadata": {"blob": "x" * 5000}}, "metadata"),
+        ({"task_class": "x", "prompt": "a", "schema_version": 2}, "schema_version"),
+    ],
+)
+def test_bad_input_names_the_field(data: object, field: str) -> None:
+    assert field_of(data) == field
+
+
+def test_oversize_prompt_is_rejected_with_size() -> None:
+    with pytest.raises(ContractError) as e:
+        Job.parse({"task_class": "x", "prompt": "y" * (MAX_PROMPT_CHARS + 1)})
+    assert e.value.field == "messages" and "too large" in str(e.value)
+
+
+def test_deadline_in_the_past_is_rejected_and_future_accepted() -> None:
+    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    assert field_of({"task_class": "x", "prompt": "a", "deadline": past}) == "deadline"
+    future = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
+    assert Job.parse({"task_class": "x", "prompt": "a", "deadline": future}).deadline is not None
+    assert field_of({"task_class": "x", "prompt": "a", "deadline": "2030-01-01T00:00:00"}) == "deadline"  # no tz
+
+
+def test_flags_are_deduplicated_and_sorted() -> None:
+    assert Job.parse({"task_class": "x", "prompt": "a", "flags": ["b", "a", "b"]}).flags == ["a", "b"]
+
+
+def test_result_round_trips_through_json() -> None:
+    r = Result(job_id="j", status="decided", answer="B", receipt=Receipt(job_id="j", task_class="x"))
+    assert Result.model_validate_json(r.model_dump_json()) == r
