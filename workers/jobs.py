@@ -16,6 +16,7 @@ import orjson
 
 from producer import keys
 from producer.contract import Job, Result
+from workers import metrics
 from workers.ledger import render_receipt, write_ledger
 from workers.panel.agreement import parse_json_object
 from workers.panel.chord import Dispatcher, dispatch
@@ -170,6 +171,12 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     pipe.execute()
     if not rerender:
         write_ledger(rt, receipt)
+        metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
+        metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)
+        if receipt.early_exit:
+            metrics.EARLY_EXITS.labels(job.task_class).inc()
+        if any(c.role == "arbiter" for c in receipt.calls):
+            metrics.ARBITER.labels(job.task_class).inc()
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip

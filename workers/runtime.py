@@ -70,6 +70,9 @@ class Runtime:
         self._http: httpx.AsyncClient = self.run(self._make_http())
         self._aredis: aredis.Redis = aredis.Redis.from_url(settings.redis_url)
         asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
+        from workers import metrics
+
+        metrics.serve(settings.metrics_port)
 
     async def _make_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(

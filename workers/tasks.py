@@ -13,6 +13,7 @@ from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import run_member
 from workers.panel.state import Member, PanelSpec
 from workers.panel.sweep import sweep
+from workers import status
 from workers.runtime import runtime
 
 log = logging.getLogger("panel.tasks")
@@ -58,4 +59,6 @@ def arbiter(self: Task, panel_id: str) -> str:
 
 @app.task(name="panel.sweep", ignore_result=True, expires=30)
 def deadline_sweep() -> int:
-    return sweep(runtime(), dispatcher)
+    rt = runtime()
+    status.publish(rt)
+    return sweep(rt, dispatcher)

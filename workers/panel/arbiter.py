@@ -18,7 +18,7 @@ from producer import keys
 from producer.contract import Verdict
 from workers.panel.agreement import make_rule, parse_json_object
 from workers.panel.calls import call_model
-from workers.panel.chord import Dispatcher
+from workers.panel.chord import Dispatcher, observe_call
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.arbiter")
@@ -100,6 +100,7 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
                   "latency_ms": latency, "cost_usd": cost, "batch": spec.batch, "error": None if verdict else error,
                   "verdict": verdict.model_dump() if verdict else None}  # fmt: skip
         rt.store.put_call(panel_id, "arbiter", record)
+        observe_call(record)
     if verdict is None:
         verdict = majority_verdict(rt, panel_id, answers)
     rule = make_rule(spec.agreement_spec(), job.response_schema)

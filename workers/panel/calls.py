@@ -11,6 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from workers import metrics
 from workers.limits import BreakerOpen, Limit, RateLimitWait
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
 from workers.runtime import Cancelled, Runtime
@@ -56,6 +57,7 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
             last_error = str(e)
             if isinstance(e, RateLimited):
+                metrics.RATE_LIMITED.labels(spec.provider, model).inc()
                 rt.limiter.pause(limits[0].key, e.retry_after or 1.0)
             if not e.retryable:
                 return None, last_error, attempt

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from workers import metrics
 from workers.panel.agreement import make_rule
 from workers.panel.calls import call_model
 from workers.panel.state import Member, PanelSpec, VoteOutcome
@@ -82,6 +83,7 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
                           cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch),
                           answer_key=key, text=c.text)  # fmt: skip
     rt.store.put_call(panel_id, member_id, rec)  # before the vote: a redelivery re-uses it
+    observe_call(rec)
     outcome = rt.store.vote(panel_id, member_id, key, _step(spec))
     if outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered":
         rec["status"] = "late"  # paid for, but the panel was decided without it
@@ -89,6 +91,13 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
         d.conclude(panel_id)  # re-render the receipt with the late call's cost
     follow_up(rt, d, spec, outcome)
     return rec["status"]
+
+
+def observe_call(rec: dict[str, Any]) -> None:
+    metrics.CALLS.labels(rec["model"], rec["provider"], rec["status"], rec.get("role", "member")).inc()
+    metrics.TOKENS.labels(rec["model"], "in").inc(rec.get("tokens_in", 0))
+    metrics.TOKENS.labels(rec["model"], "out").inc(rec.get("tokens_out", 0))
+    metrics.COST.labels(rec["model"], str(bool(rec.get("batch")))).inc(rec.get("cost_usd", 0.0))
 
 
 def follow_up(rt: Runtime, d: Dispatcher, spec: PanelSpec, outcome: VoteOutcome) -> None:
