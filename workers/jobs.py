@@ -19,6 +19,7 @@ from producer.contract import Job, Result
 from workers import metrics
 from workers.ledger import render_receipt, write_ledger
 from workers.panel.agreement import parse_json_object
+from workers.panel.calls import Spend
 from workers.panel.chord import Dispatcher, dispatch
 from workers.panel.state import Member, PanelSpec, Stage
 from workers.policy import TaskPolicy
@@ -34,6 +35,12 @@ def load_job(rt: Runtime, job_id: str) -> Job:
     if raw is None:
         raise KeyError(f"job {job_id} not found")
     return Job.model_validate(orjson.loads(raw))
+
+
+def spend_of(rt: Runtime, job: Job, batch: bool) -> Spend:
+    """The budget a job's calls draw on: the job's cap, else its task class's."""
+    cap = job.budget_usd if job.budget_usd is not None else rt.policies.get(job.task_class).budget_usd
+    return Spend(job_id=str(job.id), tenant=job.tenant, cap_usd=cap, batch=batch)
 
 
 def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:

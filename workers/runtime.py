@@ -60,8 +60,11 @@ class Runtime:
         self.store = PanelStore(self.redis)
         from workers.limits import CircuitBreaker, RateLimiter
 
+        from workers.budget import Budget
+
         self.limiter = RateLimiter(self.redis)
         self.breaker = CircuitBreaker(self.redis)
+        self.budget = Budget(self.redis, settings.tenant_budget_usd)
         self._providers: dict[str, Provider] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self.loop = asyncio.new_event_loop()

@@ -64,7 +64,7 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
     spec = rt.store.spec(panel_id)
     if spec is None or rt.store.decided(panel_id) not in ("exhausted",):
         return "not needed"
-    from workers.jobs import load_job
+    from workers.jobs import load_job, spend_of
 
     job = load_job(rt, spec.job_id)
     calls = rt.store.calls(panel_id)
@@ -82,7 +82,8 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
         model = spec.arbiter
         error = None
         for _ in range(2):  # one retry on an unusable verdict
-            res = call_model(rt, None, spec.arbiter, messages, max(spec.deadline, time.time() + 60), json_mode=True)
+            res = call_model(rt, None, spec.arbiter, messages, max(spec.deadline, time.time() + 60), json_mode=True,
+                             spend=spend_of(rt, job, spec.batch))  # fmt: skip
             model = res.model
             if res.completion is None:
                 error = res.error

@@ -1,5 +1,5 @@
-"""One model call as the fleet makes it: breaker, fleet-wide limit, cancellable call, retries
-with jitter bounded by the deadline, failover to the registry's fallbacks.
+"""One model call as the fleet makes it: budget hold, breaker, fleet-wide limit, cancellable
+call, retries with jitter bounded by the deadline, failover to the registry's fallbacks.
 
     outcome = call_model(rt, panel_id, "gpt-4o-mini", messages, deadline=time.time() + 60)
 """
@@ -12,13 +12,24 @@ import time
 from dataclasses import dataclass
 
 from workers import metrics
+from workers.errors import BudgetExceeded
 from workers.limits import BreakerOpen, Limit, RateLimitWait
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
 from workers.runtime import Cancelled, Runtime
 
 log = logging.getLogger("panel.calls")
 MAX_ATTEMPTS = 4
-EXPECTED_OUTPUT_TOKENS = 256  # reserved up front; reconciled with the real usage after
+EXPECTED_OUTPUT_TOKENS = 256  # reserved with the limiter up front; reconciled with the real usage
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Whose budget a call draws on, and at which price list."""
+
+    job_id: str
+    tenant: str
+    cap_usd: float | None
+    batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,51 +45,69 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
     return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + EXPECTED_OUTPUT_TOKENS
 
 
-def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool) -> tuple[Completion | None, str | None, int]:  # fmt: skip
-    """Try one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
+def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest,
+             messages: list[dict[str, str]], deadline: float, spend: Spend | None) -> Completion:  # fmt: skip
+    """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
+    settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled."""
     spec = rt.registry.model(model)
-    limits = [Limit(f"{spec.provider}:{model}", spec.rpm, spec.tpm)]
-    breaker_key = f"{spec.provider}:{model}"
-    request = ChatRequest(model=spec.wire_model, messages=messages, max_tokens=spec.max_output_tokens,
-                          json_mode=json_mode, timeout_s=max(1.0, min(rt.settings.call_timeout_s, deadline - time.time())))  # fmt: skip
-    provider = rt.provider(spec.provider)
-    last_error = "no attempt made"
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        permit = rt.breaker.allow(breaker_key)  # raises BreakerOpen: the caller fails over
+    key = f"{spec.provider}:{model}"
+    permit = rt.breaker.allow(key)
+    hold = None
+    if spend is not None:  # worst case: estimated input plus the model's whole output budget
+        worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
+        hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
+    completion: Completion | None = None
+    try:
+        reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm)], estimate_tokens(messages), deadline=deadline)
         try:
-            reservation = rt.limiter.acquire(limits, estimate_tokens(messages), deadline=deadline)
-        except RateLimitWait as e:
-            return None, f"rate limit wait past the deadline ({e})", attempt
-        try:
-            completion = rt.call(panel_id, lambda: provider.complete(request))
+            completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except ProviderError as e:
-            rt.limiter.reconcile(reservation, 0)
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
-            last_error = str(e)
             if isinstance(e, RateLimited):
                 metrics.RATE_LIMITED.labels(spec.provider, model).inc()
-                rt.limiter.pause(limits[0].key, e.retry_after or 1.0)
+                rt.limiter.pause(key, e.retry_after or 1.0)
+            raise
+        finally:
+            used = completion.tokens_in + completion.tokens_out if completion else 0
+            rt.limiter.reconcile(reservation, used)
+        rt.breaker.record(permit, ok=True)
+        return completion
+    finally:
+        if hold is not None:
+            actual = rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch) if completion and spend else 0.0
+            rt.budget.settle(hold, actual)
+
+
+def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
+               deadline: float, json_mode: bool, spend: Spend | None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+    """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
+    spec = rt.registry.model(model)
+    timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
+    request = ChatRequest(model=spec.wire_model, messages=messages, max_tokens=spec.max_output_tokens,
+                          json_mode=json_mode, timeout_s=timeout)  # fmt: skip
+    last_error = "no attempt made"
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return _attempt(rt, panel_id, model, request, messages, deadline, spend), None, attempt
+        except BudgetExceeded as e:
+            return None, str(e), attempt
+        except RateLimitWait as e:
+            return None, f"rate limit wait would pass the deadline ({e})", attempt
+        except ProviderError as e:
+            last_error = str(e)
             if not e.retryable:
                 return None, last_error, attempt
-            wait = min(20.0, random.uniform(0, 0.25 * 2**attempt))  # full jitter
+            wait = random.uniform(0, min(20.0, 0.25 * 2**attempt))  # full jitter
             if e.retry_after:
                 wait = max(wait, e.retry_after)
             if time.time() + wait >= deadline or attempt == MAX_ATTEMPTS:
                 return None, last_error, attempt
             time.sleep(wait)
-            continue
-        except Cancelled:
-            rt.limiter.reconcile(reservation, 0)
-            raise
-        rt.limiter.reconcile(reservation, completion.tokens_in + completion.tokens_out)
-        rt.breaker.record(permit, ok=True)
-        return completion, None, attempt
     return None, last_error, MAX_ATTEMPTS
 
 
 def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool = False) -> CallOutcome:  # fmt: skip
+               deadline: float, json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled."""
     tried: list[str] = []
     for candidate in [model, *rt.registry.model(model).fallbacks]:
@@ -86,7 +115,7 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
             continue
         tried.append(candidate)
         try:
-            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode)
+            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend)
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             continue

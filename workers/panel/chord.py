@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from workers import metrics
 from workers.panel.agreement import make_rule
-from workers.panel.calls import call_model
+from producer.contract import Job
+from workers.panel.calls import CallOutcome, call_model
 from workers.panel.state import Member, PanelSpec, VoteOutcome
 from workers.runtime import Cancelled, Runtime
 
@@ -53,44 +54,54 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
     prior = rt.store.call(panel_id, member_id)
     if prior and prior["status"] in ("answered", "failed", "late"):
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
-        outcome = rt.store.vote(panel_id, member_id, prior.get("answer_key"), _step(spec))
-        follow_up(rt, d, spec, outcome)
+        follow_up(rt, d, spec, rt.store.vote(panel_id, member_id, prior.get("answer_key"), _step(spec)))
         return "reused"
     if rt.store.decided(panel_id):
         rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled"), only_if_absent=True)
         return "cancelled"
-    from workers.jobs import load_job
+    from workers.jobs import load_job, spend_of
 
     job = load_job(rt, spec.job_id)
-    json_mode = job.response_schema is not None or spec.agreement.get("rule") == "json"
     started = time.time()
     try:
-        res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode)
+        res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
+                         spend=spend_of(rt, job, spec.batch))  # fmt: skip
     except Cancelled:
         rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled",
                           latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
         return "cancelled"
+    return land(rt, d, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000)
+
+
+def json_mode(spec: PanelSpec, job: Job) -> bool:
+    return job.response_schema is not None or spec.agreement.get("rule") == "json"
+
+
+def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: CallOutcome, elapsed_ms: float) -> str:
+    """Record a member's call (answered or failed), then vote. Shared by the real-time and batch
+    lanes. The record is written before the vote, so a redelivery re-uses a paid answer."""
+    panel_id = spec.panel_id
     if res.completion is None:
         rec = call_record(spec, m, rt, "failed", model=res.model, error=res.error,
-                          failed_over_from=res.failed_over_from, latency_ms=(time.time() - started) * 1000)  # fmt: skip
+                          failed_over_from=res.failed_over_from, latency_ms=elapsed_ms)  # fmt: skip
         key = None
     else:
         c = res.completion
-        existing = list(rt.store.votes(panel_id).values())
-        key = make_rule(spec.agreement_spec(), job.response_schema).key(c.text, [e for e in existing if e])
+        existing = [e for e in rt.store.votes(panel_id).values() if e]
+        key = make_rule(spec.agreement_spec(), job.response_schema).key(c.text, existing)
         rec = call_record(spec, m, rt, "answered", model=res.model, failed_over_from=res.failed_over_from,
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms,
                           cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch),
                           answer_key=key, text=c.text)  # fmt: skip
-    rt.store.put_call(panel_id, member_id, rec)  # before the vote: a redelivery re-uses it
+    rt.store.put_call(panel_id, m.member, rec)
     observe_call(rec)
-    outcome = rt.store.vote(panel_id, member_id, key, _step(spec))
+    outcome = rt.store.vote(panel_id, m.member, key, _step(spec))
     if outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered":
         rec["status"] = "late"  # paid for, but the panel was decided without it
-        rt.store.put_call(panel_id, member_id, rec)
-        d.conclude(panel_id)  # re-render the receipt with the late call's cost
+        rt.store.put_call(panel_id, m.member, rec)
+        d.conclude(panel_id)  # re-renders the receipt with the late call's cost
     follow_up(rt, d, spec, outcome)
-    return rec["status"]
+    return str(rec["status"])
 
 
 def observe_call(rec: dict[str, Any]) -> None:
