@@ -106,6 +106,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.examples), keep=args.keep)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evaluation.main import evaluate
+
+    try:
+        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit)
+    except ValueError as e:
+        print(f"panel eval: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="panel", description="panel-fleet: LLM panels as queued jobs")
     p.add_argument("--redis-url", default=None, help="default: $PANEL_REDIS_URL or redis://127.0.0.1:6379/0")
@@ -140,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ledger", help="per task class: jobs, escalation, arbiter, changed answers, cost, latency")
     s.set_defaults(func=cmd_ledger)
+
+    s = sub.add_parser("eval", help="replay a recorded-answers file through the fleet under policies; table, JSON, PNG")
+    s.add_argument("file", help="a replay JSONL(.gz) file (shared/data/replay format)")
+    s.add_argument("--policy", action="append", required=True, help="policies/eval/NAME or a YAML path; repeatable")
+    s.add_argument("--out", default="eval-out", help="folder for the JSON and PNG")
+    s.add_argument("--latency-scale", type=float, default=1.0, help="multiply recorded latencies (0.1: 10x faster)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="start redis, the simulator and workers; run examples/; stop all")
     s.add_argument("--examples", default=str(Path(__file__).resolve().parent.parent / "examples"))

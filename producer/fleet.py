@@ -65,7 +65,8 @@ class Fleet:
             "ANTHROPIC_BASE_URL": self.sim_url, "ANTHROPIC_API_KEY": SIM_KEY,
             "PANEL_SWEEP_INTERVAL_S": "0.5",
         }  # fmt: skip
-        env.update(self.env)
+        # "$SIM_URL" in a caller's value stands for the simulator's address (known only at start)
+        env.update({k: v.replace("$SIM_URL", self.sim_url) for k, v in self.env.items()})
         return child_env(env)
 
     def start(self, redis: RedisProcess | None = None) -> "Fleet":
@@ -78,9 +79,10 @@ class Fleet:
 
     def start_sim(self) -> None:
         self.sim_port = free_port()
-        models = Path(__file__).resolve().parent.parent / "policies" / "models.yaml"
+        shipped = Path(__file__).resolve().parent.parent / "policies"
+        policies = Path(self.env.get("PANEL_POLICIES") or os.environ.get("PANEL_POLICIES") or shipped)
         args = [sys.executable, "-m", "sim", "--host", "127.0.0.1", "--port", str(self.sim_port),
-                "--models", os.environ.get("PANEL_POLICIES", str(models.parent)) + "/models.yaml", *self.sim_args]  # fmt: skip
+                "--models", str(policies / "models.yaml"), *self.sim_args]  # fmt: skip
         log = open(self.log_dir / "sim.log", "wb")
         self.sim_proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         wait_port("127.0.0.1", self.sim_port, timeout=30, proc=self.sim_proc)

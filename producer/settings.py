@@ -16,6 +16,7 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=0, ge=0, description="0: no exporter")
     heartbeat_file: str = "/tmp/panel-worker-heartbeat"
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
 
@@ -41,6 +42,7 @@ class Settings(BaseModel):
             "metrics_port": "PANEL_METRICS_PORT",
             "heartbeat_file": "PANEL_HEARTBEAT_FILE",
             "sweep_interval_s": "PANEL_SWEEP_INTERVAL_S",
+            "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
         }

@@ -31,6 +31,9 @@ app.conf.update(
     task_routes={
         "panel.run": {"queue": "control"},
         "panel.sweep": {"queue": "control"},
+        "panel.batch_member": {"queue": "llm.batch"},
+        "panel.batch_flush": {"queue": "llm.batch"},
+        "panel.batch_poll": {"queue": "llm.batch"},
         "panel.arbiter": {"queue": "llm.frontier"},
         # panel.member is routed per call to its model's tier queue
     },
@@ -49,6 +52,10 @@ app.conf.update(
     broker_transport_options=settings.transport_options(),
     beat_schedule={
         "panel-deadline-sweep": {"task": "panel.sweep", "schedule": settings.sweep_interval_s},
+        "panel-batch-flush": {"task": "panel.batch_flush", "schedule": settings.batch_tick_s,
+                              "options": {"queue": "llm.batch"}},
+        "panel-batch-poll": {"task": "panel.batch_poll", "schedule": settings.batch_tick_s,
+                             "options": {"queue": "llm.batch"}},
     },
     worker_hijack_root_logger=False,
 )

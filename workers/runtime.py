@@ -33,7 +33,12 @@ T = TypeVar("T")
 
 
 class Cancelled(Exception):
-    """The panel was decided while this call was queued or in flight."""
+    """The panel was decided while this call was queued (`sent` False) or in flight (`sent` True:
+    the provider may bill the prompt, so the receipt charges its input tokens)."""
+
+    def __init__(self, panel_id: str, sent: bool = False):
+        super().__init__(panel_id)
+        self.sent = sent
 
 
 class Runtime:
@@ -127,7 +132,7 @@ class Runtime:
                 await call
             except (asyncio.CancelledError, Exception):
                 pass
-            raise Cancelled(panel_id)
+            raise Cancelled(panel_id, sent=True)
         finally:
             waiters = self._waiters.get(panel_id)
             if waiters is not None:

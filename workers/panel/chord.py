@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from workers import metrics
 from workers.panel.agreement import make_rule
 from producer.contract import Job
-from workers.panel.calls import CallOutcome, call_model
+from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, call_model, estimate_tokens
 from workers.panel.state import Member, PanelSpec, VoteOutcome
 from workers.runtime import Cancelled, Runtime
 
@@ -25,6 +25,8 @@ class Dispatcher(Protocol):
     """How the chord sends work; Celery in production (workers/tasks.py), plain calls in tests."""
 
     def member(self, spec: PanelSpec, member: Member) -> str: ...
+
+    def realtime_member(self, spec: PanelSpec, member: Member) -> str: ...
 
     def arbiter(self, panel_id: str) -> None: ...
 
@@ -66,8 +68,11 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
     try:
         res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
                          spend=spend_of(rt, job, spec.batch))  # fmt: skip
-    except Cancelled:
-        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled",
+    except Cancelled as c:
+        # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
+        tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
+        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled", tokens_in=tokens_in,
+                          cost_usd=rt.registry.cost(m.model, tokens_in, 0, spec.batch),
                           latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
         return "cancelled"
     return land(rt, d, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000)

@@ -1,0 +1,48 @@
+"""`panel eval FILE --policy P ...`: the whole evaluation, as one function the CLI calls."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from evaluation import fleet_run, reference, report
+from evaluation.policy import load as load_policy
+from evaluation.replay import load as load_rows
+from evaluation.replay import models_in
+
+
+def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: float = 1.0,
+             limit: int | None = None) -> dict[str, object]:  # fmt: skip
+    rows = load_rows(file)[:limit] if limit else load_rows(file)
+    policies = [load_policy(ref) for ref in policy_refs]
+    available = models_in(rows)
+    for p in policies:
+        missing = [m for m in p.models if m not in available]
+        if missing:
+            raise ValueError(f"--policy {p.name}: {', '.join(missing)} not recorded in every row of {file.name} "
+                             f"(recorded: {', '.join(available)})")  # fmt: skip
+    prices = fleet_run.prices_near(file)
+    singles = [reference.single(rows, m, prices) for m in available]
+    strongest = reference.strongest(singles)
+    fusions = {p.name: reference.fusion(rows, p.members or [p.model or ""], p.arbiter or p.members[0], prices)
+               for p in policies if p.lane == "panel"}  # fmt: skip
+    print(f"running {len(policies)} policies x {len(rows)} questions through the fleet "
+          f"(recorded latencies x {latency_scale})", file=sys.stderr)
+    fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale)
+    scores = [*fleet_scores, strongest, *fusions.values(), *singles]
+    print(report.table(scores))
+    best = max(fleet_scores, key=lambda s: (s.accuracy, -s.cost_usd))
+    fusion = fusions.get(best.name) or min(fusions.values(), key=lambda s: s.cost_usd, default=strongest)
+    ratios = report.ratios(best, strongest, fusion)
+    print(f"\nbest fleet policy {best.name}: accuracy {best.accuracy:.3f} vs strongest {strongest.accuracy:.3f} "
+          f"({ratios['accuracy_vs_strongest']:.3f}x) at {ratios['cost_vs_strongest']:.2f}x its cost; "
+          f"vs Fusion-style {fusion.accuracy:.3f} ({ratios['accuracy_vs_fusion']:.3f}x) at {ratios['cost_vs_fusion']:.2f}x its cost")  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = file.name.split(".")[0]
+    json_path, png_path = out_dir / f"eval-{stem}.json", out_dir / f"eval-{stem}.png"
+    summary = {"best": best.name, "strongest": strongest.name, "fusion": fusion.name, "ratios": ratios,
+               "latency_scale": latency_scale, "rows": len(rows)}  # fmt: skip
+    report.write_json(json_path, file, scores, summary)
+    report.plot(png_path, f"{stem}: accuracy against cost ({len(rows)} questions)", scores)
+    print(f"wrote {json_path} and {png_path}", file=sys.stderr)
+    return summary

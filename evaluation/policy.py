@@ -1,0 +1,56 @@
+"""Evaluation policies: a panel (or one model) to replay through the fleet, as a small YAML file.
+`--policy NAME` finds policies/eval/NAME.yaml; `--policy PATH` reads that file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EVAL_DIR = Path(__file__).resolve().parent.parent / "policies" / "eval"
+
+
+class EvalPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    lane: Literal["single", "panel"] = "panel"
+    model: str | None = None  # lane single
+    members: list[str] = Field(default_factory=list)
+    quorum: int = Field(default=2, ge=1)
+    dispatch: Literal["parallel", "staged"] = "parallel"
+    arbiter: str | None = None
+    mode: Literal["realtime", "batch"] = "realtime"
+
+    @model_validator(mode="after")
+    def _shape(self) -> "EvalPolicy":
+        if self.lane == "single" and not self.model:
+            raise ValueError("model: a single-lane policy names its model")
+        if self.lane == "panel":
+            if not self.members or not self.arbiter:
+                raise ValueError("members: a panel names its members and arbiter")
+            if self.quorum > len(self.members):
+                raise ValueError(f"quorum: {self.quorum} is more than the {len(self.members)} members")
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model] if self.lane == "single" and self.model else [*self.members, *([self.arbiter] if self.arbiter else [])]
+
+    @property
+    def task_class(self) -> str:
+        return f"eval_{self.name}".replace(".", "_")
+
+
+def load(ref: str) -> EvalPolicy:
+    path = Path(ref) if Path(ref).suffix in (".yaml", ".yml") else EVAL_DIR / f"{ref}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in EVAL_DIR.glob("*.yaml")))
+        raise ValueError(f"--policy {ref}: no such policy (give a YAML path or one of: {known})")
+    try:
+        return EvalPolicy.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{path}: {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}") from None

@@ -1,0 +1,96 @@
+"""Reference policies computed directly on the recorded rows (no fleet needed): what one model
+alone, the strongest model, and an always-full Fusion-style panel would have scored and cost."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from statistics import quantiles
+
+from evaluation.replay import Row, is_correct
+
+
+@dataclass
+class Score:
+    name: str
+    kind: str  # "fleet" | "reference"
+    questions: int = 0
+    correct: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    early_exits: int = 0
+    arbiter_calls: int = 0
+    arbiter_fallbacks: int = 0
+    failed: int = 0
+    cost_estimated: int = 0  # calls priced from tokens because no cost was recorded
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.questions if self.questions else 0.0
+
+    def pct(self, q: int) -> float:
+        v = self.latencies_ms
+        return 0.0 if not v else v[0] if len(v) == 1 else quantiles(v, n=100, method="inclusive")[q - 1]
+
+    def as_dict(self) -> dict[str, object]:
+        n = max(self.questions, 1)
+        return {
+            "policy": self.name, "kind": self.kind, "questions": self.questions, "accuracy": round(self.accuracy, 4),
+            "cost_usd": self.cost_usd, "cost_per_question_usd": self.cost_usd / n, "calls_per_question": self.calls / n,
+            "early_exit_rate": self.early_exits / n, "arbiter_rate": self.arbiter_calls / n,
+            "arbiter_fallbacks": self.arbiter_fallbacks, "failed": self.failed, "cost_estimated_calls": self.cost_estimated,
+            "p50_latency_ms": self.pct(50), "p95_latency_ms": self.pct(95),
+        }  # fmt: skip
+
+
+def recorded_cost(row: Row, model: str, price: tuple[float, float] | None) -> tuple[float, bool]:
+    """(cost, estimated?): the recorded cost_usd, else tokens x price, else 0 flagged estimated."""
+    rec = row.models[model]
+    if rec.cost_usd is not None:
+        return rec.cost_usd, False
+    if price and rec.tokens_in is not None:
+        return (rec.tokens_in * price[0] + (rec.tokens_out or 0) * price[1]) / 1e6, True
+    return 0.0, True
+
+
+def single(rows: list[Row], model: str, prices: dict[str, tuple[float, float]]) -> Score:
+    s = Score(f"single:{model}", "reference")
+    for r in rows:
+        rec = r.models[model]
+        cost, est = recorded_cost(r, model, prices.get(model))
+        s.questions += 1
+        s.correct += is_correct(r.kind, rec.answer, r.gold)
+        s.cost_usd += cost
+        s.cost_estimated += est
+        s.calls += 1
+        s.latencies_ms.append(rec.latency_ms or 0.0)
+    return s
+
+
+def fusion(rows: list[Row], members: list[str], judge: str, prices: dict[str, tuple[float, float]]) -> Score:
+    """Every member, then the judge, always (OpenRouter Fusion's shape). Its answer: the members'
+    answer when they all agree (a judge keeps a unanimous answer), else the judge's own recorded
+    answer; its latency: the slowest member plus the judge."""
+    s = Score(f"fusion:{'+'.join(members)}>{judge}", "reference")
+    for r in rows:
+        answers = [r.models[m].answer for m in members]
+        costs = [recorded_cost(r, m, prices.get(m)) for m in [*members, judge]]
+        top, count = Counter(answers).most_common(1)[0]
+        answer = top if count == len(members) and top is not None else r.models[judge].answer
+        s.questions += 1
+        s.correct += is_correct(r.kind, answer, r.gold)
+        s.cost_usd += sum(c for c, _ in costs)
+        s.cost_estimated += sum(e for _, e in costs)
+        s.calls += len(members) + 1
+        s.arbiter_calls += 1
+        s.latencies_ms.append(max(r.models[m].latency_ms or 0.0 for m in members) + (r.models[judge].latency_ms or 0.0))
+    return s
+
+
+def strongest(scores: list[Score]) -> Score:
+    """The most accurate single model (cheaper wins a tie)."""
+    best = max((s for s in scores if s.name.startswith("single:")), key=lambda s: (s.accuracy, -s.cost_usd))
+    out = Score(f"strongest={best.name.removeprefix('single:')}", "reference")
+    out.__dict__.update({k: v for k, v in best.__dict__.items() if k not in ("name", "kind")})
+    return out
