@@ -1,0 +1,111 @@
+"""Fleet-wide circuit breakers: closed / open / half-open per provider:model, state in Redis.
+
+    permit = breaker.allow("openai:gpt-4o")      # raises BreakerOpen: fail over to a fallback
+    breaker.record(permit, ok=True)              # every permit is recorded, success or not
+
+Guarantees: every worker sees the same state (no per-process cooldowns). The breaker opens when
+at least `min_calls` calls in the last `window_s` seconds ended and the failed share reaches
+`failure_rate`; `open_s` later it is half-open and at most `probes` probe calls run at once
+fleet-wide; a probe's success closes it, a probe's failure opens it again. Time is Redis's.
+
+Edges: the window slides in steps of window_s/10, so it covers between 90% and 100% of
+window_s. An outcome counts only in the breaker generation it was permitted in: calls that
+started before the breaker opened do not reopen or close it. A probe that never reports (its
+worker died) frees its slot after `probe_lease_s`; a probe slower than that may overlap a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import redis
+
+from workers.limits.errors import BreakerOpen
+
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    window_s: float = 30.0
+    min_calls: int = 5
+    failure_rate: float = 0.5
+    open_s: float = 15.0
+    probes: int = 1
+    probe_lease_s: float = 60.0  # above the longest call, so a slow probe is not overlapped
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.min_calls >= 1 and 0 < self.failure_rate <= 1):
+            raise ValueError(f"breaker: need window_s > 0, min_calls >= 1, 0 < failure_rate <= 1 ({self})")
+        if not (self.open_s >= 0 and self.probes >= 1 and self.probe_lease_s > 0):
+            raise ValueError(f"breaker: need open_s >= 0, probes >= 1, probe_lease_s > 0 ({self})")
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to call `key`; `probe` when the breaker is half-open. Record it exactly once."""
+
+    key: str
+    probe: bool
+    generation: int = 0
+    lease: str = ""  # the probe slot this permit holds, "" for an ordinary call
+
+
+class CircuitBreaker:
+    """A breaker per key shared through Redis; see the module docstring for what it guarantees."""
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        config: BreakerConfig = BreakerConfig(),
+        prefix: str = "pf:cb:",
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """`clock` is for tests only: it stands in for Redis TIME (epoch seconds). Leave it None."""
+        self.redis = redis
+        self.config = config
+        self.prefix = prefix
+        self._clock = clock
+        self._script = redis.register_script(files("workers.limits").joinpath("breaker.lua").read_text())
+
+    def _run(self, op: str, key: str, extra: tuple[Any, ...] = ()) -> Any:
+        c = self.config
+        now = "" if self._clock is None else str(round(self._clock() * US))
+        args = [op, now, round(c.window_s * US), c.min_calls, repr(c.failure_rate), round(c.open_s * US), c.probes,
+                round(c.probe_lease_s * US), *extra]  # fmt: skip
+        return self._script(keys=[self.prefix + key, self.prefix + key + ":probes"], args=args)
+
+    def allow(self, key: str) -> Permit:
+        """A permit to call `key`, or BreakerOpen (with retry_in_s) while it is open or its probes are out."""
+        granted, gen_or_wait, *lease = self._run("allow", key)
+        if not granted:
+            raise BreakerOpen(key, int(gen_or_wait) / US)
+        lease_id = lease[0].decode() if isinstance(lease[0], bytes) else str(lease[0])
+        return Permit(key, probe=bool(lease_id), generation=int(gen_or_wait), lease=lease_id)
+
+    def record(self, permit: Permit, ok: bool) -> None:
+        """The outcome of a permitted call. Count as failures only what says the provider is
+        unwell (5xx, timeouts, 429s the limiter could not prevent), never a caller's 4xx."""
+        self._run("record", permit.key, (permit.generation, permit.lease, 1 if ok else 0))
+
+    def state(self, key: str) -> str:
+        """"closed" | "open" | "half_open"."""
+        return str(self.snapshot(key)["state"])
+
+    def snapshot(self, key: str) -> dict[str, Any]:
+        """State, calls and failures in the window, opened_at (epoch s, None when closed),
+        retry_in_s and probes_in_flight; for `panel status --providers` and the gauges."""
+        st, calls, fails, opened, retry, in_flight = self._run("peek", key)
+        opened_us = float(opened)
+        return {
+            "state": st.decode() if isinstance(st, bytes) else str(st),
+            "calls": int(calls),
+            "failures": int(fails),
+            "opened_at": opened_us / US if opened_us else None,
+            "retry_in_s": int(retry) / US,
+            "probes_in_flight": int(in_flight),
+        }

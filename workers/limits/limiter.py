@@ -1,0 +1,144 @@
+"""Fleet-wide requests/min and tokens/min, shared through Redis by every worker process.
+
+    r = limiter.acquire([Limit("openai:gpt-4o", rpm=600, tpm=400_000)], tokens=1200, deadline=t)
+    limiter.reconcile(r, actual_tokens=completion.tokens_in + completion.tokens_out)
+
+Guarantees: one round trip per attempt, atomic over all the limits given (a model key and a
+provider key are taken together or not at all), decided on Redis's clock (TIME) so workers'
+clocks never matter. A caller that waits holds nothing. A 429's Retry-After, given to `pause`,
+stops every grant on that key fleet-wide.
+
+Why GCRA: it is a token bucket in continuous time kept as one number per dimension (the
+theoretical arrival time, TAT), so a denial says exactly how long to wait, there is no refill
+step to race, and an idle key expires the moment its TAT passes. Unlike LiteLLM's fixed
+one-minute windows it never admits two minutes' worth across a window edge.
+
+Edges: the bucket holds one minute's worth, so after a quiet minute a full minute's limit may
+go out at once; over any w seconds at most limit * (1 + w/60) pass (Anthropic documents the
+same bucket; if a provider quantises per second, give it a lower limit). Decisions are exact
+to about a microsecond of schedule. Tokens reserved up front are an estimate: a charge above
+it has already been spent upstream and makes later callers wait instead.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+import redis
+
+from workers.limits.errors import RateLimitWait, TokensExceedLimit
+
+US = 1_000_000
+MAX_JITTER_S = 0.05  # spreads waiters that were told the same wait so they do not all collide
+
+
+@dataclass(frozen=True)
+class Limit:
+    """`rpm` requests and `tpm` tokens per minute on `key` (e.g. "openai:gpt-4o"), fleet-wide."""
+
+    key: str
+    rpm: int
+    tpm: int
+
+    def __post_init__(self) -> None:
+        if self.rpm <= 0 or self.tpm <= 0:
+            raise ValueError(f"limit {self.key}: rpm and tpm must be positive (got {self.rpm}, {self.tpm})")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of one attempt. When granted, hand it to `reconcile` with the real usage."""
+
+    granted: bool
+    wait_s: float
+    tokens: int
+    limits: tuple[Limit, ...]
+    # the token TAT of each key right after the grant: bounds what a refund may give back
+    token_tats: tuple[float, ...] = field(default=(), repr=False)
+    blocker: str = ""  # the key with the longest wait, when not granted
+
+
+class RateLimiter:
+    """GCRA over Redis; see the module docstring for what it guarantees."""
+
+    def __init__(self, redis: redis.Redis, prefix: str = "pf:rl:", *, clock: Callable[[], float] | None = None) -> None:
+        """`clock` is for tests only: it stands in for Redis TIME (epoch seconds). Leave it None."""
+        self.redis = redis
+        self.prefix = prefix
+        self._clock = clock
+        self._script = redis.register_script(files("workers.limits").joinpath("reserve.lua").read_text())
+
+    def _run(self, op: str, keys: list[str], args: list[Any]) -> Any:
+        now = "" if self._clock is None else str(round(self._clock() * US))
+        return self._script(keys=keys, args=[op, now, *args])
+
+    def try_acquire(self, limits: Sequence[Limit], tokens: int) -> Reservation:
+        """One round trip: take a request and `tokens` from every limit, or nothing and a wait."""
+        limits = tuple(limits)
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0 (got {tokens})")
+        if len({lim.key for lim in limits}) != len(limits):
+            raise ValueError("each key may appear once per acquire (a repeat would be charged from a stale read)")
+        for lim in limits:
+            if tokens > lim.tpm:  # checked here too so the caller fails before any round trip
+                raise TokensExceedLimit(lim.key, tokens, lim.tpm)
+        if not limits:
+            return Reservation(True, 0.0, tokens, limits)
+        args: list[Any] = [tokens]
+        for lim in limits:
+            args += [lim.rpm, lim.tpm]
+        status, which, wait_us, *tats = self._run("acquire", [self.prefix + lim.key for lim in limits], args)
+        if status == 1:
+            return Reservation(True, 0.0, tokens, limits, tuple(float(t) for t in tats))
+        blocker = limits[int(which) - 1]
+        if status == -1:
+            raise TokensExceedLimit(blocker.key, tokens, blocker.tpm)
+        return Reservation(False, int(wait_us) / US, tokens, limits, blocker=blocker.key)
+
+    def acquire(
+        self,
+        limits: Sequence[Limit],
+        tokens: int,
+        *,
+        deadline: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Reservation:
+        """Wait (holding nothing) until granted. Raises RateLimitWait as soon as the wait the
+        limiter announces would pass `deadline` (epoch seconds on this host; only durations
+        cross the wire, so clock skew between hosts does not matter)."""
+        while True:
+            res = self.try_acquire(limits, tokens)
+            if res.granted:
+                return res
+            if deadline is not None and time.time() + res.wait_s > deadline:
+                raise RateLimitWait(res.blocker, res.wait_s)
+            sleep(res.wait_s + random.uniform(0, min(MAX_JITTER_S, res.wait_s / 10)))
+
+    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Charge or refund the difference between the real usage and the reservation. A refund
+        gives back only capacity that has not already come back with time, so it can never let
+        more than the limit through."""
+        delta = actual_tokens - reservation.tokens
+        if not reservation.granted or delta == 0 or not reservation.limits:
+            return
+        args: list[Any] = [delta]
+        for lim, tat in zip(reservation.limits, reservation.token_tats, strict=True):
+            args += [lim.tpm, repr(tat)]
+        self._run("reconcile", [self.prefix + lim.key for lim in reservation.limits], args)
+
+    def pause(self, key: str, seconds: float) -> None:
+        """No grant on `key` anywhere in the fleet for `seconds` from now (Redis time); a pause
+        never shortens a longer one already in place."""
+        if seconds > 0:
+            self._run("pause", [self.prefix + key], [round(seconds * US)])
+
+    def headroom(self, limit: Limit) -> dict[str, float]:
+        """Requests and tokens grantable now, and `paused_until` (epoch seconds, 0 if not paused).
+        A snapshot for gauges: it reserves nothing and may be stale by the time it is read."""
+        requests, tokens, paused = self._run("peek", [self.prefix + limit.key], [limit.rpm, limit.tpm])
+        return {"requests": float(requests), "tokens": float(tokens), "paused_until": float(paused) / US}
