@@ -58,7 +58,9 @@ class Reservation:
     wait_s: float
     tokens: int
     limits: tuple[Limit, ...]
-    # the token TAT of each key right after the grant: bounds what a refund may give back
+    # Redis time of the grant (us) and each key's token schedule end relative to it: they bound
+    # what a refund may give back
+    granted_at_us: int = field(default=0, repr=False)
     token_tats: tuple[float, ...] = field(default=(), repr=False)
     blocker: str = ""  # the key with the longest wait, when not granted
 
@@ -92,10 +94,10 @@ class RateLimiter:
         args: list[Any] = [tokens]
         for lim in limits:
             args += [lim.rpm, lim.tpm]
-        status, which, wait_us, *tats = self._run("acquire", [self.prefix + lim.key for lim in limits], args)
+        status, at_or_index, wait_us, *tats = self._run("acquire", [self.prefix + lim.key for lim in limits], args)
         if status == 1:
-            return Reservation(True, 0.0, tokens, limits, tuple(float(t) for t in tats))
-        blocker = limits[int(which) - 1]
+            return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats))
+        blocker = limits[int(at_or_index) - 1]
         if status == -1:
             raise TokensExceedLimit(blocker.key, tokens, blocker.tpm)
         return Reservation(False, int(wait_us) / US, tokens, limits, blocker=blocker.key)
@@ -126,7 +128,7 @@ class RateLimiter:
         delta = actual_tokens - reservation.tokens
         if not reservation.granted or delta == 0 or not reservation.limits:
             return
-        args: list[Any] = [delta]
+        args: list[Any] = [delta, reservation.granted_at_us]
         for lim, tat in zip(reservation.limits, reservation.token_tats, strict=True):
             args += [lim.tpm, repr(tat)]
         self._run("reconcile", [self.prefix + lim.key for lim in reservation.limits], args)

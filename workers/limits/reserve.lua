@@ -1,17 +1,17 @@
 -- reserve.lua: fleet-wide requests/min and tokens/min per key, GCRA on Redis server time.
 --
--- KEYS[i]  one hash per limit key, fields r (request TAT), t (token TAT), p (paused until);
---          all times are microseconds on the Redis clock
+-- KEYS[i]  one hash per limit key: b (base, integer microseconds on the Redis clock) and, as
+--          offsets from b, r (request TAT), t (token TAT), p (paused until)
 -- ARGV[1]  op: "acquire" | "reconcile" | "pause" | "peek"
--- ARGV[2]  now in microseconds, or "" to read redis.call('TIME'). Production always sends "";
---          tests inject a value to exercise clock edges.
+-- ARGV[2]  now in integer microseconds, or "" to read redis.call('TIME'). Production always
+--          sends ""; tests inject a value to exercise clock edges.
 --
 -- acquire    ARGV[3] tokens; ARGV[2+2i], ARGV[3+2i] rpm and tpm of KEYS[i]
---            -> {1, 0, 0, t_1, ..., t_n}  granted; t_i = token TAT of KEYS[i] after the grant
---            -> {0, i, wait_us}           not granted: KEYS[i] is the longest wait; nothing written
---            -> {-1, i, 0}                never grantable: tokens exceed KEYS[i]'s tpm
--- reconcile  ARGV[3] actual - reserved tokens; ARGV[2+2i], ARGV[3+2i] tpm of KEYS[i] and its t_i
---            from the grant -> {1}
+--            -> {1, now, 0, t_1, ..., t_n}  granted at `now`; t_i = KEYS[i]'s token TAT - now
+--            -> {0, i, wait_us}             not granted: KEYS[i] waits longest; nothing written
+--            -> {-1, i, 0}                  never grantable: tokens exceed KEYS[i]'s tpm
+-- reconcile  ARGV[3] actual - reserved tokens; ARGV[4] the grant's now;
+--            ARGV[3+2i], ARGV[4+2i] tpm of KEYS[i] and its t_i from the grant -> {1}
 -- pause      ARGV[3] microseconds -> paused-until (string), the later of the old and the new one
 -- peek       ARGV[3] rpm, ARGV[4] tpm -> {requests, tokens, paused_until} as strings, read-only
 --
@@ -20,9 +20,12 @@
 -- every key or none. Refunds give back only the part of a reservation still ahead of the clock
 -- (capacity that has not come back by itself), so they cannot break the bound; charges above a
 -- reservation were already spent upstream and push the key into debt instead.
+--
+-- Times are kept as offsets from the last write's now: absolute microseconds (~1.7e15) have only
+-- quarter-microsecond resolution as doubles, and the error would add up over a burst.
 
 local MINUTE = 60000000
-local EPS = 1 -- microseconds of float slack on the grant test (TATs near 1.7e15 us are doubles)
+local EPS = 1e-3 -- microseconds of float slack on the grant test (60e6/L is rarely exact)
 
 local function now_us()
   if ARGV[2] ~= '' then return tonumber(ARGV[2]) end
@@ -30,22 +33,27 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
-local function num(v, default)
-  return tonumber(v) or default
-end
-
 local function fmt(x)
   return string.format('%.17g', x) -- round-trips a double exactly
 end
 
--- An idle key is identical to an absent one once every TAT has passed, so it may expire then.
-local function expire(key, now, r, t, p)
-  local last = math.max(r, t, p)
-  redis.call('PEXPIRE', key, math.max(1, math.ceil((last - now) / 1000) + 1000))
-end
-
 local op = ARGV[1]
 local now = now_us()
+
+-- r, t, p of a key relative to now (absent fields: nothing scheduled, nothing paused).
+local function load(key)
+  local s = redis.call('HMGET', key, 'b', 'r', 't', 'p')
+  if not s[1] then return 0, 0, 0, false end
+  local shift = tonumber(s[1]) - now -- both integers: exact
+  return shift + tonumber(s[2]), shift + tonumber(s[3]), shift + tonumber(s[4]), true
+end
+
+-- Rebase on now and let an idle key expire once its last TAT has passed: it is then identical
+-- to an absent one.
+local function store(key, r, t, p)
+  redis.call('HSET', key, 'b', string.format('%.0f', now), 'r', fmt(r), 't', fmt(t), 'p', fmt(p))
+  redis.call('PEXPIRE', key, math.max(1, math.ceil(math.max(r, t, p) / 1000) + 1000))
+end
 
 if op == 'acquire' then
   local tokens = tonumber(ARGV[3])
@@ -55,62 +63,52 @@ if op == 'acquire' then
     local rpm, tpm = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
     local cost = tokens * MINUTE / tpm
     if cost > MINUTE + EPS then return {-1, i, 0} end
-    local s = redis.call('HMGET', KEYS[i], 'r', 't', 'p')
-    local r = math.max(num(s[1], 0), now) + MINUTE / rpm
-    local t = math.max(num(s[2], 0), now) + cost
-    local p = num(s[3], 0)
+    local r, t, p = load(KEYS[i])
+    r, t = math.max(r, 0) + MINUTE / rpm, math.max(t, 0) + cost
     -- how long until this key would grant: both buckets have room and the pause is over
-    local w = math.max(r - now - MINUTE, t - now - MINUTE, p - now)
+    local w = math.max(r - MINUTE, t - MINUTE, p)
     if w > EPS and w > wait then wait, blocker = w, i end
     rs[i], ts[i], ps[i] = r, t, p
   end
   if blocker > 0 then return {0, blocker, math.ceil(wait)} end
-  local out = {1, 0, 0}
+  local out = {1, string.format('%.0f', now), 0}
   for i = 1, #KEYS do
-    redis.call('HSET', KEYS[i], 'r', fmt(rs[i]), 't', fmt(ts[i]))
-    expire(KEYS[i], now, rs[i], ts[i], ps[i])
+    store(KEYS[i], rs[i], ts[i], ps[i])
     out[3 + i] = fmt(ts[i])
   end
   return out
 end
 
 if op == 'reconcile' then
-  local delta = tonumber(ARGV[3])
+  local delta, granted_at = tonumber(ARGV[3]), tonumber(ARGV[4])
   for i = 1, #KEYS do
-    local tpm, granted_tat = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-    local s = redis.call('HMGET', KEYS[i], 'r', 't', 'p')
-    local r, t, p = num(s[1], now), num(s[2], now), num(s[3], 0)
+    local tpm, granted_t = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+    local r, t, p, exists = load(KEYS[i])
     if delta > 0 then
-      t = math.max(t, now) + delta * MINUTE / tpm
-    else
+      store(KEYS[i], r, math.max(t, 0) + delta * MINUTE / tpm, p)
+    elseif exists then
       -- only the slice of the reservation still in the future is unspent capacity
-      local credit = math.min(-delta * MINUTE / tpm, math.max(0, granted_tat - now))
-      t = math.max(t - credit, now)
-    end
-    if delta > 0 or s[2] then
-      redis.call('HSET', KEYS[i], 't', fmt(t))
-      expire(KEYS[i], now, r, t, p)
+      local ahead = (granted_at - now) + granted_t
+      local credit = math.min(-delta * MINUTE / tpm, math.max(0, ahead))
+      store(KEYS[i], r, math.max(t - credit, 0), p)
     end
   end
   return {1}
 end
 
 if op == 'pause' then
-  local s = redis.call('HMGET', KEYS[1], 'r', 't', 'p')
-  local p = math.max(num(s[3], 0), now + tonumber(ARGV[3]))
-  redis.call('HSET', KEYS[1], 'p', fmt(p))
-  expire(KEYS[1], now, num(s[1], now), num(s[2], now), p)
-  return fmt(p)
+  local r, t, p = load(KEYS[1])
+  p = math.max(p, tonumber(ARGV[3]))
+  store(KEYS[1], r, t, p)
+  return fmt(now + p)
 end
 
 if op == 'peek' then
   local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local s = redis.call('HMGET', KEYS[1], 'r', 't', 'p')
-  local r, t = math.max(num(s[1], now), now), math.max(num(s[2], now), now)
-  local requests = math.max(0, (now + MINUTE - r) * rpm / MINUTE)
-  local tokens = math.max(0, (now + MINUTE - t) * tpm / MINUTE)
-  local p = num(s[3], 0)
-  if p <= now then p = 0 end
+  local r, t, p = load(KEYS[1])
+  local requests = math.max(0, (MINUTE - math.max(r, 0)) * rpm / MINUTE)
+  local tokens = math.max(0, (MINUTE - math.max(t, 0)) * tpm / MINUTE)
+  if p <= 0 then p = 0 else p = now + p end
   return {fmt(requests), fmt(tokens), fmt(p)}
 end
 
