@@ -169,7 +169,9 @@ def test_idle_keys_expire_once_their_schedule_has_passed(r: redis.Redis, clock: 
     assert 90_000 < r.pttl("pf:rl:" + MODEL.key) <= 91_000
 
 
-def test_production_decides_on_redis_time_not_the_callers_clock(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_decides_on_redis_time_not_the_callers_clock(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rl = RateLimiter(r)  # no injected clock: the script reads TIME
     lim = Limit("k", rpm=2, tpm=100)
     monkeypatch.setattr(time, "time", lambda: 0.0)  # a worker whose clock is wildly off

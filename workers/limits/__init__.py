@@ -1,7 +1,9 @@
 """Fleet-wide limits shared through Redis: rate limits (GCRA) and circuit breakers.
 
-    limiter, breaker = RateLimiter(r), CircuitBreaker(r)
-    permit = breaker.allow(key); reservation = limiter.acquire([Limit(key, rpm, tpm)], tokens)
+    permit = breaker.allow(key)                                      # BreakerOpen: fail over
+    reservation = limiter.acquire([Limit(key, rpm, tpm)], tokens)    # RateLimitWait: past deadline
+
+Every decision is one Lua step on Redis's clock, so all worker processes share one view.
 """
 
 from workers.limits.breaker import BreakerConfig, CircuitBreaker, Permit

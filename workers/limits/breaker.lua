@@ -11,7 +11,7 @@
 -- allow  -> {1, gen, lease}   a permit; lease ~= "" makes it a half-open probe
 --        -> {0, retry_in_us}  open, or every probe slot is taken
 -- record -> the state after it: "closed" | "open" | "half_open"
--- peek   -> {state, calls, failures, opened_at_us, retry_in_us, probes_in_flight}, read-only
+-- peek   -> {state, calls, failures, opened_at_us or "", retry_in_us, probes_in_flight}, read-only
 --
 -- States: closed; open for open_us after `opened`; half-open after that until a probe reports.
 -- Invariant: at most `probes` unexpired leases exist at once, fleet-wide; only an outcome of the
@@ -36,10 +36,10 @@ local bucket_us = window_us / BUCKETS
 local current = math.floor(now / bucket_us)
 
 local s = redis.call('HMGET', KEYS[1], 'gen', 'opened')
-local gen, opened = tonumber(s[1]) or 0, tonumber(s[2]) or 0
+local gen, opened = tonumber(s[1]) or 0, tonumber(s[2]) -- opened nil: closed
 
 local function state()
-  if opened == 0 then return 'closed' end
+  if not opened then return 'closed' end
   if now < opened + open_us then return 'open' end
   return 'half_open'
 end
@@ -62,7 +62,7 @@ local function window(prune)
   return calls, fails
 end
 
--- Move to a new generation: drop the window and every lease; opened_at = 0 means closed.
+-- Move to a new generation: drop the window and every lease; opened_at nil means closed.
 local function transition(opened_at)
   local flat = redis.call('HKEYS', KEYS[1])
   for _, f in ipairs(flat) do
@@ -70,7 +70,7 @@ local function transition(opened_at)
   end
   redis.call('DEL', KEYS[2])
   redis.call('HINCRBY', KEYS[1], 'gen', 1)
-  if opened_at == 0 then
+  if not opened_at then
     redis.call('HDEL', KEYS[1], 'opened')
     redis.call('PEXPIRE', KEYS[1], math.ceil(window_us / 1000) + 1000)
   else
@@ -113,7 +113,7 @@ if op == 'record' then
     return 'closed'
   end
   if st == 'half_open' and lease ~= '' then
-    if ok then transition(0) return 'closed' end
+    if ok then transition(nil) return 'closed' end
     transition(now)
     return 'open'
   end
@@ -129,7 +129,7 @@ if op == 'peek' then
     in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
     if in_flight >= probes then retry = probe_wait() end
   end
-  return {st, calls, fails, string.format('%.17g', opened), retry, in_flight}
+  return {st, calls, fails, opened and string.format('%.17g', opened) or '', retry, in_flight}
 end
 
 return redis.error_reply('breaker.lua: unknown op ' .. tostring(op))

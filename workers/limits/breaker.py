@@ -93,19 +93,18 @@ class CircuitBreaker:
         self._run("record", permit.key, (permit.generation, permit.lease, 1 if ok else 0))
 
     def state(self, key: str) -> str:
-        """"closed" | "open" | "half_open"."""
+        """The state now: "closed", "open" or "half_open"."""
         return str(self.snapshot(key)["state"])
 
     def snapshot(self, key: str) -> dict[str, Any]:
         """State, calls and failures in the window, opened_at (epoch s, None when closed),
         retry_in_s and probes_in_flight; for `panel status --providers` and the gauges."""
         st, calls, fails, opened, retry, in_flight = self._run("peek", key)
-        opened_us = float(opened)
         return {
             "state": st.decode() if isinstance(st, bytes) else str(st),
             "calls": int(calls),
             "failures": int(fails),
-            "opened_at": opened_us / US if opened_us else None,
+            "opened_at": float(opened) / US if opened else None,
             "retry_in_s": int(retry) / US,
             "probes_in_flight": int(in_flight),
         }

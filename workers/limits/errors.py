@@ -10,7 +10,9 @@ class RateLimitWait(PanelError):
 
     def __init__(self, key: str, wait_s: float):
         self.key, self.wait_s = key, wait_s
-        super().__init__(f"rate limit {key}: next grant in {wait_s:.2f}s, past the deadline; raise the deadline or the limit")
+        super().__init__(
+            f"rate limit {key}: next grant in {wait_s:.2f}s, past the deadline; raise the deadline or the limit"
+        )
 
 
 class TokensExceedLimit(PanelError, ValueError):
@@ -18,7 +20,9 @@ class TokensExceedLimit(PanelError, ValueError):
 
     def __init__(self, key: str, tokens: int, tpm: int):
         self.key, self.tokens, self.tpm = key, tokens, tpm
-        super().__init__(f"rate limit {key}: {tokens} tokens in one request exceed its tpm of {tpm}; shorten the prompt or raise tpm")
+        super().__init__(
+            f"rate limit {key}: {tokens} tokens in one request exceed its tpm of {tpm}; shorten the prompt or raise tpm"
+        )
 
 
 class BreakerOpen(PanelError):

@@ -10,13 +10,13 @@ stops every grant on that key fleet-wide.
 
 Why GCRA: it is a token bucket in continuous time kept as one number per dimension (the
 theoretical arrival time, TAT), so a denial says exactly how long to wait, there is no refill
-step to race, and an idle key expires the moment its TAT passes. Unlike LiteLLM's fixed
-one-minute windows it never admits two minutes' worth across a window edge.
+step to race, and an idle key expires the moment its TAT passes. Fixed one-minute windows
+(LiteLLM's) let twice the limit through within a second across a window edge; here any w
+seconds see at most limit * (1 + w/60), and a sustained rate never passes the limit.
 
-Edges: the bucket holds one minute's worth, so after a quiet minute a full minute's limit may
-go out at once; over any w seconds at most limit * (1 + w/60) pass (Anthropic documents the
-same bucket; if a provider quantises per second, give it a lower limit). Decisions are exact
-to about a microsecond of schedule. Tokens reserved up front are an estimate: a charge above
+Edges: the bucket holds one minute's worth, so after a quiet minute a whole minute's limit may
+go out at once (Anthropic documents the same bucket; if a provider quantises per second, give
+it a lower limit). Decisions are exact to a nanosecond of schedule. Tokens reserved up front are an estimate: a charge above
 it has already been spent upstream and makes later callers wait instead.
 """
 
