@@ -750,3 +750,18 @@ def test_a_name_prefix_renames_keda_references_too(tmp_path: Path) -> None:
     for so in by_kind(objs, "ScaledObject").values():
         assert so["spec"]["scaleTargetRef"]["name"] in deployments
         assert {t["authenticationRef"]["name"] for t in so["spec"]["triggers"]} <= auths
+
+
+def test_provider_keys_reach_only_the_workers(rendered: list[dict]) -> None:
+    """Beat and Flower never call a model: least privilege keeps the keys out of them."""
+    for name, d in by_kind(rendered, "Deployment").items():
+        is_worker = d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+        refs = {
+            ef.get("secretRef", {}).get("name")
+            for c in d["spec"]["template"]["spec"]["containers"]
+            for ef in c.get("envFrom", [])
+        }
+        assert ("panel-provider-keys" in refs) == is_worker, name
+    for name, svc in compose()["services"].items():
+        has_keys = any(k.endswith("_API_KEY") for k in (svc.get("environment") or {}))
+        assert has_keys == name.startswith("worker-"), name
