@@ -19,7 +19,7 @@ class Aliases:
         self._to_name = dict(mapping or {})
 
     @classmethod
-    def from_registry(cls, path: Path) -> "Aliases":
+    def from_registry(cls, path: Path) -> Aliases:
         doc = yaml.safe_load(path.read_text()) or {}
         mapping: dict[str, str] = {}
         for name, entry in (doc.get("models") or {}).items():

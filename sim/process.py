@@ -36,7 +36,7 @@ class SimProcess:
     def anthropic_base(self) -> str:
         return self.url
 
-    def start(self, timeout: float = 20.0) -> "SimProcess":
+    def start(self, timeout: float = 20.0) -> SimProcess:
         cmd = [sys.executable, "-m", "sim", "--host", self.host, "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=child_env())
         try:
@@ -85,7 +85,7 @@ class SimProcess:
             stop_process(self.proc, timeout=5)
             self.proc = None
 
-    def __enter__(self) -> "SimProcess":
+    def __enter__(self) -> SimProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

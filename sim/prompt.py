@@ -35,7 +35,7 @@ class Prompt:
     messages: tuple[tuple[str, str], ...]
 
     @classmethod
-    def from_wire(cls, messages: Any, system: Any = None) -> "Prompt":
+    def from_wire(cls, messages: Any, system: Any = None) -> Prompt:
         if not isinstance(messages, list) or not messages:
             raise PromptError("messages: must be a non-empty list")
         pairs: list[tuple[str, str]] = []

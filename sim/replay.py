@@ -32,7 +32,7 @@ class ReplayIndex:
         return len(self._rows)
 
     @classmethod
-    def load(cls, paths: Iterable[Path]) -> "ReplayIndex":
+    def load(cls, paths: Iterable[Path]) -> ReplayIndex:
         index = cls()
         for path in paths:
             index.add_file(path)
