@@ -1,0 +1,7 @@
+"""panel-sim: a loopback provider simulator speaking OpenAI chat + batch and Anthropic Messages +
+message batches, with replayed or deterministic answers, fault and latency knobs, enforced rpm/tpm.
+
+Run `python -m sim --port P [--replay F ...] [--models policies/models.yaml] [--config knobs.yaml]
+[--seed N] [--latency-ms N]`; drive it at runtime through `/_sim/{health,config,reset,stats,requests}`
+(see `sim.admin`); knob names are the fields of `sim.knobs.Knobs`. Tests use `sim.process.SimProcess`.
+"""

@@ -63,6 +63,7 @@ def parse_params(params: Any, resolve: Any) -> Parsed:
 
 class AnthropicWire:
     api = "anthropic"
+    request_id_header = "request-id"
     id_prefix = "msg_"
 
     def authenticate(self, request: Request) -> None:

@@ -48,6 +48,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 class OpenAIWire:
     api = "openai"
+    request_id_header = "x-request-id"
     id_prefix = "chatcmpl-"
 
     def authenticate(self, request: Request) -> None:

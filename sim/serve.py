@@ -35,6 +35,7 @@ class Wire(Protocol):
 
     api: str
     id_prefix: str
+    request_id_header: str
 
     def authenticate(self, request: Request) -> None: ...  # raises BadRequest
     def parse(self, body: dict[str, Any], resolve: Any) -> Parsed: ...  # raises BadRequest
@@ -93,6 +94,8 @@ def _render(wire: Wire, parsed: Parsed, outcome: Outcome) -> Response:
     headers = wire.limit_headers(outcome.admission) if outcome.admission else {}
     if outcome.retry_after_s is not None:
         headers["retry-after"] = retry_after_header(outcome.retry_after_s)
+    # Clients log the provider's request id with a failure; both APIs send one on every response.
+    headers[wire.request_id_header] = request_id("req_")
     if outcome.kind == "timeout":
         return Dropped()
     if outcome.status != 200:
