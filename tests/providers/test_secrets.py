@@ -6,9 +6,11 @@ import httpx
 import pytest
 
 from workers.providers import (
+    AnthropicBatches,
     AnthropicMessages,
     ChatRequest,
     InputRejected,
+    OpenAIBatches,
     OpenAIChat,
     ProviderError,
     ProviderUnavailable,
@@ -53,6 +55,12 @@ async def test_the_key_never_shows_in_reprs_or_errors(cls: type[OpenAIChat], sta
     assert "Incorrect API key" in str(caught.value)
     for text in (str(caught.value), repr(caught.value), repr(caught.value.args)):
         assert CANARY not in text
+
+
+@pytest.mark.parametrize("cls", [OpenAIBatches, AnthropicBatches])
+def test_batch_clients_keep_the_key_out_of_their_repr(cls: type[OpenAIBatches]) -> None:
+    client = cls("p", "https://provider.test", CANARY)
+    assert CANARY not in repr(client) and CANARY not in str(client)
 
 
 def test_a_password_in_the_base_url_stays_out_of_the_repr() -> None:

@@ -71,8 +71,8 @@ class HTTPClient:
         """One request; a 2xx response with its body read, or a typed `ProviderError`."""
         all_headers = dict(headers)
         content = None
-        if body is not None:
-            content = orjson.dumps(body)
+        if body is not None:  # bytes are JSON already encoded (a batch sized before sending)
+            content = body if isinstance(body, bytes) else orjson.dumps(body)
             all_headers["content-type"] = "application/json"
         timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
         try:

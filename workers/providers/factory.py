@@ -2,6 +2,7 @@
 from the environment variables the spec names (keys are never in files or arguments).
 
     chat = make_provider("fireworks", registry.providers["fireworks"], http)
+    batches = make_batch_client("openai", registry.providers["openai"], http)
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import httpx
 
 from workers.providers.anthropic import AnthropicMessages
+from workers.providers.anthropic_batch import AnthropicBatches
 from workers.providers.base import Provider, ProviderError
+from workers.providers.batch import BatchClient
 from workers.providers.openai import OpenAIChat
+from workers.providers.openai_batch import OpenAIBatches
 from workers.registry import ProviderSpec
 
 
@@ -21,6 +25,14 @@ def make_provider(provider_name: str, spec: ProviderSpec, client: httpx.AsyncCli
     if spec.api == "anthropic":
         return AnthropicMessages(provider_name, base_url, key, client=client)
     return OpenAIChat(provider_name, base_url, key, client=client)
+
+
+def make_batch_client(provider_name: str, spec: ProviderSpec, client: httpx.AsyncClient) -> BatchClient:
+    """The batch API client of the same provider, on the same terms as `make_provider`."""
+    base_url, key = _endpoint(provider_name, spec)
+    if spec.api == "anthropic":
+        return AnthropicBatches(provider_name, base_url, key, client=client)
+    return OpenAIBatches(provider_name, base_url, key, client=client)
 
 
 def _endpoint(provider_name: str, spec: ProviderSpec) -> tuple[str, str | None]:
