@@ -68,10 +68,12 @@ class PanelClient:
         self._check_task_class(job)
         job_id = job.id or uuid.uuid4().hex
         if job.idempotency_key:
-            first = self.redis.set(keys.idempotency(job.tenant, job.idempotency_key), job_id,
-                                   nx=True, get=True, ex=self.settings.result_ttl_s)  # fmt: skip
-            if first is not None:
-                return str(first.decode())
+            key = keys.idempotency(job.tenant, job.idempotency_key)
+            # SET NX then GET (SET NX GET needs Redis 7; the embedded default may be 6.2)
+            if not self.redis.set(key, job_id, nx=True, ex=self.settings.result_ttl_s):
+                first = self.redis.get(key)
+                if first is not None:
+                    return str(first.decode())
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):

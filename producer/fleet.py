@@ -110,20 +110,15 @@ class Fleet:
             for name, p in self.procs.items():
                 if p.poll() is not None:
                     raise RuntimeError(f"worker {name} exited ({p.returncode}); log: {self.log_dir}/worker-{name}.log")
-            if r.exists(keys.task_classes()) and self._workers_online(r) >= len(self.procs):
+            # Celery logs "<name> ready." once its consumer is attached to the broker
+            if r.exists(keys.task_classes()) and all(self._ready(n) for n in self.procs):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"workers not ready after {timeout}s; logs in {self.log_dir}")
 
-    def _workers_online(self, r: "object") -> int:
-        from celery import Celery
-
-        app = Celery(broker=self.redis_url, set_as_current=False)
-        try:
-            replies = app.control.inspect(timeout=0.5).ping() or {}
-        finally:
-            app.close()
-        return len(replies)
+    def _ready(self, name: str) -> bool:
+        log = self.log_dir / f"worker-{name}.log"
+        return log.exists() and b" ready." in log.read_bytes()
 
     def sim(self, path: str, payload: dict[str, object] | None = None) -> dict[str, object]:
         url = f"{self.sim_url}{path}"

@@ -21,7 +21,7 @@ app = Celery("panel_fleet", broker=settings.redis_url, include=["workers.tasks"]
 app.conf.update(
     task_serializer="orjson",
     result_serializer="orjson",
-    accept_content=["orjson"],
+    accept_content=["orjson", "json"],  # json: broadcast control (ping, revoke) from plain Celery clients
     event_serializer="json",  # Flower decodes events itself
     # Results live in our own Redis keys (producer/keys.py); Celery's backend is not used.
     task_ignore_result=True,
@@ -32,8 +32,9 @@ app.conf.update(
         "panel.run": {"queue": "control"},
         "panel.sweep": {"queue": "control"},
         "panel.batch_member": {"queue": "llm.batch"},
-        "panel.batch_flush": {"queue": "llm.batch"},
-        "panel.batch_poll": {"queue": "llm.batch"},
+        # periodic ticks run on control, so llm.batch stays empty and can scale to zero
+        "panel.batch_flush": {"queue": "control"},
+        "panel.batch_poll": {"queue": "control"},
         "panel.arbiter": {"queue": "llm.frontier"},
         # panel.member is routed per call to its model's tier queue
     },
@@ -53,9 +54,9 @@ app.conf.update(
     beat_schedule={
         "panel-deadline-sweep": {"task": "panel.sweep", "schedule": settings.sweep_interval_s},
         "panel-batch-flush": {"task": "panel.batch_flush", "schedule": settings.batch_tick_s,
-                              "options": {"queue": "llm.batch"}},
+                              "options": {"queue": "control"}},
         "panel-batch-poll": {"task": "panel.batch_poll", "schedule": settings.batch_tick_s,
-                             "options": {"queue": "llm.batch"}},
+                             "options": {"queue": "control"}},
     },
     worker_hijack_root_logger=False,
 )

@@ -27,7 +27,7 @@ from workers.runtime import Runtime
 
 log = logging.getLogger("panel.jobs")
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
-_CITATION = re.compile(r"\[\d+\]|https?://|(?im)^\s*sources?\s*:")
+_CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
 
 def load_job(rt: Runtime, job_id: str) -> Job:

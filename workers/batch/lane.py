@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from workers.batch.backends import BatchLine, backend_for
+from workers.batch.backends import backend_for
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import Dispatcher, call_record, json_mode, land
 from workers.panel.state import Member, PanelSpec
-from workers.providers.base import ChatRequest, ProviderError
+from workers.providers.base import ChatRequest, Completion, ProviderError
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.batch")
@@ -42,12 +42,13 @@ class FlushPolicy:
 
 
 def custom_id(panel_id: str, member: str) -> str:
-    return f"{panel_id}|{member}"
+    return f"{panel_id.replace('.', '-')}__{member}"
 
 
 def split_id(cid: str) -> tuple[str, str]:
-    panel_id, member = cid.rsplit("|", 1)
-    return panel_id, member
+    panel, member = cid.rsplit("__", 1)
+    job, _, n = panel.rpartition("-")
+    return f"{job}.{n}", member
 
 
 def enqueue(rt: Runtime, spec: PanelSpec, m: Member) -> bool:
@@ -120,7 +121,7 @@ def _flush_model(rt: Runtime, model: str, policy: FlushPolicy) -> list[str]:
         backend = backend_for(rt, spec_model.provider)
         # The window between the upload and LTRIM is the one place a crash could send a line
         # twice; the vote dedupes it, so a duplicate costs a line, never a second decision.
-        batch_ids = rt.run(backend.submit(spec_model.wire_model, items))
+        batch_ids = [st.id for st in rt.run(backend.submit(items))]
         opened = {"model": model, "provider": spec_model.provider, "created_at": time.time(), "n": len(items)}
         pipe = rt.redis.pipeline()
         for bid in batch_ids:
@@ -156,12 +157,12 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy = FlushPolicy()) -> int
     return landed
 
 
-def _land_lines(rt: Runtime, d: Dispatcher, model: str, lines: list[BatchLine], policy: FlushPolicy) -> int:
+def _land_lines(rt: Runtime, d: Dispatcher, model: str, lines: list[tuple[str, Completion | ProviderError]], policy: FlushPolicy) -> int:
     from workers.jobs import load_job
 
     retry: list[str] = []
-    for line in lines:
-        panel_id, member = split_id(line.custom_id)
+    for cid, outcome in lines:
+        panel_id, member = split_id(cid)
         spec = rt.store.spec(panel_id)
         if spec is None:
             continue
@@ -170,18 +171,18 @@ def _land_lines(rt: Runtime, d: Dispatcher, model: str, lines: list[BatchLine], 
         if prior and prior["status"] in ("answered", "late"):
             continue  # landed before (a poll re-run after a crash)
         job = load_job(rt, spec.job_id)
-        if isinstance(line.outcome, ProviderError):
-            attempts = int(rt.redis.hincrby(ATTEMPTS, line.custom_id, 1))
+        if isinstance(outcome, ProviderError):
+            attempts = int(rt.redis.hincrby(ATTEMPTS, cid, 1))
             if rt.store.decided(panel_id):
                 continue
             if spec.deadline - time.time() < policy.realtime_margin_s:
                 d.realtime_member(spec, m)  # too late for another batch: finish it in real time
             elif attempts < MAX_ATTEMPTS:
-                retry.append(line.custom_id)
+                retry.append(cid)
             else:
-                land(rt, d, spec, m, job, CallOutcome(model, None, f"batch line failed {attempts}x: {line.outcome}"), 0.0)
+                land(rt, d, spec, m, job, CallOutcome(model, None, f"batch line failed {attempts}x: {outcome}"), 0.0)
             continue
-        land(rt, d, spec, m, job, CallOutcome(model, line.outcome), line.outcome.latency_ms)
+        land(rt, d, spec, m, job, CallOutcome(model, outcome), outcome.latency_ms)
     if retry:
         _push(rt, model, retry)
     return len(lines)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from workers import metrics
 from workers.errors import BudgetExceeded
-from workers.limits import BreakerOpen, Limit, RateLimitWait
+from workers.limits import BreakerOpen, Limit, RateLimitWait, TokensExceedLimit
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
 from workers.runtime import Cancelled, Runtime
 
@@ -89,7 +89,7 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return _attempt(rt, panel_id, model, request, messages, deadline, spend), None, attempt
-        except BudgetExceeded as e:
+        except (BudgetExceeded, TokensExceedLimit) as e:  # no retry or fallback can fix these
             return None, str(e), attempt
         except RateLimitWait as e:
             return None, f"rate limit wait would pass the deadline ({e})", attempt

@@ -12,7 +12,7 @@ import time
 from typing import Any, Protocol
 
 from workers import metrics
-from workers.panel.agreement import make_rule
+from workers.panel.agreement import Exact, make_rule
 from producer.contract import Job
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, call_model, estimate_tokens
 from workers.panel.state import Member, PanelSpec, VoteOutcome
@@ -94,6 +94,9 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
         c = res.completion
         existing = [e for e in rt.store.votes(panel_id).values() if e]
         key = make_rule(spec.agreement_spec(), job.response_schema).key(c.text, existing)
+        if key is None:  # the rule found nothing to extract: identical raw answers still agree
+            raw = Exact().key(c.text, existing)
+            key = f"raw:{raw}" if raw else None
         rec = call_record(spec, m, rt, "answered", model=res.model, failed_over_from=res.failed_over_from,
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms,
                           cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch),
