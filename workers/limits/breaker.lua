@@ -3,14 +3,17 @@
 -- KEYS[1]  hash: gen (bumped on every open and close), opened (microseconds, absent = closed),
 --          seq (lease counter), c:<bucket> / f:<bucket> calls and failures per time bucket
 -- KEYS[2]  sorted set of half-open probe leases: member lease id, score lease expiry (us)
--- ARGV[1]  op: "allow" | "record" | "peek"
+-- ARGV[1]  op: "allow" | "record" | "release" | "peek"
 -- ARGV[2]  now in microseconds, or "" to read redis.call('TIME') (production always sends "")
 -- ARGV[3..8] window_us, min_calls, failure_rate, open_us, probes, probe_lease_us
 -- ARGV[9..11] (record only) the permit's gen, its lease ("" unless a probe), ok (1 or 0)
+-- ARGV[9..10] (release only) the permit's gen and its lease
 --
 -- allow  -> {1, gen, lease}   a permit; lease ~= "" makes it a half-open probe
 --        -> {0, retry_in_us}  open, or every probe slot is taken
 -- record -> the state after it: "closed" | "open" | "half_open"
+-- release -> 1 if a probe slot of the current generation was freed, else 0; the permit made no
+--           call worth counting (the caller gave up before it), so no outcome is recorded
 -- peek   -> {state, calls, failures, opened_at_us or "", retry_in_us, probes_in_flight}, read-only
 --
 -- States: closed; open for open_us after `opened`; half-open after that until a probe reports.
@@ -118,6 +121,13 @@ if op == 'record' then
     return 'open'
   end
   return st
+end
+
+if op == 'release' then
+  local permit_gen, lease = tonumber(ARGV[9]), ARGV[10]
+  -- a lease of an earlier generation is already gone: transition() dropped every lease
+  if permit_gen ~= gen or lease == '' then return 0 end
+  return redis.call('ZREM', KEYS[2], lease)
 end
 
 if op == 'peek' then

@@ -1,7 +1,8 @@
 """Fleet-wide circuit breakers: closed / open / half-open per provider:model, state in Redis.
 
     permit = breaker.allow("openai:gpt-4o")      # raises BreakerOpen: fail over to a fallback
-    breaker.record(permit, ok=True)              # every permit is recorded, success or not
+    breaker.record(permit, ok=True)              # a call made: record its outcome, success or not
+    breaker.release(permit)                      # no call made (budget, limiter, cancelled): give it back
 
 Guarantees: every worker sees the same state (no per-process cooldowns). The breaker opens when
 at least `min_calls` calls in the last `window_s` seconds ended and the failed share reaches
@@ -46,7 +47,8 @@ class BreakerConfig:
 
 @dataclass(frozen=True)
 class Permit:
-    """Leave to call `key`; `probe` when the breaker is half-open. Record it exactly once."""
+    """Leave to call `key`; `probe` when the breaker is half-open. Record it, or release it if
+    no call was made, exactly once."""
 
     key: str
     probe: bool
@@ -91,6 +93,15 @@ class CircuitBreaker:
         """The outcome of a permitted call. Count as failures only what says the provider is
         unwell (5xx, timeouts, 429s the limiter could not prevent), never a caller's 4xx."""
         self._run("record", permit.key, (permit.generation, permit.lease, 1 if ok else 0))
+
+    def release(self, permit: Permit) -> None:
+        """Give back a permit whose call was never made or never finished (the budget or the
+        limiter refused it, the panel was decided): it says nothing about the provider's health,
+        so no outcome is counted, and a half-open probe slot is freed now rather than when its
+        lease expires (`probe_lease_s`, a minute by default, with the breaker stuck meanwhile).
+        An ordinary permit holds nothing, so releasing one costs no round trip."""
+        if permit.lease:
+            self._run("release", permit.key, (permit.generation, permit.lease))
 
     def state(self, key: str) -> str:
         """The state now: "closed", "open" or "half_open"."""

@@ -48,20 +48,26 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest,
              messages: list[dict[str, str]], deadline: float, spend: Spend | None) -> Completion:  # fmt: skip
     """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
-    settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled."""
+    settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled.
+
+    A permit whose call never reported (the budget or the limiter refused it, the panel was
+    decided, Redis failed) is released, not recorded: it says nothing about the provider, and a
+    half-open probe left unreleased would block every other probe until its lease expired."""
     spec = rt.registry.model(model)
     key = f"{spec.provider}:{model}"
     permit = rt.breaker.allow(key)
+    recorded = False
     hold = None
-    if spend is not None:  # worst case: estimated input plus the model's whole output budget
-        worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
-        hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
     completion: Completion | None = None
     try:
+        if spend is not None:  # worst case: estimated input plus the model's whole output budget
+            worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
+            hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
         reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm)], estimate_tokens(messages), deadline=deadline)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except ProviderError as e:
+            recorded = True
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
             if isinstance(e, RateLimited):
                 metrics.RATE_LIMITED.labels(spec.provider, model).inc()
@@ -70,12 +76,17 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         finally:
             used = completion.tokens_in + completion.tokens_out if completion else 0
             rt.limiter.reconcile(reservation, used)
+        recorded = True
         rt.breaker.record(permit, ok=True)
         return completion
     finally:
-        if hold is not None:
-            actual = rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch) if completion and spend else 0.0
-            rt.budget.settle(hold, actual)
+        try:
+            if hold is not None:
+                actual = rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch) if completion and spend else 0.0
+                rt.budget.settle(hold, actual)
+        finally:
+            if not recorded:
+                rt.breaker.release(permit)
 
 
 def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
