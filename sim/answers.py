@@ -1,5 +1,6 @@
 """Where a reply comes from, in order: the model's scripted `answer` knob, a replay row for the exact
-messages, else the deterministic rule. Batch lines take the same path as live calls.
+messages, a verdict if the prompt is a panel's arbiter prompt (`sim.arbiter`), else the
+deterministic rule. Batch lines take the same path as live calls.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sim.arbiter import ArbiterRequest, verdict
 from sim.knobs import Knobs
 from sim.prompt import Prompt, estimate_tokens
 from sim.replay import ReplayIndex
@@ -19,7 +21,7 @@ class Reply:
     tokens_in: int
     tokens_out: int
     recorded_latency_ms: float | None
-    source: Literal["scripted", "replay", "rule"]
+    source: Literal["scripted", "replay", "arbiter", "rule"]
     finish: Literal["stop", "length"] = "stop"
 
 
@@ -36,6 +38,9 @@ class Answerer:
             reply = Reply(rec.text, rec.tokens_in if rec.tokens_in is not None else tokens_in,
                           rec.tokens_out if rec.tokens_out is not None else estimate_tokens(rec.text),
                           rec.latency_ms, "replay")  # fmt: skip
+        elif (request := ArbiterRequest.parse(prompt)) is not None:
+            text, latency_ms = verdict(model, prompt, request, self.replay)
+            reply = Reply(text, tokens_in, estimate_tokens(text), latency_ms, "arbiter")
         else:
             text = rule_reply(model, prompt, knobs.skill, json_mode)
             reply = Reply(text, tokens_in, estimate_tokens(text), None, "rule")
