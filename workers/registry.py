@@ -57,6 +57,7 @@ class ModelSpec(_Strict):
     batch_price: Price
     rpm: int = Field(gt=0)
     tpm: int = Field(gt=0)
+    burst_s: float = Field(default=60.0, gt=0, le=60, description="seconds of rpm/tpm that may go out at once")
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(default=1024, gt=0)
     fallbacks: list[str] = Field(default_factory=list)

@@ -21,7 +21,7 @@ def publish(rt: Runtime, force: bool = False) -> dict[str, dict[str, object]] | 
     for name, spec in rt.registry.models.items():
         key = f"{spec.provider}:{name}"
         snap = dict(rt.breaker.snapshot(key))
-        head = rt.limiter.headroom(Limit(key, spec.rpm, spec.tpm))
+        head = rt.limiter.headroom(Limit(key, spec.rpm, spec.tpm, spec.burst_s))
         rows[key] = {**snap, **head}
         metrics.breaker_state(key, str(snap.get("state", "closed")))
         metrics.HEADROOM_REQ.labels(key).set(float(head.get("requests", 0)))

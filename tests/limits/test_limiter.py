@@ -194,3 +194,35 @@ def test_limits_reject_nonsense_before_any_round_trip(r: redis.Redis) -> None:
     with pytest.raises(ValueError):
         rl.try_acquire([MODEL], -1)
     assert r.keys("*") == []
+
+
+def test_a_short_burst_grants_only_that_many_seconds_at_once_then_the_steady_rate(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    lim = Limit("sliding", rpm=600, tpm=1_000_000, burst_s=2.0)  # 10 a second, 20 at once
+    assert sum(rl.try_acquire([lim], 1).granted for _ in range(30)) == 20
+    assert rl.try_acquire([lim], 1).wait_s == pytest.approx(0.1)
+    assert rl.headroom(lim)["requests"] == 0.0
+    clock.advance(60.0)  # a quiet minute refills the burst, not the minute
+    assert rl.headroom(lim)["requests"] == pytest.approx(20.0)
+    granted = 0
+    for _ in range(600):  # five eager callers every 100 ms for a minute: the burst, then the rate
+        granted += sum(rl.try_acquire([lim], 1).granted for _ in range(5))
+        clock.advance(0.1)
+    assert granted == 20 + 599  # 600 * (2 s + 59.9 s) / 60: the bound, met exactly
+
+
+def test_a_request_larger_than_the_burst_goes_alone_on_a_clear_schedule(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    lim = Limit("sliding", rpm=600, tpm=6000, burst_s=1.0)  # a burst of 100 tokens
+    assert rl.try_acquire([lim], 50).granted
+    big = rl.try_acquire([lim], 400)  # four bursts: waits until the first 50 have drained
+    assert not big.granted and big.wait_s == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert rl.try_acquire([lim], 400).granted
+    assert rl.try_acquire([lim], 1).wait_s == pytest.approx(4.0 - 1.0 + 0.01)  # its 4 s, less the burst
+
+
+def test_burst_must_be_within_a_minute() -> None:
+    for bad in (0.0, -1.0, 61.0):
+        with pytest.raises(ValueError, match="burst_s"):
+            Limit("k", rpm=1, tpm=1, burst_s=bad)

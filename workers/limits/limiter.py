@@ -12,11 +12,14 @@ Why GCRA: it is a token bucket in continuous time kept as one number per dimensi
 theoretical arrival time, TAT), so a denial says exactly how long to wait, there is no refill
 step to race, and an idle key expires the moment its TAT passes. Fixed one-minute windows
 (LiteLLM's) let twice the limit through within a second across a window edge; here any w
-seconds see at most limit * (1 + w/60), and a sustained rate never passes the limit.
+seconds see at most limit * (burst_s + w)/60, and a sustained rate never passes the limit.
 
-Edges: the bucket holds one minute's worth, so after a quiet minute a whole minute's limit may
-go out at once (Anthropic documents the same bucket; if a provider quantises per second, give
-it a lower limit). Decisions are exact to a nanosecond of schedule. Tokens reserved up front are an estimate: a charge above
+Edges: the bucket holds `burst_s` seconds' worth (default a minute, like the token buckets
+Anthropic and llmock document), so after a quiet spell that much may go out at once. A provider
+that counts a sliding 60 s window refuses such a burst followed by the full rate (the window
+would see the limit plus the burst): give it a `burst_s` of a second or two and a limit a few
+percent under the provider's, for network jitter between our grant and its count. A request
+larger than the burst is granted alone, once the schedule is clear. Decisions are exact to a nanosecond of schedule. Tokens reserved up front are an estimate: a charge above
 it has already been spent upstream and makes later callers wait instead.
 """
 
@@ -39,15 +42,23 @@ MAX_JITTER_S = 0.05  # spreads waiters that were told the same wait so they do n
 
 @dataclass(frozen=True)
 class Limit:
-    """`rpm` requests and `tpm` tokens per minute on `key` (e.g. "openai:gpt-4o"), fleet-wide."""
+    """`rpm` requests and `tpm` tokens per minute on `key` (e.g. "openai:gpt-4o"), fleet-wide,
+    of which at most `burst_s` seconds' worth may go out at once."""
 
     key: str
     rpm: int
     tpm: int
+    burst_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.rpm <= 0 or self.tpm <= 0:
             raise ValueError(f"limit {self.key}: rpm and tpm must be positive (got {self.rpm}, {self.tpm})")
+        if not 0 < self.burst_s <= 60:
+            raise ValueError(f"limit {self.key}: burst_s must be in (0, 60] seconds (got {self.burst_s})")
+
+    @property
+    def burst_us(self) -> int:
+        return round(self.burst_s * US)
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class RateLimiter:
             return Reservation(True, 0.0, tokens, limits)
         args: list[Any] = [tokens]
         for lim in limits:
-            args += [lim.rpm, lim.tpm]
+            args += [lim.rpm, lim.tpm, lim.burst_us]
         status, at_or_index, wait_us, *tats = self._run("acquire", [self.prefix + lim.key for lim in limits], args)
         if status == 1:
             return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats))
@@ -142,5 +153,5 @@ class RateLimiter:
     def headroom(self, limit: Limit) -> dict[str, float]:
         """Requests and tokens grantable now, and `paused_until` (epoch seconds, 0 if not paused).
         A snapshot for gauges: it reserves nothing and may be stale by the time it is read."""
-        requests, tokens, paused = self._run("peek", [self.prefix + limit.key], [limit.rpm, limit.tpm])
+        requests, tokens, paused = self._run("peek", [self.prefix + limit.key], [limit.rpm, limit.tpm, limit.burst_us])
         return {"requests": float(requests), "tokens": float(tokens), "paused_until": float(paused) / US}

@@ -6,18 +6,20 @@
 -- ARGV[2]  now in integer microseconds, or "" to read redis.call('TIME'). Production always
 --          sends ""; tests inject a value to exercise clock edges.
 --
--- acquire    ARGV[3] tokens; ARGV[2+2i], ARGV[3+2i] rpm and tpm of KEYS[i]
+-- acquire    ARGV[3] tokens; ARGV[1+3i], ARGV[2+3i], ARGV[3+3i] rpm, tpm and burst (us) of KEYS[i]
 --            -> {1, now, 0, t_1, ..., t_n}  granted at `now`; t_i = KEYS[i]'s token TAT - now
 --            -> {0, i, wait_us}             not granted: KEYS[i] waits longest; nothing written
 --            -> {-1, i, 0}                  never grantable: tokens exceed KEYS[i]'s tpm
 -- reconcile  ARGV[3] actual - reserved tokens; ARGV[4] the grant's now;
 --            ARGV[3+2i], ARGV[4+2i] tpm of KEYS[i] and its t_i from the grant -> {1}
 -- pause      ARGV[3] microseconds -> paused-until (string), the later of the old and the new one
--- peek       ARGV[3] rpm, ARGV[4] tpm -> {requests, tokens, paused_until} as strings, read-only
+-- peek       ARGV[3] rpm, ARGV[4] tpm, ARGV[5] burst (us) -> {requests, tokens, paused_until}
+--            as strings, read-only
 --
--- Invariant (GCRA, burst tolerance one minute): for each key and each dimension with limit L,
--- the units granted in any interval of w microseconds never exceed L + L*w/60e6; a grant takes
--- every key or none. Refunds give back only the part of a reservation still ahead of the clock
+-- Invariant (GCRA, burst tolerance B microseconds, at most one minute): for each key and each
+-- dimension with limit L, the units granted in any interval of w microseconds never exceed
+-- L*(B + w)/60e6, except that one unit (one request, or one request's tokens) larger than the
+-- burst is granted alone on an empty schedule; a grant takes every key or none. Refunds give back only the part of a reservation still ahead of the clock
 -- (capacity that has not come back by itself), so they cannot break the bound; charges above a
 -- reservation were already spent upstream and push the key into debt instead.
 --
@@ -60,13 +62,14 @@ if op == 'acquire' then
   local wait, blocker = 0, 0
   local rs, ts, ps = {}, {}, {}
   for i = 1, #KEYS do
-    local rpm, tpm = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-    local cost = tokens * MINUTE / tpm
+    local rpm, tpm, burst = tonumber(ARGV[1 + 3 * i]), tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
+    local interval, cost = MINUTE / rpm, tokens * MINUTE / tpm
     if cost > MINUTE + EPS then return {-1, i, 0} end
     local r, t, p = load(KEYS[i])
-    r, t = math.max(r, 0) + MINUTE / rpm, math.max(t, 0) + cost
-    -- how long until this key would grant: both buckets have room and the pause is over
-    local w = math.max(r - MINUTE, t - MINUTE, p)
+    r, t = math.max(r, 0) + interval, math.max(t, 0) + cost
+    -- how long until this key would grant: both buckets have room and the pause is over; a
+    -- unit larger than the burst fits an empty schedule, else it could never pass
+    local w = math.max(r - math.max(burst, interval), t - math.max(burst, cost), p)
     if w > EPS and w > wait then wait, blocker = w, i end
     rs[i], ts[i], ps[i] = r, t, p
   end
@@ -104,10 +107,10 @@ if op == 'pause' then
 end
 
 if op == 'peek' then
-  local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local rpm, tpm, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
   local r, t, p = load(KEYS[1])
-  local requests = math.max(0, (MINUTE - math.max(r, 0)) * rpm / MINUTE)
-  local tokens = math.max(0, (MINUTE - math.max(t, 0)) * tpm / MINUTE)
+  local requests = math.max(0, (burst - math.max(r, 0)) * rpm / MINUTE)
+  local tokens = math.max(0, (burst - math.max(t, 0)) * tpm / MINUTE)
   if p <= 0 then p = 0 else p = now + p end
   return {fmt(requests), fmt(tokens), fmt(p)}
 end

@@ -63,7 +63,7 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         if spend is not None:  # worst case: estimated input plus the model's whole output budget
             worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
             hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
-        reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm)], estimate_tokens(messages), deadline=deadline)
+        reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm, spec.burst_s)], estimate_tokens(messages), deadline=deadline)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except ProviderError as e:
