@@ -30,6 +30,10 @@ class Settings(BaseModel):
             "priority_steps": [0, 3, 6, 9],
             "queue_order_strategy": "priority",
         }
+            # A message whose worker died is restored by a periodic scan: kombu's default is every
+            # 10 s x throttle 10 = 100 s on top of the timeout; scan every min(10 s, timeout/4).
+            "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
 
     @classmethod
     def from_env(cls) -> "Settings":

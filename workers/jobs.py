@@ -191,6 +191,30 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
 
 
 def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
+DEAD_LETTER = keys.PREFIX + "deadletter"  # list, newest first: what operators inspect and replay
+DEAD_LETTER_MAXLEN = 10_000
+
+
+def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
+    """Park a task that failed `attempts` times (raised, or lost its worker each time) and fail its
+    job with the reason, so it stops taking workers and its caller stops waiting. True if this
+    call failed the job (a job already decided or dead-lettered is left as it is)."""
+    entry = {"job_id": job_id, "task": task, "task_id": task_id, "reason": reason, "attempts": attempts, "at": time.time()}
+    pipe = rt.redis.pipeline()
+    pipe.lpush(DEAD_LETTER, orjson.dumps(entry))
+    pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAXLEN - 1)
+    pipe.execute()
+    jkey = keys.job(job_id)
+    if rt.redis.hget(jkey, "status") in (b"decided", b"failed") or not rt.redis.hsetnx(jkey, "dead_letter", orjson.dumps(entry)):
+        return False
+    fail_job(rt, job_id, f"dead-letter: {task} gave up after {attempts} attempts: {reason}")
+    panels = [p["panel_id"] for p in panels_of(rt, job_id)]
+    if panels:  # nothing is left for the deadline sweep to decide
+        rt.redis.zrem(keys.PANEL_DEADLINES, *panels)
+    log.warning("job %s dead-lettered: %s after %d attempts: %s", job_id, task, attempts, reason)
+    return True
+
+
     result = Result(job_id=job_id, status="failed", error=reason)
     jkey = keys.job(job_id)
     pipe = rt.redis.pipeline()

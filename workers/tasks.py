@@ -1,38 +1,57 @@
 """Thin Celery entry points, called by name. Arguments are ids only; logic lives in
-workers/jobs.py and workers/panel/. Names are what Flower shows."""
+workers/jobs.py and workers/panel/. Names are what Flower shows.
+
+Every job task runs under `attempt`: at most MAX_ATTEMPTS deliveries per task id, counting both
+retries after an exception and redeliveries after a lost worker (acks_late puts the message back
+when the process dies, so a task that kills its worker would otherwise loop forever and take a
+worker down with it each time). The last attempt dead-letters the job with its reason.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Callable
 
 from celery import Task
 
+from producer import keys
 from workers.app import app
 from workers.batch import lane as batch_lane
-from workers.jobs import conclude_panel, start_job
+from workers.batch import realtime as batch_realtime_lane
+from workers.jobs import conclude_panel, dead_letter, start_job
 from workers.panel.arbiter import run_arbiter
-from workers.panel.chord import run_member
+from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
 from workers.panel.state import Member, PanelSpec
 from workers.panel.sweep import sweep
 from workers import status
 from workers.runtime import runtime
 
 log = logging.getLogger("panel.tasks")
+MAX_ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0  # doubled per attempt: 1 s, 2 s, ...
+ATTEMPTS_TTL_S = 24 * 3600
 
 
 class CeleryDispatcher:
     """The chord's Dispatcher on Celery: members to their tier queue, arbiter to frontier."""
 
     def member(self, spec: PanelSpec, member: Member) -> str:
-        if spec.batch:
+        if spec.batch and not batch_lane.too_late(spec):
             return str(app.send_task("panel.batch_member", args=[spec.panel_id, member.member], queue="llm.batch").id)
         return self.realtime_member(spec, member)
 
     def realtime_member(self, spec: PanelSpec, member: Member) -> str:
-        queue = f"llm.{member.tier}"
-        return str(app.send_task("panel.member", args=[spec.panel_id, member.member], queue=queue).id)
+        # a batch panel's member made in real time (deadline near) pays, and says, the real-time price
+        task = "panel.batch_realtime" if spec.batch else "panel.member"
+        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=f"llm.{member.tier}").id)
 
     def arbiter(self, panel_id: str) -> None:
+        spec = runtime().store.spec(panel_id)
+        if spec is not None and spec.batch:  # through a batch too, or in real time near the deadline
+            app.send_task("panel.batch_arbiter", args=[panel_id], queue="llm.batch")
+            return
         app.send_task("panel.arbiter", args=[panel_id], queue="llm.frontier")
 
     def conclude(self, panel_id: str) -> None:
@@ -45,27 +64,89 @@ class CeleryDispatcher:
 dispatcher = CeleryDispatcher()
 
 
+def job_of(panel_id: str) -> str:
+    return panel_id.rsplit(".", 1)[0]  # panel ids are f"{job_id}.{n}" (workers/jobs.py new_panel)
+
+
+def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[[str], None] | None = None) -> str:
+    """Run `body` as attempt n of this task id. An exception retries with backoff; the attempt
+    after MAX_ATTEMPTS (or the last one failing) dead-letters instead of running: `abandon` first
+    (a member gives up its vote and the panel goes on), else the whole job fails with the reason."""
+    rt = runtime()
+    task_id = str(task.request.id)
+    key = f"{keys.PREFIX}attempts:{task_id}"
+    pipe = rt.redis.pipeline()
+    pipe.hincrby(key, "n", 1)
+    pipe.hset(key, "last_worker", f"{socket.gethostname()} pid {os.getpid()}")
+    pipe.expire(key, ATTEMPTS_TTL_S)
+    n = int(pipe.execute()[0])
+    if n > MAX_ATTEMPTS:
+        last = rt.redis.hget(key, "reason")
+        reason = last.decode() if last else f"its worker was lost mid-task {n - 1} times"
+        return give_up(task, job_id, reason, n - 1, abandon)
+    try:
+        _test_poison(job_id)
+        out = body()
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"[:300]
+        rt.redis.hset(key, "reason", reason)
+        if n >= MAX_ATTEMPTS:
+            return give_up(task, job_id, reason, n, abandon)
+        log.warning("%s[%s] attempt %d/%d failed (%s); retrying", task.name, task_id, n, MAX_ATTEMPTS, type(e).__name__)
+        raise task.retry(exc=e, countdown=RETRY_BACKOFF_S * 2 ** (n - 1), max_retries=None) from None
+    rt.redis.delete(key)
+    return out
+
+
+def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callable[[str], None] | None) -> str:
+    rt = runtime()
+    if abandon is not None:
+        try:
+            abandon(reason)
+            rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
+            return "abandoned"
+        except Exception as e:  # the panel itself is unreadable: the job cannot go on
+            log.warning("%s[%s] could not abandon its member (%s); failing the job", task.name, task.request.id, e)
+    dead_letter(rt, job_id, str(task.name), str(task.request.id), reason, attempts)
+    rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
+    return "dead-letter"
+
+
+def _test_poison(job_id: str) -> None:
+    """Test-only (PANEL_TEST_HOOKS=1): a job armed as poison raises, or kills its worker, on every
+    attempt, so the reliability suite can prove it is dead-lettered and never blocks the queue."""
+    if not TEST_HOOKS:
+        return
+    mode = runtime().redis.get(f"pf:test:poison:{job_id}")
+    if mode == b"raise":
+        raise RuntimeError("poison job (test hook): this task fails every time")
+    if mode == b"exit":
+        os._exit(137)  # what the OOM killer or a segfault looks like from the broker's side
+
+
 @app.task(name="panel.run", bind=True, acks_late=True)
 def run(self: Task, job_id: str) -> str:
     """Plan a job and send its first panel."""
-    return start_job(runtime(), dispatcher, job_id)
+    return attempt(self, job_id, lambda: start_job(runtime(), dispatcher, job_id))
 
 
 @app.task(name="panel.member", bind=True, acks_late=True)
 def member(self: Task, panel_id: str, member_id: str) -> str:
     """One member's call and vote."""
-    return run_member(runtime(), dispatcher, panel_id, member_id)
+    return attempt(self, job_of(panel_id), lambda: run_member(runtime(), dispatcher, panel_id, member_id),
+                   abandon=lambda reason: abandon_member(runtime(), dispatcher, panel_id, member_id, reason))  # fmt: skip
 
 
 @app.task(name="panel.arbiter", bind=True, acks_late=True)
 def arbiter(self: Task, panel_id: str) -> str:
-    return run_arbiter(runtime(), dispatcher, panel_id)
+    return attempt(self, job_of(panel_id), lambda: run_arbiter(runtime(), dispatcher, panel_id))
 
 
 @app.task(name="panel.batch_member", bind=True, acks_late=True)
 def batch_member(self: Task, panel_id: str, member_id: str) -> str:
     """Queue a member's call for its model's next provider batch (no provider call here)."""
-    return batch_lane.enqueue_member(runtime(), panel_id, member_id)
+    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id),
+                   abandon=lambda reason: abandon_member(runtime(), dispatcher, panel_id, member_id, reason))  # fmt: skip
 
 
 @app.task(name="panel.batch_flush", ignore_result=True, expires=30)
@@ -76,6 +157,18 @@ def batch_flush() -> int:
 @app.task(name="panel.batch_poll", ignore_result=True, expires=30)
 def batch_poll() -> int:
     return batch_lane.poll(runtime(), dispatcher)
+
+
+@app.task(name="panel.batch_arbiter", bind=True, acks_late=True)
+def batch_arbiter(self: Task, panel_id: str) -> str:
+    """Queue a batch panel's arbiter for the next batch (in real time when the deadline is near)."""
+    return batch_lane.enqueue_arbiter(runtime(), dispatcher, panel_id)
+
+
+@app.task(name="panel.batch_realtime", bind=True, acks_late=True)
+def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
+    """A batch panel's member made in real time: its deadline is too near for another batch."""
+    return batch_realtime_lane.run_member_now(runtime(), dispatcher, panel_id, member_id)
 
 
 @app.task(name="panel.sweep", ignore_result=True, expires=30)

@@ -8,6 +8,7 @@ re-attempts exactly the steps that did not happen, and never a second arbiter or
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Protocol
 
@@ -64,6 +65,7 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
     from workers.jobs import load_job, spend_of
 
     job = load_job(rt, spec.job_id)
+    fault_point(rt, "before_call", panel_id, member_id)
     started = time.time()
     try:
         res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
@@ -78,16 +80,33 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
     return land(rt, d, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000)
 
 
+def abandon_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, reason: str) -> None:
+    """A member task that was dead-lettered: count it as a failed call (or its recorded answer),
+    so the panel goes on with the members it has instead of waiting for the deadline."""
+    spec = rt.store.spec(panel_id)
+    if spec is None:
+        return
+    m = spec.member(member_id)
+    rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "failed", error=reason), only_if_absent=True)
+    prior = rt.store.call(panel_id, member_id) or {}
+    key = prior.get("answer_key") if prior.get("status") in ("answered", "late") else None
+    follow_up(rt, d, spec, rt.store.vote(panel_id, member_id, key, _step(spec)))
+
+
 def json_mode(spec: PanelSpec, job: Job) -> bool:
     return job.response_schema is not None or spec.agreement.get("rule") == "json"
 
 
-def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: CallOutcome, elapsed_ms: float) -> str:
+def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: CallOutcome, elapsed_ms: float,
+         batch: bool | None = None) -> str:  # fmt: skip
     """Record a member's call (answered or failed), then vote. Shared by the real-time and batch
-    lanes. The record is written before the vote, so a redelivery re-uses a paid answer."""
+    lanes. The record is written before the vote, so a redelivery re-uses a paid answer.
+    `batch` prices the call (default: the panel's lane); a batch panel's line finished in real
+    time near its deadline passes False and pays, and says, the real-time price."""
     panel_id = spec.panel_id
+    batch = spec.batch if batch is None else batch
     if res.completion is None:
-        rec = call_record(spec, m, rt, "failed", model=res.model, error=res.error,
+        rec = call_record(spec, m, rt, "failed", model=res.model, error=res.error, batch=batch,
                           failed_over_from=res.failed_over_from, latency_ms=elapsed_ms)  # fmt: skip
         key = None
     else:
@@ -98,11 +117,13 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
             raw = Exact().key(c.text, existing)
             key = f"raw:{raw}" if raw else None
         rec = call_record(spec, m, rt, "answered", model=res.model, failed_over_from=res.failed_over_from,
-                          tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms,
-                          cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch),
+                          tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms, batch=batch,
+                          cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch),
+                          realtime_cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if batch else None,
                           answer_key=key, text=c.text)  # fmt: skip
     rt.store.put_call(panel_id, m.member, rec)
     observe_call(rec)
+    fault_point(rt, "after_answer", panel_id, m.member)
     outcome = rt.store.vote(panel_id, m.member, key, _step(spec))
     if outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered":
         rec["status"] = "late"  # paid for, but the panel was decided without it
@@ -153,3 +174,23 @@ def cancel_stragglers(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
 
 def _step(spec: PanelSpec) -> int:
     return 1 if spec.dispatch == "staged" else len(spec.members)
+
+
+# --- Test-only fault points. Inert unless the worker runs with PANEL_TEST_HOOKS=1, which only the
+# reliability suite sets: it arms `pf:test:park:{point}:{panel}:{member}`, the first member task to
+# reach that point parks there (once: a redelivered task passes), and the test kill -9s its worker
+# at exactly that step, or lets it go on with a `release` field (a member late to its own vote).
+TEST_HOOKS = os.environ.get("PANEL_TEST_HOOKS") == "1"
+PARK_LIMIT_S = 600.0
+
+
+def fault_point(rt: Runtime, point: str, panel_id: str, member_id: str) -> None:
+    if not TEST_HOOKS:
+        return
+    key = f"pf:test:park:{point}:{panel_id}:{member_id}"
+    if not rt.redis.exists(key) or not rt.redis.hsetnx(key, "parked_by", os.getpid()):
+        return
+    log.warning("test hook: member %s of %s parked at %s", member_id, panel_id, point)
+    end = time.monotonic() + PARK_LIMIT_S
+    while not rt.redis.hexists(key, "release") and time.monotonic() < end:
+        time.sleep(0.05)

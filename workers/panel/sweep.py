@@ -7,6 +7,7 @@ the conclusion was not made), so no job waits forever.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from producer import keys
@@ -14,28 +15,53 @@ from workers.panel.chord import Dispatcher, cancel_stragglers
 from workers.runtime import Runtime
 
 STALE_DECISION_S = 30.0  # a decision with no conclusion after this long lost its worker
+MAX_PANEL_FAILURES = 3
+SWEEP_FAILURES = keys.PREFIX + "sweep:failures"  # hash: panel id -> ticks it made the sweep raise
+log = logging.getLogger("panel.sweep")
 
 
 def sweep(rt: Runtime, d: Dispatcher, now: float | None = None, limit: int = 1000) -> int:
-    """Returns how many panels it decided or concluded."""
+    """Returns how many panels it decided or concluded. A panel that makes the sweep raise (its
+    state unreadable) is skipped, and after MAX_PANEL_FAILURES ticks its job is dead-lettered, so
+    one poison panel never stops the sweep from deciding the others."""
     now = time.time() if now is None else now
     acted = 0
     for raw in rt.redis.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit):
         pid = raw.decode()
-        spec = rt.store.spec(pid)
-        state = rt.store.state(pid)
-        if spec is None or "once:concluded" in state:
-            rt.redis.zrem(keys.PANEL_DEADLINES, pid)
-            continue
-        decided = state.get("decided")
-        if decided is None and spec.deadline <= now:
-            outcome = "sweep" if rt.store.tally(pid) else "failed"
-            won, _, _ = rt.store.decide(pid, outcome)
-            if won:
-                cancel_stragglers(rt, d, spec)
-                d.conclude(pid)
-                acted += 1
-        elif decided in ("quorum", "sweep", "arbiter", "failed") and now - spec.deadline >= -STALE_DECISION_S:
-            d.conclude(pid)  # idempotent; recovers a conclusion lost with its worker
-            acted += 1
+        try:
+            acted += sweep_panel(rt, d, pid, now)
+        except Exception as e:
+            quarantine(rt, pid, f"{type(e).__name__}: {e}"[:300])
     return acted
+
+
+def sweep_panel(rt: Runtime, d: Dispatcher, pid: str, now: float) -> int:
+    spec = rt.store.spec(pid)
+    state = rt.store.state(pid)
+    if spec is None or "once:concluded" in state:
+        rt.redis.zrem(keys.PANEL_DEADLINES, pid)
+        return 0
+    decided = state.get("decided")
+    if decided is None and spec.deadline <= now:
+        outcome = "sweep" if rt.store.tally(pid) else "failed"
+        won, _, _ = rt.store.decide(pid, outcome)
+        if won:
+            cancel_stragglers(rt, d, spec)
+            d.conclude(pid)
+            return 1
+    elif decided in ("quorum", "sweep", "arbiter", "failed") and now - spec.deadline >= -STALE_DECISION_S:
+        d.conclude(pid)  # idempotent; recovers a conclusion lost with its worker
+        return 1
+    return 0
+
+
+def quarantine(rt: Runtime, pid: str, reason: str) -> None:
+    """Count a panel's sweep failures; at the limit drop it from the sweep and dead-letter its job."""
+    from workers.jobs import dead_letter
+
+    failures = int(rt.redis.hincrby(SWEEP_FAILURES, pid, 1))
+    log.warning("sweep: panel %s failed (%d/%d): %s", pid, failures, MAX_PANEL_FAILURES, reason)
+    if failures >= MAX_PANEL_FAILURES:
+        rt.redis.zrem(keys.PANEL_DEADLINES, pid)
+        rt.redis.hdel(SWEEP_FAILURES, pid)
+        dead_letter(rt, pid.rsplit(".", 1)[0], "panel.sweep", pid, reason, failures)
