@@ -19,21 +19,26 @@ class Settings(BaseModel):
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
+    # Circuit breakers (workers/limits/breaker.py): fleet-wide, so every worker must share them.
+    breaker_window_s: float = Field(default=30.0, gt=0)
+    breaker_min_calls: int = Field(default=5, ge=1)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_open_s: float = Field(default=15.0, ge=0)
 
     def transport_options(self) -> dict[str, object]:
         """Broker options every producer and worker must share: they name the Redis lists."""
         return {
             # Above the longest call, or a late-acked task is delivered twice (celery#5935).
             "visibility_timeout": self.visibility_timeout_s,
+            # A message whose worker died is restored by a periodic scan: kombu's default is every
+            # 10 s x throttle 10 = 100 s on top of the timeout; scan every min(10 s, timeout/4).
+            "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
             # Priority lists named `q`, `q:3`, `q:6`, `q:9`, so KEDA can watch each by name.
             "sep": ":",
             "priority_steps": [0, 3, 6, 9],
             "queue_order_strategy": "priority",
         }
-            # A message whose worker died is restored by a periodic scan: kombu's default is every
-            # 10 s x throttle 10 = 100 s on top of the timeout; scan every min(10 s, timeout/4).
-            "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 4)),
-            "unacked_restore_throttle": 1,
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -49,5 +54,9 @@ class Settings(BaseModel):
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
+            "breaker_window_s": "PANEL_BREAKER_WINDOW_S",
+            "breaker_min_calls": "PANEL_BREAKER_MIN_CALLS",
+            "breaker_failure_rate": "PANEL_BREAKER_FAILURE_RATE",
+            "breaker_open_s": "PANEL_BREAKER_OPEN_S",
         }
         return cls.model_validate({k: os.environ[v] for k, v in fields.items() if os.environ.get(v)})

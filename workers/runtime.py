@@ -63,12 +63,14 @@ class Runtime:
             settings.redis_url, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
         )
         self.store = PanelStore(self.redis)
-        from workers.limits import CircuitBreaker, RateLimiter
+        from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
 
         from workers.budget import Budget
 
         self.limiter = RateLimiter(self.redis)
-        self.breaker = CircuitBreaker(self.redis)
+        self.breaker = CircuitBreaker(self.redis, BreakerConfig(
+            window_s=settings.breaker_window_s, min_calls=settings.breaker_min_calls,
+            failure_rate=settings.breaker_failure_rate, open_s=settings.breaker_open_s))  # fmt: skip
         self.budget = Budget(self.redis, settings.tenant_budget_usd)
         self._providers: dict[str, Provider] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
