@@ -52,7 +52,10 @@ class PanelClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         url = redis_url or self.settings.redis_url
-        self.redis = redis.Redis.from_url(url, health_check_interval=30, retry_on_timeout=True)
+        # A producer may share one client across many threads: wait for a free connection, never fail
+        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=self.settings.redis_max_connections, timeout=self.settings.redis_pool_timeout_s,
+            health_check_interval=30))  # fmt: skip
         self.celery = Celery("panel_producer", broker=url, set_as_current=False)
         self.celery.conf.update(
             task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=self.settings.transport_options(),

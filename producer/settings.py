@@ -19,6 +19,10 @@ class Settings(BaseModel):
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
+    # One pool per worker process, shared by its task threads: callers wait for a free connection
+    # (up to redis_pool_timeout_s) instead of failing, so size it near the pool's concurrency.
+    redis_max_connections: int = Field(default=512, ge=1)
+    redis_pool_timeout_s: float = Field(default=30.0, gt=0)
     # Circuit breakers (workers/limits/breaker.py): fleet-wide, so every worker must share them.
     breaker_window_s: float = Field(default=30.0, gt=0)
     breaker_min_calls: int = Field(default=5, ge=1)
@@ -54,6 +58,8 @@ class Settings(BaseModel):
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
+            "redis_max_connections": "PANEL_REDIS_MAX_CONNECTIONS",
+            "redis_pool_timeout_s": "PANEL_REDIS_POOL_TIMEOUT_S",
             "breaker_window_s": "PANEL_BREAKER_WINDOW_S",
             "breaker_min_calls": "PANEL_BREAKER_MIN_CALLS",
             "breaker_failure_rate": "PANEL_BREAKER_FAILURE_RATE",

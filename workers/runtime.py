@@ -59,9 +59,11 @@ class Runtime:
         self.settings = settings
         self.registry = Registry.load()
         self.policies = PolicyTable.load(self.registry)
-        self.redis = redis.Redis.from_url(
-            settings.redis_url, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
-        )
+        # redis-py 8 pools raise MaxConnectionsError past 100 connections; 256 task threads would
+        # hit it under load and fail their tasks. A blocking pool makes a thread wait its turn.
+        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_s, health_check_interval=30, socket_keepalive=True))  # fmt: skip
         self.store = PanelStore(self.redis)
         from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
 
@@ -78,7 +80,9 @@ class Runtime:
         self._thread = threading.Thread(target=self.loop.run_forever, name="panel-io", daemon=True)
         self._thread.start()
         self._http: httpx.AsyncClient = self.run(self._make_http())
-        self._aredis: aredis.Redis = aredis.Redis.from_url(settings.redis_url)
+        self._aredis: aredis.Redis = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_s))  # fmt: skip
         asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
         from workers import metrics
 
