@@ -100,6 +100,10 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return _attempt(rt, panel_id, model, request, messages, deadline, spend), None, attempt
+        except BreakerOpen as e:
+            if attempt > 1:  # it opened while this call retried: keep the call's last error in the reason
+                e.add_note(last_error)
+            raise
         except (BudgetExceeded, TokensExceedLimit) as e:  # no retry or fallback can fix these
             return None, str(e), attempt
         except RateLimitWait as e:
@@ -121,6 +125,7 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
                deadline: float, json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled."""
     tried: list[str] = []
+    causes: list[str] = []
     for candidate in [model, *rt.registry.model(model).fallbacks]:
         if candidate in tried:
             continue
@@ -129,6 +134,8 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
             completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend)
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
+            causes += getattr(e, "__notes__", [])
             continue
         return CallOutcome(candidate, completion, error, model if candidate != model else None, attempts)
-    return CallOutcome(model, None, f"circuit open for {', '.join(tried)}; no fallback available")
+    after = f" (last error: {'; '.join(causes)})" if causes else ""
+    return CallOutcome(model, None, f"circuit open for {', '.join(tried)}; no fallback available{after}")
