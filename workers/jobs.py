@@ -190,7 +190,6 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     return result
 
 
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
 DEAD_LETTER = keys.PREFIX + "deadletter"  # list, newest first: what operators inspect and replay
 DEAD_LETTER_MAXLEN = 10_000
 
@@ -215,6 +214,7 @@ def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, 
     return True
 
 
+def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     result = Result(job_id=job_id, status="failed", error=reason)
     jkey = keys.job(job_id)
     pipe = rt.redis.pipeline()
