@@ -184,6 +184,7 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
             metrics.EARLY_EXITS.labels(job.task_class).inc()
         if any(c.role == "arbiter" for c in receipt.calls):
             metrics.ARBITER.labels(job.task_class).inc()
+        metrics.announce_decision(receipt)
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a worker process, served on PANEL_METRICS_PORT (0: off).
+"""Prometheus metrics of a worker process, served on PANEL_METRICS_PORT (0: off), and the Celery
+event a decided job announces to Flower.
 
 They mirror the receipts (calls, tokens, cost, decisions) and show what receipts cannot:
 429s, breaker state and limiter headroom. Flower's own /metrics covers task runtimes.
@@ -6,7 +7,15 @@ They mirror the receipts (calls, tokens, cost, decisions) and show what receipts
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, start_http_server
+
+if TYPE_CHECKING:
+    from producer.contract import Receipt
+
+log = logging.getLogger("panel.metrics")
 
 CALLS = Counter("panel_calls_total", "Model calls by outcome", ["model", "provider", "status", "role"])
 TOKENS = Counter("panel_tokens_total", "Tokens by direction", ["model", "direction"])
@@ -19,6 +28,10 @@ ARBITER = Counter("panel_arbiter_calls_total", "Arbiter calls", ["task_class"])
 BREAKER = Gauge("panel_breaker_state", "0 closed, 1 half-open, 2 open", ["key"])
 HEADROOM_REQ = Gauge("panel_limiter_requests_available", "Requests grantable now", ["key"])
 HEADROOM_TOK = Gauge("panel_limiter_tokens_available", "Tokens grantable now", ["key"])
+
+# Flower keeps custom events whose type starts with `task-` on the task they name, and counts
+# them in its own `flower_events_total{type=...}`.
+DECISION_EVENT = "task-panel-decided"
 
 _BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 _started = False
@@ -33,3 +46,27 @@ def serve(port: int) -> None:
 
 def breaker_state(key: str, state: str) -> None:
     BREAKER.labels(key).set(_BREAKER_LEVEL.get(state, -1))
+
+
+def announce_decision(receipt: Receipt) -> None:
+    """Send `task-panel-decided` on the Celery task that decided the job, so Flower shows the
+    decision on that task (and an event consumer sees every decision as it happens).
+
+    Ids, counts and money only: never the prompt or the answer. Outside a task (plain-call tests)
+    there is nothing to attach the event to, so nothing is sent. A broker blip costs the event,
+    never the decision: the result and receipt are already stored when this runs.
+    """
+    from celery import current_task
+
+    if current_task is None or not current_task.request.id:
+        return
+    try:
+        current_task.send_event(
+            DECISION_EVENT, retry=False, job_id=receipt.job_id, task_class=receipt.task_class,
+            decision=receipt.decision, lane=receipt.lane, early_exit=receipt.early_exit,
+            calls=len(receipt.calls), calls_saved=receipt.calls_saved,
+            arbiter_calls=sum(1 for c in receipt.calls if c.role == "arbiter"),
+            cost_usd=receipt.total_cost_usd,
+        )  # fmt: skip
+    except Exception as e:  # the event is for people watching; the job is already decided
+        log.warning("could not send %s for job %s: %s", DECISION_EVENT, receipt.job_id, type(e).__name__)
