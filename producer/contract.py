@@ -148,7 +148,8 @@ class CallRecord(_Strict):
     tokens_out: int = 0
     latency_ms: float = 0.0
     cost_usd: float = 0.0
-    batch: bool = False
+    batch: bool = False  # True: priced at the registry's batch price (the call went through a batch)
+    realtime_cost_usd: float | None = None  # batch calls: the same tokens at the real-time price
     answer_key: str | None = None  # the normalised answer this call voted for
     failed_over_from: str | None = None
     error: str | None = None

@@ -36,6 +36,8 @@ def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "cost_per_job_usd": sum(r["total_cost_usd"] for r in rs) / n,
             "calls_per_job": sum(1 for r in rs for c in r["calls"] if c["status"] in ("answered", "failed", "late")) / n,
             "batch_calls": len(batch_calls),
+            # what the batch calls would have cost in real time, minus what they cost
+            "batch_saving_usd": sum((c.get("realtime_cost_usd") or c["cost_usd"]) - c["cost_usd"] for c in batch_calls),
             "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95),
             "failed": sum(1 for r in rs if r["decision"] == "failed"),
         })  # fmt: skip
@@ -44,12 +46,12 @@ def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'task class':20} {'jobs':>5} {'escal':>6} {'arbiter':>7} {'early':>6} {'changed':>7} "
-            f"{'calls/job':>9} {'$/job':>10} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")  # fmt: skip
+            f"{'calls/job':>9} {'$/job':>10} {'batch saved $':>13} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['task_class']:20} {r['jobs']:5d} {r['escalation_rate']:6.0%} {r['arbiter_rate']:7.0%} "
             f"{r['early_exit_rate']:6.0%} {r['changed_answer_rate']:7.0%} {r['calls_per_job']:9.2f} "
-            f"{r['cost_per_job_usd']:10.6f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['failed']:6d}"
+            f"{r['cost_per_job_usd']:10.6f} {r['batch_saving_usd']:13.6f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['failed']:6d}"
         )
     return "\n".join(lines)

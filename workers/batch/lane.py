@@ -1,12 +1,17 @@
-"""The batch lane: member calls collected per model, sent as one provider batch (~50% off),
-polled, and fed back into the same vote path as a real-time member.
+"""The batch lane: member and arbiter calls collected per model, sent as one provider batch
+(about half the real-time price), polled, and fed back into the same vote path as a real-time
+member. Panels keep their semantics: staged (a quorum's worth first, more on disagreement), then
+the arbiter only when the members disagree, each stage a later batch.
 
-    enqueue(rt, spec, member)          # panel.batch_member: no provider call, just a queued line
-    flush(rt)                          # periodic: one upload per model when size or age is reached
-    poll(rt, d)                        # periodic: land finished batches' lines, retry failed ones
+    enqueue_member(rt, panel_id, "m0")   # panel.batch_member: no provider call, a queued line
+    flush(rt)                            # periodic: one upload per model when size or age is due
+    poll(rt, d)                          # periodic: land finished batches' lines, retry failed ones
 
-All state lives in Redis (pending lists, open batches), so a worker restart loses nothing: a
-batch submitted before a crash is polled by whichever worker runs the next poll.
+All state lives in Redis (pending lists, open batches, each line's owner and attempts), so a
+worker killed at any point loses nothing: whichever worker runs the next poll picks the open
+batches up. Lines come back in any order and are matched by custom id only. A line that errored,
+expired or was cancelled goes into a later batch (at most MAX_ATTEMPTS batches), or is made in
+real time when the job's deadline is too near for another batch.
 """
 
 from __future__ import annotations
@@ -14,60 +19,89 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import orjson
 
+from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
+from workers.batch.lines import Line
+from workers.batch.realtime import run_arbiter_now, stage_step
 from workers.panel.calls import CallOutcome
-from workers.panel.chord import Dispatcher, call_record, json_mode, land
-from workers.panel.state import Member, PanelSpec
-from workers.providers.base import ChatRequest, Completion, ProviderError
+from workers.panel.chord import Dispatcher, call_record, follow_up, json_mode, land
+from workers.panel.state import PanelSpec
+from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.batch")
 
 PENDING = "pf:batch:pending:"  # list per model: custom ids waiting for a batch
 AGES = "pf:batch:ages"  # zset: model -> when its oldest pending line arrived
-OPEN = "pf:batch:open"  # hash: batch id -> JSON of OpenBatch
-ATTEMPTS = "pf:batch:attempts"  # hash: custom id -> batch attempts made
-MAX_ATTEMPTS = 3
+OPEN = "pf:batch:open"  # hash: batch id -> JSON {model, provider, created_at, n, group}
+GROUP = "pf:batch:group:"  # set per flush: its custom ids not yet landed; "<key>:left" = batches open
+MAX_ATTEMPTS = 3  # batches a line may fail in before its member counts as failed
+
+
+def _env(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
 
 
 @dataclass(frozen=True)
 class FlushPolicy:
-    max_items: int = int(os.environ.get("PANEL_BATCH_MAX_ITEMS", "50000"))
-    max_age_s: float = float(os.environ.get("PANEL_BATCH_MAX_AGE_S", "30"))
-    realtime_margin_s: float = float(os.environ.get("PANEL_BATCH_REALTIME_MARGIN_S", "120"))
+    """When to send, and when a batch is no longer worth waiting for. From PANEL_BATCH_* env."""
+
+    max_items: int = field(default_factory=lambda: int(_env("PANEL_BATCH_MAX_ITEMS", 50_000)))
+    max_age_s: float = field(default_factory=lambda: _env("PANEL_BATCH_MAX_AGE_S", 30))
+    # a line this close to its job's deadline is made in real time instead of another batch
+    realtime_margin_s: float = field(default_factory=lambda: _env("PANEL_BATCH_REALTIME_MARGIN_S", 120))
+    # a flush or poll lock outlives a killed worker by at most this long
+    lock_s: float = field(default_factory=lambda: _env("PANEL_BATCH_LOCK_S", 60))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_items <= 50_000:
+            raise ValueError(f"PANEL_BATCH_MAX_ITEMS={self.max_items}: give 1..50000 (OpenAI's per-file limit)")
+        if self.max_age_s < 0 or self.realtime_margin_s < 0 or self.lock_s <= 0:
+            raise ValueError("PANEL_BATCH_MAX_AGE_S and PANEL_BATCH_REALTIME_MARGIN_S must be >= 0, PANEL_BATCH_LOCK_S > 0")
 
 
-def custom_id(panel_id: str, member: str) -> str:
-    return f"{panel_id.replace('.', '-')}__{member}"
+def too_late(spec: PanelSpec, policy: FlushPolicy | None = None) -> bool:
+    """True when another batch could not be trusted to finish before the job's deadline."""
+    return spec.deadline - time.time() < (policy or FlushPolicy()).realtime_margin_s
 
 
-def split_id(cid: str) -> tuple[str, str]:
-    panel, member = cid.rsplit("__", 1)
-    job, _, n = panel.rpartition("-")
-    return f"{job}.{n}", member
-
-
-def enqueue(rt: Runtime, spec: PanelSpec, m: Member) -> bool:
-    """Queue one member's call for the next batch of its model; once per member."""
-    cid = custom_id(spec.panel_id, m.member)
-    if not rt.redis.hsetnx(ATTEMPTS, cid, 0):
-        return False
-    _push(rt, m.model, [cid])
-    return True
+# --- enqueue ---------------------------------------------------------------------------------
 
 
 def enqueue_member(rt: Runtime, panel_id: str, member_id: str) -> str:
+    """Queue a member's call for its model's next batch; once per member (a redelivered task
+    finds its line registered and queues nothing)."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return "gone"
     if rt.store.decided(panel_id):
         rt.store.put_call(panel_id, member_id, call_record(spec, spec.member(member_id), rt, "cancelled"), only_if_absent=True)
         return "cancelled"
-    return "queued" if enqueue(rt, spec, spec.member(member_id)) else "already queued"
+    cid = Line.open(rt, panel_id, member_id)
+    if cid is None:
+        return "already queued"
+    _push(rt, spec.member(member_id).model, [cid])
+    return "queued"
+
+
+def enqueue_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
+    """Queue the arbiter's call for the arbiter model's next batch, or make it now when the
+    deadline is too near for one."""
+    spec = rt.store.spec(panel_id)
+    if spec is None or not needs_arbiter(rt, panel_id):
+        return "not needed"
+    if too_late(spec):
+        return run_arbiter_now(rt, d, panel_id)
+    cid = Line.open(rt, panel_id, "arbiter")
+    if cid is None:
+        return "already queued"
+    _push(rt, spec.arbiter, [cid])
+    return "queued"
 
 
 def _push(rt: Runtime, model: str, cids: list[str]) -> None:
@@ -77,8 +111,12 @@ def _push(rt: Runtime, model: str, cids: list[str]) -> None:
     pipe.execute()
 
 
-def flush(rt: Runtime, policy: FlushPolicy = FlushPolicy(), force: bool = False) -> list[str]:
-    """Send every model's pending lines that are due. Returns the new batch ids."""
+# --- flush -----------------------------------------------------------------------------------
+
+
+def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -> list[str]:
+    """Send every model's pending lines that are due (size or age). Returns the new batch ids."""
+    policy = policy or FlushPolicy()
     created: list[str] = []
     now = time.time()
     for raw_model, since in rt.redis.zrange(AGES, 0, -1, withscores=True):
@@ -90,7 +128,7 @@ def flush(rt: Runtime, policy: FlushPolicy = FlushPolicy(), force: bool = False)
         if not (force or size >= policy.max_items or now - since >= policy.max_age_s):
             continue
         lock = f"pf:batch:lock:{model}"
-        if not rt.redis.set(lock, 1, nx=True, ex=300):
+        if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
             continue  # another worker is flushing this model
         try:
             created += _flush_model(rt, model, policy)
@@ -100,89 +138,179 @@ def flush(rt: Runtime, policy: FlushPolicy = FlushPolicy(), force: bool = False)
 
 
 def _flush_model(rt: Runtime, model: str, policy: FlushPolicy) -> list[str]:
-    cids = [c.decode() for c in rt.redis.lrange(PENDING + model, 0, policy.max_items - 1)]
-    spec_model = rt.registry.model(model)
+    raw = [c.decode() for c in rt.redis.lrange(PENDING + model, 0, policy.max_items - 1)]
     items: list[tuple[str, ChatRequest]] = []
-    from workers.jobs import load_job
-
-    for cid in cids:
-        panel_id, member = split_id(cid)
-        spec = rt.store.spec(panel_id)
-        if spec is None:
-            continue
-        if rt.store.decided(panel_id):  # decided while queued: the line costs nothing
-            rt.store.put_call(panel_id, member, call_record(spec, spec.member(member), rt, "cancelled"), only_if_absent=True)
-            continue
-        job = load_job(rt, spec.job_id)
-        items.append((cid, ChatRequest(model=spec_model.wire_model, messages=job.chat(),
-                                       max_tokens=spec_model.max_output_tokens, json_mode=json_mode(spec, job))))  # fmt: skip
+    for cid in dict.fromkeys(raw):  # a line queued twice (a retry racing a redelivery) is sent once
+        request = _request(rt, cid, model)
+        if request is not None:
+            items.append((cid, request))
     batch_ids: list[str] = []
     if items:
-        backend = backend_for(rt, spec_model.provider)
-        # The window between the upload and LTRIM is the one place a crash could send a line
-        # twice; the vote dedupes it, so a duplicate costs a line, never a second decision.
-        batch_ids = [st.id for st in rt.run(backend.submit(items))]
-        opened = {"model": model, "provider": spec_model.provider, "created_at": time.time(), "n": len(items)}
-        pipe = rt.redis.pipeline()
-        for bid in batch_ids:
-            pipe.hset(OPEN, bid, orjson.dumps(opened))
-        pipe.execute()
+        provider = rt.registry.model(model).provider
+        # Between this upload and the LTRIM below a crash would send these lines again in the
+        # next batch; landing is idempotent per line, so that costs a line, never a decision.
+        statuses = rt.run(backend_for(rt, provider).submit(items))
+        batch_ids = [st.id for st in statuses]
+        _record_open(rt, model, provider, batch_ids, [cid for cid, _ in items])
         log.info("batch %s: %d lines of %s", ",".join(batch_ids), len(items), model)
     pipe = rt.redis.pipeline()
-    pipe.ltrim(PENDING + model, len(cids), -1)
+    pipe.ltrim(PENDING + model, len(raw), -1)
     pipe.zadd(AGES, {model: time.time()}, xx=True)
     pipe.execute()
     return batch_ids
 
 
-def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy = FlushPolicy()) -> int:
+def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
+    """The line's request, or None when it is no longer needed (panel decided or gone)."""
+    from workers.jobs import load_job
+
+    line = Line.get(rt, cid)
+    spec = rt.store.spec(line.panel_id) if line else None
+    if line is None or spec is None:
+        return None
+    mspec = rt.registry.model(model)
+    job = load_job(rt, spec.job_id)
+    if line.is_arbiter:
+        if not needs_arbiter(rt, spec.panel_id):
+            return None
+        return ChatRequest(model=mspec.wire_model, messages=arbiter_messages_for(rt, spec, job),
+                           max_tokens=mspec.max_output_tokens, json_mode=True)  # fmt: skip
+    if rt.store.decided(spec.panel_id):  # decided while queued: the line costs nothing
+        rt.store.put_call(spec.panel_id, line.member, call_record(spec, spec.member(line.member), rt, "cancelled"),
+                          only_if_absent=True)  # fmt: skip
+        return None
+    return ChatRequest(model=mspec.wire_model, messages=job.chat(), max_tokens=mspec.max_output_tokens,
+                       json_mode=json_mode(spec, job))  # fmt: skip
+
+
+def _record_open(rt: Runtime, model: str, provider: str, batch_ids: list[str], cids: list[str]) -> None:
+    """One group per flush: its lines, and how many of its batches are still open. A line that
+    no batch of the group answers for (a batch that failed whole) is retried when the last closes."""
+    group = uuid.uuid4().hex
+    opened = {"model": model, "provider": provider, "created_at": time.time(), "n": len(cids), "group": group}
+    ttl = rt.settings.result_ttl_s
+    pipe = rt.redis.pipeline()
+    pipe.sadd(GROUP + group, *cids)
+    pipe.set(GROUP + group + ":left", len(batch_ids), ex=ttl)
+    pipe.expire(GROUP + group, ttl)
+    for bid in batch_ids:
+        pipe.hset(OPEN, bid, orjson.dumps(opened))
+    pipe.execute()
+
+
+# --- poll ------------------------------------------------------------------------------------
+
+
+def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
     """Follow every open batch; land the lines of finished ones. Returns lines landed."""
+    policy = policy or FlushPolicy()
     landed = 0
     for raw_id, raw in rt.redis.hgetall(OPEN).items():
         bid, info = raw_id.decode(), orjson.loads(raw)
         lock = f"pf:batch:poll:{bid}"
-        if not rt.redis.set(lock, 1, nx=True, ex=120):
+        if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
             continue
         try:
-            backend = backend_for(rt, info["provider"])
-            status = rt.run(backend.status(bid))
-            if not status.finished:
-                continue
-            lines = rt.run(backend.results(status))
-            landed += _land_lines(rt, d, info["model"], lines, policy)
-            rt.redis.hdel(OPEN, bid)
-            log.info("batch %s %s: %d lines landed", bid, status.state, len(lines))
+            landed += _poll_one(rt, d, bid, info, policy)
+        except ProviderError as e:  # the provider is down or slow: the batch is still open, try next tick
+            log.warning("batch %s: poll failed (%s); will retry", bid, e)
         finally:
             rt.redis.delete(lock)
     return landed
 
 
-def _land_lines(rt: Runtime, d: Dispatcher, model: str, lines: list[tuple[str, Completion | ProviderError]], policy: FlushPolicy) -> int:
+def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], policy: FlushPolicy) -> int:
+    backend = backend_for(rt, str(info["provider"]))
+    status = rt.run(backend.status(bid))
+    if not status.finished:
+        return 0
+    results = rt.run(backend.results(status))
+    group = GROUP + str(info.get("group", ""))
+    for cid, outcome in results:
+        _land_line(rt, d, bid, cid, outcome, policy)
+    if results:
+        rt.redis.srem(group, *[cid for cid, _ in results])
+    pipe = rt.redis.pipeline()  # MULTI: a re-run after a crash cannot close the batch twice
+    pipe.hdel(OPEN, bid)
+    pipe.decr(group + ":left")
+    _, left = pipe.execute()
+    if int(left) <= 0:
+        unanswered = [c.decode() for c in rt.redis.smembers(group)]
+        for cid in unanswered:
+            reason = f"batch {bid} {status.raw_status} without a result for this line"
+            _land_line(rt, d, bid, cid, ProviderUnavailable(str(info["provider"]), status.message or reason), policy)
+        rt.redis.delete(group, group + ":left")
+    log.info("batch %s %s: %d result lines", bid, status.raw_status, len(results))
+    return len(results)
+
+
+def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completion | ProviderError,
+               policy: FlushPolicy) -> None:  # fmt: skip
     from workers.jobs import load_job
 
-    retry: list[str] = []
-    for cid, outcome in lines:
-        panel_id, member = split_id(cid)
-        spec = rt.store.spec(panel_id)
-        if spec is None:
-            continue
-        m = spec.member(member)
-        prior = rt.store.call(panel_id, member)
-        if prior and prior["status"] in ("answered", "late"):
-            continue  # landed before (a poll re-run after a crash)
-        job = load_job(rt, spec.job_id)
-        if isinstance(outcome, ProviderError):
-            attempts = int(rt.redis.hincrby(ATTEMPTS, cid, 1))
-            if rt.store.decided(panel_id):
-                continue
-            if spec.deadline - time.time() < policy.realtime_margin_s:
-                d.realtime_member(spec, m)  # too late for another batch: finish it in real time
-            elif attempts < MAX_ATTEMPTS:
-                retry.append(cid)
-            else:
-                land(rt, d, spec, m, job, CallOutcome(model, None, f"batch line failed {attempts}x: {outcome}"), 0.0)
-            continue
-        land(rt, d, spec, m, job, CallOutcome(model, outcome), outcome.latency_ms)
-    if retry:
-        _push(rt, model, retry)
-    return len(lines)
+    line = Line.get(rt, cid)
+    spec = rt.store.spec(line.panel_id) if line else None
+    if line is None or spec is None:
+        return  # not ours, or its panel expired
+    prior = rt.store.call(spec.panel_id, line.member)
+    if not line.first_landing(rt, bid) or (not line.is_arbiter and prior and prior["status"] in ("answered", "late")):
+        _repeat_follow_ups(rt, d, spec, line, prior)  # landed before: a poll re-run, or a line sent twice
+        return
+    if isinstance(outcome, ProviderError):
+        _line_failed(rt, d, spec, line, outcome, policy)
+        return
+    job = load_job(rt, spec.job_id)
+    if line.is_arbiter:
+        if land_arbiter(rt, d, spec, job, CallOutcome(spec.arbiter, outcome), batch=True) == "retry":
+            _send_again(rt, d, spec, line, policy)
+        return
+    m = spec.member(line.member)
+    land(rt, d, spec, m, job, CallOutcome(m.model, outcome), outcome.latency_ms)
+
+
+def _repeat_follow_ups(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, prior: dict[str, object] | None) -> None:
+    """Re-vote (idempotent) so a decision whose follow-up was lost with its worker is acted on."""
+    if line.is_arbiter:
+        if rt.store.decided(spec.panel_id) == "arbiter":
+            d.conclude(spec.panel_id)
+    elif prior and prior.get("status") in ("answered", "failed", "late"):
+        key = prior.get("answer_key")
+        follow_up(rt, d, spec, rt.store.vote(spec.panel_id, line.member, key if isinstance(key, str) else None,
+                                             stage_step(spec)))  # fmt: skip
+
+
+def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, error: ProviderError,
+                 policy: FlushPolicy) -> None:  # fmt: skip
+    """An errored, expired or cancelled line: a later batch, real time, or a failed call. A line
+    the provider refused as bad input (not retryable) fails at once: no retry can fix it."""
+    from workers.jobs import load_job
+
+    attempts = line.failed_once_more(rt) if error.retryable else MAX_ATTEMPTS
+    if line.is_arbiter and not needs_arbiter(rt, spec.panel_id):
+        return
+    if not line.is_arbiter and rt.store.decided(spec.panel_id):
+        rt.store.put_call(spec.panel_id, line.member, call_record(spec, spec.member(line.member), rt, "cancelled"),
+                          only_if_absent=True)  # fmt: skip
+        return
+    if attempts < MAX_ATTEMPTS or (too_late(spec, policy) and error.retryable):
+        _send_again(rt, d, spec, line, policy)
+        return
+    why = f"batch line failed in {attempts} batches; last: {error}"
+    log.info("panel %s %s: %s", spec.panel_id, line.member, why)
+    job = load_job(rt, spec.job_id)
+    if line.is_arbiter:
+        land_arbiter(rt, d, spec, job, CallOutcome(spec.arbiter, None, why), batch=True)
+    else:
+        m = spec.member(line.member)
+        land(rt, d, spec, m, job, CallOutcome(m.model, None, why), 0.0)
+
+
+def _send_again(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, policy: FlushPolicy) -> None:
+    """The line once more: in the model's next batch, or in real time near the deadline."""
+    if too_late(spec, policy):
+        if line.is_arbiter:
+            d.arbiter(spec.panel_id)  # a batch panel's arbiter near its deadline runs in real time
+        else:
+            d.realtime_member(spec, spec.member(line.member))
+        return
+    _push(rt, spec.arbiter if line.is_arbiter else spec.member(line.member).model, [line.cid])
