@@ -123,5 +123,7 @@ class BatchStore:
             else:
                 self.sim.stats.batch_line(line.spec.model, reply.tokens_in, reply.tokens_out)
                 results.append(LineResult(line.custom_id, line.wire_model, "succeeded", reply))
+        if job.lines and self.sim.knobs.for_model(job.lines[0].spec.model).batch_shuffle:
+            rng.shuffle(results)  # clients must match lines by custom_id, never by position
         job.results = results
         return results

@@ -46,6 +46,7 @@ class Knobs:
     batch_delay_s: float = 2.0
     batch_line_error_rate: float = 0.0
     batch_expire: bool = False
+    batch_shuffle: bool = False  # result lines in a seeded random order, as real batches may return them
 
 
 KNOB_NAMES = frozenset(f.name for f in fields(Knobs))
