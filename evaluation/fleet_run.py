@@ -1,5 +1,10 @@
 """Run evaluation policies through a real local fleet (redis-server, simulator replaying the
-file, Celery worker processes) and score what comes back."""
+file, Celery worker processes) and score what comes back.
+
+Questions go in through a window of `in_flight` jobs at a time, so a receipt's latency (submit
+to decision) is the panel's own and not the wait behind a whole file submitted at once. The
+eval's registry lifts every model's rpm/tpm: the run measures policies, not provider quotas
+(the limiter would otherwise pace a replay at the shipped production limits)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import csv
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +21,12 @@ import yaml
 from evaluation.policy import EvalPolicy
 from evaluation.reference import Score
 from evaluation.replay import Row, agreement_for, is_correct
+from producer import keys
 from producer.client import PanelClient
+from producer.contract import Result
 from producer.fleet import SIM_KEY, Fleet
+
+UNLIMITED_RPM, UNLIMITED_TPM = 1_000_000, 1_000_000_000
 
 SHIPPED = Path(__file__).resolve().parent.parent / "policies"
 
@@ -43,9 +53,11 @@ def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy], pric
             p_in, p_out = prices.get(model, (0.0, 0.0))
             registry["models"][model] = {
                 "provider": "replay", "tier": "economy", "price": {"input": p_in, "output": p_out},
-                "batch_price": {"input": p_in / 2, "output": p_out / 2}, "rpm": 100000, "tpm": 100000000,
+                "batch_price": {"input": p_in / 2, "output": p_out / 2},
                 "context_window": 200000,
             }  # fmt: skip
+    for spec in registry["models"].values():
+        spec.update(rpm=UNLIMITED_RPM, tpm=UNLIMITED_TPM)
     kind = rows[0].kind
     tasks: dict[str, Any] = {}
     for p in policies:
@@ -61,8 +73,58 @@ def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy], pric
     (dest / "tasks.yaml").write_text(yaml.safe_dump({"task_classes": tasks}, sort_keys=False))
 
 
+def windowed(client: PanelClient, jobs: list[dict[str, Any]], in_flight: int, timeout_s: float) -> Iterator[tuple[int, Result]]:
+    """Submit `jobs` keeping at most `in_flight` undecided; yield (index, result) as each is done."""
+    end = time.monotonic() + timeout_s
+    waiting: dict[str, int] = {}
+    queue = iter(enumerate(jobs))
+    exhausted = False
+    while waiting or not exhausted:
+        while not exhausted and len(waiting) < in_flight:
+            item = next(queue, None)
+            if item is None:
+                exhausted = True
+                break
+            waiting[client.submit(item[1])] = item[0]
+        if not waiting:
+            break
+        if time.monotonic() > end:
+            raise TimeoutError(f"{len(waiting)} eval jobs not done after {timeout_s:.0f}s")
+        channels = {keys.done_channel(j): j for j in waiting}
+        got = client.redis.blpop(list(channels), timeout=1.0)
+        ready = [channels[got[0].decode()]] if got else list(waiting)  # on a quiet second, poll them all
+        for jid in ready:
+            res = client.result(jid)
+            if res is not None and res.status in ("decided", "failed"):
+                yield waiting.pop(jid), res
+
+
+def score_result(s: Score, r: Row, res: Result, rule: Any) -> None:
+    """Add one question's fleet result to the policy's score: recorded costs for answered members,
+    the fleet's own price for the rest (cancelled in flight, failed, the arbiter)."""
+    s.questions += 1
+    rc = res.receipt
+    if res.status != "decided" or rc is None or res.answer is None:
+        s.failed += 1
+        return
+    s.correct += is_correct(r.kind, rule.key(res.answer, []), r.gold)
+    s.latencies_ms.append(rc.latency_ms)
+    s.early_exits += rc.early_exit
+    for c in rc.calls:
+        if c.status in ("answered", "late", "failed"):
+            s.calls += 1
+        recorded = r.models.get(c.model)
+        if c.role == "member" and c.status in ("answered", "late") and recorded and recorded.cost_usd is not None:
+            s.cost_usd += recorded.cost_usd * (0.5 if c.batch else 1.0)
+        else:
+            s.cost_usd += c.cost_usd
+            s.cost_estimated += c.status in ("answered", "late") and c.role == "member"
+        s.arbiter_calls += c.role == "arbiter"
+    s.arbiter_fallbacks += rc.decision == "majority" or bool(rc.verdict and rc.verdict.fallback)
+
+
 def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: float = 1.0,
-        timeout_s: float = 1800.0) -> list[Score]:  # fmt: skip
+        timeout_s: float = 1800.0, in_flight: int = 16) -> list[Score]:  # fmt: skip
     from workers.panel.agreement import make_rule  # scoring uses the fleet's own answer extraction
     from workers.policy import AgreementSpec
 
@@ -79,31 +141,13 @@ def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: 
         run_id = uuid.uuid4().hex[:6]
         rule = make_rule(AgreementSpec.model_validate(agreement_for(rows[0].kind)))
         for p in policies:
-            t0 = time.monotonic()
-            ids = [client.submit({"id": f"{run_id}-{p.name}-{i}", "task_class": p.task_class, "messages": r.messages})
-                   for i, r in enumerate(rows)]  # fmt: skip
+            jobs = [{"id": f"{run_id}-{p.name}-{i}", "task_class": p.task_class, "messages": r.messages}
+                    for i, r in enumerate(rows)]  # fmt: skip
             s = Score(p.name, "fleet")
-            for r, jid in zip(rows, ids):
-                res = client.wait(jid, timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
-                s.questions += 1
-                rc = res.receipt
-                if res.status != "decided" or rc is None or res.answer is None:
-                    s.failed += 1
-                    continue
-                s.correct += is_correct(r.kind, rule.key(res.answer, []), r.gold)
-                s.latencies_ms.append(rc.latency_ms)
-                s.early_exits += rc.early_exit
-                for c in rc.calls:
-                    if c.status in ("answered", "late", "failed"):
-                        s.calls += 1
-                    recorded = r.models.get(c.model)
-                    if c.role == "member" and c.status in ("answered", "late") and recorded and recorded.cost_usd is not None:
-                        s.cost_usd += recorded.cost_usd * (0.5 if c.batch else 1.0)
-                    else:
-                        s.cost_usd += c.cost_usd
-                        s.cost_estimated += c.status in ("answered", "late") and c.role == "member"
-                    s.arbiter_calls += c.role == "arbiter"
-                s.arbiter_fallbacks += rc.decision == "majority"
+            t0 = time.monotonic()
+            for i, res in windowed(client, jobs, in_flight, timeout_s):
+                score_result(s, rows[i], res, rule)
+            s.wall_s = time.monotonic() - t0
             scores.append(s)
     finally:
         fleet.stop()

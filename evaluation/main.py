@@ -11,8 +11,13 @@ from evaluation.replay import load as load_rows
 from evaluation.replay import models_in
 
 
+COST_VS_STRONGEST_GOAL, COST_VS_FUSION_GOAL = 0.35, 0.50
+
+
 def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: float = 1.0,
-             limit: int | None = None) -> dict[str, object]:  # fmt: skip
+             limit: int | None = None, in_flight: int = 16) -> dict[str, object]:  # fmt: skip
+    """Reference latencies are the recorded ones times `latency_scale`, like the simulator's, so
+    the table compares like with like; fleet latencies add the fleet's own overhead on top."""
     rows = load_rows(file)[:limit] if limit else load_rows(file)
     policies = [load_policy(ref) for ref in policy_refs]
     available = models_in(rows)
@@ -26,9 +31,11 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     strongest = reference.strongest(singles)
     fusions = {p.name: reference.fusion(rows, p.members or [p.model or ""], p.arbiter or p.members[0], prices)
                for p in policies if p.lane == "panel"}  # fmt: skip
+    for ref in [*singles, strongest, *fusions.values()]:
+        ref.latencies_ms = [ms * latency_scale for ms in ref.latencies_ms]
     print(f"running {len(policies)} policies x {len(rows)} questions through the fleet "
-          f"(recorded latencies x {latency_scale})", file=sys.stderr)
-    fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale)
+          f"(recorded latencies x {latency_scale}, {in_flight} questions in flight)", file=sys.stderr)
+    fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale, in_flight=in_flight)
     scores = [*fleet_scores, strongest, *fusions.values(), *singles]
     print(report.table(scores))
     best = max(fleet_scores, key=lambda s: (s.accuracy, -s.cost_usd))
@@ -37,11 +44,18 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     print(f"\nbest fleet policy {best.name}: accuracy {best.accuracy:.3f} vs strongest {strongest.accuracy:.3f} "
           f"({ratios['accuracy_vs_strongest']:.3f}x) at {ratios['cost_vs_strongest']:.2f}x its cost; "
           f"vs Fusion-style {fusion.accuracy:.3f} ({ratios['accuracy_vs_fusion']:.3f}x) at {ratios['cost_vs_fusion']:.2f}x its cost")  # fmt: skip
+    goals = {
+        "strongest": best.accuracy >= strongest.accuracy and ratios["cost_vs_strongest"] <= COST_VS_STRONGEST_GOAL,
+        "fusion": best.accuracy >= fusion.accuracy and ratios["cost_vs_fusion"] <= COST_VS_FUSION_GOAL,
+    }
+    print(f"goal >= strongest accuracy at <= {COST_VS_STRONGEST_GOAL:.0%} of its cost: "
+          f"{'reached' if goals['strongest'] else 'NOT reached'}; goal >= Fusion-style accuracy at "
+          f"<= {COST_VS_FUSION_GOAL:.0%} of its cost: {'reached' if goals['fusion'] else 'NOT reached'}")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = file.name.split(".")[0]
     json_path, png_path = out_dir / f"eval-{stem}.json", out_dir / f"eval-{stem}.png"
     summary = {"best": best.name, "strongest": strongest.name, "fusion": fusion.name, "ratios": ratios,
-               "latency_scale": latency_scale, "rows": len(rows)}  # fmt: skip
+               "goals_reached": goals, "latency_scale": latency_scale, "in_flight": in_flight, "rows": len(rows)}  # fmt: skip
     report.write_json(json_path, file, scores, summary)
     report.plot(png_path, f"{stem}: accuracy against cost ({len(rows)} questions)", scores)
     print(f"wrote {json_path} and {png_path}", file=sys.stderr)

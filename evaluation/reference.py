@@ -24,6 +24,7 @@ class Score:
     arbiter_fallbacks: int = 0
     failed: int = 0
     cost_estimated: int = 0  # calls priced from tokens because no cost was recorded
+    wall_s: float = 0.0  # fleet runs: how long the policy's questions took end to end
 
     @property
     def accuracy(self) -> float:
@@ -40,7 +41,7 @@ class Score:
             "cost_usd": self.cost_usd, "cost_per_question_usd": self.cost_usd / n, "calls_per_question": self.calls / n,
             "early_exit_rate": self.early_exits / n, "arbiter_rate": self.arbiter_calls / n,
             "arbiter_fallbacks": self.arbiter_fallbacks, "failed": self.failed, "cost_estimated_calls": self.cost_estimated,
-            "p50_latency_ms": self.pct(50), "p95_latency_ms": self.pct(95),
+            "p50_latency_ms": self.pct(50), "p95_latency_ms": self.pct(95), "wall_s": round(self.wall_s, 1),
         }  # fmt: skip
 
 

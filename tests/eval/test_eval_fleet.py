@@ -1,0 +1,75 @@
+"""`panel eval` end to end through a real fleet (redis-server, the simulator, Celery workers): on a
+small synthetic file in the replay format with models the registry has never heard of, and on the
+first rows of the real replay files (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from evaluation import offline
+from evaluation.fleet_run import prices_near
+from evaluation.main import evaluate
+from evaluation.replay import load
+from tests.eval import synthetic
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def policy(path: Path, **fields: object) -> str:
+    path.write_text("\n".join(f"{k}: {orjson.dumps(v).decode()}" for k, v in fields.items()) + "\n")
+    return str(path)
+
+
+def test_panel_eval_runs_any_replay_file_and_scores_each_decision(tmp_path: Path) -> None:
+    data = synthetic.write(tmp_path / "synthetic.jsonl")
+    (tmp_path / "models.csv").write_text("name,price_in_usd_per_1m,price_out_usd_per_1m\n"
+                                         f"{synthetic.JUDGE},2.0,8.0\n")  # fmt: skip
+    staged = policy(tmp_path / "staged.yaml", name="staged3", members=list(synthetic.MEMBERS), quorum=2,
+                    dispatch="staged", arbiter=synthetic.JUDGE)  # fmt: skip
+    single = policy(tmp_path / "single.yaml", name="judge-alone", lane="single", model=synthetic.JUDGE)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "producer", "eval", str(data), "--policy", staged, "--policy", single,
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = orjson.loads((out / "eval-synthetic.json").read_bytes())
+    assert (out / "eval-synthetic.png").read_bytes()[:4] == b"\x89PNG"
+    by_name = {p["policy"]: p for p in report["policies"]}
+
+    # agree (2 calls), agree on a wrong answer (2), 2-1 settled by the third (3), split -> judge (3 + 1)
+    panel = by_name["staged3"]
+    assert panel["failed"] == 0 and panel["arbiter_fallbacks"] == 0
+    assert panel["accuracy"] == 0.75 and panel["calls_per_question"] == 2.75
+    assert panel["early_exit_rate"] == 0.5 and panel["arbiter_rate"] == 0.25
+    members_cost = (1e-5 + 2e-5) * 2 + (1e-5 + 2e-5 + 3e-5) * 2  # recorded cost_usd of every member that answered
+    arbiter_cost = panel["cost_usd"] - members_cost
+    assert 200 * 2e-6 < arbiter_cost < 1000 * 2e-6  # priced from models.csv: a few hundred tokens at 2 USD per 1M
+
+    alone = by_name["judge-alone"]
+    assert alone["accuracy"] == 1.0 and alone["calls_per_question"] == 1.0
+    assert alone["cost_usd"] == pytest.approx(4 * 4e-5) == by_name[f"single:{synthetic.JUDGE}"]["cost_usd"]
+    assert report["strongest"] == f"strongest={synthetic.JUDGE}"
+    assert "staged3" in proc.stdout and "NOT reached" in proc.stdout
+
+
+def test_panel_eval_on_real_replay_rows_matches_the_offline_chord(replay_dir: Path, tmp_path: Path) -> None:
+    """The fleet's staged decisions equal the offline model's, question by question in aggregate:
+    same accuracy, same calls; single lane reproduces the recorded model exactly."""
+    for name, n in (("mmlu_train.jsonl", 24), ("gsm8k_train.jsonl", 12)):
+        file = replay_dir / name
+        rows = load(file)[:n]
+        shape = offline.PanelShape(("llama3.2-3b", "llama3.1-8b", "llama3.1-70b"), 2, "staged", "llama3.1-70b")
+        expected = offline.score(rows, shape, prices_near(file))
+        summary = evaluate(file, ["cheap-staged"], tmp_path / name, latency_scale=0.05, limit=n)
+        report = orjson.loads((tmp_path / name / f"eval-{name.split('.')[0]}.json").read_bytes())
+        fleet = next(p for p in report["policies"] if p["policy"] == "cheap-staged")
+        assert fleet["failed"] == 0 and fleet["arbiter_fallbacks"] == 0, (name, fleet)
+        assert fleet["accuracy"] == round(expected.accuracy, 4), (name, fleet, expected.as_dict())
+        assert fleet["calls_per_question"] == pytest.approx(expected.calls / n), name
+        assert fleet["arbiter_rate"] == pytest.approx(expected.arbiter_calls / n), name
+        assert summary["rows"] == n
