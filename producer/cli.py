@@ -73,7 +73,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, row in sorted(rows.items()):
             print(f"{key:40} {row.get('state', '?'):10} {row.get('requests', 0):12.0f} {row.get('tokens', 0):12.0f}")
         return 0
-    print(client.status(args.job_id))
+    from producer import keys
+
+    status = client.status(args.job_id)
+    error = client.redis.hget(keys.job(args.job_id), "error") if status == "failed" else None
+    print(f"{status}: {error.decode()}" if error else status)  # e.g. "failed: dead-letter: ..."
     return 0
 
 

@@ -7,8 +7,10 @@ A `single` lane is a panel of one member with a quorum of one, so every lane sha
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
+from datetime import datetime
 from typing import Any
 
 import jsonschema
@@ -17,7 +19,7 @@ import orjson
 from producer import keys
 from producer.contract import Job, Result
 from workers import metrics
-from workers.ledger import render_receipt, write_ledger
+from workers.ledger import LEDGER_MAXLEN, render_receipt
 from workers.panel.agreement import parse_json_object
 from workers.panel.calls import Spend
 from workers.panel.chord import Dispatcher, dispatch
@@ -26,15 +28,22 @@ from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.jobs")
+CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
 
 def load_job(rt: Runtime, job_id: str) -> Job:
+    """The stored job. Its deadline was checked at submit; re-checking it here ("deadline is in
+    the past") would make every step after the deadline (the sweep's decision, a late member)
+    raise, so it is set back after validation instead."""
     raw = rt.redis.hget(keys.job(job_id), "spec")
     if raw is None:
         raise KeyError(f"job {job_id} not found")
-    return Job.model_validate(orjson.loads(raw))
+    data = orjson.loads(raw)
+    deadline = data.pop("deadline", None)
+    job = Job.model_validate(data)
+    return job if deadline is None else job.model_copy(update={"deadline": datetime.fromisoformat(deadline)})
 
 
 def spend_of(rt: Runtime, job: Job, batch: bool) -> Spend:
@@ -130,15 +139,34 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
 
 
 def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
-    """A panel is decided: escalate, retry, or finalise the job. The first call acts; later calls
+    """A panel is decided: escalate, retry, or finalise the job. One caller at a time acts (a
+    lease), and the panel is marked concluded only after the action, so a conclusion that raised
+    or lost its worker is taken up again by a retry or the sweep. Once concluded, later calls
     (late members) only re-render the receipt."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return
-    if not rt.store.once(panel_id, "concluded"):
+    pkey = keys.panel(panel_id)
+    if rt.redis.hexists(pkey, "once:concluded"):
         if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
             finalise_job(rt, spec.job_id, rerender=True)
         return
+    lease = pkey + ":concluding"
+    if not rt.redis.set(lease, os.getpid(), nx=True, ex=CONCLUDE_LEASE_S):
+        return
+    try:
+        act_on_decision(rt, d, spec)
+        rt.redis.hset(pkey, "once:concluded", time.time())
+    finally:
+        rt.redis.delete(lease)
+
+
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
+    """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
+    another is not escalated again, a finalised job is only re-rendered)."""
+    panel_id = spec.panel_id
+    if panels_of(rt, spec.job_id)[-1]["panel_id"] != panel_id:
+        return  # this panel's escalation or retry was sent before a crash
     rt.publish_decided(panel_id)
     job = load_job(rt, spec.job_id)
     policy = rt.policies.get(job.task_class)
@@ -158,6 +186,11 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 
 def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
+    """Write the result and receipt. The first call (not `rerender`) also signals done and appends
+    to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
+    a repeat after a crash finds `finalised` and only re-renders."""
+    jkey = keys.job(job_id)
+    rerender = rerender or bool(rt.redis.hexists(jkey, "finalised"))
     job = load_job(rt, job_id)
     panels = panels_of(rt, job_id)
     last = panels[-1]["panel_id"]
@@ -168,16 +201,17 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else "no member answered before the deadline or all calls failed")  # fmt: skip
-    jkey = keys.job(job_id)
     pipe = rt.redis.pipeline()
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
     if not rerender:
+        pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
+        pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
+                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
     pipe.execute()
     if not rerender:
-        write_ledger(rt, receipt)
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)
         if receipt.early_exit:

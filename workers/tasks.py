@@ -117,7 +117,10 @@ def _test_poison(job_id: str) -> None:
     attempt, so the reliability suite can prove it is dead-lettered and never blocks the queue."""
     if not TEST_HOOKS:
         return
-    mode = runtime().redis.get(f"pf:test:poison:{job_id}")
+    r = runtime().redis
+    mode = r.get(f"pf:test:poison:{job_id}")
+    if mode is not None:
+        r.incr(f"pf:test:poison_hits:{job_id}")  # counted apart from `attempt`'s own bookkeeping
     if mode == b"raise":
         raise RuntimeError("poison job (test hook): this task fails every time")
     if mode == b"exit":
