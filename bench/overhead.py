@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import platform
 import shutil
@@ -34,6 +33,18 @@ from producer.embedded import child_env, stop_process
 from producer.fleet import SIM_KEY, Fleet, WorkerSpec
 
 MEMBERS = {"qwen2.5-72b-instruct": 200, "qwen2.5-32b-coder-instruct": 200, "llama3.1-70b": 1000}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to explain where a rate saturates."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fleet_pids(fleet: Fleet) -> dict[str, int]:
+    assert fleet.redis is not None and fleet.sim_proc is not None
+    pids = {name: p.pid for name, p in fleet.procs.items()}
+    return {**pids, "redis": fleet.redis.proc.pid, "sim": fleet.sim_proc.pid, "producer": os.getpid()}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -93,19 +104,15 @@ def run_native(fleet: Fleet, n: int, rate: float) -> list[float]:
     native_chord.app.conf.broker_url = native_chord.app.conf.result_backend = fleet.redis_url
     r = redis.Redis.from_url(fleet.redis_url)
     r.delete("bench:native")
-    handles = []
     for i in range(n):
         t = time.perf_counter()
         prompt = f"native {uuid.uuid4().hex} A) x B) y"
         header = [native_chord.member.s(fleet.sim_url, m, prompt) for m in MEMBERS]
-        handles.append(chord(header)(native_chord.decide.s(time.time(), f"p{i}")))
+        chord(header)(native_chord.decide.s(time.time(), f"p{i}"))
         time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
     end = time.time() + 120
     while r.hlen("bench:native") < n and time.time() < end:
         time.sleep(0.2)
-    # drop the AsyncResults now: their __del__ unsubscribes through the backend, which must still be up
-    handles.clear()
-    gc.collect()
     return [float(v) for v in r.hvals("bench:native")]
 
 
@@ -141,7 +148,10 @@ def main() -> None:
         print(f"{'rate/s':>6} {'path':8} {'p50 ms':>8} {'p99 ms':>8} {'p50 over ideal ms':>18} {'p99 over ideal ms':>18} {'p50 ratio':>9}")
         for rate in [float(x) for x in args.rates.split(",")]:
             ideal = asyncio.run(run_ideal(fleet.sim_url, args.panels, rate))
+            pids = fleet_pids(fleet)
+            before = {k: cpu_seconds(p) for k, p in pids.items()}
             fl = run_fleet(client, args.panels, rate)
+            cpu_ms = {k: (cpu_seconds(p) - before[k]) * 1000 / args.panels for k, p in pids.items()}
             nat = run_native(fleet, args.panels, rate)
             base50, base99 = pct(ideal, 0.5), pct(ideal, 0.99)
             for name, v in (("ideal", ideal), ("fleet", fl), ("native", nat)):
@@ -152,6 +162,9 @@ def main() -> None:
                 print(f"{rate:6.0f} {name:8} {p50 * 1000:8.1f} {p99 * 1000:8.1f} {(p50 - base50) * 1000:18.1f} "
                       f"{(p99 - base99) * 1000:18.1f} {p50 / base50:9.2f}")  # fmt: skip
             print(f"{'':6} (n={len(fl)} fleet panels, {len(nat)} native chords, median of {statistics.median(ideal) * 1000:.0f} ms ideal)")
+            total = sum(cpu_ms.values())
+            print(f"{'':6} fleet CPU ms per panel: {', '.join(f'{k} {v:.1f}' for k, v in cpu_ms.items())}; "
+                  f"total {total:.1f} -> at most ~{1000 * (os.cpu_count() or 1) / total:.0f} panels/s on this machine")  # fmt: skip
     finally:
         if native:
             stop_process(native)
@@ -160,3 +173,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Celery's AsyncResult.__del__ unsubscribes through the result backend during interpreter
+    # teardown and prints a traceback; everything is measured and stopped by now.
+    sys.stdout.flush()
+    os._exit(0)

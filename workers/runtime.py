@@ -29,6 +29,9 @@ from workers.providers.base import Provider
 from workers.registry import Registry
 
 log = logging.getLogger("panel.runtime")
+# httpx logs every request line at INFO: one line per provider call is noise at fleet rates and
+# costs CPU the calls need; our own call records and metrics carry what an operator reads.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 T = TypeVar("T")
 
 
