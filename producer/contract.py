@@ -53,7 +53,8 @@ class Job(_Strict):
     lane: Lane | None = Field(default=None, description="force a lane; `panel` asks for a panel explicitly")
     flags: list[str] = Field(default_factory=list, description="input triggers, e.g. migration, security")
     deadline: AwareDatetime | None = None
-    budget_usd: float | None = Field(default=None, gt=0)
+    # strict: JSON `true` or "0.5" is a wrong type here, not a budget of $1 or $0.50
+    budget_usd: float | None = Field(default=None, gt=0, strict=True, allow_inf_nan=False)
     tenant: str = "default"
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
@@ -82,7 +83,11 @@ class Job(_Strict):
     @field_validator("metadata")
     @classmethod
     def _small(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if len(orjson.dumps(v)) > MAX_METADATA_BYTES:
+        try:
+            size = len(orjson.dumps(v))
+        except orjson.JSONEncodeError as e:  # an integer past 64 bits, a lone surrogate
+            raise ValueError(f"not storable as JSON ({e}); keep strings, 64-bit numbers, booleans or null") from None
+        if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata over {MAX_METADATA_BYTES} bytes; keep ids and tags, not payloads")
         return v
 

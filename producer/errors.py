@@ -16,6 +16,7 @@ class ContractError(PanelError, ValueError):
     """
 
     def __init__(self, problems: list[tuple[str, str]]):
+        problems = [(_one_line(f), _one_line(m)) for f, m in problems]
         self.problems = problems
         self.field = problems[0][0] if problems else ""
         super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
@@ -34,6 +35,11 @@ class ContractError(PanelError, ValueError):
                 msg = "field required"
             problems.append((loc, msg))
         return cls(problems)
+
+
+def _one_line(text: str) -> str:
+    """`text` fit for one terminal line: a field named `a\\nb` by a hostile job is shown escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class UnknownJob(PanelError, KeyError):
