@@ -29,7 +29,8 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     prices = fleet_run.prices_near(file)
     singles = [reference.single(rows, m, prices) for m in available]
     strongest = reference.strongest(singles)
-    fusions = {p.name: reference.fusion(rows, p.members or [p.model or ""], p.arbiter or p.members[0], prices)
+    # named after the policy whose members and judge it always runs (the table has room for that)
+    fusions = {p.name: reference.fusion(rows, p.members, p.arbiter or p.members[0], prices, label=p.name)
                for p in policies if p.lane == "panel"}  # fmt: skip
     for ref in [*singles, strongest, *fusions.values()]:
         ref.latencies_ms = [ms * latency_scale for ms in ref.latencies_ms]

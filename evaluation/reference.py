@@ -69,11 +69,12 @@ def single(rows: list[Row], model: str, prices: dict[str, tuple[float, float]]) 
     return s
 
 
-def fusion(rows: list[Row], members: list[str], judge: str, prices: dict[str, tuple[float, float]]) -> Score:
+def fusion(rows: list[Row], members: list[str], judge: str, prices: dict[str, tuple[float, float]],
+           label: str | None = None) -> Score:
     """Every member, then the judge, always (OpenRouter Fusion's shape). Its answer: the members'
     answer when they all agree (a judge keeps a unanimous answer), else the judge's own recorded
     answer; its latency: the slowest member plus the judge."""
-    s = Score(f"fusion:{'+'.join(members)}>{judge}", "reference")
+    s = Score(f"fusion:{label or '+'.join(members) + '>' + judge}", "reference")
     for r in rows:
         answers = [r.models[m].answer for m in members]
         costs = [recorded_cost(r, m, prices.get(m)) for m in [*members, judge]]

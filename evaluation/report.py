@@ -38,28 +38,42 @@ def write_json(path: Path, file: Path, scores: list[Score], extra: dict[str, obj
                                   option=orjson.OPT_INDENT_2))  # fmt: skip
 
 
-def plot(path: Path, title: str, scores: list[Score]) -> None:
+def plot(path: Path, title: str, scores: list[Score], goal_cost_ratio: float = 0.35) -> None:
+    """One point per policy; the strongest single model ringed, with its accuracy (dotted) and
+    `goal_cost_ratio` of its cost (dashed) drawn, so the goal region (up and left) reads at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
-    for s in scores:
+    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=110)
+    strongest = next((s for s in scores if s.name.startswith("strongest=")), None)
+    for i, s in enumerate(x for x in scores if not x.name.startswith("strongest=")):
         x = s.cost_usd / max(s.questions, 1)
-        fleet = s.kind == "fleet"
-        ax.scatter([x], [s.accuracy], s=90 if fleet else 40, marker="*" if fleet else "o",
-                   color="tab:red" if fleet else ("tab:purple" if s.name.startswith(("fusion", "strongest")) else "tab:gray"),
-                   zorder=3)  # fmt: skip
-        ax.annotate(s.name.removeprefix("single:")[:36], (x, s.accuracy), textcoords="offset points", xytext=(6, 3),
-                    fontsize=8, color="black" if fleet else "dimgray")  # fmt: skip
+        fleet, fusion = s.kind == "fleet", s.name.startswith("fusion")
+        ax.scatter([x], [s.accuracy], s=110 if fleet else 45, marker="*" if fleet else ("D" if fusion else "o"),
+                   color="tab:red" if fleet else ("tab:purple" if fusion else "tab:gray"), zorder=3)  # fmt: skip
+        ax.annotate(s.name.removeprefix("single:")[:32], (x, s.accuracy), textcoords="offset points",
+                    xytext=(6, 4 if i % 2 else -10), fontsize=8, color="black" if fleet else "dimgray")  # fmt: skip
+    if strongest is not None and strongest.questions:
+        x = strongest.cost_usd / strongest.questions
+        ax.scatter([x], [strongest.accuracy], s=260, facecolors="none", edgecolors="tab:purple", linewidths=1.5, zorder=4)
+        ax.axhline(strongest.accuracy, color="tab:purple", linestyle=":", linewidth=1)
+        ax.axvline(goal_cost_ratio * x, color="tab:purple", linestyle="--", linewidth=1)
+        model = strongest.name.removeprefix("strongest=")
+        ax.text(0.01, 0.985, f"goal region (above the dotted line, left of the dashed one): at least the accuracy of\n"
+                f"the strongest single model ({model}) at no more than {goal_cost_ratio:.0%} of its cost",
+                transform=ax.transAxes, va="top", fontsize=8, color="tab:purple")  # fmt: skip
+    lows = [s.accuracy for s in scores]
+    ax.set_ylim(min(lows) - 0.02, max(lows) + 0.12 * (max(lows) - min(lows) + 0.05))  # headroom for the goal text
     ax.set_xscale("log")
     ax.set_xlabel("cost per question (USD, log scale)")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.text(0.01, 0.01, "red stars: policies run through the fleet; purple: strongest single and Fusion-style; "
-            "gray: each model alone", transform=ax.transAxes, fontsize=7, color="dimgray")  # fmt: skip
+    ax.text(0.01, 0.01, "red stars: policies run through the fleet; purple diamonds: Fusion-style (every member\n"
+            "and the judge, always); ringed: the strongest single model; gray: each model alone", transform=ax.transAxes,
+            fontsize=7, color="dimgray")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
