@@ -39,6 +39,10 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale, in_flight=in_flight)
     scores = [*fleet_scores, strongest, *fusions.values(), *singles]
     print(report.table(scores))
+    unpriced = [m for m in available if m not in prices and any(r.models[m].cost_usd is None for r in rows)]
+    if unpriced:
+        print(f"\nwarning: no recorded cost_usd and no price in {file.parent / 'models.csv'} for "
+              f"{', '.join(unpriced)}: their calls count as 0 USD, so cost ratios are not meaningful", file=sys.stderr)  # fmt: skip
     best = max(fleet_scores, key=lambda s: (s.accuracy, -s.cost_usd))
     fusion = fusions.get(best.name) or min(fusions.values(), key=lambda s: s.cost_usd, default=strongest)
     ratios = report.ratios(best, strongest, fusion)
