@@ -1,0 +1,118 @@
+"""Stopping a worker mid-call, as Kubernetes and Compose do: SIGTERM, then SIGKILL when the grace
+period runs out. Either way the job decides exactly once, and the simulator's own request counts
+agree with the receipt.
+
+SIGTERM is Celery's warm shutdown: stop consuming, let running tasks finish, exit. Celery's soft
+shutdown (`worker_soft_shutdown_timeout`) only shortens a *cold* shutdown (SIGQUIT, or SIGTERM
+with REMAP_SIGTERM=SIGQUIT), and on the threads pool a cold shutdown cannot cancel a running call
+(`TaskPool.terminate_job` raises NotImplementedError), so the deployments leave SIGTERM warm and
+bound it with the grace period (tests/deploy checks both).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from producer import keys
+from producer.client import PanelClient
+from producer.fleet import Fleet, WorkerSpec
+
+pytestmark = pytest.mark.integration
+
+MODEL = "qwen2.5-32b-coder-instruct"  # code_review's single lane (workhorse tier)
+CALL_S = 3.0
+TIERS = "llm.economy,llm.workhorse,llm.frontier"
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    f = Fleet(workers=[WorkerSpec("control", "control", concurrency=4, beat=True)])
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def client(fleet: Fleet) -> Iterator[PanelClient]:
+    fleet.sim("/_sim/reset", {})
+    fleet.sim("/_sim/config", {"models": {MODEL: {"latency_ms": CALL_S * 1000, "answer": "APPROVE: typo fix"}}})
+    c = PanelClient(fleet.redis_url)
+    yield c
+    c.close()
+
+
+def start_tier_worker(fleet: Fleet, name: str, **env: str) -> subprocess.Popen[bytes]:
+    saved = fleet.env
+    fleet.env = {**saved, **env}
+    try:
+        proc = fleet.start_worker(WorkerSpec(name, TIERS, concurrency=4))
+    finally:
+        fleet.env = saved
+    end = time.monotonic() + 120
+    while not fleet._ready(name):
+        assert proc.poll() is None, f"worker {name} exited; log in {fleet.log_dir}"
+        assert time.monotonic() < end, f"worker {name} not ready; log in {fleet.log_dir}"
+        time.sleep(0.1)
+    return proc
+
+
+def submit_and_wait_in_flight(fleet: Fleet, client: PanelClient) -> str:
+    job_id = client.submit({"task_class": "code_review", "prompt": f"--- a/README.md\n-teh\n+the {uuid.uuid4().hex}"})
+    end = time.monotonic() + 30
+    while fleet.sim("/_sim/stats")["totals"]["in_flight"] < 1:
+        assert time.monotonic() < end, "the provider call never started"
+        time.sleep(0.02)
+    return job_id
+
+
+def assert_decided_once(fleet: Fleet, client: PanelClient, job_id: str, sim_statuses: dict[str, int]) -> None:
+    """One decision, one ledger entry, one answered call in the receipt, and the simulator saw
+    exactly `sim_statuses` (499: the client hung up) with one delivered answer, the receipt's."""
+    result = client.wait(job_id, timeout=60)
+    assert result.status == "decided" and result.receipt is not None
+    (call,) = result.receipt.calls
+    assert call.status == "answered"
+    time.sleep(0.5)  # a duplicate decision would land now
+    r = redis.Redis.from_url(fleet.redis_url)
+    assert r.lrange(keys.done_channel(job_id), 0, -1) == [b"decided"], "the job was decided more than once"
+    assert len([e for e in client.ledger() if e["job_id"] == job_id]) == 1
+    stats = fleet.sim("/_sim/stats")["models"][MODEL]
+    assert stats["by_status"] == sim_statuses and stats["in_flight"] == 0
+    assert stats["answered"] == 1 and (call.tokens_in, call.tokens_out) == (stats["tokens_in"], stats["tokens_out"])
+
+
+def test_sigterm_during_a_slow_call_lets_the_call_finish_before_the_worker_exits(fleet: Fleet, client: PanelClient) -> None:
+    worker = start_tier_worker(fleet, "tier-warm")
+    job_id = submit_and_wait_in_flight(fleet, client)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    exited = time.time()
+    (req,) = fleet.sim(f"/_sim/requests?model={MODEL}")["requests"]  # type: ignore[misc]
+    assert req["status"] == 200 and req["ended"] - req["started"] >= CALL_S * 0.9
+    assert req["ended"] <= exited, "the worker exited before its call finished"
+    assert client.status(job_id) == "decided"  # decided by the stopping worker, no one else is running
+    assert_decided_once(fleet, client, job_id, sim_statuses={"200": 1})
+
+
+def test_a_worker_killed_after_the_grace_period_has_its_call_redelivered(fleet: Fleet, client: PanelClient) -> None:
+    worker = start_tier_worker(fleet, "tier-killed")
+    job_id = submit_and_wait_in_flight(fleet, client)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.kill()  # the grace period ran out mid-call
+    worker.wait(timeout=10)
+    assert client.status(job_id) != "decided"
+    # acks_late: the message stays unacked in Redis; a live worker restores it once it is older
+    # than the visibility timeout (an hour in production; here a few seconds, on the restoring
+    # worker only, and still above the call: a shorter one redelivers the heir's own running call).
+    start_tier_worker(fleet, "tier-heir", PANEL_VISIBILITY_TIMEOUT_S=str(int(CALL_S * 2)))
+    assert_decided_once(fleet, client, job_id, sim_statuses={"499": 1, "200": 1})
+    cut, redone = fleet.sim(f"/_sim/requests?model={MODEL}")["requests"]  # type: ignore[misc]
+    assert cut["fault"] == "disconnected" and cut["messages_sha"] == redone["messages_sha"]  # the same call, again
