@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,9 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
 bad_names = st.one_of(st.just(""), st.just("a" * 129), st.text(min_size=1, max_size=12).filter(lambda s: not s.isascii() or " " in s or s[0] in "_.:-"),
                       st.integers(), st.booleans(), st.lists(st.text(max_size=3), max_size=2))  # fmt: skip
-now = datetime.now(timezone.utc)
+now = datetime.now(UTC)
 past = st.datetimes(min_value=datetime(1970, 1, 2), max_value=(now - timedelta(seconds=5)).replace(tzinfo=None),
-                    timezones=st.just(timezone.utc))  # fmt: skip
+                    timezones=st.just(UTC))  # fmt: skip
 
 # field -> values that field must refuse; the error must name that field
 BAD_VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -205,7 +205,8 @@ def test_submit_many_reports_every_bad_line_by_number_and_queues_every_good_one(
         kind = kinds[err.line - 1]
         assert err.field == LINE_KINDS[kind][1], (kind, str(err))
         assert "\n" not in str(err) and str(err).startswith(f"line {err.line}: {err.field}: ")
-    for (n, job_id), raw in zip(report.submitted, [lines[n - 1] for n in good_numbers]):
+    for (line_no, job_id) in report.submitted:
+        raw = lines[line_no - 1]
         assert r.hget(keys.job(job_id), "status") == b"queued"
         assert orjson.loads(r.hget(keys.job(job_id), "spec"))["prompt"] == orjson.loads(raw)["prompt"]
     assert r.llen("control") == len(good_numbers)  # one panel.run message per good line

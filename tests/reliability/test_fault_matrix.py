@@ -177,7 +177,8 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
             jobs = {c.model: client.submit({"task_class": f"fault_{c.model}",
                                             "prompt": f"{uid(c.model)}: what is 6 times 7?" + "x" * c.prompt_chars})
                     for c in CASES}  # fmt: skip
-            results = {m: r for m, r in zip(jobs, wait_all(client, list(jobs.values()), timeout=90).values())}
+            done = wait_all(client, list(jobs.values()), timeout=90)
+            results = {m: done[jid] for m, jid in jobs.items()}
             print(f"fault matrix: {len(jobs)} jobs ended in {time.monotonic() - started:.1f}s")
             breaker = CircuitBreaker(redis.Redis.from_url(fleet.redis_url), BREAKER)
             yield Matrix(fleet, client, llmock, jobs, results, time.monotonic() - started, breaker)
@@ -202,7 +203,7 @@ def _llmock_requests(llmock: Llmock, model: str) -> list[dict[str, Any]]:
 def _gaps_after_429(rows: list[dict[str, Any]]) -> list[float]:
     """For each request that followed a finished 429, how long after that 429 it started."""
     gaps = []
-    for before, after in zip(rows, rows[1:]):
+    for before, after in zip(rows, rows[1:], strict=False):
         if before["status"] == 429 and before["ended"] <= after["started"]:
             gaps.append(after["started"] - before["ended"])
     return gaps

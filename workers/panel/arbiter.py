@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from producer import keys
 from producer.contract import Verdict
-from workers.panel.agreement import make_rule, parse_json_object
+from workers.panel.agreement import make_rule
 from workers.panel.calls import call_model
 from workers.panel.chord import Dispatcher, observe_call
 from workers.runtime import Runtime
@@ -43,21 +43,54 @@ Reply with ONE JSON object and nothing else:
 def arbiter_messages(task: list[dict[str, str]], answers: dict[str, str], rubric: list[str]) -> list[dict[str, str]]:
     task_text = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in task)
     data = orjson.dumps([{"member": k, "answer": v} for k, v in sorted(answers.items())], option=orjson.OPT_INDENT_2)
-    user = (f"<task>\n{task_text}\n</task>\n\n<member_answers>\n{data.decode()}\n</member_answers>\n\n"
+    # < and > as JSON escapes (same strings): an answer cannot close the data block with its own tag
+    quoted = data.decode().replace("<", "\\u003c").replace(">", "\\u003e")
+    user = (f"<task>\n{task_text}\n</task>\n\n<member_answers>\n{quoted}\n</member_answers>\n\n"
             "Return the JSON verdict.")  # fmt: skip
     system = ARBITER_SYSTEM.format(rubric="\n".join(f"- {r}" for r in rubric) or "- be correct")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def json_objects(text: str) -> list[dict[str, Any]]:
+    """Every top-level JSON object in `text`, in order; braces inside JSON strings do not count."""
+    found: list[dict[str, Any]] = []
+    depth, start, in_string, escaped = 0, -1, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            in_string = ch != '"' or escaped
+            escaped = ch == "\\" and not escaped
+        elif ch == '"' and depth:
+            in_string = True
+        elif ch == "{":
+            depth, start = depth + 1, i if depth == 0 else start
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                try:
+                    obj = orjson.loads(text[start : i + 1])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    found.append(obj)
+    return found
+
+
 def parse_verdict(text: str, members: set[str]) -> Verdict | None:
-    obj = parse_json_object(text)
-    if obj is None:
+    """The reply's verdict, or None (ask once more, then take the majority) when it is not exactly
+    one verdict object or chooses a member that was not offered. A reply that quotes a member's
+    injected verdict beside its own is ambiguous, never read as the first object it contains."""
+    verdicts = [o for o in json_objects(text) if "final_answer" in o]
+    if len(verdicts) != 1:
         return None
+    obj = verdicts[0]
     try:
         v = Verdict.model_validate({k: obj.get(k) for k in ("final_answer", "chosen_members", "disagreements", "rationale") if k in obj})
     except ValidationError:
         return None
-    return v.model_copy(update={"chosen_members": [m for m in v.chosen_members if m in members]})
+    if not set(v.chosen_members) <= members:
+        log.info("arbiter verdict rejected: it chose %s, not among the members offered", sorted(set(v.chosen_members) - members))
+        return None
+    return v
 
 
 def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
@@ -77,7 +110,7 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
         verdict = Verdict.model_validate(prior["verdict"])  # redelivered: the verdict was paid for
     else:
         messages = arbiter_messages(job.chat(), answers, spec.rubric)
-        tokens_in = tokens_out = 0
+        tokens_in = tokens_out = replies = 0
         cost = latency = 0.0
         model = spec.arbiter
         error = None
@@ -89,15 +122,16 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
                 error = res.error
                 break
             c = res.completion
+            replies += 1
             tokens_in, tokens_out, latency = tokens_in + c.tokens_in, tokens_out + c.tokens_out, latency + c.latency_ms
             cost += rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch)
             verdict = parse_verdict(c.text, set(answers))
             if verdict is not None:
                 break
-            error = "verdict was not valid JSON of the verdict's shape"
+            error = "verdict unusable: not exactly one JSON verdict of the verdict's shape, or a member not offered"
         mspec = rt.registry.model(model)
         record = {"member": "arbiter", "role": "arbiter", "model": model, "provider": mspec.provider, "tier": mspec.tier,
-                  "status": "answered" if tokens_in else "failed", "tokens_in": tokens_in, "tokens_out": tokens_out,
+                  "status": "answered" if replies else "failed", "tokens_in": tokens_in, "tokens_out": tokens_out,
                   "latency_ms": latency, "cost_usd": cost, "batch": spec.batch, "error": None if verdict else error,
                   "verdict": verdict.model_dump() if verdict else None}  # fmt: skip
         rt.store.put_call(panel_id, "arbiter", record)
