@@ -141,24 +141,42 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
 def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
     """A panel is decided: escalate, retry, or finalise the job. One caller at a time acts (a
     lease), and the panel is marked concluded only after the action, so a conclusion that raised
-    or lost its worker is taken up again by a retry or the sweep. Once concluded, later calls
-    (late members) only re-render the receipt."""
+    or lost its worker is taken up again by a retry or the sweep. A caller that finds the lease
+    taken (a late member) leaves a re-render request that the holder serves before it lets go."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return
     pkey = keys.panel(panel_id)
-    if rt.redis.hexists(pkey, "once:concluded"):
-        if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
-            finalise_job(rt, spec.job_id, rerender=True)
-        return
-    lease = pkey + ":concluding"
-    if not rt.redis.set(lease, os.getpid(), nx=True, ex=CONCLUDE_LEASE_S):
+    if not rt.redis.eval(_TAKE_LEASE, 2, pkey + ":concluding", pkey, os.getpid(), CONCLUDE_LEASE_S):
         return
     try:
-        act_on_decision(rt, d, spec)
-        rt.redis.hset(pkey, "once:concluded", time.time())
-    finally:
-        rt.redis.delete(lease)
+        if not rt.redis.hexists(pkey, "once:concluded"):
+            act_on_decision(rt, d, spec)
+            rt.redis.hset(pkey, "once:concluded", time.time())
+            if not rt.redis.eval(_RELEASE_LEASE, 2, pkey + ":concluding", pkey):
+                return
+        while True:  # concluded before, or a late member asked meanwhile: re-render its call
+            if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
+                finalise_job(rt, spec.job_id, rerender=True)
+            if not rt.redis.eval(_RELEASE_LEASE, 2, pkey + ":concluding", pkey):
+                return
+    except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
+        rt.redis.delete(pkey + ":concluding")
+        raise
+
+
+# KEYS[1] lease, KEYS[2] panel hash. Take the lease, or leave a re-render request for its holder.
+_TAKE_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+redis.call('HSET', KEYS[2], 'rerender', 1)
+return 0
+"""
+# Let the lease go unless a re-render was requested meanwhile (then keep it: returns 1).
+_RELEASE_LEASE = """
+if redis.call('HDEL', KEYS[2], 'rerender') == 1 then return 1 end
+redis.call('DEL', KEYS[1])
+return 0
+"""
 
 
 def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:

@@ -57,8 +57,9 @@ def running_fleet(env: dict[str, str] | None = None, workers: list[WorkerSpec] |
         fleet.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rel_fleet() -> Iterator[Fleet]:
+    """One fleet for the suite's modules (a start costs seconds); tests use their own job ids."""
     with running_fleet() as fleet:
         yield fleet
 
@@ -107,10 +108,12 @@ def park_key(point: str, panel_id: str, member: str) -> str:
     return f"pf:test:park:{point}:{panel_id}:{member}"
 
 
-def arm_park(r: redis.Redis, point: str, panel_id: str, member: str) -> str:
-    """The first task of `member` to reach `point` ('before_call' | 'after_answer') parks there."""
+def arm_park(r: redis.Redis, point: str, panel_id: str, member: str, every: bool = False) -> str:
+    """The first task of `member` to reach `point` ('before_call' | 'after_answer') parks there
+    until released; with `every`, so does each redelivered copy (a park longer than the
+    visibility timeout brings the message back, and that copy must not run ahead)."""
     key = park_key(point, panel_id, member)
-    r.hset(key, "armed", 1)
+    r.hset(key, mapping={"armed": 1, **({"every": 1} if every else {})})
     return key
 
 

@@ -118,7 +118,7 @@ def test_unreadable_panel_never_stops_the_deadline_sweep(rel_fleet: Fleet, rel_c
     rel_fleet.sim("/_sim/config", {"models": {"qwen2.5-72b-instruct": {"latency_ms": 20, "answer": "B"}}})
     deadline = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3))
     bad, good = uid("bad-panel"), uid("good-panel")
-    parks = [arm_park(rel_client.redis, "before_call", f"{jid}.1", m) for jid in (bad, good) for m in ("m1", "m2")]
+    parks = [arm_park(rel_client.redis, "before_call", f"{jid}.1", m, every=True) for jid in (bad, good) for m in ("m1", "m2")]
     for jid in (bad, good):
         rel_client.submit({"id": jid, "task_class": "multiple_choice", "prompt": f"{jid}: pick\nA) x\nB) y",
                            "deadline": deadline})  # fmt: skip

@@ -57,7 +57,8 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
     prior = rt.store.call(panel_id, member_id)
     if prior and prior["status"] in ("answered", "failed", "late"):
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
-        follow_up(rt, d, spec, rt.store.vote(panel_id, member_id, prior.get("answer_key"), _step(spec)))
+        fault_point(rt, "after_answer", panel_id, member_id)
+        cast_vote(rt, d, spec, prior)
         return "reused"
     if rt.store.decided(panel_id):
         rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled"), only_if_absent=True)
@@ -124,11 +125,17 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
     rt.store.put_call(panel_id, m.member, rec)
     observe_call(rec)
     fault_point(rt, "after_answer", panel_id, m.member)
-    outcome = rt.store.vote(panel_id, m.member, key, _step(spec))
+    return cast_vote(rt, d, spec, rec)
+
+
+def cast_vote(rt: Runtime, d: Dispatcher, spec: PanelSpec, rec: dict[str, Any]) -> str:
+    """Vote a recorded call (fresh, or re-used by a redelivered task) and act on the outcome.
+    The first vote of a call that arrives after the decision marks it `late`."""
+    outcome = rt.store.vote(spec.panel_id, rec["member"], rec.get("answer_key"), _step(spec))
     if outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered":
         rec["status"] = "late"  # paid for, but the panel was decided without it
-        rt.store.put_call(panel_id, m.member, rec)
-        d.conclude(panel_id)  # re-renders the receipt with the late call's cost
+        rt.store.put_call(spec.panel_id, rec["member"], rec)
+        d.conclude(spec.panel_id)  # re-renders the receipt with the late call's cost
     follow_up(rt, d, spec, outcome)
     return str(rec["status"])
 
@@ -178,8 +185,9 @@ def _step(spec: PanelSpec) -> int:
 
 # --- Test-only fault points. Inert unless the worker runs with PANEL_TEST_HOOKS=1, which only the
 # reliability suite sets: it arms `pf:test:park:{point}:{panel}:{member}`, the first member task to
-# reach that point parks there (once: a redelivered task passes), and the test kill -9s its worker
-# at exactly that step, or lets it go on with a `release` field (a member late to its own vote).
+# reach that point parks there (once: a redelivered task passes; with `every` set, every copy
+# parks), and the test kill -9s its worker at exactly that step, or lets it go on with a `release`
+# field (a member late to its own vote).
 TEST_HOOKS = os.environ.get("PANEL_TEST_HOOKS") == "1"
 PARK_LIMIT_S = 600.0
 
@@ -188,7 +196,9 @@ def fault_point(rt: Runtime, point: str, panel_id: str, member_id: str) -> None:
     if not TEST_HOOKS:
         return
     key = f"pf:test:park:{point}:{panel_id}:{member_id}"
-    if not rt.redis.exists(key) or not rt.redis.hsetnx(key, "parked_by", os.getpid()):
+    if not rt.redis.exists(key):
+        return
+    if not rt.redis.hsetnx(key, "parked_by", os.getpid()) and not rt.redis.hexists(key, "every"):
         return
     log.warning("test hook: member %s of %s parked at %s", member_id, panel_id, point)
     end = time.monotonic() + PARK_LIMIT_S

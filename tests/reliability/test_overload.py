@@ -1,0 +1,113 @@
+"""Overload: jobs submitted faster than the fleet serves them. The queues grow, nothing is
+dropped, every job decides exactly once, and each worker's memory stays bounded (its peak RSS,
+VmHWM, is printed and checked against a ceiling).
+
+    python3 -m pytest -q -s tests/reliability/test_overload.py                           # 800 jobs
+    PANEL_OVERLOAD_JOBS=20000 python3 -m pytest -q -s tests/reliability/test_overload.py # the issue's 20,000
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from producer import keys
+from producer.client import PanelClient
+from producer.fleet import Fleet, WorkerSpec
+from tests.reliability.conftest import queue_depth, rss_kib, running_fleet, uid
+
+JOBS = int(os.environ.get("PANEL_OVERLOAD_JOBS", "800"))
+PANEL_EVERY = 4  # one job in four is a three-member panel (multiple_choice), the rest single calls
+RSS_CEILING_MIB = 600  # per worker process; a leak per job would pass it well before 20,000 jobs
+WORKERS = [WorkerSpec("control", "control", concurrency=16, beat=True),
+           WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=64)]  # fmt: skip
+
+
+@dataclass
+class Samples:
+    """What the sampler saw every 0.25 s: broker queue depth and each worker's RSS."""
+
+    queue_peak: int = 0
+    rss_kib: dict[str, list[int]] = field(default_factory=dict)
+    peak_kib: dict[str, int] = field(default_factory=dict)
+
+
+def sample(fleet: Fleet, client: PanelClient, stop: threading.Event, out: Samples) -> None:
+    while not stop.is_set():
+        out.queue_peak = max(out.queue_peak, queue_depth(client.redis))
+        for name, proc in fleet.procs.items():
+            rss, hwm = rss_kib(proc.pid)
+            out.rss_kib.setdefault(name, []).append(rss)
+            out.peak_kib[name] = max(out.peak_kib.get(name, 0), hwm)
+        stop.wait(0.25)
+
+
+def job(n: int, tag: str) -> dict[str, object]:
+    if n % PANEL_EVERY == 0:
+        return {"id": f"{tag}-{n}", "task_class": "multiple_choice", "prompt": f"{tag} {n}: pick one\nA) x\nB) y"}
+    return {"id": f"{tag}-{n}", "task_class": "code_review", "prompt": f"{tag} {n}:\n-teh\n+the"}
+
+
+def wait_ledger(client: PanelClient, n: int, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while client.redis.xlen(keys.LEDGER_STREAM) < n:
+        assert time.monotonic() < end, f"{client.redis.xlen(keys.LEDGER_STREAM)} of {n} jobs finished after {timeout:.0f}s"
+        time.sleep(0.5)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300 + JOBS // 10)
+def test_overload_grows_queues_drops_nothing_and_keeps_worker_memory_bounded() -> None:
+    with running_fleet(workers=WORKERS) as fleet:
+        fleet.sim("/_sim/config", {"models": {
+            "qwen2.5-32b-coder-instruct": {"latency_ms": 20, "answer": "APPROVE: typo fix."},
+            "qwen2.5-72b-instruct": {"latency_ms": 20, "answer": "B"},
+            "llama3.1-70b": {"latency_ms": 20, "answer": "B"},
+        }})  # fmt: skip
+        client = PanelClient(fleet.redis_url)
+        samples, stop = Samples(), threading.Event()
+        sampler = threading.Thread(target=sample, args=(fleet, client, stop, samples), daemon=True)
+        sampler.start()
+        tag = uid("load")
+        t0 = time.monotonic()
+        ids = [client.submit(job(n, tag)) for n in range(JOBS)]
+        submit_s = time.monotonic() - t0
+        wait_ledger(client, JOBS, timeout=240 + JOBS / 10)
+        total_s = time.monotonic() - t0
+        stop.set()
+        sampler.join()
+
+        # Nothing dropped, nothing doubled: every job decided, one done signal, one receipt each.
+        pipe = client.redis.pipeline()
+        for jid in ids:
+            pipe.hget(keys.job(jid), "status")
+            pipe.llen(keys.done_channel(jid))
+        got = pipe.execute()
+        statuses, dones = got[0::2], got[1::2]
+        ledger_ids = [r["job_id"] for r in client.ledger(count=JOBS + 10)]
+        decided = sum(s == b"decided" for s in statuses)
+        assert decided == JOBS, f"{JOBS - decided} of {JOBS} jobs not decided"
+        assert set(dones) == {1}, "a job signalled done other than once"
+        assert len(ledger_ids) == JOBS and set(ledger_ids) == set(ids)
+        assert queue_depth(client.redis) == 0
+        client.close()
+
+    served = JOBS / total_s
+    offered = JOBS / submit_s
+    print(f"\noverload: {JOBS} jobs ({JOBS // PANEL_EVERY} panels of 3, the rest single calls), sim latency 20 ms")
+    print(f"  submitted in {submit_s:.1f} s ({offered:.0f} jobs/s offered); all decided in {total_s:.1f} s "
+          f"({served:.0f} jobs/s served, offered/served {offered / served:.1f}x)")
+    print(f"  broker queue peak: {samples.queue_peak} messages")
+    for name, peak in samples.peak_kib.items():
+        series = samples.rss_kib[name]
+        print(f"  worker {name}: peak RSS {peak / 1024:.0f} MiB; RSS first sample {series[0] / 1024:.0f} MiB, "
+              f"last {series[-1] / 1024:.0f} MiB")
+    print(f"  reproduce: PANEL_OVERLOAD_JOBS={JOBS} python3 -m pytest -q -s tests/reliability/test_overload.py")
+    # The offered load outran the fleet, so this was overload and not a trickle.
+    assert samples.queue_peak >= JOBS // 10, f"queue peaked at {samples.queue_peak}: the fleet was never overloaded"
+    for name, peak in samples.peak_kib.items():
+        assert peak / 1024 < RSS_CEILING_MIB, f"worker {name} peaked at {peak / 1024:.0f} MiB"
