@@ -174,3 +174,39 @@ def test_half_open_admits_exactly_probes_of_sixteen_concurrent_callers(redis_cli
     assert all(p.probe for p in permits) and len({p.lease for p in permits}) == 3
     cb.record(permits[0], ok=True)
     assert cb.state(KEY) == "closed"
+
+
+def test_the_window_covers_between_nine_tenths_and_all_of_window_s(r: redis.Redis) -> None:
+    bucket = CONFIG.window_s / 10
+    for offset, survives in ((0.0, CONFIG.window_s), (bucket - 0.001, CONFIG.window_s - bucket + 0.001)):
+        r.flushdb()
+        clock = Clock(999_999.0 + offset)  # 999_999 s is the start of a 3 s bucket
+        cb = CircuitBreaker(r, CONFIG, clock=clock)
+        _calls(cb, "xxxx")
+        clock.advance(survives - 0.001)
+        assert cb.snapshot(KEY)["failures"] == 4, offset
+        clock.advance(0.001)
+        assert cb.snapshot(KEY)["failures"] == 0, offset
+
+
+def test_a_clock_that_steps_back_keeps_it_open_longer_never_shorter(r: redis.Redis, clock: Clock) -> None:
+    cb = CircuitBreaker(r, CONFIG, clock=clock)
+    _open(cb)
+    clock.advance(-10.0)
+    with pytest.raises(BreakerOpen) as e:
+        cb.allow(KEY)
+    assert e.value.retry_in_s == pytest.approx(CONFIG.open_s + 10.0)
+
+
+def test_releasing_a_lapsed_probe_does_not_free_the_probe_that_replaced_it(r: redis.Redis, clock: Clock) -> None:
+    cb = CircuitBreaker(r, BreakerConfig(min_calls=5, open_s=15.0, probes=1, probe_lease_s=60.0), clock=clock)
+    _open(cb)
+    clock.advance(15.0)
+    lapsed = cb.allow(KEY)
+    clock.advance(60.0)
+    current = cb.allow(KEY)  # the lapsed lease freed its slot; a new probe holds it
+    cb.release(lapsed)  # its worker finally gives up
+    with pytest.raises(BreakerOpen):
+        cb.allow(KEY)
+    cb.release(current)
+    assert cb.allow(KEY).probe

@@ -226,3 +226,39 @@ def test_burst_must_be_within_a_minute() -> None:
     for bad in (0.0, -1.0, 61.0):
         with pytest.raises(ValueError, match="burst_s"):
             Limit("k", rpm=1, tpm=1, burst_s=bad)
+
+
+def test_a_refund_after_the_clock_stepped_back_returns_no_more_than_was_unused(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    res = rl.try_acquire([MODEL], 1000)  # schedule runs to grant + 60 s
+    clock.advance(-10.0)  # a failover to a replica whose clock lags 10 s
+    rl.reconcile(res, 400)
+    # 400 used: the schedule ends 24 s past the grant, which is 34 s past this clock
+    assert rl.headroom(MODEL)["tokens"] == pytest.approx(1000 * (60 - 34) / 60)
+
+
+def test_a_charge_on_a_key_that_expired_meanwhile_still_makes_later_callers_wait(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    res = rl.try_acquire([MODEL], 100)
+    clock.advance(120.0)
+    r.delete("pf:rl:" + MODEL.key)  # idle keys expire (TTLs run on the wall clock, so expire it by hand)
+    rl.reconcile(res, 1100)  # the call used a whole minute more than it reserved
+    assert rl.try_acquire([MODEL], 100).wait_s == pytest.approx(6.0)  # past the debt, then its own 100
+
+
+def test_a_refund_on_a_key_that_expired_meanwhile_writes_nothing(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    res = rl.try_acquire([MODEL], 900)
+    clock.advance(120.0)
+    r.delete("pf:rl:" + MODEL.key)
+    rl.reconcile(res, 0)
+    assert r.keys("*") == []
+
+
+def test_a_grant_comes_exactly_when_a_pause_ends(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    rl.pause(MODEL.key, 5.0)
+    clock.advance(5.0 - 1e-6)
+    assert rl.try_acquire([MODEL], 1).wait_s == pytest.approx(1e-6)
+    clock.advance(1e-6)
+    assert rl.try_acquire([MODEL], 1).granted
