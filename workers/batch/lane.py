@@ -21,6 +21,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
 
 import orjson
 
@@ -39,6 +41,7 @@ log = logging.getLogger("panel.batch")
 PENDING = "pf:batch:pending:"  # list per model: custom ids waiting for a batch
 AGES = "pf:batch:ages"  # zset: model -> when its oldest pending line arrived
 OPEN = "pf:batch:open"  # hash: batch id -> JSON {model, provider, created_at, n, group}
+CLAIMS = "pf:batch:claims"  # hash: claim id -> JSON {model, at, cids}: lines a flush is uploading
 GROUP = "pf:batch:group:"  # set per flush: its custom ids not yet landed; "<key>:left" = batches open
 MAX_ATTEMPTS = 3  # batches a line may fail in before its member counts as failed
 
@@ -55,14 +58,17 @@ class FlushPolicy:
     max_age_s: float = field(default_factory=lambda: _env("PANEL_BATCH_MAX_AGE_S", 30))
     # a line this close to its job's deadline is made in real time instead of another batch
     realtime_margin_s: float = field(default_factory=lambda: _env("PANEL_BATCH_REALTIME_MARGIN_S", 120))
-    # a flush or poll lock outlives a killed worker by at most this long
+    # a poll lock outlives a killed worker by at most this long
     lock_s: float = field(default_factory=lambda: _env("PANEL_BATCH_LOCK_S", 60))
+    # a flush's claim on lines older than this lost its worker (uploads time out after 300 s)
+    claim_stale_s: float = field(default_factory=lambda: _env("PANEL_BATCH_CLAIM_STALE_S", 600))
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_items <= 50_000:
             raise ValueError(f"PANEL_BATCH_MAX_ITEMS={self.max_items}: give 1..50000 (OpenAI's per-file limit)")
-        if self.max_age_s < 0 or self.realtime_margin_s < 0 or self.lock_s <= 0:
-            raise ValueError("PANEL_BATCH_MAX_AGE_S and PANEL_BATCH_REALTIME_MARGIN_S must be >= 0, PANEL_BATCH_LOCK_S > 0")
+        if self.max_age_s < 0 or self.realtime_margin_s < 0 or self.lock_s <= 0 or self.claim_stale_s <= 0:
+            raise ValueError("PANEL_BATCH_MAX_AGE_S and PANEL_BATCH_REALTIME_MARGIN_S must be >= 0; "
+                             "PANEL_BATCH_LOCK_S and PANEL_BATCH_CLAIM_STALE_S > 0")
 
 
 def too_late(spec: PanelSpec, policy: FlushPolicy | None = None) -> bool:
@@ -115,8 +121,11 @@ def _push(rt: Runtime, model: str, cids: list[str]) -> None:
 
 
 def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -> list[str]:
-    """Send every model's pending lines that are due (size or age). Returns the new batch ids."""
+    """Send every model's pending lines that are due (size or age). Returns the new batch ids.
+    Lines are claimed atomically before the upload, so flushers running at once never send a
+    line twice; a flusher killed mid-upload leaves a claim that a later flush puts back."""
     policy = policy or FlushPolicy()
+    _reclaim_stale(rt, policy)
     created: list[str] = []
     now = time.time()
     for raw_model, since in rt.redis.zrange(AGES, 0, -1, withscores=True):
@@ -125,39 +134,63 @@ def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -
         if size == 0:
             rt.redis.zrem(AGES, model)
             continue
-        if not (force or size >= policy.max_items or now - since >= policy.max_age_s):
-            continue
-        lock = f"pf:batch:lock:{model}"
-        if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
-            continue  # another worker is flushing this model
-        try:
+        if force or size >= policy.max_items or now - since >= policy.max_age_s:
             created += _flush_model(rt, model, policy)
-        finally:
-            rt.redis.delete(lock)
     return created
 
 
 def _flush_model(rt: Runtime, model: str, policy: FlushPolicy) -> list[str]:
-    raw = [c.decode() for c in rt.redis.lrange(PENDING + model, 0, policy.max_items - 1)]
+    claim = uuid.uuid4().hex
+    raw = [c.decode() for c in _script(rt, "claim")(keys=[PENDING + model, CLAIMS],
+                                                  args=[policy.max_items, claim, model, time.time()])]  # fmt: skip
+    rt.redis.zadd(AGES, {model: time.time()}, xx=True)  # the lines left wait from now
     items: list[tuple[str, ChatRequest]] = []
     for cid in dict.fromkeys(raw):  # a line queued twice (a retry racing a redelivery) is sent once
-        request = _request(rt, cid, model)
+        try:
+            request = _request(rt, cid, model)
+        except Exception:  # one line that cannot be built (its job gone) must not hold up the rest
+            log.exception("batch line %s of %s dropped: its request could not be built", cid, model)
+            continue
         if request is not None:
             items.append((cid, request))
-    batch_ids: list[str] = []
-    if items:
-        provider = rt.registry.model(model).provider
-        # Between this upload and the LTRIM below a crash would send these lines again in the
-        # next batch; landing is idempotent per line, so that costs a line, never a decision.
+    if not items:
+        rt.redis.hdel(CLAIMS, claim)
+        return []
+    provider = rt.registry.model(model).provider
+    try:
         statuses = rt.run(backend_for(rt, provider).submit(items))
-        batch_ids = [st.id for st in statuses]
-        _record_open(rt, model, provider, batch_ids, [cid for cid, _ in items])
-        log.info("batch %s: %d lines of %s", ",".join(batch_ids), len(items), model)
-    pipe = rt.redis.pipeline()
-    pipe.ltrim(PENDING + model, len(raw), -1)
-    pipe.zadd(AGES, {model: time.time()}, xx=True)
-    pipe.execute()
+    except Exception:
+        _script(rt, "reclaim")(keys=[CLAIMS, PENDING + model], args=[claim])  # the next flush tries again
+        rt.redis.zadd(AGES, {model: time.time()}, nx=True)
+        raise
+    batch_ids = [st.id for st in statuses]
+    _record_open(rt, model, provider, batch_ids, [cid for cid, _ in items], claim)
+    log.info("batch %s: %d lines of %s", ",".join(batch_ids), len(items), model)
     return batch_ids
+
+
+def _reclaim_stale(rt: Runtime, policy: FlushPolicy) -> None:
+    """Claims older than `claim_stale_s` lost their flusher (killed mid-upload): re-queue them.
+    Were the upload made after all, its lines go out twice; landing is idempotent per line, so
+    that costs a line, never a second decision."""
+    for claim, raw in rt.redis.hgetall(CLAIMS).items():
+        info = orjson.loads(raw)
+        if time.time() - float(info["at"]) > policy.claim_stale_s:
+            model = str(info["model"])
+            if _script(rt, "reclaim")(keys=[CLAIMS, PENDING + model], args=[claim]):
+                rt.redis.zadd(AGES, {model: float(info["at"])}, nx=True)
+                log.warning("batch claim %s of %s was stale; its lines are queued again", claim.decode(), model)
+
+
+_SCRIPTS: dict[tuple[int, str], Any] = {}
+
+
+def _script(rt: Runtime, name: str) -> Any:
+    """claim.lua / reclaim.lua, registered once per Redis client."""
+    key = (id(rt.redis), name)
+    if key not in _SCRIPTS:
+        _SCRIPTS[key] = rt.redis.register_script(files("workers.batch").joinpath(f"{name}.lua").read_text())
+    return _SCRIPTS[key]
 
 
 def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
@@ -183,10 +216,10 @@ def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
                        json_mode=json_mode(spec, job))  # fmt: skip
 
 
-def _record_open(rt: Runtime, model: str, provider: str, batch_ids: list[str], cids: list[str]) -> None:
+def _record_open(rt: Runtime, model: str, provider: str, batch_ids: list[str], cids: list[str], group: str) -> None:
     """One group per flush: its lines, and how many of its batches are still open. A line that
-    no batch of the group answers for (a batch that failed whole) is retried when the last closes."""
-    group = uuid.uuid4().hex
+    no batch of the group answers for (a batch that failed whole) is retried when the last closes.
+    Closes the flush's claim in the same transaction: the lines are now the open batches' to land."""
     opened = {"model": model, "provider": provider, "created_at": time.time(), "n": len(cids), "group": group}
     ttl = rt.settings.result_ttl_s
     pipe = rt.redis.pipeline()
@@ -195,6 +228,7 @@ def _record_open(rt: Runtime, model: str, provider: str, batch_ids: list[str], c
     pipe.expire(GROUP + group, ttl)
     for bid in batch_ids:
         pipe.hset(OPEN, bid, orjson.dumps(opened))
+    pipe.hdel(CLAIMS, group)
     pipe.execute()
 
 
@@ -227,7 +261,10 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
     results = rt.run(backend.results(status))
     group = GROUP + str(info.get("group", ""))
     for cid, outcome in results:
-        _land_line(rt, d, bid, cid, outcome, policy)
+        try:
+            _land_line(rt, d, bid, cid, outcome, policy)
+        except Exception:  # one bad line (its job gone, say) must not hold up the batch's others
+            log.exception("batch %s: line %s could not be landed; its panel is left to the deadline sweep", bid, cid)
     if results:
         rt.redis.srem(group, *[cid for cid, _ in results])
     pipe = rt.redis.pipeline()  # MULTI: a re-run after a crash cannot close the batch twice
