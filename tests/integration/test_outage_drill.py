@@ -101,7 +101,9 @@ def _answered_by(result: Result) -> tuple[str, str | None]:
 
 
 @pytest.mark.parametrize("model", list(OUTAGES))
-def test_an_outage_opens_the_breaker_fleet_wide_fails_over_and_a_probe_closes_it(drill_fleet: Fleet, model: str) -> None:
+def test_an_outage_opens_the_breaker_fleet_wide_fails_over_and_a_probe_closes_it(
+    drill_fleet: Fleet, model: str
+) -> None:
     fleet, (broken, healed) = drill_fleet, OUTAGES[model]
     client = PanelClient(fleet.redis_url)
     breaker = CircuitBreaker(redis.Redis.from_url(fleet.redis_url), BREAKER)
@@ -118,8 +120,10 @@ def test_an_outage_opens_the_breaker_fleet_wide_fails_over_and_a_probe_closes_it
     assert failed and all(status != 200 for status in failed)
     spells = math.ceil(outage_s / OPEN_S)
     bound = MIN_CALLS - 1 + THREADS + spells * PROBES
-    print(f"\n{model}: {len(failed)} calls reached the failing provider (bound {bound}: "
-          f"{MIN_CALLS - 1} + {THREADS} threads + {spells} probe spells) while {JOBS} jobs failed over in {outage_s:.1f}s")
+    print(
+        f"\n{model}: {len(failed)} calls reached the failing provider (bound {bound}: "
+        f"{MIN_CALLS - 1} + {THREADS} threads + {spells} probe spells) while {JOBS} jobs failed over in {outage_s:.1f}s"
+    )
     assert MIN_CALLS <= len(failed) <= bound
 
     # the provider returns: after open_s the first call is the probe; it succeeds and closes the breaker

@@ -123,7 +123,9 @@ def test_a_probe_cancelled_by_the_panel_frees_its_slot_and_refunds_its_tokens(r:
     _half_open(rt, clock)
     spec = rt.registry.model(MODEL)
     with pytest.raises(Cancelled):
-        calls._attempt(rt, "panel-1", MODEL, ChatRequest(model=MODEL, messages=MESSAGES), MESSAGES, time.time() + 5, None)
+        calls._attempt(
+            rt, "panel-1", MODEL, ChatRequest(model=MODEL, messages=MESSAGES), MESSAGES, time.time() + 5, None
+        )
     assert _probe_slot_is_free(rt) and rt.breaker.state(KEY) == "half_open"
     head = rt.limiter.headroom(Limit(KEY, spec.rpm, spec.tpm))
     assert head["tokens"] == spec.tpm  # the whole estimate came back: nothing was used

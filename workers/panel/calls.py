@@ -15,7 +15,7 @@ from workers import metrics
 from workers.errors import BudgetExceeded
 from workers.limits import BreakerOpen, Limit, RateLimitWait, TokensExceedLimit
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
-from workers.runtime import Cancelled, Runtime
+from workers.runtime import Runtime
 
 log = logging.getLogger("panel.calls")
 MAX_ATTEMPTS = 4
@@ -63,7 +63,9 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         if spend is not None:  # worst case: estimated input plus the model's whole output budget
             worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
             hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
-        reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm, spec.burst_s)], estimate_tokens(messages), deadline=deadline)
+        reservation = rt.limiter.acquire(
+            [Limit(key, spec.rpm, spec.tpm, spec.burst_s)], estimate_tokens(messages), deadline=deadline
+        )
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except ProviderError as e:
@@ -82,7 +84,11 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
     finally:
         try:
             if hold is not None:
-                actual = rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch) if completion and spend else 0.0
+                actual = (
+                    rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch)
+                    if completion and spend
+                    else 0.0
+                )
                 rt.budget.settle(hold, actual)
         finally:
             if not recorded:
