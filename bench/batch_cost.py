@@ -77,12 +77,16 @@ def replay_jobs(n: int) -> tuple[list[dict[str, Any]], str]:
     for name, task_class in CLASS_OF.items():
         path = REPLAY / name
         if path.exists():
-            rows += [(task_class, orjson.loads(line)["messages"]) for line in path.read_bytes().splitlines() if line.strip()]
+            rows += [
+                (task_class, orjson.loads(line)["messages"]) for line in path.read_bytes().splitlines() if line.strip()
+            ]
     if rows:
         source = f"replay: {', '.join(n for n in CLASS_OF if (REPLAY / n).exists())} ({len(rows)} questions, cycled)"
         return [{"task_class": rows[i % len(rows)][0], "messages": rows[i % len(rows)][1]} for i in range(n)], source
     prompts = [f"Bench question {i}: which option?\nA) one\nB) two\nC) three\nD) four" for i in range(n)]
-    return [{"task_class": "multiple_choice", "prompt": p} for p in prompts], "the simulator's deterministic rule (no ../shared replay found)"
+    return [
+        {"task_class": "multiple_choice", "prompt": p} for p in prompts
+    ], "the simulator's deterministic rule (no ../shared replay found)"
 
 
 def write_policies(dest: Path) -> None:
@@ -124,7 +128,9 @@ def report(passes: list[Pass], source: str, argv: list[str]) -> None:
               f"{p.member_cost():10.4f} {p.arbiter_cost():10.4f} {t['requests']:14d} {t['batch_files']:7d} "
               f"{t['batch_creates']:7d} {t['batch_polls']:6d} {p.provider_requests():13d} {p.elapsed_s:7.1f}")  # fmt: skip
     batch, like, shipped = passes
-    print(f"member cost, batch / realtime (same staged panels): {batch.member_cost() / like.member_cost():.1%}  (target <= 52%)")
+    print(
+        f"member cost, batch / realtime (same staged panels): {batch.member_cost() / like.member_cost():.1%}  (target <= 52%)"
+    )
     print(f"member cost, batch / as-shipped realtime policy:     {batch.member_cost() / shipped.member_cost():.1%}")
     print(f"member calls, batch / realtime (same staged panels): {batch.member_calls()} / {like.member_calls()}")
     print(f"provider requests, batch / realtime:                  {batch.provider_requests()} / {like.provider_requests()}"
@@ -136,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.batch_cost", description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--batch-delay-s", type=float, default=2.0, help="how long the simulator takes per batch")
-    ap.add_argument("--max-age-s", type=float, default=5.0, help="PANEL_BATCH_MAX_AGE_S: flush a model's lines this old")
+    ap.add_argument(
+        "--max-age-s", type=float, default=5.0, help="PANEL_BATCH_MAX_AGE_S: flush a model's lines this old"
+    )
     ap.add_argument("--timeout-s", type=float, default=900.0, help="per pass")
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -152,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         client = PanelClient(fleet.redis_url)
         staged = [{**j, "task_class": f"{j['task_class']}_staged"} for j in jobs]
         passes = [
-            run_pass(fleet, client, "batch", [{**j, "mode": "batch"} for j in jobs], args.timeout_s, args.batch_delay_s),
+            run_pass(
+                fleet, client, "batch", [{**j, "mode": "batch"} for j in jobs], args.timeout_s, args.batch_delay_s
+            ),
             run_pass(fleet, client, "realtime", staged, args.timeout_s, args.batch_delay_s),
             run_pass(fleet, client, "as-shipped", jobs, args.timeout_s, args.batch_delay_s),
         ]

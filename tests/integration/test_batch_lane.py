@@ -15,8 +15,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -91,7 +91,9 @@ def assert_batch_priced(call: Any) -> None:
     assert call.cost_usd < call.realtime_cost_usd
 
 
-def test_openai_and_anthropic_members_decide_through_batches_at_the_batch_price(fleet: Fleet, client: PanelClient) -> None:
+def test_openai_and_anthropic_members_decide_through_batches_at_the_batch_price(
+    fleet: Fleet, client: PanelClient
+) -> None:
     configure(fleet, {"gpt-4o-mini": {"answer": "Ship it: fast, quiet, yours."},
                       "claude-3-5-haiku": {"answer": "Ship it: fast, quiet, yours."}})  # fmt: skip
     ids = [client.submit({"task_class": "product_copy", "mode": "batch", "lane": "panel", "prompt": f"{uid('copy')}: a headline"})
@@ -110,7 +112,9 @@ def test_openai_and_anthropic_members_decide_through_batches_at_the_batch_price(
         assert r.total_cost_usd == pytest.approx(by["1.m0"].cost_usd + by["1.m1"].cost_usd)
     stats = fleet.sim("/_sim/stats")
     assert stats["totals"]["requests"] == 0, "a batch job made a real-time call"
-    assert stats["models"]["gpt-4o-mini"]["batch_lines"] == 4 and stats["models"]["claude-3-5-haiku"]["batch_lines"] == 4
+    assert (
+        stats["models"]["gpt-4o-mini"]["batch_lines"] == 4 and stats["models"]["claude-3-5-haiku"]["batch_lines"] == 4
+    )
     assert stats["totals"]["batch_files"] >= 1  # OpenAI: an uploaded JSONL file per batch
     assert stats["totals"]["batch_creates"] <= 4, "4 jobs × 2 models went out as more batches than expected"
     # the ledger shows what the batch calls saved against the same calls in real time
@@ -124,7 +128,9 @@ def test_openai_and_anthropic_members_decide_through_batches_at_the_batch_price(
     assert out.returncode == 0 and b"batch saved $" in out.stdout, out.stderr
 
 
-def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_batch(fleet: Fleet, client: PanelClient) -> None:
+def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_batch(
+    fleet: Fleet, client: PanelClient
+) -> None:
     # stage 1 (m0, m1) disagrees → m2 alone in a later batch → still no quorum → arbiter line
     configure(fleet, {"qwen2.5-72b-instruct": {"answer": "B"}, "qwen2.5-32b-coder-instruct": {"answer": "C"},
                       "llama3.1-70b": {"answer": "D"},
@@ -162,12 +168,14 @@ def test_results_in_any_order_land_on_their_own_member(fleet: Fleet, client: Pan
     prompts = [question("order") for _ in range(16)]
     ids = [client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": p}) for p in prompts]
     results = wait_all(client, ids)
-    for p, res in zip(prompts, results):
+    for p, res in zip(prompts, results, strict=True):
         assert res.status == "decided" and res.receipt is not None
         wire = Prompt.from_wire([{"role": "user", "content": p}])
         for c in res.receipt.calls:
             if c.role == "member" and c.status in ("answered", "late"):
-                assert c.answer_key == rule_answer(c.model, wire, 0.5), f"{c.member} of {res.job_id} got another line's answer"
+                assert c.answer_key == rule_answer(c.model, wire, 0.5), (
+                    f"{c.member} of {res.job_id} got another line's answer"
+                )
     assert fleet.sim("/_sim/stats")["totals"]["requests"] == 0
 
 
@@ -176,12 +184,16 @@ def lines_retried(fleet: Fleet) -> int:
     return sum(int(r.hget(k, "attempts") or 0) > 0 for k in r.scan_iter("pf:batch:line:*"))
 
 
-def test_line_errors_and_expired_batches_end_every_job_decided_or_failed_with_a_reason(fleet: Fleet, client: PanelClient) -> None:
+def test_line_errors_and_expired_batches_end_every_job_decided_or_failed_with_a_reason(
+    fleet: Fleet, client: PanelClient
+) -> None:
     retried_before = lines_retried(fleet)
     # every batch of qwen2.5-72b expires with half its lines unrun; a quarter of all lines error
     fleet.sim("/_sim/config", {"default": {"batch_line_error_rate": 0.25},
                                "models": {"qwen2.5-72b-instruct": {"batch_expire": True}}})  # fmt: skip
-    ids = [client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("err")}) for _ in range(12)]
+    ids = [
+        client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("err")}) for _ in range(12)
+    ]
     results = wait_all(client, ids, timeout=90)  # the deadline is 600 s: nothing here waits for the sweep
     for res in results:
         assert res.status in ("decided", "failed"), res
@@ -197,12 +209,14 @@ def test_line_errors_and_expired_batches_end_every_job_decided_or_failed_with_a_
     assert stats["totals"]["requests"] == 0  # far from the deadline: retries go by batch, not real time
 
 
-def test_a_failed_line_near_the_deadline_is_made_in_real_time_at_the_real_time_price(fleet: Fleet, client: PanelClient) -> None:
+def test_a_failed_line_near_the_deadline_is_made_in_real_time_at_the_real_time_price(
+    fleet: Fleet, client: PanelClient
+) -> None:
     # the first batch takes 3 s and errors every line; by then the deadline is inside the margin
     fleet.sim("/_sim/config", {"default": {"batch_delay_s": 3.0, "batch_line_error_rate": 1.0},
                                "models": {"qwen2.5-72b-instruct": {"answer": "A"},
                                           "qwen2.5-32b-coder-instruct": {"answer": "A"}}})  # fmt: skip
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=MARGIN_S + 2.5)
+    deadline = datetime.now(UTC) + timedelta(seconds=MARGIN_S + 2.5)
     jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("late"),
                          "deadline": deadline.isoformat()})  # fmt: skip
     res = client.wait(jid, timeout=30)
@@ -258,11 +272,16 @@ def ready_count(fleet: Fleet, name: str) -> int:
     return (fleet.log_dir / f"worker-{name}.log").read_bytes().count(b" ready.")
 
 
-def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job_once(fleet: Fleet, client: PanelClient) -> None:
+def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job_once(
+    fleet: Fleet, client: PanelClient
+) -> None:
     lines_before = sum(1 for _ in redis_lib.Redis.from_url(fleet.redis_url).scan_iter("pf:batch:line:*"))
     fleet.sim("/_sim/config", {"default": {"batch_delay_s": 3.0}})
     r = redis_lib.Redis.from_url(fleet.redis_url)
-    ids = [client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("crash")}) for _ in range(12)]
+    ids = [
+        client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("crash")})
+        for _ in range(12)
+    ]
     # wait until every first-stage line is inside an open batch at the provider
     end = time.monotonic() + 30
     while time.monotonic() < end:

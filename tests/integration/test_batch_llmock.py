@@ -41,7 +41,18 @@ def llmock_origin() -> Iterator[str]:
     if exe is None:
         pytest.skip("llmock is not installed (pip install 'llmock>=0.2.2', in the dev extras)")
     port = free_port()
-    args = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--response-style", "static"]
+    args = [
+        exe,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--response-style",
+        "static",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", port, timeout=30, proc=proc)

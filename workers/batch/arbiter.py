@@ -71,8 +71,12 @@ def _accumulate(rt: Runtime, spec: PanelSpec, prior: dict[str, Any], res: CallOu
     c = res.completion
     tokens_in = int(prior.get("tokens_in", 0)) + (c.tokens_in if c else 0)
     tokens_out = int(prior.get("tokens_out", 0)) + (c.tokens_out if c else 0)
-    cost = float(prior.get("cost_usd", 0.0)) + (rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch) if c else 0.0)
-    realtime = float(prior.get("realtime_cost_usd") or prior.get("cost_usd", 0.0)) + (rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0)
+    cost = float(prior.get("cost_usd", 0.0)) + (
+        rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch) if c else 0.0
+    )
+    realtime = float(prior.get("realtime_cost_usd") or prior.get("cost_usd", 0.0)) + (
+        rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0
+    )
     mspec = rt.registry.model(res.model)
     return {"member": "arbiter", "role": "arbiter", "model": res.model, "provider": mspec.provider,
             "tier": mspec.tier, "status": "answered" if tokens_in else "failed", "tokens_in": tokens_in,

@@ -67,8 +67,10 @@ class FlushPolicy:
         if not 1 <= self.max_items <= 50_000:
             raise ValueError(f"PANEL_BATCH_MAX_ITEMS={self.max_items}: give 1..50000 (OpenAI's per-file limit)")
         if self.max_age_s < 0 or self.realtime_margin_s < 0 or self.lock_s <= 0 or self.claim_stale_s <= 0:
-            raise ValueError("PANEL_BATCH_MAX_AGE_S and PANEL_BATCH_REALTIME_MARGIN_S must be >= 0; "
-                             "PANEL_BATCH_LOCK_S and PANEL_BATCH_CLAIM_STALE_S > 0")
+            raise ValueError(
+                "PANEL_BATCH_MAX_AGE_S and PANEL_BATCH_REALTIME_MARGIN_S must be >= 0; "
+                "PANEL_BATCH_LOCK_S and PANEL_BATCH_CLAIM_STALE_S > 0"
+            )
 
 
 def too_late(spec: PanelSpec, policy: FlushPolicy | None = None) -> bool:
@@ -86,7 +88,9 @@ def enqueue_member(rt: Runtime, panel_id: str, member_id: str) -> str:
     if spec is None:
         return "gone"
     if rt.store.decided(panel_id):
-        rt.store.put_call(panel_id, member_id, call_record(spec, spec.member(member_id), rt, "cancelled"), only_if_absent=True)
+        rt.store.put_call(
+            panel_id, member_id, call_record(spec, spec.member(member_id), rt, "cancelled"), only_if_absent=True
+        )
         return "cancelled"
     cid = Line.open(rt, panel_id, member_id)
     if cid is None:
@@ -305,7 +309,9 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
     land(rt, d, spec, m, job, CallOutcome(m.model, outcome), outcome.latency_ms)
 
 
-def _repeat_follow_ups(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, prior: dict[str, object] | None) -> None:
+def _repeat_follow_ups(
+    rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, prior: dict[str, object] | None
+) -> None:
     """Re-vote (idempotent) so a decision whose follow-up was lost with its worker is acted on."""
     if line.is_arbiter:
         if rt.store.decided(spec.panel_id) == "arbiter":

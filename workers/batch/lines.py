@@ -49,7 +49,7 @@ class Line:
         return cid
 
     @classmethod
-    def get(cls, rt: Runtime, cid: str) -> "Line | None":
+    def get(cls, rt: Runtime, cid: str) -> Line | None:
         raw = rt.redis.hgetall(LINE + cid)
         if b"panel" not in raw or b"member" not in raw:
             return None  # not ours, or expired with its panel
