@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 import pytest
 import redis as redis_lib
 
@@ -255,17 +254,27 @@ def test_flushers_claim_disjoint_lines_and_a_stale_claim_goes_back_in_order(flee
 # --- the poller's worker killed while batches are in flight ----------------------------------------
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process forked under `pid`, from Linux's /proc/<pid>/task/<tid>/children."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            found += [child, *descendants(child)]
+    return found
+
+
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL a worker we started and every process it forked (Celery's embedded beat included)."""
-    parent = psutil.Process(proc.pid)
-    family = [*parent.children(recursive=True), parent]
-    for p in family:
+    family = [*descendants(proc.pid), proc.pid]
+    for pid in family:
         try:
-            os.kill(p.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    psutil.wait_procs(family, timeout=10)
     proc.wait(timeout=10)
+    end = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in family[:-1]) and time.monotonic() < end:
+        time.sleep(0.05)  # orphans are reaped by init; wait until they are gone
 
 
 def ready_count(fleet: Fleet, name: str) -> int:
