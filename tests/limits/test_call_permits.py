@@ -8,11 +8,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
 import redis
+import yaml
 
 from tests.limits.conftest import Clock
 from workers.budget import Budget
@@ -24,6 +26,7 @@ from workers.registry import Registry
 from workers.runtime import Cancelled
 
 T = TypeVar("T")
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "policies" / "models.yaml"
 MODEL = "llama3.1-70b"  # falls back to qwen2.5-72b-instruct in the shipped registry
 KEY = f"fireworks:{MODEL}"
 # long lease: a leaked probe would hold its slot for the rest of the test
@@ -154,3 +157,25 @@ def test_release_ignores_ordinary_permits_and_stale_generations(r: redis.Redis, 
     assert cb.snapshot(KEY)["probes_in_flight"] == 1
     cb.release(fresh)
     assert cb.snapshot(KEY)["probes_in_flight"] == 0
+
+
+class RecordingLimiter(RateLimiter):
+    """The real limiter, remembering how many tokens each acquire reserved."""
+
+    reserved: list[int]
+
+    def acquire(self, limits: Any, tokens: int, **kwargs: Any) -> Any:
+        self.reserved = [*getattr(self, "reserved", []), tokens]
+        return super().acquire(limits, tokens, **kwargs)
+
+
+def test_the_limiter_reserves_no_more_output_than_the_model_may_write(r: redis.Redis, clock: Clock) -> None:
+    limiter = RecordingLimiter(r, clock=clock)
+    rt = _runtime(r, clock, ScriptedProvider([_answer(), _answer()]), limiter=limiter)
+    request = ChatRequest(model=MODEL, messages=MESSAGES)
+    calls._attempt(rt, None, MODEL, request, MESSAGES, time.time() + 5, None)
+    doc = yaml.safe_load(SHIPPED_MODELS.read_text())
+    doc["models"][MODEL]["max_output_tokens"] = 16  # a classifier's one-word answers
+    rt.registry = Registry.model_validate(doc)
+    calls._attempt(rt, None, MODEL, request, MESSAGES, time.time() + 5, None)
+    assert limiter.reserved == [calls.estimate_tokens(MESSAGES), calls.estimate_tokens(MESSAGES, output_tokens=16)]

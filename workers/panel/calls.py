@@ -41,8 +41,9 @@ class CallOutcome:
     attempts: int = 0
 
 
-def estimate_tokens(messages: list[dict[str, str]]) -> int:
-    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + EXPECTED_OUTPUT_TOKENS
+def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTED_OUTPUT_TOKENS) -> int:
+    """Input at four characters a token, plus `output_tokens` expected back."""
+    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + output_tokens
 
 
 def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest,
@@ -63,9 +64,10 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         if spend is not None:  # worst case: estimated input plus the model's whole output budget
             worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
             hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
-        reservation = rt.limiter.acquire(
-            [Limit(key, spec.rpm, spec.tpm, spec.burst_s)], estimate_tokens(messages), deadline=deadline
-        )
+        # a model cannot answer past its max_tokens: reserving more only idles capacity, and a
+        # refund comes back only while the reservation is still ahead of the clock
+        tokens = estimate_tokens(messages, output_tokens=min(EXPECTED_OUTPUT_TOKENS, spec.max_output_tokens))
+        reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm, spec.burst_s)], tokens, deadline=deadline)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except ProviderError as e:
