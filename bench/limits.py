@@ -15,12 +15,20 @@ N itself and counts what it admitted and what it refused:
 Measured, per scenario, over `--seconds` after a `--warmup`: utilisation = what the provider
 admitted per minute / N (requests for rpm; its own token count for tpm, with prompt sizes mixed
 from `--prompt-chars`), and the provider's 429 count over the whole run, warm-up included.
-The registry limit is `--headroom` x N, for the network jitter between our grant and the
-provider's count; the figures are ratios to N, the provider's limit, not to the registry's.
-The registry's `burst_s` is `--burst-s` (2 s): the simulator counts a sliding window, which a
-minute-long burst followed by the full rate would overrun; llmock's bucket starts full, so a
-short burst is safe there too, and a minute-long one would put a minute's burst into the
-measured window instead of the sustained rate. Counts are taken when the provider answers, so a
+The figures are ratios to N, the provider's limit, not to the registry's.
+
+Why the registry says `--headroom` 0.97 x N with `--burst-s` 1: the limiter lets through at most
+R x (60 + burst)/60 in any 60 s (R the registry rate), and a sliding-window provider (the
+simulator) counts arrivals, which lag our grants by a jitter D; so R x (60 + burst + D) must
+stay under N x 60: 0.97 with a 1 s burst tolerates D up to 0.85 s. (0.98 with a 2 s burst drew
+two 429s in a 2-minute run on a loaded machine: its bound, 303.8 a minute, is over 300.) A tpm
+request larger than the burst waits for a clear schedule, so prompts stay under ~650 tokens
+here. The limiter reserves min(256, max_output_tokens) for the answer and settles to the real
+usage after the call, but a refund comes back only while the reservation is still ahead of the
+clock: with a 1 s burst and calls slower than that, an over-estimate is capacity lost. The
+simulator's one-word answers fit `--max-output-tokens 32`; with 1024 (256 reserved) sim-tpm
+measured 0.74. llmock's bucket starts full, so a short burst is safe there too, and a minute-long one
+would put a minute's burst into the measured window instead of the sustained rate. Counts are taken when the provider answers, so a
 short window carries an edge error of the calls in flight at its two ends.
 
 Not measured: tpm on llmock. llmock (like OpenAI) charges a request's `max_tokens` against tpm up
@@ -105,7 +113,8 @@ class LlmockProvider:
         return Counts(sum(r["status"] == 200 for r in calls), 0, sum(r["status"] == 429 for r in calls))
 
 
-def write_policies(root: Path, model: str, scenario: Scenario, registry_limit: int, burst_s: float) -> Path:
+def write_policies(root: Path, model: str, scenario: Scenario, registry_limit: int, burst_s: float,
+                   max_output_tokens: int) -> Path:  # fmt: skip
     """A policies dir: the shipped registry with `model`'s limit replaced, and one task class
     whose single lane calls `model` with no triggers, so every job is exactly one call."""
     root.mkdir(parents=True, exist_ok=True)
@@ -115,7 +124,7 @@ def write_policies(root: Path, model: str, scenario: Scenario, registry_limit: i
         spec.update(rpm=registry_limit, tpm=100_000_000)
     else:
         spec.update(rpm=100_000, tpm=registry_limit)
-    spec["burst_s"] = burst_s
+    spec.update(burst_s=burst_s, max_output_tokens=max_output_tokens)
     (root / "models.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
     tasks = {
         "defaults": {"deadline_s": 900},
@@ -195,7 +204,8 @@ def run(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     registry_limit = int(limit * args.headroom)
     fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=16, beat=True)]
                   + [WorkerSpec(f"tier{i}", "llm.economy", concurrency=args.concurrency) for i in range(args.workers)])  # fmt: skip
-    policies = write_policies(fleet.log_dir / "policies", args.model, scenario, registry_limit, args.burst_s)
+    policies = write_policies(fleet.log_dir / "policies", args.model, scenario, registry_limit, args.burst_s,
+                              args.max_output_tokens)  # fmt: skip
     fleet.env["PANEL_POLICIES"] = str(policies)
     llmock: subprocess.Popen[bytes] | None = None
     provider: Provider
@@ -242,16 +252,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     p.add_argument("--seconds", type=float, default=120.0, help="the measured window, after the warm-up")
     p.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring (429s still count)")
-    p.add_argument("--rpm", type=int, default=300, help="the provider's requests/min (N)")
-    p.add_argument("--tpm", type=int, default=60_000, help="the provider's tokens/min (N) for the tpm scenario")
-    p.add_argument("--headroom", type=float, default=0.98, help="registry limit as a share of N")
-    p.add_argument("--overdrive", type=float, default=1.3, help="submission rate as a multiple of N")
-    p.add_argument("--burst-s", type=float, default=2.0, help="the registry's burst_s for the model")
+    p.add_argument("--rpm", type=int, default=120, help="the provider's requests/min (N)")
+    p.add_argument("--tpm", type=int, default=40_000, help="the provider's tokens/min (N) for the tpm scenario")
+    p.add_argument("--headroom", type=float, default=0.97, help="registry limit as a share of N")
+    p.add_argument("--overdrive", type=float, default=1.15, help="submission rate as a multiple of N")
+    p.add_argument("--burst-s", type=float, default=1.0, help="the registry's burst_s for the model")
     p.add_argument("--workers", type=int, default=4, help="tier worker processes")
-    p.add_argument("--concurrency", type=int, default=32, help="threads per tier worker")
+    p.add_argument("--concurrency", type=int, default=16, help="threads per tier worker")
     p.add_argument("--model", default="llama3.1-8b")
+    p.add_argument("--max-output-tokens", type=int, default=32,
+                   help="the model's max_output_tokens: the limiter reserves min(256, it) for the answer")  # fmt: skip
     p.add_argument("--latency-ms", type=float, default=200.0, help="the simulator's answer latency")
-    p.add_argument("--prompt-chars", type=int, nargs=2, default=[200, 6000], metavar=("MIN", "MAX"))
+    p.add_argument("--prompt-chars", type=int, nargs=2, default=[100, 1500], metavar=("MIN", "MAX"))
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
