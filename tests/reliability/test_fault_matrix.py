@@ -287,33 +287,44 @@ def test_transient_faults_leave_their_breakers_closed(matrix: Matrix) -> None:
 
 
 def test_a_provider_down_for_minutes_fails_over_then_is_probed_and_closes(matrix: Matrix) -> None:
-    """The outage in compressed time: open after 3 failures, fallback while open (no call to the
-    dead model anywhere in the fleet), a failed half-open probe reopens it, a good one closes it."""
+    """The outage in compressed time: the breaker opens after 3 failures; every job fails over to
+    the registry fallback; while it is open nobody in the fleet calls the dead model but one
+    half-open probe per open period; once the model is back, the next probe closes it.
+
+    Bounds, not a script: on a loaded machine a retry may land after an open period ends."""
     fleet, client, key = matrix.fleet, matrix.client, f"sim:{DOWN}"
     fleet.sim("/_sim/config", {"models": {DOWN: {"down": True}}})
 
     def run(n: int) -> list[Result]:
         ids = [client.submit({"task_class": "fault_down", "prompt": f"{uid('down')}: 2+2?"}) for _ in range(n)]
-        return list(wait_all(client, ids, timeout=30).values())
+        return list(wait_all(client, ids, timeout=60).values())
 
     def failed_over(res: Result) -> bool:
-        calls = res.receipt.calls if res.receipt else []
-        return res.status == "decided" and [(c.model, c.failed_over_from) for c in calls] == [(BACKUP, DOWN)]
+        answered = [c for c in res.receipt.calls if c.status == "answered"] if res.receipt else []
+        return res.status == "decided" and [(c.model, c.failed_over_from) for c in answered] == [(BACKUP, DOWN)]
 
+    def dead_calls() -> int:
+        return len(_sim_requests(fleet, DOWN))
+
+    def probes_allowed(since: float) -> int:
+        return 1 + int((time.monotonic() - since) / BREAKER.open_s)
+
+    outage = time.monotonic()
     first = run(1)
     assert all(map(failed_over, first)), first
-    assert len(_sim_requests(fleet, DOWN)) == BREAKER.min_calls  # then it opened: no fourth attempt
-    assert matrix.breaker.state(key) == "open"
+    assert BREAKER.min_calls <= dead_calls() <= BREAKER.min_calls + probes_allowed(outage)
+    assert matrix.breaker.state(key) in ("open", "half_open")
 
+    before, since = dead_calls(), time.monotonic()
     while_open = run(4)
     assert all(map(failed_over, while_open)), while_open
-    assert len(_sim_requests(fleet, DOWN)) == BREAKER.min_calls  # fleet-wide: nobody called the dead model
+    assert dead_calls() - before <= probes_allowed(since) - 1  # fleet-wide: none but a probe per period
 
     time.sleep(BREAKER.open_s + 0.2)
-    probed = run(1)  # half-open: one probe, still down, reopened; the job fails over again
+    before = dead_calls()
+    probed = run(1)  # half-open: the probe finds it still down and reopens it; the job fails over
     assert all(map(failed_over, probed)), probed
-    assert len(_sim_requests(fleet, DOWN)) == BREAKER.min_calls + 1
-    assert matrix.breaker.state(key) == "open"
+    assert dead_calls() == before + 1 and matrix.breaker.state(key) == "open"
 
     fleet.sim("/_sim/config", {"models": {DOWN: {"down": False}}})
     time.sleep(BREAKER.open_s + 0.2)
@@ -322,4 +333,4 @@ def test_a_provider_down_for_minutes_fails_over_then_is_probed_and_closes(matrix
     assert [(c.model, c.failed_over_from) for c in healed.receipt.calls] == [(DOWN, None)]
     assert matrix.breaker.state(key) == "closed"
     statuses = [r["status"] for r in _sim_requests(fleet, DOWN)]
-    assert statuses == [503] * (BREAKER.min_calls + 1) + [200], statuses
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {503}, statuses

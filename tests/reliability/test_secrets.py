@@ -16,6 +16,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,13 @@ def _start_flower(fleet: Fleet) -> tuple[subprocess.Popen[bytes], str]:
     log = open(fleet.log_dir / "flower.log", "ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env({"PANEL_REDIS_URL": fleet.redis_url}))
     wait_port("127.0.0.1", port, timeout=60, proc=proc)
-    return proc, f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    # Flower keeps only the events it hears: start the run once it has heard a worker's heartbeat
+    end = time.monotonic() + 60
+    while 'flower_worker_online{worker="control@' not in httpx.get(f"{url}/metrics", timeout=10).text:
+        assert time.monotonic() < end and proc.poll() is None, "Flower heard no worker heartbeat in 60 s"
+        time.sleep(0.5)
+    return proc, url
 
 
 def _jobs(fleet: Fleet) -> tuple[list[dict[str, object]], list[str]]:
