@@ -10,7 +10,6 @@ from evaluation.policy import load as load_policy
 from evaluation.replay import load as load_rows
 from evaluation.replay import models_in
 
-
 COST_VS_STRONGEST_GOAL, COST_VS_FUSION_GOAL = 0.35, 0.50
 
 

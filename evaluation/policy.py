@@ -25,7 +25,7 @@ class EvalPolicy(BaseModel):
     mode: Literal["realtime", "batch"] = "realtime"
 
     @model_validator(mode="after")
-    def _shape(self) -> "EvalPolicy":
+    def _shape(self) -> EvalPolicy:
         if self.lane == "single" and not self.model:
             raise ValueError("model: a single-lane policy names its model")
         if self.lane == "panel":

@@ -26,7 +26,7 @@ def row(qid: str) -> dict[str, Any]:
     models = {
         m: {"answer": a, "text": a, "correct": a == gold, "tokens_in": 40, "tokens_out": 1,
             "cost_usd": 1e-5 * (i + 1), "latency_ms": 20.0 + 10 * i, "conf": None}
-        for i, (m, a) in enumerate(zip((*MEMBERS, JUDGE), answers))
+        for i, (m, a) in enumerate(zip((*MEMBERS, JUDGE), answers, strict=True))
     }  # fmt: skip
     return {"id": qid, "source": "synthetic", "task": "test", "kind": "choice",
             "messages": [{"role": "system", "content": "Answer with one letter."}, {"role": "user", "content": prompt}],
