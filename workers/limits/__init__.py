@@ -2,6 +2,8 @@
 
     permit = breaker.allow(key)                                      # BreakerOpen: fail over
     reservation = limiter.acquire([Limit(key, rpm, tpm)], tokens)    # RateLimitWait: past deadline
+    ... call ...; limiter.reconcile(reservation, used)
+    breaker.record(permit, ok)    # or breaker.release(permit) when no call was made
 
 Every decision is one Lua step on Redis's clock, so all worker processes share one view.
 """
