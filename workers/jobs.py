@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 import orjson
+import redis
 
 from producer import keys
 from producer.contract import Job, Result
@@ -59,20 +60,40 @@ def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
 
 
 def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
-    """`panel.run`: plan the job and send its first panel. Idempotent per job."""
+    """`panel.run`: plan the job and send its first panel. Safe to repeat: a run cut short (Redis
+    went away, the worker died) is finished by the next delivery, which sends what the first
+    panel still lacks, or plans again if no panel was made."""
     jkey = keys.job(job_id)
     if not rt.redis.hsetnx(jkey, "started", time.time()):
-        return "already started"
+        panels = panels_of(rt, job_id)
+        if panels or rt.redis.hget(jkey, "status") in (b"decided", b"failed"):
+            if len(panels) == 1:
+                send_unsent_members(rt, d, panels[0]["panel_id"])
+            return "already started"
     try:
         job = load_job(rt, job_id)
         policy = rt.policies.get(job.task_class)
         plan = rt.policies.plan(job)
+    except redis.RedisError:
+        raise  # not the job's fault: the task is retried
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
         fail_job(rt, job_id, str(e))
         return "failed"
     rt.redis.hset(jkey, mapping={"status": "running", "plan": orjson.dumps(plan.__dict__)})
     new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
     return plan.lane
+
+
+def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
+    """The first stage's members that a cut-short run did not send (no task id recorded)."""
+    spec = rt.store.spec(panel_id)
+    if spec is None or rt.store.decided(panel_id):
+        return
+    sent = rt.store.task_ids(panel_id)
+    missing = [m for m in spec.members[: spec.first_stage_size] if m.member not in sent]
+    if missing:
+        log.warning("job %s: sending %d member(s) a cut-short run did not send", spec.job_id, len(missing))
+        dispatch(rt, d, spec, missing)
 
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
@@ -251,13 +272,22 @@ def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, 
     """Park a task that failed `attempts` times (raised, or lost its worker each time) and fail its
     job with the reason, so it stops taking workers and its caller stops waiting. True if this
     call failed the job (a job already decided or dead-lettered is left as it is)."""
-    entry = {"job_id": job_id, "task": task, "task_id": task_id, "reason": reason, "attempts": attempts, "at": time.time()}
+    entry = {
+        "job_id": job_id,
+        "task": task,
+        "task_id": task_id,
+        "reason": reason,
+        "attempts": attempts,
+        "at": time.time(),
+    }
     pipe = rt.redis.pipeline()
     pipe.lpush(DEAD_LETTER, orjson.dumps(entry))
     pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAXLEN - 1)
     pipe.execute()
     jkey = keys.job(job_id)
-    if rt.redis.hget(jkey, "status") in (b"decided", b"failed") or not rt.redis.hsetnx(jkey, "dead_letter", orjson.dumps(entry)):
+    if rt.redis.hget(jkey, "status") in (b"decided", b"failed") or not rt.redis.hsetnx(
+        jkey, "dead_letter", orjson.dumps(entry)
+    ):
         return False
     fail_job(rt, job_id, f"dead-letter: {task} gave up after {attempts} attempts: {reason}")
     panels = [p["panel_id"] for p in panels_of(rt, job_id)]
@@ -276,5 +306,3 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     pipe.expire(keys.done_channel(job_id), rt.settings.result_ttl_s)
     pipe.execute()
     log.info("job %s failed: %s", job_id, reason)
-
-

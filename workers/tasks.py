@@ -17,6 +17,7 @@ from collections.abc import Callable
 from celery import Task
 
 from producer import keys
+from workers import status
 from workers.app import app
 from workers.batch import lane as batch_lane
 from workers.batch import realtime as batch_realtime_lane
@@ -25,7 +26,6 @@ from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
 from workers.panel.state import Member, PanelSpec
 from workers.panel.sweep import sweep
-from workers import status
 from workers.runtime import runtime
 
 log = logging.getLogger("panel.tasks")

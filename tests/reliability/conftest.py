@@ -12,7 +12,6 @@ Part B of the suite imports `rel_fleet`/`rel_client` and the helpers below.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import uuid
@@ -163,7 +162,9 @@ def sim_answered(fleet: Fleet) -> Counter[str]:
     return Counter({m: s["answered"] for m, s in sim_models(fleet).items() if s["answered"]})
 
 
-def queue_depth(r: redis.Redis, queues: tuple[str, ...] = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")) -> int:
+def queue_depth(
+    r: redis.Redis, queues: tuple[str, ...] = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
+) -> int:
     """Messages waiting in the broker lists (every priority list of every queue)."""
     pipe = r.pipeline()
     for q in queues:

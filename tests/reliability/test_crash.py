@@ -17,7 +17,15 @@ from producer import keys
 from producer.client import PanelClient
 from producer.fleet import Fleet
 from tests.reliability.conftest import (
-    TIERS, arm_park, assert_decided_once, kill9, receipt_calls, restart_worker, sim_answered, sim_models, uid,
+    TIERS,
+    arm_park,
+    assert_decided_once,
+    kill9,
+    receipt_calls,
+    restart_worker,
+    sim_answered,
+    sim_models,
+    uid,
     wait_parked,
 )  # fmt: skip
 from workers.registry import Registry
@@ -38,7 +46,9 @@ def configure(fleet: Fleet, m2_latency_ms: float) -> None:
 
 
 def submit(client: PanelClient, job_id: str) -> str:
-    return client.submit({"id": job_id, "task_class": "multiple_choice", "prompt": f"{job_id}: pick one\nA) w\nB) x\nC) y"})
+    return client.submit(
+        {"id": job_id, "task_class": "multiple_choice", "prompt": f"{job_id}: pick one\nA) w\nB) x\nC) y"}
+    )
 
 
 def wait_votes(client: PanelClient, panel_id: str, n: int, timeout: float = 20.0) -> None:
@@ -80,7 +90,8 @@ def test_worker_killed_mid_member_decides_once_and_pays_each_answer_once(rel_fle
     by_member = {c.member: c for c in res.receipt.calls}
     assert [by_member[m].status for m in ("1.m0", "1.m1", "1.m2")] == ["answered", "answered", "answered"]
     assert res.receipt.total_cost_usd == pytest.approx(
-        sum(REG.cost(c.model, c.tokens_in, c.tokens_out) for c in res.receipt.calls))
+        sum(REG.cost(c.model, c.tokens_in, c.tokens_out) for c in res.receipt.calls)
+    )
 
     # No answer paid twice: what the provider delivered is exactly what the receipt charges.
     time.sleep(0.2)
@@ -90,5 +101,7 @@ def test_worker_killed_mid_member_decides_once_and_pays_each_answer_once(rel_fle
         assert m2["requests"] == 2 and m2["answered"] == 1 and m2["by_status"].get("499") == 1, m2
     else:  # parked before the call (none made) or after its answer (re-used on redelivery)
         assert m2["requests"] == 1 and m2["answered"] == 1, m2
-    print(f"\n{point}: redelivered and decided {recovered_s:.1f} s after kill -9 "
-          f"(visibility timeout {rel_fleet.env['PANEL_VISIBILITY_TIMEOUT_S']} s)")
+    print(
+        f"\n{point}: redelivered and decided {recovered_s:.1f} s after kill -9 "
+        f"(visibility timeout {rel_fleet.env['PANEL_VISIBILITY_TIMEOUT_S']} s)"
+    )

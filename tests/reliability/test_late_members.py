@@ -12,7 +12,7 @@ not make it in time), then let go once the panel is decided.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,7 +21,13 @@ from producer.client import PanelClient
 from producer.contract import Result
 from producer.fleet import Fleet
 from tests.reliability.conftest import (
-    arm_park, assert_decided_once, receipt_calls, sim_answered, sim_models, uid, wait_parked,
+    arm_park,
+    assert_decided_once,
+    receipt_calls,
+    sim_answered,
+    sim_models,
+    uid,
+    wait_parked,
 )  # fmt: skip
 from workers.registry import Registry
 
@@ -31,7 +37,7 @@ DEADLINE_S = 6
 
 
 def in_seconds(s: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=s)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=s)).isoformat()
 
 
 def submit_panel(client: PanelClient, job_id: str) -> None:
@@ -80,7 +86,9 @@ def test_stuck_members_leave_the_decision_to_the_sweep_and_a_late_answer_changes
     m2 = calls["1.m2"]
     assert m2.answer_key is not None and m2.tokens_out > 0
     assert m2.cost_usd == pytest.approx(REG.cost(M2, m2.tokens_in, m2.tokens_out))
-    assert res.receipt.total_cost_usd == pytest.approx(calls["1.m0"].cost_usd + m2.cost_usd)  # the late call is paid and shown
+    assert res.receipt.total_cost_usd == pytest.approx(
+        calls["1.m0"].cost_usd + m2.cost_usd
+    )  # the late call is paid and shown
     assert_decided_once(rel_client, job_id)
     time.sleep(0.3)
     assert receipt_calls([res]) == sim_answered(rel_fleet)  # m0 and the late m2: each answer charged once

@@ -37,12 +37,21 @@ class Samples:
 
 
 def sample(fleet: Fleet, client: PanelClient, stop: threading.Event, out: Samples) -> None:
+    """Every 0.25 s; a progress line every 30 s, so a long run shows its figures as it goes."""
+    t0 = last = time.monotonic()
     while not stop.is_set():
-        out.queue_peak = max(out.queue_peak, queue_depth(client.redis))
+        depth = queue_depth(client.redis)
+        out.queue_peak = max(out.queue_peak, depth)
         for name, proc in fleet.procs.items():
-            rss, hwm = rss_kib(proc.pid)
-            out.rss_kib.setdefault(name, []).append(rss)
-            out.peak_kib[name] = max(out.peak_kib.get(name, 0), hwm)
+            if proc.poll() is None:
+                rss, hwm = rss_kib(proc.pid)
+                out.rss_kib.setdefault(name, []).append(rss)
+                out.peak_kib[name] = max(out.peak_kib.get(name, 0), hwm)
+        if time.monotonic() - last >= 30:
+            last = time.monotonic()
+            rss_now = ", ".join(f"{n} {v[-1] / 1024:.0f} MiB" for n, v in out.rss_kib.items())
+            print(f"  [{last - t0:6.0f} s] finished {client.redis.xlen(keys.LEDGER_STREAM)}, queued {depth}, "
+                  f"RSS {rss_now}", flush=True)  # fmt: skip
         stop.wait(0.25)
 
 
@@ -55,12 +64,14 @@ def job(n: int, tag: str) -> dict[str, object]:
 def wait_ledger(client: PanelClient, n: int, timeout: float) -> None:
     end = time.monotonic() + timeout
     while client.redis.xlen(keys.LEDGER_STREAM) < n:
-        assert time.monotonic() < end, f"{client.redis.xlen(keys.LEDGER_STREAM)} of {n} jobs finished after {timeout:.0f}s"
+        assert time.monotonic() < end, (
+            f"{client.redis.xlen(keys.LEDGER_STREAM)} of {n} jobs finished after {timeout:.0f}s"
+        )
         time.sleep(0.5)
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(300 + JOBS // 10)
+@pytest.mark.timeout(300 + JOBS // 4)
 def test_overload_grows_queues_drops_nothing_and_keeps_worker_memory_bounded() -> None:
     with running_fleet(workers=WORKERS) as fleet:
         fleet.sim("/_sim/config", {"models": {
@@ -76,7 +87,7 @@ def test_overload_grows_queues_drops_nothing_and_keeps_worker_memory_bounded() -
         t0 = time.monotonic()
         ids = [client.submit(job(n, tag)) for n in range(JOBS)]
         submit_s = time.monotonic() - t0
-        wait_ledger(client, JOBS, timeout=240 + JOBS / 10)
+        wait_ledger(client, JOBS, timeout=240 + JOBS / 4)
         total_s = time.monotonic() - t0
         stop.set()
         sampler.join()
@@ -99,13 +110,17 @@ def test_overload_grows_queues_drops_nothing_and_keeps_worker_memory_bounded() -
     served = JOBS / total_s
     offered = JOBS / submit_s
     print(f"\noverload: {JOBS} jobs ({JOBS // PANEL_EVERY} panels of 3, the rest single calls), sim latency 20 ms")
-    print(f"  submitted in {submit_s:.1f} s ({offered:.0f} jobs/s offered); all decided in {total_s:.1f} s "
-          f"({served:.0f} jobs/s served, offered/served {offered / served:.1f}x)")
+    print(
+        f"  submitted in {submit_s:.1f} s ({offered:.0f} jobs/s offered); all decided in {total_s:.1f} s "
+        f"({served:.0f} jobs/s served, offered/served {offered / served:.1f}x)"
+    )
     print(f"  broker queue peak: {samples.queue_peak} messages")
     for name, peak in samples.peak_kib.items():
         series = samples.rss_kib[name]
-        print(f"  worker {name}: peak RSS {peak / 1024:.0f} MiB; RSS first sample {series[0] / 1024:.0f} MiB, "
-              f"last {series[-1] / 1024:.0f} MiB")
+        print(
+            f"  worker {name}: peak RSS {peak / 1024:.0f} MiB; RSS first sample {series[0] / 1024:.0f} MiB, "
+            f"last {series[-1] / 1024:.0f} MiB"
+        )
     print(f"  reproduce: PANEL_OVERLOAD_JOBS={JOBS} python3 -m pytest -q -s tests/reliability/test_overload.py")
     # The offered load outran the fleet, so this was overload and not a trickle.
     assert samples.queue_peak >= JOBS // 10, f"queue peaked at {samples.queue_peak}: the fleet was never overloaded"

@@ -20,7 +20,15 @@ from producer import keys
 from producer.client import PanelClient
 from producer.fleet import Fleet, WorkerSpec
 from tests.reliability.conftest import (
-    CONTROL, TIERS, arm_park, assert_decided_once, ledger_counts, restart_worker, running_fleet, uid, wait_all,
+    CONTROL,
+    TIERS,
+    arm_park,
+    assert_decided_once,
+    ledger_counts,
+    restart_worker,
+    running_fleet,
+    uid,
+    wait_all,
     wait_parked,
 )  # fmt: skip
 from workers.jobs import DEAD_LETTER
@@ -61,7 +69,9 @@ def wait_final(client: PanelClient, fleet: Fleet, job_id: str, timeout: float, r
 def check_poison(client: PanelClient, fleet: Fleet, job_id: str, reason: str, normal_ids: list[str]) -> None:
     res = client.result(job_id)
     assert res is not None and res.status == "failed"
-    assert res.error is not None and res.error.startswith(f"dead-letter: panel.run gave up after {MAX_ATTEMPTS} attempts")
+    assert res.error is not None and res.error.startswith(
+        f"dead-letter: panel.run gave up after {MAX_ATTEMPTS} attempts"
+    )
     assert reason in res.error, res.error
     assert int(client.redis.get(f"pf:test:poison_hits:{job_id}") or 0) == MAX_ATTEMPTS  # bounded: ran 3 times
     assert client.redis.llen(keys.done_channel(job_id)) == 1
@@ -118,7 +128,11 @@ def test_unreadable_panel_never_stops_the_deadline_sweep(rel_fleet: Fleet, rel_c
     rel_fleet.sim("/_sim/config", {"models": {"qwen2.5-72b-instruct": {"latency_ms": 20, "answer": "B"}}})
     deadline = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3))
     bad, good = uid("bad-panel"), uid("good-panel")
-    parks = [arm_park(rel_client.redis, "before_call", f"{jid}.1", m, every=True) for jid in (bad, good) for m in ("m1", "m2")]
+    parks = [
+        arm_park(rel_client.redis, "before_call", f"{jid}.1", m, every=True)
+        for jid in (bad, good)
+        for m in ("m1", "m2")
+    ]
     for jid in (bad, good):
         rel_client.submit({"id": jid, "task_class": "multiple_choice", "prompt": f"{jid}: pick\nA) x\nB) y",
                            "deadline": deadline})  # fmt: skip
@@ -132,7 +146,9 @@ def test_unreadable_panel_never_stops_the_deadline_sweep(rel_fleet: Fleet, rel_c
         wait_final(rel_client, rel_fleet, bad, timeout=30, restart=[])
         res = rel_client.result(bad)
         assert res is not None and res.status == "failed" and res.error is not None
-        assert res.error.startswith(f"dead-letter: panel.sweep gave up after {MAX_PANEL_FAILURES} attempts: JSONDecodeError"), res.error
+        assert res.error.startswith(
+            f"dead-letter: panel.sweep gave up after {MAX_PANEL_FAILURES} attempts: JSONDecodeError"
+        ), res.error
     finally:
         for key in parks:
             rel_client.redis.hset(key, "release", 1)

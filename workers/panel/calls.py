@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from workers import metrics
 from workers.errors import BudgetExceeded
 from workers.limits import BreakerOpen, Limit, RateLimitWait, TokensExceedLimit
+from workers.panel.outage import through_redis_outage
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
 from workers.runtime import Runtime
 
@@ -79,9 +80,10 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
             raise
         finally:
             used = completion.tokens_in + completion.tokens_out if completion else 0
-            rt.limiter.reconcile(reservation, used)
+            # a paid answer must not be dropped by a Redis restart (it would be bought again)
+            through_redis_outage(lambda: rt.limiter.reconcile(reservation, used))
         recorded = True
-        rt.breaker.record(permit, ok=True)
+        through_redis_outage(lambda: rt.breaker.record(permit, ok=True))
         return completion
     finally:
         try:
@@ -91,7 +93,7 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
                     if completion and spend
                     else 0.0
                 )
-                rt.budget.settle(hold, actual)
+                through_redis_outage(lambda: rt.budget.settle(hold, actual))
         finally:
             if not recorded:
                 rt.breaker.release(permit)

@@ -12,10 +12,11 @@ import os
 import time
 from typing import Any, Protocol
 
+from producer.contract import Job
 from workers import metrics
 from workers.panel.agreement import Exact, make_rule
-from producer.contract import Job
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, call_model, estimate_tokens
+from workers.panel.outage import through_redis_outage
 from workers.panel.state import Member, PanelSpec, VoteOutcome
 from workers.runtime import Cancelled, Runtime
 
@@ -122,7 +123,7 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
                           cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch),
                           realtime_cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if batch else None,
                           answer_key=key, text=c.text)  # fmt: skip
-    rt.store.put_call(panel_id, m.member, rec)
+    through_redis_outage(lambda: rt.store.put_call(panel_id, m.member, rec))
     observe_call(rec)
     fault_point(rt, "after_answer", panel_id, m.member)
     return cast_vote(rt, d, spec, rec)
