@@ -20,9 +20,8 @@ import pytest
 import redis
 from celery import Celery
 
-from producer.contract import Result
-
 from producer.client import PanelClient
+from producer.contract import Result
 from producer.embedded import child_env, free_port, stop_process
 from producer.fleet import Fleet, WorkerSpec
 
@@ -139,7 +138,7 @@ class DecisionEvents:
             for _ in recv.consume(safety_interval=0.2, wakeup=False):
                 pass
 
-    def start(self, timeout: float = 10.0) -> "DecisionEvents":
+    def start(self, timeout: float = 10.0) -> DecisionEvents:
         """Returns once the consumer's pattern subscription is live (events sent before it are lost)."""
         r = redis.Redis.from_url(self.redis_url)
 
