@@ -99,11 +99,7 @@ def start_tier(fleet: Fleet, pool: str, concurrency: int, shim: str | None) -> i
         proc = fleet.start_worker(WorkerSpec(name, TIERS, concurrency=concurrency, pool=pool))
     finally:
         fleet.env = saved
-    end = time.monotonic() + 120
-    while not fleet._ready(name):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"{name} did not start; log: {fleet.log_dir}/worker-{name}.log")
-        time.sleep(0.1)
+    fleet.wait_ready(timeout=120)
     return proc.pid
 
 

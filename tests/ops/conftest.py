@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,17 @@ OPS_WORKERS = [
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-only"
 
 
+def start_worker_with(fleet: Fleet, w: WorkerSpec, start: Callable[[WorkerSpec], subprocess.Popen[bytes]] | None = None,
+                      **env: str) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start one worker with extra environment (Fleet.env applies to every worker it starts)."""
+    saved = fleet.env
+    fleet.env = {**saved, **env}
+    try:
+        return (start or fleet.start_worker)(w)
+    finally:
+        fleet.env = saved
+
+
 @dataclass
 class MeteredFleet(Fleet):
     """A Fleet whose every worker serves Prometheus metrics on a port of its own."""
@@ -42,8 +53,7 @@ class MeteredFleet(Fleet):
 
     def start_worker(self, w: WorkerSpec) -> subprocess.Popen[bytes]:
         port = self.metrics_ports.setdefault(w.name, free_port())
-        self.env = {**self.env, "PANEL_METRICS_PORT": str(port)}
-        return super().start_worker(w)
+        return start_worker_with(self, w, PANEL_METRICS_PORT=str(port), start=super().start_worker)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         # five worker imports at once on two cores shared with other test runs

@@ -23,6 +23,7 @@ import redis
 from producer import keys
 from producer.client import PanelClient
 from producer.fleet import Fleet, WorkerSpec
+from tests.ops.conftest import start_worker_with
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +50,14 @@ def client(fleet: Fleet) -> Iterator[PanelClient]:
 
 
 def start_tier_worker(fleet: Fleet, name: str, **env: str) -> subprocess.Popen[bytes]:
-    saved = fleet.env
-    fleet.env = {**saved, **env}
-    try:
-        proc = fleet.start_worker(WorkerSpec(name, TIERS, concurrency=4))
-    finally:
-        fleet.env = saved
-    end = time.monotonic() + 120
-    while not fleet._ready(name):
-        assert proc.poll() is None, f"worker {name} exited; log in {fleet.log_dir}"
-        assert time.monotonic() < end, f"worker {name} not ready; log in {fleet.log_dir}"
-        time.sleep(0.1)
+    proc = start_worker_with(fleet, WorkerSpec(name, TIERS, concurrency=4), **env)
+    fleet.wait_ready(timeout=120)
     return proc
+
+
+def forget(fleet: Fleet, name: str) -> None:
+    """Drop a worker this test stopped, so `wait_ready` does not report it as exited."""
+    fleet.procs.pop(name)
 
 
 def submit_and_wait_in_flight(fleet: Fleet, client: PanelClient) -> str:
@@ -94,6 +91,7 @@ def test_sigterm_during_a_slow_call_lets_the_call_finish_before_the_worker_exits
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
     exited = time.time()
+    forget(fleet, "tier-warm")
     (req,) = fleet.sim(f"/_sim/requests?model={MODEL}")["requests"]  # type: ignore[misc]
     assert req["status"] == 200 and req["ended"] - req["started"] >= CALL_S * 0.9
     assert req["ended"] <= exited, "the worker exited before its call finished"
@@ -108,6 +106,7 @@ def test_a_worker_killed_after_the_grace_period_has_its_call_redelivered(fleet: 
     time.sleep(0.3)
     worker.kill()  # the grace period ran out mid-call
     worker.wait(timeout=10)
+    forget(fleet, "tier-killed")
     assert client.status(job_id) != "decided"
     # acks_late: the message stays unacked in Redis; a live worker restores it once it is older
     # than the visibility timeout (an hour in production; here a few seconds, on the restoring
