@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 import orjson
+import pydantic
 import redis
 
 from producer import keys
@@ -262,6 +263,15 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
     return result
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line on why a task failed, for the job's error and the dead-letter list. A pydantic
+    error names the fields only: its default text quotes the input, which may be a prompt."""
+    if isinstance(e, pydantic.ValidationError):
+        where = ", ".join(".".join(map(str, err["loc"])) or "(root)" for err in e.errors()[:5])
+        return f"ValidationError: {e.error_count()} invalid field(s) of {e.title}: {where}"
+    return f"{type(e).__name__}: {e}"[:300]
 
 
 DEAD_LETTER = keys.PREFIX + "deadletter"  # list, newest first: what operators inspect and replay

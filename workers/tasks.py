@@ -21,7 +21,7 @@ from workers import status
 from workers.app import app
 from workers.batch import lane as batch_lane
 from workers.batch import realtime as batch_realtime_lane
-from workers.jobs import conclude_panel, dead_letter, start_job
+from workers.jobs import conclude_panel, dead_letter, failure_reason, start_job
 from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
 from workers.panel.state import Member, PanelSpec
@@ -88,7 +88,7 @@ def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[
         _test_poison(job_id)
         out = body()
     except Exception as e:
-        reason = f"{type(e).__name__}: {e}"[:300]
+        reason = failure_reason(e)
         rt.redis.hset(key, "reason", reason)
         if n >= MAX_ATTEMPTS:
             return give_up(task, job_id, reason, n, abandon)

@@ -31,7 +31,9 @@ def sweep(rt: Runtime, d: Dispatcher, now: float | None = None, limit: int = 100
         try:
             acted += sweep_panel(rt, d, pid, now)
         except Exception as e:
-            quarantine(rt, pid, f"{type(e).__name__}: {e}"[:300])
+            from workers.jobs import failure_reason
+
+            quarantine(rt, pid, failure_reason(e))
     return acted
 
 
