@@ -244,7 +244,9 @@ def test_every_fault_ends_decided_or_failed_with_its_reason_and_pays_at_most_onc
         assert {c.status for c in receipt.calls} <= {"failed", "cancelled"}, receipt.calls
         errors = [c.error or "" for c in receipt.calls if c.status == "failed"]
         assert any(case.reason in e for e in errors), errors
-        assert all(case.reason in e or "circuit open" in e for e in errors), errors
+        # the other calls were cut off by what the fault set in motion: an open breaker, or the
+        # limiter's 429 pause reaching past the deadline
+        assert all(case.reason in e or "circuit open" in e or "rate limit wait" in e for e in errors), errors
         assert not any(r["status"] == 200 and not r.get("fault") for r in rows), rows
         assert all(c.cost_usd == 0 for c in receipt.calls if c.status == "failed")  # no answer, nothing charged
     for gap in _gaps_after_429(rows) if case.min_gap_after_429_s else []:
