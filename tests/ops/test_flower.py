@@ -9,8 +9,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from producer import keys
 from tests.ops.conftest import FinishedPanels, Flower, MeteredFleet
 
 pytestmark = pytest.mark.integration
@@ -62,16 +64,19 @@ def test_flower_shows_a_finished_panels_tasks_by_readable_name_on_their_tier(
     assert f"['{early.job_id}.1', 'm0']" in member_args  # ids, not payloads
 
 
-def test_flower_never_shows_a_prompt(flower: Flower, finished_panels: FinishedPanels) -> None:
+def test_flower_never_shows_a_prompt(flower: Flower, ops_fleet: MeteredFleet, finished_panels: FinishedPanels) -> None:
     results = finished_panels.results
     tasks = flower_tasks_of(flower, [r.job_id for r in results], settled=2)
     assert tasks
     dumps = [orjson.dumps(flower.api("/api/tasks", limit=1000).json())]
     dumps += [flower.api(f"/api/task/info/{tid}").raise_for_status().content for tid in tasks]
+    dumps += [flower.api(f"/task/{tid}").raise_for_status().content for tid in tasks]  # the UI's task page
     dumps += [orjson.dumps(e) for e in finished_panels.events]
-    for prompt in finished_panels.prompts:
-        head = prompt.split(":")[0]  # the unique tag; no fragment of a prompt may appear
-        assert not any(head.encode() in d for d in dumps), f"{head!r} visible in Flower or an event"
+    r = redis.Redis.from_url(ops_fleet.redis_url)
+    for result, prompt in zip(results, finished_panels.prompts, strict=True):
+        tag = prompt.split(":")[0].encode()  # unique per run: it stands for the whole prompt
+        assert tag in (r.hget(keys.job(result.job_id), "spec") or b""), "the search must find it where it is"
+        assert not any(tag in d for d in dumps), f"{tag!r} visible in Flower or an event"
 
 
 @pytest.mark.parametrize("path", ["/api/workers", "/api/tasks", "/", "/tasks"])
