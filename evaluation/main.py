@@ -40,21 +40,25 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     print(report.table(scores))
     unpriced = [m for m in available if m not in prices and any(r.models[m].cost_usd is None for r in rows)]
     if unpriced:
-        print(f"\nwarning: no recorded cost_usd and no price in {file.parent / 'models.csv'} for "
-              f"{', '.join(unpriced)}: their calls count as 0 USD, so cost ratios are not meaningful", file=sys.stderr)  # fmt: skip
+        named = ", ".join(unpriced[:5]) + (f" and {len(unpriced) - 5} more" if len(unpriced) > 5 else "")
+        print(f"\nwarning: no recorded cost_usd and no price in {file.parent / 'models.csv'} for {named}: "
+              "their calls count as 0 USD, so cost ratios are not meaningful", file=sys.stderr)  # fmt: skip
     best = max(fleet_scores, key=lambda s: (s.accuracy, -s.cost_usd))
     fusion = fusions.get(best.name) or min(fusions.values(), key=lambda s: s.cost_usd, default=strongest)
     ratios = report.ratios(best, strongest, fusion)
     print(f"\nbest fleet policy {best.name}: accuracy {best.accuracy:.3f} vs strongest {strongest.accuracy:.3f} "
           f"({ratios['accuracy_vs_strongest']:.3f}x) at {ratios['cost_vs_strongest']:.2f}x its cost; "
           f"vs Fusion-style {fusion.accuracy:.3f} ({ratios['accuracy_vs_fusion']:.3f}x) at {ratios['cost_vs_fusion']:.2f}x its cost")  # fmt: skip
+    # None: the reference cost nothing by this file's numbers (no costs, no prices), so no verdict
     goals = {
-        "strongest": best.accuracy >= strongest.accuracy and ratios["cost_vs_strongest"] <= COST_VS_STRONGEST_GOAL,
-        "fusion": best.accuracy >= fusion.accuracy and ratios["cost_vs_fusion"] <= COST_VS_FUSION_GOAL,
-    }
-    print(f"goal >= strongest accuracy at <= {COST_VS_STRONGEST_GOAL:.0%} of its cost: "
-          f"{'reached' if goals['strongest'] else 'NOT reached'}; goal >= Fusion-style accuracy at "
-          f"<= {COST_VS_FUSION_GOAL:.0%} of its cost: {'reached' if goals['fusion'] else 'NOT reached'}")  # fmt: skip
+        "strongest": None if not strongest.cost_usd else
+        best.accuracy >= strongest.accuracy and ratios["cost_vs_strongest"] <= COST_VS_STRONGEST_GOAL,
+        "fusion": None if not fusion.cost_usd else
+        best.accuracy >= fusion.accuracy and ratios["cost_vs_fusion"] <= COST_VS_FUSION_GOAL,
+    }  # fmt: skip
+    said = {True: "reached", False: "NOT reached", None: "unknown (no costs)"}
+    print(f"goal >= strongest accuracy at <= {COST_VS_STRONGEST_GOAL:.0%} of its cost: {said[goals['strongest']]}; "
+          f"goal >= Fusion-style accuracy at <= {COST_VS_FUSION_GOAL:.0%} of its cost: {said[goals['fusion']]}")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = file.name.split(".")[0]
     json_path, png_path = out_dir / f"eval-{stem}.json", out_dir / f"eval-{stem}.png"

@@ -66,8 +66,10 @@ def plot(path: Path, title: str, scores: list[Score], goal_cost_ratio: float = 0
                 transform=ax.transAxes, va="top", fontsize=8, color="tab:purple")  # fmt: skip
     lows = [s.accuracy for s in scores]
     ax.set_ylim(min(lows) - 0.02, max(lows) + 0.12 * (max(lows) - min(lows) + 0.05))  # headroom for the goal text
-    ax.set_xscale("log")
-    ax.set_xlabel("cost per question (USD, log scale)")
+    priced = any(s.cost_usd > 0 for s in scores)
+    if priced:  # a file without costs or prices puts every point at 0, which a log axis cannot show
+        ax.set_xscale("log")
+    ax.set_xlabel(f"cost per question (USD{', log scale' if priced else ': no costs recorded or priced'})")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
