@@ -78,8 +78,9 @@ def _accumulate(rt: Runtime, spec: PanelSpec, prior: dict[str, Any], res: CallOu
         rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0
     )
     mspec = rt.registry.model(res.model)
+    replied = c is not None or prior.get("status") == "answered"  # a reply came, usable or not
     return {"member": "arbiter", "role": "arbiter", "model": res.model, "provider": mspec.provider,
-            "tier": mspec.tier, "status": "answered" if tokens_in else "failed", "tokens_in": tokens_in,
+            "tier": mspec.tier, "status": "answered" if replied else "failed", "tokens_in": tokens_in,
             "tokens_out": tokens_out, "latency_ms": float(prior.get("latency_ms", 0.0)) + (c.latency_ms if c else 0.0),
             "cost_usd": cost, "realtime_cost_usd": realtime if batch else None,
             "batch": batch and bool(prior.get("batch", True)), "tries": tries}  # fmt: skip
