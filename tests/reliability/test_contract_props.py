@@ -10,6 +10,7 @@ exactly as meant or rejected with one line naming the field; nothing crashes, no
   exits before it consumes a single message.
 
     python3 -m pytest -q tests/reliability/test_contract_props.py
+    PANEL_RELIABILITY_FULL=1 PANEL_PROPS_SCALE=10 python3 -m pytest -q tests/reliability/test_contract_props.py  # deeper
 """
 
 from __future__ import annotations
@@ -212,6 +213,9 @@ def test_submit_many_reports_every_bad_line_by_number_and_queues_every_good_one(
     assert r.llen("control") == len(good_numbers)  # one panel.run message per good line
 
 
+@pytest.mark.skipif(os.environ.get("PANEL_RELIABILITY_FULL") != "1",
+                    reason="a fleet of its own (~10 s idle, ~40 s loaded); PANEL_RELIABILITY_FULL=1 runs it. The default "
+                           "suite's tests/integration/test_lanes.py runs good lines among bad ones through submit_many")  # fmt: skip
 def test_bad_lines_among_good_ones_are_reported_once_and_the_good_ones_run(tmp_path: Path) -> None:
     """The whole path on a real fleet, through the CLI a user runs: one stderr line per bad line,
     and every good line decided."""
