@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import redis
@@ -72,7 +73,7 @@ class RedisProcess:
             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--save", "", "--daemonize", "no",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = start_owned(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port("127.0.0.1", self.port, proc=self.proc)
         client = redis.Redis.from_url(self.url)
         end = time.monotonic() + 10
@@ -88,13 +89,8 @@ class RedisProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
         self.proc = None
 
     def restart(self) -> None:
@@ -107,16 +103,51 @@ def python_exe() -> str:
     return sys.executable
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM (warm shutdown for Celery), then SIGKILL after `timeout`."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies (a killed test run,
+    a crashed demo), instead of living on as an orphan that holds a port and a core."""
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+_GROUP_LEADERS: set[int] = set()
+
+
+def start_owned(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a process we must be able to stop with all its children (Celery's embedded beat is a
+    child of its worker): it leads its own process group, and on Linux dies with us."""
+    preexec = _die_with_parent if sys.platform == "linux" else None
+    proc: subprocess.Popen[bytes] = subprocess.Popen(args, start_new_session=True, preexec_fn=preexec, **popen)
+    _GROUP_LEADERS.add(proc.pid)
+    return proc
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the leader's group: children too (a worker's beat)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM (warm shutdown for Celery), then SIGKILL after `timeout`, to the process and, when it
+    leads its own group (start_owned), to every process of that group."""
+    own_group = proc.pid in _GROUP_LEADERS
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM) if own_group else proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if own_group:  # the leader is gone; a child it left (beat) must not outlive it. The group id
+        # cannot name another process's group while any member of ours is alive (no pid reuse).
+        _signal_group(proc, signal.SIGKILL)
+        _GROUP_LEADERS.discard(proc.pid)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

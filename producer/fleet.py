@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from producer.embedded import RedisProcess, child_env, free_port, stop_process, wait_port
+from producer.embedded import RedisProcess, child_env, free_port, start_owned, stop_process, wait_port
 
 SIM_KEY = "sim-local-key-not-a-secret"
 ALL_QUEUES = "control,llm.economy,llm.workhorse,llm.frontier,llm.batch"
@@ -84,7 +84,7 @@ class Fleet:
         args = [sys.executable, "-m", "sim", "--host", "127.0.0.1", "--port", str(self.sim_port),
                 "--models", str(policies / "models.yaml"), *self.sim_args]  # fmt: skip
         log = open(self.log_dir / "sim.log", "wb")
-        self.sim_proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        self.sim_proc = start_owned(args, stdout=log, stderr=subprocess.STDOUT, env=child_env())
         wait_port("127.0.0.1", self.sim_port, timeout=30, proc=self.sim_proc)
 
     def start_worker(self, w: WorkerSpec) -> subprocess.Popen[bytes]:
@@ -94,7 +94,7 @@ class Fleet:
         if w.beat:
             args += ["-B", "-s", str(self.log_dir / "beat-schedule")]
         log = open(self.log_dir / f"worker-{w.name}.log", "ab")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.worker_env())
+        proc = start_owned(args, stdout=log, stderr=subprocess.STDOUT, env=self.worker_env())
         self.procs[w.name] = proc
         return proc
 
