@@ -153,10 +153,13 @@ def follow_up(rt: Runtime, d: Dispatcher, spec: PanelSpec, outcome: VoteOutcome)
     pid = spec.panel_id
     status = outcome.outcome if outcome.status == "decided" else outcome.status
     if status in ("quorum", "sweep", "arbiter", "failed"):
-        if status == "quorum" and rt.store.once(pid, "cancel"):
-            cancel_stragglers(rt, d, spec)
+        # The caller's answer first, then the stragglers: the revoke broadcast is a round trip
+        # through the broker that the decision need not wait for (a straggler that starts in the
+        # meantime sees `decided` and makes no call; one in flight is cancelled by conclude's publish).
         if outcome.status != "decided" or outcome.duplicate:
             d.conclude(pid)
+        if status == "quorum" and rt.store.once(pid, "cancel"):
+            cancel_stragglers(rt, d, spec)
     elif status == "exhausted":
         if rt.store.once(pid, "arbiter"):
             answers = {v for v in rt.store.votes(pid).values() if v}
