@@ -69,12 +69,13 @@ class Fleet:
         env.update({k: v.replace("$SIM_URL", self.sim_url) for k, v in self.env.items()})
         return child_env(env)
 
-    def start(self, redis: RedisProcess | None = None) -> "Fleet":
+    def start(self, redis: RedisProcess | None = None, ready_timeout: float = 120.0) -> "Fleet":
+        """`ready_timeout`: how long workers may take to attach (a loaded machine imports slowly)."""
         self.redis = redis or RedisProcess().start()
         self.start_sim()
         for w in self.workers:
             self.start_worker(w)
-        self.wait_ready()
+        self.wait_ready(ready_timeout)
         return self
 
     def start_sim(self) -> None:
@@ -98,7 +99,7 @@ class Fleet:
         self.procs[w.name] = proc
         return proc
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         """Until every worker answers on the broker (its consumer is attached)."""
         import redis as redis_lib
 

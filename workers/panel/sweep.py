@@ -51,6 +51,14 @@ def sweep_panel(rt: Runtime, d: Dispatcher, pid: str, now: float) -> int:
             cancel_stragglers(rt, d, spec)
             d.conclude(pid)
             return 1
+    elif decided == "exhausted" and spec.deadline <= now:
+        # no agreement and no verdict by the deadline: the arbiter was lost (its worker died
+        # between taking `once:arbiter` and sending it) or is late. Decide with the plurality,
+        # as for lost members; a verdict that still arrives cannot replace a sweep decision.
+        won, _, _ = rt.store.decide(pid, "sweep" if rt.store.tally(pid) else "failed", "", replace_exhausted=True)
+        if won:
+            d.conclude(pid)
+            return 1
     elif decided in ("quorum", "sweep", "arbiter", "failed") and now - spec.deadline >= -STALE_DECISION_S:
         d.conclude(pid)  # idempotent; recovers a conclusion lost with its worker
         return 1
