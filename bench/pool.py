@@ -18,7 +18,9 @@ and the loop's selector waits cooperatively; task greenlets block on a patched C
 `Future.result`. It works, with one catch found here: httpcore imports `trio` when it is
 installed, and trio's import fails under gevent's patched `select` (no `epoll`). The project does
 not depend on trio (the image has none); where it is installed this bench hides it from the
-gevent worker only, and says so.
+gevent worker only, and says so. At 256 greenlets a run here also lost acks: kombu's ack raised
+redis `MaxConnectionsError: Too many connections` (~100 times), and those jobs stay unacked until
+the visibility timeout; a run that leaves jobs undecided says how many instead of stopping.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import yaml
 
 from producer.client import PanelClient
 from producer.embedded import stop_process
+from producer.errors import JobTimeout
 from producer.fleet import Fleet, WorkerSpec
 
 POOLS = ("threads", "gevent")
@@ -56,6 +59,7 @@ class Run:
     cpu_ms_per_call: float
     rss_mb: float
     wall_s: float
+    undone: int = 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -103,7 +107,20 @@ def start_tier(fleet: Fleet, pool: str, concurrency: int, shim: str | None) -> i
     return proc.pid
 
 
-def measure(fleet: Fleet, client: PanelClient, pool: str, concurrency: int, waves: int, shim: str | None) -> Run:
+def unfinished(client: PanelClient, ids: list[str], deadline: float) -> int:
+    """How many jobs are not decided by `deadline`."""
+    undone = 0
+    for job_id in ids:
+        try:
+            if client.wait(job_id, timeout=max(0.01, deadline - time.monotonic())).status != "decided":
+                undone += 1
+        except JobTimeout:
+            undone += 1
+    return undone
+
+
+def measure(fleet: Fleet, client: PanelClient, pool: str, concurrency: int, waves: int, shim: str | None,
+            latency_s: float) -> Run:  # fmt: skip
     pid = start_tier(fleet, pool, concurrency, shim)
     name = f"tier-{pool}-{concurrency}"
     try:
@@ -112,15 +129,16 @@ def measure(fleet: Fleet, client: PanelClient, pool: str, concurrency: int, wave
         tag = uuid.uuid4().hex[:8]
         ids = [client.submit({"task_class": "code_review", "prompt": f"--- a/README.md\n-teh\n+the {tag} {i}"})
                for i in range(waves * concurrency)]  # fmt: skip
-        failed = [r.job_id for r in client.wait_many(ids, timeout=600) if r.status != "decided"]
+        undone = unfinished(client, ids, deadline=time.monotonic() + max(120.0, 2 * len(ids) * latency_s))
         wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
-        if failed:
-            raise RuntimeError(f"{len(failed)} jobs failed under {name}; log: {fleet.log_dir}")
+        if undone:  # reported, not raised: a pool that loses jobs is a finding (see the worker log)
+            print(f"  {name}: {undone} of {len(ids)} jobs not decided; log: {fleet.log_dir}/worker-{name}.log",
+                  file=sys.stderr, flush=True)  # fmt: skip
         log = [r for r in fleet.sim("/_sim/requests")["requests"] if r["status"] == 200]  # type: ignore[index]
         span = max(r["ended"] for r in log) - min(r["started"] for r in log)
         stats = fleet.sim("/_sim/stats")["totals"]  # type: ignore[index]
         return Run(pool, concurrency, len(log), len(log) / span, int(stats["max_in_flight"]),
-                   1000 * cpu / len(log), rss_mb(pid), wall)  # fmt: skip
+                   1000 * cpu / len(log), rss_mb(pid), wall, undone)  # fmt: skip
     finally:
         stop_process(fleet.procs.pop(name), timeout=30)
 
@@ -132,12 +150,13 @@ def report(runs: list[Run], args: argparse.Namespace, shim: str | None) -> None:
           f"each run: waves x concurrency single-lane jobs, one member call each")  # fmt: skip
     if shim:
         print("note: trio is installed here and breaks under gevent's patching; hidden from the gevent worker")
-    head = f"{'conc':>5} {'pool':>8} {'calls':>6} {'calls/s':>8} {'ideal':>7} {'in flight':>9} {'CPU ms/call':>11} {'RSS MB':>7} {'wall s':>7}"
+    head = (f"{'conc':>5} {'pool':>8} {'calls':>6} {'calls/s':>8} {'ideal':>7} {'in flight':>9} {'CPU ms/call':>11} "
+            f"{'RSS MB':>7} {'wall s':>7} {'undecided':>9}")  # fmt: skip
     print(head)
     ideal = 1000 / args.latency_ms
     for r in runs:
         print(f"{r.concurrency:>5} {r.pool:>8} {r.calls:>6} {r.calls_per_s:>8.1f} {r.concurrency * ideal:>7.0f} "
-              f"{r.max_in_flight:>9} {r.cpu_ms_per_call:>11.2f} {r.rss_mb:>7.0f} {r.wall_s:>7.1f}")  # fmt: skip
+              f"{r.max_in_flight:>9} {r.cpu_ms_per_call:>11.2f} {r.rss_mb:>7.0f} {r.wall_s:>7.1f} {r.undone:>9}")  # fmt: skip
     print("\ngevent / threads, same level:")
     print(f"{'conc':>5} {'calls/s':>8} {'CPU/call':>9} {'RSS':>6}")
     by = {(r.pool, r.concurrency): r for r in runs}
@@ -169,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, c in enumerate(levels):
             for pool in POOLS if i % 2 == 0 else tuple(reversed(POOLS)):
-                run = measure(fleet, client, pool, c, args.waves, shim)
+                run = measure(fleet, client, pool, c, args.waves, shim, args.latency_ms / 1000)
                 print(f"  {pool:>8} x{c:<4} {run.calls_per_s:7.1f} calls/s  {run.cpu_ms_per_call:6.2f} ms CPU/call",
                       file=sys.stderr, flush=True)  # fmt: skip
                 runs.append(run)
