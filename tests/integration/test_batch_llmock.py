@@ -11,7 +11,6 @@ then the flagged majority decides.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 import yaml
 
 from producer.client import PanelClient
-from producer.embedded import free_port, stop_process, wait_port
 from producer.fleet import ALL_QUEUES, Fleet, WorkerSpec
+from tests.providers.conftest import llmock_process
 from workers.registry import Registry
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
@@ -37,28 +36,8 @@ def panel(members: list[str]) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def llmock_origin() -> Iterator[str]:
-    exe = shutil.which("llmock")
-    if exe is None:
-        pytest.skip("llmock is not installed (pip install 'llmock>=0.2.2', in the dev extras)")
-    port = free_port()
-    args = [
-        exe,
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--response-style",
-        "static",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        wait_port("127.0.0.1", port, timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc, timeout=5)
+    with llmock_process("--response-style", "static") as server:
+        yield server.origin
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,19 +48,26 @@ class Llmock:
         httpx.post(f"{self.origin}/_llmock/reset").raise_for_status()
 
 
-@pytest.fixture(scope="session")
-def llmock_server() -> Iterator[Llmock]:
+@contextmanager
+def llmock_process(*extra_args: str) -> Iterator[Llmock]:
+    """llmock on a free loopback port for the block's duration (skips the test where it is absent)."""
     exe = shutil.which("llmock")
     if exe is None:
         pytest.skip("llmock is not installed (pip install 'llmock>=0.2.2', in the dev extras)")
     port = free_port()
-    args = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    args = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra_args]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", port, timeout=30, proc=proc)
         yield Llmock(f"http://127.0.0.1:{port}")
     finally:
         stop_process(proc, timeout=5)
+
+
+@pytest.fixture(scope="session")
+def llmock_server() -> Iterator[Llmock]:
+    with llmock_process() as server:
+        yield server
 
 
 @pytest.fixture

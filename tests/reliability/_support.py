@@ -7,9 +7,7 @@ Part A owns `conftest.py`; these are plain helpers the test modules build fixtur
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,8 +20,7 @@ import yaml
 
 from producer.client import PanelClient
 from producer.contract import Result
-from producer.embedded import free_port, stop_process, wait_port
-from tests.providers.conftest import Llmock
+from tests.providers.conftest import Llmock, llmock_process  # noqa: F401  (re-exported)
 
 SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -67,24 +64,6 @@ def write_policies(dest: Path, providers: dict[str, Any], models: dict[str, Any]
 def openai_provider(url_env: str, key_env: str) -> dict[str, str]:
     # default_base_url is never used: every test sets `url_env` (a real provider is never called)
     return {"api": "openai", "base_url_env": url_env, "key_env": key_env, "default_base_url": "http://127.0.0.1:9/v1"}
-
-
-@contextmanager
-def llmock_process() -> Iterator[Llmock]:
-    """llmock (the third-party provider emulator) on a free loopback port."""
-    exe = shutil.which("llmock")
-    if exe is None:
-        import pytest
-
-        pytest.skip("llmock is not installed (pip install 'llmock>=0.2.2', in the dev extras)")
-    port = free_port()
-    args = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        wait_port("127.0.0.1", port, timeout=30, proc=proc)
-        yield Llmock(f"http://127.0.0.1:{port}")
-    finally:
-        stop_process(proc, timeout=5)
 
 
 @contextmanager
