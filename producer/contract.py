@@ -110,7 +110,8 @@ class Job(_Strict):
             if not any(m.role == "user" for m in self.messages):
                 raise ValueError("messages: no user message")
         if self.prompt_chars() > MAX_PROMPT_CHARS:
-            raise ValueError(f"messages: prompt too large: {self.prompt_chars()} chars over {MAX_PROMPT_CHARS}; split the job")
+            field = "prompt" if self.prompt is not None else "messages"
+            raise ValueError(f"{field}: too large: {self.prompt_chars()} chars over {MAX_PROMPT_CHARS}; split the job")
         return self
 
     def prompt_chars(self) -> int:

@@ -50,6 +50,10 @@ def test_bad_input_names_the_field(data: object, field: str) -> None:
 def test_oversize_prompt_is_rejected_with_size() -> None:
     with pytest.raises(ContractError) as e:
         Job.parse({"task_class": "x", "prompt": "y" * (MAX_PROMPT_CHARS + 1)})
+    assert e.value.field == "prompt" and "too large" in str(e.value)
+    with pytest.raises(ContractError) as e:  # the same size spread over messages names `messages`
+        half = "y" * (MAX_PROMPT_CHARS // 2 + 1)
+        Job.parse({"task_class": "x", "messages": [{"role": "system", "content": half}, {"role": "user", "content": half}]})
     assert e.value.field == "messages" and "too large" in str(e.value)
 
 
