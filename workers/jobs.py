@@ -19,7 +19,7 @@ import pydantic
 import redis
 
 from producer import keys
-from producer.contract import Job, Result
+from producer.contract import Job, Receipt, Result
 from workers import metrics
 from workers.ledger import LEDGER_MAXLEN, render_receipt
 from workers.panel.agreement import parse_json_object
@@ -225,6 +225,23 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
     finalise_job(rt, spec.job_id)
 
 
+NO_ANSWER = "no member answered before the deadline or all calls failed"
+
+
+def failure_summary(receipt: Receipt, limit: int = 3) -> str:
+    """Why a job failed, in one line: the generic reason plus each failed model's last error, so
+    a caller sees "gpt-4o: HTTP 401 ..." without digging through the receipt's calls."""
+    causes: dict[str, str] = {}
+    for c in receipt.calls:
+        if c.status == "failed" and c.error and c.model not in causes:
+            causes[c.model] = c.error.splitlines()[0][:160]
+    if not causes:
+        return NO_ANSWER
+    shown = "; ".join(f"{m}: {e}" for m, e in list(causes.items())[:limit])
+    more = f"; and {len(causes) - limit} more" if len(causes) > limit else ""
+    return f"{NO_ANSWER} ({shown}{more})"
+
+
 def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
@@ -240,7 +257,7 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     parsed = parse_json_object(text) if (text and job.response_schema) else None
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
-                    error=None if decided else "no member answered before the deadline or all calls failed")  # fmt: skip
+                    error=None if decided else failure_summary(receipt))  # fmt: skip
     pipe = rt.redis.pipeline()
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
     if not rerender:
