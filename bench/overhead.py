@@ -76,7 +76,7 @@ async def ideal_panel(client: httpx.AsyncClient, base: str, prompt: str) -> floa
 async def run_ideal(base: str, n: int, rate: float) -> list[float]:
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=1000)) as client:
         jobs = []
-        for i in range(n):
+        for _ in range(n):
             jobs.append(asyncio.create_task(ideal_panel(client, base, f"ideal {uuid.uuid4().hex} A) x B) y")))
             await asyncio.sleep(1 / rate)
         return list(await asyncio.gather(*jobs))
@@ -84,7 +84,7 @@ async def run_ideal(base: str, n: int, rate: float) -> list[float]:
 
 def run_fleet(client: PanelClient, n: int, rate: float) -> list[float]:
     ids = []
-    for i in range(n):
+    for _ in range(n):
         t = time.perf_counter()
         ids.append(client.submit({"task_class": "multiple_choice", "prompt": f"fleet {uuid.uuid4().hex} A) x B) y"}))
         time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))

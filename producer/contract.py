@@ -10,7 +10,7 @@ anything is queued:
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -76,7 +76,7 @@ class Job(_Strict):
     @field_validator("deadline")
     @classmethod
     def _future(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v <= datetime.now(timezone.utc):
+        if v is not None and v <= datetime.now(UTC):
             raise ValueError("deadline is in the past; give a future ISO-8601 time with a timezone")
         return v
 
@@ -101,7 +101,7 @@ class Job(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _one_input(self) -> "Job":
+    def _one_input(self) -> Job:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("messages: give exactly one of `messages` or `prompt`")
         if self.messages is not None:
@@ -126,7 +126,7 @@ class Job(_Strict):
         return [{"role": "user", "content": self.prompt or ""}]
 
     @classmethod
-    def parse(cls, data: bytes | str | dict[str, Any]) -> "Job":
+    def parse(cls, data: bytes | str | dict[str, Any]) -> Job:
         """Validate raw input; raise ContractError naming the field at fault."""
         try:
             if isinstance(data, (bytes, str)):

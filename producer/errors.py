@@ -22,7 +22,7 @@ class ContractError(PanelError, ValueError):
         super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
 
     @classmethod
-    def from_validation(cls, err: ValidationError) -> "ContractError":
+    def from_validation(cls, err: ValidationError) -> ContractError:
         problems: list[tuple[str, str]] = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"]) or "(job)"

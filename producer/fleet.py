@@ -69,7 +69,7 @@ class Fleet:
         env.update({k: v.replace("$SIM_URL", self.sim_url) for k, v in self.env.items()})
         return child_env(env)
 
-    def start(self, redis: RedisProcess | None = None, ready_timeout: float = 120.0) -> "Fleet":
+    def start(self, redis: RedisProcess | None = None, ready_timeout: float = 120.0) -> Fleet:
         """`ready_timeout`: how long workers may take to attach (a loaded machine imports slowly)."""
         self.redis = redis or RedisProcess().start()
         self.start_sim()
@@ -137,7 +137,7 @@ class Fleet:
         if self.redis is not None and not keep_redis:
             self.redis.stop()
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

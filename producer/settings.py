@@ -45,7 +45,7 @@ class Settings(BaseModel):
         }
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         fields = {
             "redis_url": "PANEL_REDIS_URL",
             "result_ttl_s": "PANEL_RESULT_TTL",

@@ -43,7 +43,7 @@ class PanelSpec(_Strict):
     arbiter: str
 
     @model_validator(mode="after")
-    def _quorum(self) -> "PanelSpec":
+    def _quorum(self) -> PanelSpec:
         if self.quorum > len(self.members):
             raise ValueError(f"quorum: {self.quorum} is more than the {len(self.members)} members")
         return self
@@ -151,7 +151,7 @@ class PolicyTable:
         return hits
 
     @classmethod
-    def load(cls, registry: Registry, path: Path | None = None) -> "PolicyTable":
+    def load(cls, registry: Registry, path: Path | None = None) -> PolicyTable:
         path = path or policies_dir() / "tasks.yaml"
         data, lines = policy_files.load(path)
         policies = policy_files.validate(PolicyFile, data, path, lines)

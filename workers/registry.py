@@ -82,7 +82,7 @@ class Registry(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _refs(self) -> "Registry":
+    def _refs(self) -> Registry:
         for name, m in self.models.items():
             if m.provider not in self.providers:
                 raise ValueError(f"models.{name}.provider: {m.provider!r} is not under `providers`")
@@ -108,7 +108,7 @@ class Registry(_Strict):
         return (tokens_in * p.input + tokens_out * p.output) / 1_000_000
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Registry":
+    def load(cls, path: Path | None = None) -> Registry:
         path = path or policies_dir() / "models.yaml"
         data, lines = policy_files.load(path)
         try:

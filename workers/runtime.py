@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import redis
@@ -45,12 +45,12 @@ class Cancelled(Exception):
 
 
 class Runtime:
-    _instance: "Runtime | None" = None
+    _instance: Runtime | None = None
     _pid = 0
     _lock = threading.Lock()
 
     @classmethod
-    def get(cls) -> "Runtime":
+    def get(cls) -> Runtime:
         """The process's runtime, made on first use (after any fork)."""
         with cls._lock:
             if cls._instance is None or cls._pid != os.getpid():
@@ -68,9 +68,8 @@ class Runtime:
             settings.redis_url, max_connections=settings.redis_max_connections,
             timeout=settings.redis_pool_timeout_s, health_check_interval=30, socket_keepalive=True))  # fmt: skip
         self.store = PanelStore(self.redis)
-        from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
-
         from workers.budget import Budget
+        from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
 
         self.limiter = RateLimiter(self.redis)
         self.breaker = CircuitBreaker(self.redis, BreakerConfig(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -58,9 +58,9 @@ def test_oversize_prompt_is_rejected_with_size() -> None:
 
 
 def test_deadline_in_the_past_is_rejected_and_future_accepted() -> None:
-    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     assert field_of({"task_class": "x", "prompt": "a", "deadline": past}) == "deadline"
-    future = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
+    future = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     assert Job.parse({"task_class": "x", "prompt": "a", "deadline": future}).deadline is not None
     assert field_of({"task_class": "x", "prompt": "a", "deadline": "2030-01-01T00:00:00"}) == "deadline"  # no tz
 

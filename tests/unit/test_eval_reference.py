@@ -9,7 +9,8 @@ import pytest
 from evaluation import reference
 from evaluation.fleet_run import prices_near
 from evaluation.policy import load
-from evaluation.replay import ReplayFormatError, is_correct, load as load_rows, models_in
+from evaluation.replay import ReplayFormatError, is_correct, models_in
+from evaluation.replay import load as load_rows
 
 
 def test_single_models_match_the_readme_accuracy_and_cost(replay_dir: Path) -> None:

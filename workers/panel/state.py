@@ -57,7 +57,7 @@ class PanelSpec:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "PanelSpec":
+    def from_json(cls, raw: bytes) -> PanelSpec:
         d = orjson.loads(raw)
         d["members"] = [Member(**m) for m in d["members"]]
         return cls(**d)
