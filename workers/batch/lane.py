@@ -29,9 +29,9 @@ import orjson
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
-from workers.batch.realtime import run_arbiter_now, stage_step
+from workers.batch.realtime import run_arbiter_now
 from workers.panel.calls import CallOutcome
-from workers.panel.chord import Dispatcher, call_record, follow_up, json_mode, land
+from workers.panel.chord import Dispatcher, call_record, cast_vote, json_mode, land
 from workers.panel.state import PanelSpec
 from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
 from workers.runtime import Runtime
@@ -317,9 +317,7 @@ def _repeat_follow_ups(
         if rt.store.decided(spec.panel_id) == "arbiter":
             d.conclude(spec.panel_id)
     elif prior and prior.get("status") in ("answered", "failed", "late"):
-        key = prior.get("answer_key")
-        follow_up(rt, d, spec, rt.store.vote(spec.panel_id, line.member, key if isinstance(key, str) else None,
-                                             stage_step(spec)))  # fmt: skip
+        cast_vote(rt, d, spec, prior)
 
 
 def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, error: ProviderError,

@@ -49,11 +49,13 @@ def call_record(spec: PanelSpec, m: Member, rt: Runtime, status: str, **extra: A
             "tier": mspec.tier, "status": status, "batch": spec.batch, **extra}  # fmt: skip
 
 
-def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str:
-    """One member's whole turn. Returns its call status (for logs and tests)."""
+def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, batch: bool | None = None) -> str:
+    """One member's whole turn. Returns its call status (for logs and tests). `batch` prices the
+    call (default: the panel's lane); a batch panel's member made in real time passes False."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return "gone"
+    batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
     prior = rt.store.call(panel_id, member_id)
     if prior and prior["status"] in ("answered", "failed", "late"):
@@ -62,7 +64,7 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
         cast_vote(rt, d, spec, prior)
         return "reused"
     if rt.store.decided(panel_id):
-        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled"), only_if_absent=True)
+        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled", batch=batch), only_if_absent=True)
         return "cancelled"
     from workers.jobs import load_job, spend_of
 
@@ -71,15 +73,15 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str
     started = time.time()
     try:
         res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
-                         spend=spend_of(rt, job, spec.batch))  # fmt: skip
+                         spend=spend_of(rt, job, batch))  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
-        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled", tokens_in=tokens_in,
-                          cost_usd=rt.registry.cost(m.model, tokens_in, 0, spec.batch),
+        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled", tokens_in=tokens_in, batch=batch,
+                          cost_usd=rt.registry.cost(m.model, tokens_in, 0, batch),
                           latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
         return "cancelled"
-    return land(rt, d, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000)
+    return land(rt, d, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
 
 
 def abandon_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, reason: str) -> None:
@@ -90,9 +92,7 @@ def abandon_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, re
         return
     m = spec.member(member_id)
     rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "failed", error=reason), only_if_absent=True)
-    prior = rt.store.call(panel_id, member_id) or {}
-    key = prior.get("answer_key") if prior.get("status") in ("answered", "late") else None
-    follow_up(rt, d, spec, rt.store.vote(panel_id, member_id, key, _step(spec)))
+    cast_vote(rt, d, spec, rt.store.call(panel_id, member_id) or {"member": member_id, "status": "failed"})
 
 
 def json_mode(spec: PanelSpec, job: Job) -> bool:
@@ -132,7 +132,7 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
 def cast_vote(rt: Runtime, d: Dispatcher, spec: PanelSpec, rec: dict[str, Any]) -> str:
     """Vote a recorded call (fresh, or re-used by a redelivered task) and act on the outcome.
     The first vote of a call that arrives after the decision marks it `late`."""
-    outcome = rt.store.vote(spec.panel_id, rec["member"], rec.get("answer_key"), _step(spec))
+    outcome = rt.store.vote(spec.panel_id, rec["member"], rec.get("answer_key"), stage_step(spec))
     if outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered":
         rec["status"] = "late"  # paid for, but the panel was decided without it
         rt.store.put_call(spec.panel_id, rec["member"], rec)
@@ -183,7 +183,8 @@ def cancel_stragglers(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
         d.revoke(pending)
 
 
-def _step(spec: PanelSpec) -> int:
+def stage_step(spec: PanelSpec) -> int:
+    """How many more members a vote may send: one at a time when staged, else all at once."""
     return 1 if spec.dispatch == "staged" else len(spec.members)
 
 
