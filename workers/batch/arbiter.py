@@ -13,21 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer import keys
 from producer.contract import Job, Verdict
-from workers.panel.agreement import make_rule
-from workers.panel.arbiter import arbiter_messages, majority_verdict, parse_verdict
+from workers.panel.arbiter import arbiter_messages, decide_by_verdict, member_answers, parse_verdict
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import Dispatcher, observe_call
 from workers.panel.state import PanelSpec
 from workers.runtime import Runtime
 
 VERDICT_TRIES = 2  # the first verdict, and one retry when it is unusable
-
-
-def member_answers(rt: Runtime, panel_id: str) -> dict[str, str]:
-    calls = rt.store.calls(panel_id)
-    return {m: str(c["text"]) for m, c in calls.items() if m != "arbiter" and c["status"] in ("answered", "late")}
 
 
 def arbiter_messages_for(rt: Runtime, spec: PanelSpec, job: Job) -> list[dict[str, str]]:
@@ -84,16 +77,3 @@ def _accumulate(rt: Runtime, spec: PanelSpec, prior: dict[str, Any], res: CallOu
             "tokens_out": tokens_out, "latency_ms": float(prior.get("latency_ms", 0.0)) + (c.latency_ms if c else 0.0),
             "cost_usd": cost, "realtime_cost_usd": realtime if batch else None,
             "batch": batch and bool(prior.get("batch", True)), "tries": tries}  # fmt: skip
-
-
-def decide_by_verdict(rt: Runtime, d: Dispatcher, spec: PanelSpec, job: Job, verdict: Verdict | None,
-                      answers: dict[str, str]) -> str:  # fmt: skip
-    """Decide the panel by the verdict, or by the flagged majority when there is none."""
-    if verdict is None:
-        verdict = majority_verdict(rt, spec.panel_id, answers)
-    rule = make_rule(spec.agreement_spec(), job.response_schema)
-    key = rule.key(verdict.final_answer, list(rt.store.tally(spec.panel_id))) or verdict.final_answer
-    rt.redis.hset(keys.panel(spec.panel_id), "verdict", verdict.model_dump_json())
-    rt.store.decide(spec.panel_id, "arbiter", key, replace_exhausted=True)
-    d.conclude(spec.panel_id)
-    return "fallback" if verdict.fallback else "verdict"

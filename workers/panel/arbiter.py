@@ -15,10 +15,11 @@ import orjson
 from pydantic import ValidationError
 
 from producer import keys
-from producer.contract import Verdict
+from producer.contract import Job, Verdict
 from workers.panel.agreement import make_rule
 from workers.panel.calls import call_model
 from workers.panel.chord import Dispatcher, observe_call
+from workers.panel.state import PanelSpec
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.arbiter")
@@ -101,8 +102,7 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
 
     job = load_job(rt, spec.job_id)
     calls = rt.store.calls(panel_id)
-    answered = {m: c for m, c in calls.items() if m != "arbiter" and c["status"] in ("answered", "late")}
-    answers = {m: str(c["text"]) for m, c in answered.items()}
+    answers = member_answers(rt, panel_id, calls)
     prior = calls.get("arbiter")
     verdict: Verdict | None = None
     record: dict[str, Any] = {}
@@ -136,13 +136,26 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
                   "verdict": verdict.model_dump() if verdict else None}  # fmt: skip
         rt.store.put_call(panel_id, "arbiter", record)
         observe_call(record)
+    return decide_by_verdict(rt, d, spec, job, verdict, answers)
+
+
+def member_answers(rt: Runtime, panel_id: str, calls: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """What each member answered (answered or late calls), as the arbiter is shown it."""
+    calls = rt.store.calls(panel_id) if calls is None else calls
+    return {m: str(c["text"]) for m, c in calls.items() if m != "arbiter" and c["status"] in ("answered", "late")}
+
+
+def decide_by_verdict(rt: Runtime, d: Dispatcher, spec: PanelSpec, job: Job, verdict: Verdict | None,
+                      answers: dict[str, str]) -> str:  # fmt: skip
+    """Decide the panel by the verdict, or by the flagged majority when there is none. Shared by
+    the real-time and the batch arbiter."""
     if verdict is None:
-        verdict = majority_verdict(rt, panel_id, answers)
+        verdict = majority_verdict(rt, spec.panel_id, answers)
     rule = make_rule(spec.agreement_spec(), job.response_schema)
-    key = rule.key(verdict.final_answer, list(rt.store.tally(panel_id))) or verdict.final_answer
-    rt.redis.hset(keys.panel(panel_id), "verdict", verdict.model_dump_json())
-    rt.store.decide(panel_id, "arbiter", key, replace_exhausted=True)
-    d.conclude(panel_id)
+    key = rule.key(verdict.final_answer, list(rt.store.tally(spec.panel_id))) or verdict.final_answer
+    rt.redis.hset(keys.panel(spec.panel_id), "verdict", verdict.model_dump_json())
+    rt.store.decide(spec.panel_id, "arbiter", key, replace_exhausted=True)
+    d.conclude(spec.panel_id)
     return "fallback" if verdict.fallback else "verdict"
 
 
