@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from producer import keys
 from producer.errors import PanelError
 
 
@@ -64,7 +65,7 @@ def cmd_submit_many(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.providers:
-        raw = client.redis.get("pf:providers")
+        raw = client.redis.get(keys.PROVIDERS_SNAPSHOT)
         if raw is None:
             print("no provider snapshot yet (workers publish one every sweep)", file=sys.stderr)
             return 1
@@ -73,8 +74,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, row in sorted(rows.items()):
             print(f"{key:40} {row.get('state', '?'):10} {row.get('requests', 0):12.0f} {row.get('tokens', 0):12.0f}")
         return 0
-    from producer import keys
-
     status = client.status(args.job_id)
     error = client.redis.hget(keys.job(args.job_id), "error") if status == "failed" else None
     print(f"{status}: {error.decode()}" if error else status)  # e.g. "failed: dead-letter: ..."

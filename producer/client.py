@@ -145,9 +145,14 @@ class PanelClient:
             yield self.wait(jid, max(0.01, end - time.monotonic()))
 
     def ledger(self, count: int = 100_000) -> list[dict[str, Any]]:
-        """Receipts from the ledger stream, oldest first."""
+        """Receipts from the ledger stream, oldest first, one per job: the ledger is appended at
+        least once (a crash between a job's result and its ledger mark appends it again)."""
         entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
-        return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
+        receipts: dict[str, dict[str, Any]] = {}
+        for _, fields in entries:
+            receipt = orjson.loads(fields[b"receipt"])
+            receipts.setdefault(str(receipt.get("job_id")), receipt)
+        return list(receipts.values())
 
     def close(self) -> None:
         self.redis.close()

@@ -101,7 +101,7 @@ class PolicyCheck(bootsteps.Step):
         except PanelError as e:
             print(f"panel-fleet: cannot start: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        pipe = rt.redis.pipeline()  # MULTI: producers never see a half-written set
+        pipe = rt.redis.pipeline(transaction=True)  # MULTI: producers never see a half-written set
         pipe.delete(keys.task_classes())
         pipe.sadd(keys.task_classes(), *rt.policies.task_classes)
         pipe.execute()

@@ -15,6 +15,7 @@ from importlib.resources import files
 
 import redis
 
+from producer import keys
 from workers.errors import BudgetExceeded
 
 NANO = 1_000_000_000
@@ -36,7 +37,7 @@ class Budget:
 
     def scopes(self, job_id: str, tenant: str, job_cap_usd: float | None) -> list[tuple[str, float | None]]:
         day = time.strftime("%Y%m%d", time.gmtime())
-        return [(f"pf:budget:job:{job_id}", job_cap_usd), (f"pf:budget:tenant:{tenant}:{day}", self.tenant_cap_usd)]
+        return [(keys.budget_job(tenant, job_id), job_cap_usd), (keys.budget_tenant_day(tenant, day), self.tenant_cap_usd)]
 
     def reserve(self, job_id: str, tenant: str, job_cap_usd: float | None, estimate_usd: float) -> Hold:
         scopes = self.scopes(job_id, tenant, job_cap_usd)
@@ -47,7 +48,7 @@ class Budget:
         if not ok:
             key, cap = scopes[int(which) - 1]
             spent = int(self.r.get(key) or 0) / NANO
-            raise BudgetExceeded(key.split(":")[2], float(cap or 0), spent + estimate_usd)
+            raise BudgetExceeded(("job", "tenant")[int(which) - 1], float(cap or 0), spent + estimate_usd)
         return Hold(keys, caps, nano)
 
     def settle(self, hold: Hold, actual_usd: float) -> None:

@@ -111,14 +111,14 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
     rt.store.create(spec, rt.settings.result_ttl_s)
-    rt.redis.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
-    rt.redis.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
+    rt.redis.rpush(keys.job_panels(job_id), orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
+    rt.redis.expire(keys.job_panels(job_id), rt.settings.result_ttl_s)
     dispatch(rt, d, spec, members[: spec.first_stage_size])
     return spec
 
 
 def panels_of(rt: Runtime, job_id: str) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in rt.redis.lrange(keys.job(job_id) + ":panels", 0, -1)]
+    return [orjson.loads(x) for x in rt.redis.lrange(keys.job_panels(job_id), 0, -1)]
 
 
 def final_text(rt: Runtime, panel_id: str) -> str | None:
@@ -258,16 +258,23 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
-    pipe = rt.redis.pipeline()
+    pipe = rt.redis.pipeline(transaction=True)  # MULTI on the job's slot (producer/keys.py)
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
-        pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    pipe.execute()
+    pipe.hget(jkey, "ledgered")
+    ledgered = pipe.execute()[-1]
+    if not ledgered:
+        # The ledger is another slot: appended after the MULTI, then marked, so a crash between
+        # re-appends on the re-run (at least once; readers key receipts by job id), never drops it.
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
+                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
+        pipe.hset(jkey, "ledgered", 1)
+        pipe.execute()
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)
@@ -291,7 +298,7 @@ def failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:300]
 
 
-DEAD_LETTER = keys.PREFIX + "deadletter"  # list, newest first: what operators inspect and replay
+DEAD_LETTER = keys.DEAD_LETTER
 DEAD_LETTER_MAXLEN = 10_000
 
 
@@ -307,7 +314,7 @@ def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, 
         "attempts": attempts,
         "at": time.time(),
     }
-    pipe = rt.redis.pipeline()
+    pipe = rt.redis.pipeline(transaction=True)
     pipe.lpush(DEAD_LETTER, orjson.dumps(entry))
     pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAXLEN - 1)
     pipe.execute()
@@ -327,7 +334,7 @@ def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, 
 def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     result = Result(job_id=job_id, status="failed", error=reason)
     jkey = keys.job(job_id)
-    pipe = rt.redis.pipeline()
+    pipe = rt.redis.pipeline(transaction=True)  # the job's slot
     pipe.hset(jkey, mapping={"status": "failed", "result": result.model_dump_json(), "error": reason})
     pipe.rpush(keys.done_channel(job_id), "failed")
     pipe.expire(keys.done_channel(job_id), rt.settings.result_ttl_s)

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import orjson
 
+from producer import keys
 from workers import metrics
 from workers.limits import Limit
 from workers.runtime import Runtime
 
-SNAPSHOT_KEY = "pf:providers"
+SNAPSHOT_KEY = keys.PROVIDERS_SNAPSHOT
 EVERY_S = 5
 
 
 def publish(rt: Runtime, force: bool = False) -> dict[str, dict[str, object]] | None:
     """At most once per EVERY_S fleet-wide (a SET NX guard), unless forced."""
-    if not force and not rt.redis.set(SNAPSHOT_KEY + ":guard", 1, nx=True, ex=EVERY_S):
+    if not force and not rt.redis.set(keys.PROVIDERS_SNAPSHOT_GUARD, 1, nx=True, ex=EVERY_S):
         return None
     rows: dict[str, dict[str, object]] = {}
     for name, spec in rt.registry.models.items():

@@ -74,8 +74,8 @@ def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[
     (a member gives up its vote and the panel goes on), else the whole job fails with the reason."""
     rt = runtime()
     task_id = str(task.request.id)
-    key = f"{keys.PREFIX}attempts:{task_id}"
-    pipe = rt.redis.pipeline()
+    key = keys.attempts(task_id)
+    pipe = rt.redis.pipeline(transaction=True)
     pipe.hincrby(key, "n", 1)
     pipe.hset(key, "last_worker", f"{socket.gethostname()} pid {os.getpid()}")
     pipe.expire(key, ATTEMPTS_TTL_S)
@@ -103,12 +103,12 @@ def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callab
     if abandon is not None:
         try:
             abandon(reason)
-            rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
+            rt.redis.delete(keys.attempts(str(task.request.id)))
             return "abandoned"
         except Exception as e:  # the panel itself is unreadable: the job cannot go on
             log.warning("%s[%s] could not abandon its member (%s); failing the job", task.name, task.request.id, e)
     dead_letter(rt, job_id, str(task.name), str(task.request.id), reason, attempts)
-    rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
+    rt.redis.delete(keys.attempts(str(task.request.id)))
     return "dead-letter"
 
 
@@ -118,9 +118,9 @@ def _test_poison(job_id: str) -> None:
     if not TEST_HOOKS:
         return
     r = runtime().redis
-    mode = r.get(f"pf:test:poison:{job_id}")
+    mode = r.get(keys.test_poison(job_id))
     if mode is not None:
-        r.incr(f"pf:test:poison_hits:{job_id}")  # counted apart from `attempt`'s own bookkeeping
+        r.incr(keys.test_poison_hits(job_id))  # counted apart from `attempt`'s own bookkeeping
     if mode == b"raise":
         raise RuntimeError("poison job (test hook): this task fails every time")
     if mode == b"exit":

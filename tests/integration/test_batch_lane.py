@@ -180,7 +180,7 @@ def test_results_in_any_order_land_on_their_own_member(fleet: Fleet, client: Pan
 
 def lines_retried(fleet: Fleet) -> int:
     r = redis_lib.Redis.from_url(fleet.redis_url)
-    return sum(int(r.hget(k, "attempts") or 0) > 0 for k in r.scan_iter("pf:batch:line:*"))
+    return sum(int(r.hget(k, "attempts") or 0) > 0 for k in r.scan_iter("pf:{bl:*}:line"))
 
 
 def test_line_errors_and_expired_batches_end_every_job_decided_or_failed_with_a_reason(
@@ -284,7 +284,7 @@ def ready_count(fleet: Fleet, name: str) -> int:
 def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job_once(
     fleet: Fleet, client: PanelClient
 ) -> None:
-    lines_before = sum(1 for _ in redis_lib.Redis.from_url(fleet.redis_url).scan_iter("pf:batch:line:*"))
+    lines_before = sum(1 for _ in redis_lib.Redis.from_url(fleet.redis_url).scan_iter("pf:{bl:*}:line"))
     fleet.sim("/_sim/config", {"default": {"batch_delay_s": 3.0}})
     r = redis_lib.Redis.from_url(fleet.redis_url)
     ids = [
@@ -294,9 +294,9 @@ def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job
     # wait until every first-stage line is inside an open batch at the provider
     end = time.monotonic() + 30
     while time.monotonic() < end:
-        queued = sum(r.llen(k) for k in r.scan_iter("pf:batch:pending:*")) + r.hlen("pf:batch:claims")
-        lines = sum(1 for _ in r.scan_iter("pf:batch:line:*"))
-        if r.hlen("pf:batch:open") and not queued and lines >= 2 * len(ids) + lines_before:
+        queued = sum(r.llen(k) for k in r.scan_iter(keys.batch_pending("*"))) + r.hlen(keys.BATCH_CLAIMS)
+        lines = sum(1 for _ in r.scan_iter("pf:{bl:*}:line"))
+        if r.hlen(keys.BATCH_OPEN) and not queued and lines >= 2 * len(ids) + lines_before:
             break
         time.sleep(0.05)
     else:
@@ -305,7 +305,7 @@ def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job
     control = next(w for w in DEFAULT_WORKERS if w.beat)
     kill_tree(fleet.procs[control.name])  # the worker that runs beat, and so the poller
     time.sleep(3.5)  # the batches end at the provider meanwhile; nobody polls them
-    assert r.hlen("pf:batch:open") >= 1 and not any(client.status(j) == "decided" for j in ids)
+    assert r.hlen(keys.BATCH_OPEN) >= 1 and not any(client.status(j) == "decided" for j in ids)
     before = ready_count(fleet, control.name)
     fleet.start_worker(control)
     end = time.monotonic() + 60
@@ -318,4 +318,4 @@ def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job
     assert sorted(ledger) == sorted(ids), "a job decided twice, or not at all"
     for j in ids:
         assert r.lrange(keys.done_channel(j), 0, -1) == [b"decided"]
-    assert r.hlen("pf:batch:open") == 0
+    assert r.hlen(keys.BATCH_OPEN) == 0

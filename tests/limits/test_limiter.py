@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from producer import keys
 from tests.limits.conftest import Clock
 from workers.limits import Limit, RateLimiter, RateLimitWait, TokensExceedLimit
 
@@ -118,7 +119,7 @@ def test_a_request_larger_than_the_minute_fails_at_once_and_writes_nothing(r: re
 
 def test_the_script_itself_refuses_an_oversize_request(r: redis.Redis, clock: Clock) -> None:
     rl = RateLimiter(r, clock=clock)  # defence in depth: callers that skip the Python check
-    assert rl._run("acquire", ["pf:rl:k"], [1001, 3, 1000]) == [-1, 1, 0]
+    assert rl._run("acquire", [keys.rate_limit("k")], [1001, 3, 1000]) == [-1, 1, 0]
 
 
 def test_acquire_sleeps_the_announced_wait_and_holds_nothing_meanwhile(r: redis.Redis, clock: Clock) -> None:
@@ -164,9 +165,9 @@ def test_a_clock_that_steps_back_grants_nothing_extra(r: redis.Redis, clock: Clo
 def test_idle_keys_expire_once_their_schedule_has_passed(r: redis.Redis, clock: Clock) -> None:
     rl = RateLimiter(r, clock=clock)
     rl.try_acquire([MODEL], 1)  # request schedule ends 20 s ahead
-    assert 20_000 < r.pttl("pf:rl:" + MODEL.key) <= 21_000
+    assert 20_000 < r.pttl(keys.rate_limit(MODEL.key)) <= 21_000
     rl.pause(MODEL.key, 90.0)
-    assert 90_000 < r.pttl("pf:rl:" + MODEL.key) <= 91_000
+    assert 90_000 < r.pttl(keys.rate_limit(MODEL.key)) <= 91_000
 
 
 def test_production_decides_on_redis_time_not_the_callers_clock(
@@ -241,7 +242,7 @@ def test_a_charge_on_a_key_that_expired_meanwhile_still_makes_later_callers_wait
     rl = RateLimiter(r, clock=clock)
     res = rl.try_acquire([MODEL], 100)
     clock.advance(120.0)
-    r.delete("pf:rl:" + MODEL.key)  # idle keys expire (TTLs run on the wall clock, so expire it by hand)
+    r.delete(keys.rate_limit(MODEL.key))  # idle keys expire (TTLs run on the wall clock, so expire it by hand)
     rl.reconcile(res, 1100)  # the call used a whole minute more than it reserved
     assert rl.try_acquire([MODEL], 100).wait_s == pytest.approx(6.0)  # past the debt, then its own 100
 
@@ -250,7 +251,7 @@ def test_a_refund_on_a_key_that_expired_meanwhile_writes_nothing(r: redis.Redis,
     rl = RateLimiter(r, clock=clock)
     res = rl.try_acquire([MODEL], 900)
     clock.advance(120.0)
-    r.delete("pf:rl:" + MODEL.key)
+    r.delete(keys.rate_limit(MODEL.key))
     rl.reconcile(res, 0)
     assert r.keys("*") == []
 

@@ -104,7 +104,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 # --- test-only fault points (inert unless PANEL_TEST_HOOKS=1)
 def park_key(point: str, panel_id: str, member: str) -> str:
-    return f"pf:test:park:{point}:{panel_id}:{member}"
+    return keys.test_park(point, panel_id, member)
 
 
 def arm_park(r: redis.Redis, point: str, panel_id: str, member: str, every: bool = False) -> str:

@@ -75,7 +75,7 @@ def check_poison(client: PanelClient, fleet: Fleet, job_id: str, reason: str, no
         f"dead-letter: panel.run gave up after {MAX_ATTEMPTS} attempts"
     )
     assert reason in res.error, res.error
-    assert int(client.redis.get(f"pf:test:poison_hits:{job_id}") or 0) == MAX_ATTEMPTS  # bounded: ran 3 times
+    assert int(client.redis.get(keys.test_poison_hits(job_id)) or 0) == MAX_ATTEMPTS  # bounded: ran 3 times
     assert client.redis.llen(keys.done_channel(job_id)) == 1
     (entry,) = dead_letters(client, job_id)
     assert entry["task"] == "panel.run" and entry["attempts"] == MAX_ATTEMPTS and reason in str(entry["reason"])
@@ -94,7 +94,7 @@ def test_poison_that_raises_is_dead_lettered_after_three_attempts_without_blocki
                                                                                  rel_client: PanelClient) -> None:  # fmt: skip
     rel_fleet.sim("/_sim/config", {"models": {SINGLE_MODEL: {"latency_ms": 30, "answer": "APPROVE"}}})
     poison = uid("poison-raise")
-    rel_client.redis.set(f"pf:test:poison:{poison}", "raise")
+    rel_client.redis.set(keys.test_poison(poison), "raise")
     rel_client.submit({"id": poison, "task_class": "code_review", "prompt": "poison:\n-a\n+b"})
     normal = [normal_job(rel_client, uid("after-raise"), n) for n in range(6)]
     wait_all(rel_client, normal, timeout=60)
@@ -112,7 +112,7 @@ def test_poison_that_kills_its_worker_is_dead_lettered_after_three_deliveries() 
         client = PanelClient(fleet.redis_url)
         fleet.sim("/_sim/config", {"models": {SINGLE_MODEL: {"latency_ms": 30, "answer": "APPROVE"}}})
         poison = uid("poison-exit")
-        client.redis.set(f"pf:test:poison:{poison}", "exit")
+        client.redis.set(keys.test_poison(poison), "exit")
         client.submit({"id": poison, "task_class": "code_review", "prompt": "poison:\n-a\n+b"})
         end = time.monotonic() + 30
         while all(fleet.procs[w.name].poll() is None for w in (CONTROL, CONTROL_B)):  # the first crash

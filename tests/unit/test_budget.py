@@ -7,6 +7,7 @@ import threading
 import fakeredis
 import pytest
 
+from producer import keys
 from workers.budget import Budget
 from workers.errors import BudgetExceeded
 
@@ -29,7 +30,7 @@ def test_settle_refunds_the_unused_hold(r) -> None:  # type: ignore[no-untyped-d
     b = Budget(r)
     hold = b.reserve("j", "t", 0.010, 0.010)
     b.settle(hold, 0.002)
-    assert b.spent("pf:budget:job:j") == pytest.approx(0.002)
+    assert b.spent(keys.budget_job("t", "j")) == pytest.approx(0.002)
     b.reserve("j", "t", 0.010, 0.008)  # the refund made room
 
 
@@ -38,7 +39,7 @@ def test_a_denied_reservation_adds_nothing_anywhere(r) -> None:  # type: ignore[
     with pytest.raises(BudgetExceeded):
         b.reserve("j", "t", 0.001, 0.002)
     day_key = b.scopes("j", "t", None)[1][0]
-    assert b.spent("pf:budget:job:j") == 0 and b.spent(day_key) == 0
+    assert b.spent(keys.budget_job("t", "j")) == 0 and b.spent(day_key) == 0
 
 
 def test_fifty_concurrent_jobs_never_pass_the_tenant_cap(redis_client) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from producer import keys
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
@@ -38,11 +39,7 @@ from workers.runtime import Runtime
 
 log = logging.getLogger("panel.batch")
 
-PENDING = "pf:batch:pending:"  # list per model: custom ids waiting for a batch
-AGES = "pf:batch:ages"  # zset: model -> when its oldest pending line arrived
-OPEN = "pf:batch:open"  # hash: batch id -> JSON {model, provider, created_at, n, group}
-CLAIMS = "pf:batch:claims"  # hash: claim id -> JSON {model, at, cids}: lines a flush is uploading
-GROUP = "pf:batch:group:"  # set per flush: its custom ids not yet landed; "<key>:left" = batches open
+AGES, OPEN, CLAIMS = keys.BATCH_AGES, keys.BATCH_OPEN, keys.BATCH_CLAIMS  # one slot: producer/keys.py
 MAX_ATTEMPTS = 3  # batches a line may fail in before its member counts as failed
 
 
@@ -115,8 +112,8 @@ def enqueue_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
 
 
 def _push(rt: Runtime, model: str, cids: list[str]) -> None:
-    pipe = rt.redis.pipeline()
-    pipe.rpush(PENDING + model, *cids)
+    pipe = rt.redis.pipeline(transaction=True)  # one slot: {batch}
+    pipe.rpush(keys.batch_pending(model), *cids)
     pipe.zadd(AGES, {model: time.time()}, nx=True)
     pipe.execute()
 
@@ -134,7 +131,7 @@ def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -
     now = time.time()
     for raw_model, since in rt.redis.zrange(AGES, 0, -1, withscores=True):
         model = raw_model.decode()
-        size = int(rt.redis.llen(PENDING + model))
+        size = int(rt.redis.llen(keys.batch_pending(model)))
         if size == 0:
             rt.redis.zrem(AGES, model)
             continue
@@ -145,7 +142,7 @@ def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -
 
 def _flush_model(rt: Runtime, model: str, policy: FlushPolicy) -> list[str]:
     claim = uuid.uuid4().hex
-    raw = [c.decode() for c in _script(rt, "claim")(keys=[PENDING + model, CLAIMS],
+    raw = [c.decode() for c in _script(rt, "claim")(keys=[keys.batch_pending(model), CLAIMS],
                                                   args=[policy.max_items, claim, model, time.time()])]  # fmt: skip
     rt.redis.zadd(AGES, {model: time.time()}, xx=True)  # the lines left wait from now
     items: list[tuple[str, ChatRequest]] = []
@@ -164,7 +161,7 @@ def _flush_model(rt: Runtime, model: str, policy: FlushPolicy) -> list[str]:
     try:
         statuses = rt.run(backend_for(rt, provider).submit(items))
     except Exception:
-        _script(rt, "reclaim")(keys=[CLAIMS, PENDING + model], args=[claim])  # the next flush tries again
+        _script(rt, "reclaim")(keys=[CLAIMS, keys.batch_pending(model)], args=[claim])  # the next flush tries again
         rt.redis.zadd(AGES, {model: time.time()}, nx=True)
         raise
     batch_ids = [st.id for st in statuses]
@@ -181,7 +178,7 @@ def _reclaim_stale(rt: Runtime, policy: FlushPolicy) -> None:
         info = orjson.loads(raw)
         if time.time() - float(info["at"]) > policy.claim_stale_s:
             model = str(info["model"])
-            if _script(rt, "reclaim")(keys=[CLAIMS, PENDING + model], args=[claim]):
+            if _script(rt, "reclaim")(keys=[CLAIMS, keys.batch_pending(model)], args=[claim]):
                 rt.redis.zadd(AGES, {model: float(info["at"])}, nx=True)
                 log.warning("batch claim %s of %s was stale; its lines are queued again", claim.decode(), model)
 
@@ -226,10 +223,10 @@ def _record_open(rt: Runtime, model: str, provider: str, batch_ids: list[str], c
     Closes the flush's claim in the same transaction: the lines are now the open batches' to land."""
     opened = {"model": model, "provider": provider, "created_at": time.time(), "n": len(cids), "group": group}
     ttl = rt.settings.result_ttl_s
-    pipe = rt.redis.pipeline()
-    pipe.sadd(GROUP + group, *cids)
-    pipe.set(GROUP + group + ":left", len(batch_ids), ex=ttl)
-    pipe.expire(GROUP + group, ttl)
+    pipe = rt.redis.pipeline(transaction=True)  # one slot: {batch}
+    pipe.sadd(keys.batch_group(group), *cids)
+    pipe.set(keys.batch_group_left(group), len(batch_ids), ex=ttl)
+    pipe.expire(keys.batch_group(group), ttl)
     for bid in batch_ids:
         pipe.hset(OPEN, bid, orjson.dumps(opened))
     pipe.hdel(CLAIMS, group)
@@ -245,7 +242,7 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
     landed = 0
     for raw_id, raw in rt.redis.hgetall(OPEN).items():
         bid, info = raw_id.decode(), orjson.loads(raw)
-        lock = f"pf:batch:poll:{bid}"
+        lock = keys.batch_poll_lock(bid)
         if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
             continue
         try:
@@ -263,7 +260,7 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
     if not status.finished:
         return 0
     results = rt.run(backend.results(status))
-    group = GROUP + str(info.get("group", ""))
+    group = keys.batch_group(str(info.get("group", "")))
     for cid, outcome in results:
         try:
             _land_line(rt, d, bid, cid, outcome, policy)
@@ -271,7 +268,7 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
             log.exception("batch %s: line %s could not be landed; its panel is left to the deadline sweep", bid, cid)
     if results:
         rt.redis.srem(group, *[cid for cid, _ in results])
-    pipe = rt.redis.pipeline()  # MULTI: a re-run after a crash cannot close the batch twice
+    pipe = rt.redis.pipeline(transaction=True)  # MULTI: a re-run after a crash cannot close the batch twice
     pipe.hdel(OPEN, bid)
     pipe.decr(group + ":left")
     _, left = pipe.execute()

@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from producer import keys
 from workers.runtime import Runtime
-
-LINE = "pf:batch:line:"  # hash per line: panel, member, attempts (batches it was sent in)
 
 
 def custom_id(panel_id: str, member: str) -> str:
@@ -39,10 +38,10 @@ class Line:
     def open(cls, rt: Runtime, panel_id: str, member: str) -> str | None:
         """Register the line; None when it was registered before (a redelivered task)."""
         cid = custom_id(panel_id, member)
-        key = LINE + cid
+        key = keys.batch_line(cid)
         if not rt.redis.hsetnx(key, "panel", panel_id):
             return None
-        pipe = rt.redis.pipeline()
+        pipe = rt.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"member": member, "attempts": 0})
         pipe.expire(key, rt.settings.result_ttl_s)
         pipe.execute()
@@ -50,16 +49,16 @@ class Line:
 
     @classmethod
     def get(cls, rt: Runtime, cid: str) -> Line | None:
-        raw = rt.redis.hgetall(LINE + cid)
+        raw = rt.redis.hgetall(keys.batch_line(cid))
         if b"panel" not in raw or b"member" not in raw:
             return None  # not ours, or expired with its panel
         return cls(cid, raw[b"panel"].decode(), raw[b"member"].decode(), int(raw.get(b"attempts", 0)))
 
     def failed_once_more(self, rt: Runtime) -> int:
         """Count one more failed batch attempt; returns the new count."""
-        return int(rt.redis.hincrby(LINE + self.cid, "attempts", 1))
+        return int(rt.redis.hincrby(keys.batch_line(self.cid), "attempts", 1))
 
     def first_landing(self, rt: Runtime, batch_id: str) -> bool:
         """True the first time this line's result from `batch_id` is landed: a poll re-run
         after a crash sees False and only repeats the idempotent follow-ups."""
-        return bool(rt.redis.hsetnx(LINE + self.cid, f"landed:{batch_id}", 1))
+        return bool(rt.redis.hsetnx(keys.batch_line(self.cid), f"landed:{batch_id}", 1))

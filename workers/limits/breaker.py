@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from producer import keys
 from workers.limits.errors import BreakerOpen
 
 US = 1_000_000
@@ -63,14 +64,12 @@ class CircuitBreaker:
         self,
         redis: redis.Redis,
         config: BreakerConfig = BreakerConfig(),
-        prefix: str = "pf:cb:",
         *,
         clock: Callable[[], float] | None = None,
     ) -> None:
         """`clock` is for tests only: it stands in for Redis TIME (epoch seconds). Leave it None."""
         self.redis = redis
         self.config = config
-        self.prefix = prefix
         self._clock = clock
         self._script = redis.register_script(files("workers.limits").joinpath("breaker.lua").read_text())
 
@@ -79,7 +78,7 @@ class CircuitBreaker:
         now = "" if self._clock is None else str(round(self._clock() * US))
         args = [op, now, round(c.window_s * US), c.min_calls, repr(c.failure_rate), round(c.open_s * US), c.probes,
                 round(c.probe_lease_s * US), *extra]  # fmt: skip
-        return self._script(keys=[self.prefix + key, self.prefix + key + ":probes"], args=args)
+        return self._script(keys=[keys.breaker(key), keys.breaker_probes(key)], args=args)
 
     def allow(self, key: str) -> Permit:
         """A permit to call `key`, or BreakerOpen (with retry_in_s) while it is open or its probes are out."""

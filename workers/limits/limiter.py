@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 
+from producer import keys
 from workers.limits.errors import RateLimitWait, TokensExceedLimit
 
 US = 1_000_000
@@ -79,10 +80,9 @@ class Reservation:
 class RateLimiter:
     """GCRA over Redis; see the module docstring for what it guarantees."""
 
-    def __init__(self, redis: redis.Redis, prefix: str = "pf:rl:", *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, redis: redis.Redis, *, clock: Callable[[], float] | None = None) -> None:
         """`clock` is for tests only: it stands in for Redis TIME (epoch seconds). Leave it None."""
         self.redis = redis
-        self.prefix = prefix
         self._clock = clock
         self._script = redis.register_script(files("workers.limits").joinpath("reserve.lua").read_text())
 
@@ -105,7 +105,7 @@ class RateLimiter:
         args: list[Any] = [tokens]
         for lim in limits:
             args += [lim.rpm, lim.tpm, lim.burst_us]
-        status, at_or_index, wait_us, *tats = self._run("acquire", [self.prefix + lim.key for lim in limits], args)
+        status, at_or_index, wait_us, *tats = self._run("acquire", [keys.rate_limit(lim.key) for lim in limits], args)
         if status == 1:
             return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats))
         blocker = limits[int(at_or_index) - 1]
@@ -142,16 +142,16 @@ class RateLimiter:
         args: list[Any] = [delta, reservation.granted_at_us]
         for lim, tat in zip(reservation.limits, reservation.token_tats, strict=True):
             args += [lim.tpm, repr(tat)]
-        self._run("reconcile", [self.prefix + lim.key for lim in reservation.limits], args)
+        self._run("reconcile", [keys.rate_limit(lim.key) for lim in reservation.limits], args)
 
     def pause(self, key: str, seconds: float) -> None:
         """No grant on `key` anywhere in the fleet for `seconds` from now (Redis time); a pause
         never shortens a longer one already in place."""
         if seconds > 0:
-            self._run("pause", [self.prefix + key], [round(seconds * US)])
+            self._run("pause", [keys.rate_limit(key)], [round(seconds * US)])
 
     def headroom(self, limit: Limit) -> dict[str, float]:
         """Requests and tokens grantable now, and `paused_until` (epoch seconds, 0 if not paused).
         A snapshot for gauges: it reserves nothing and may be stale by the time it is read."""
-        requests, tokens, paused = self._run("peek", [self.prefix + limit.key], [limit.rpm, limit.tpm, limit.burst_us])
+        requests, tokens, paused = self._run("peek", [keys.rate_limit(limit.key)], [limit.rpm, limit.tpm, limit.burst_us])
         return {"requests": float(requests), "tokens": float(tokens), "paused_until": float(paused) / US}

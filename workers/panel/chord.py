@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, Protocol
 
+from producer import keys
 from producer.contract import Job
 from workers import metrics
 from workers.panel.agreement import Exact, make_rule
@@ -200,7 +201,7 @@ PARK_LIMIT_S = 600.0
 def fault_point(rt: Runtime, point: str, panel_id: str, member_id: str) -> None:
     if not TEST_HOOKS:
         return
-    key = f"pf:test:park:{point}:{panel_id}:{member_id}"
+    key = keys.test_park(point, panel_id, member_id)
     if not rt.redis.exists(key):
         return
     if not rt.redis.hsetnx(key, "parked_by", os.getpid()) and not rt.redis.hexists(key, "every"):

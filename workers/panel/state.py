@@ -84,7 +84,9 @@ class PanelStore:
 
     def create(self, spec: PanelSpec, ttl_s: int) -> None:
         key = keys.panel(spec.panel_id)
-        pipe = self.r.pipeline()
+        # Not a MULTI: the deadlines zset is another cluster slot (producer/keys.py); one round trip
+        # on a single Redis, split per node on a cluster; the sweep drops a deadline whose panel is gone.
+        pipe = self.r.pipeline(transaction=False)
         pipe.hset(key, mapping={
             "spec": spec.to_json(), "job_id": spec.job_id, "n": len(spec.members), "quorum": spec.quorum,
             "dispatched": spec.first_stage_size, "created_at": time.time(),

@@ -16,7 +16,7 @@ from workers.runtime import Runtime
 
 STALE_DECISION_S = 30.0  # a decision with no conclusion after this long lost its worker
 MAX_PANEL_FAILURES = 3
-SWEEP_FAILURES = keys.PREFIX + "sweep:failures"  # hash: panel id -> ticks it made the sweep raise
+SWEEP_FAILURES = keys.SWEEP_FAILURES
 log = logging.getLogger("panel.sweep")
 
 
