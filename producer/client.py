@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis
 from celery import Celery
 
 from producer import keys
@@ -50,15 +49,16 @@ class SubmitReport:
 
 class PanelClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
+        """`redis_url`: one Redis for broker and state; else the settings' broker and state URLs."""
         self.settings = settings or Settings.from_env()
-        url = redis_url or self.settings.redis_url
+        if redis_url:
+            self.settings = self.settings.model_copy(update={"redis_url": redis_url, "broker_url": None, "state_url": None})
         # A producer may share one client across many threads: wait for a free connection, never fail
-        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            url, max_connections=self.settings.redis_max_connections, timeout=self.settings.redis_pool_timeout_s,
-            health_check_interval=30))  # fmt: skip
-        self.celery = Celery("panel_producer", broker=url, set_as_current=False)
+        self.redis = self.settings.state_client()
+        broker_url, broker_options = self.settings.broker_options()
+        self.celery = Celery("panel_producer", broker=broker_url, set_as_current=False)
         self.celery.conf.update(
-            task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=self.settings.transport_options(),
+            task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=broker_options,
             broker_connection_retry_on_startup=True, task_send_sent_event=True,
         )  # fmt: skip
 

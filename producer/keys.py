@@ -7,7 +7,8 @@ run unchanged on Redis Cluster (docs/cluster.md; tests/cluster/test_slots.py fai
 
     {j:<job id>}      a job: its hash, done list, panel list, AND its panels' hashes (vote.lua,
                       decide.lua and finalise touch one slot); a panel id is `<job id>.<n>`
-    {m:<limit key>}   one provider:model: rate limit (reserve.lua) and breaker (breaker.lua)
+    {l:<provider>}    one provider's limits: rate limits of the account and its models (reserve.lua
+                      takes from both at once) and breakers (breaker.lua)
     {t:<tenant>}      one tenant: idempotency keys, and budget counters per job and per day
                       (budget.lua charges a job's and its tenant's counters in one slot)
     {batch}           the batch lane's bookkeeping (claim.lua, reclaim.lua; a few ops per flush)
@@ -32,8 +33,10 @@ def job_of_panel(panel_id: str) -> str:
     return job_id if dot and n.isdigit() else panel_id
 
 
-def model_tag(limit_key: str) -> str:
-    return f"{PREFIX}{{m:{limit_key}}}"
+def provider_tag(limit_key: str) -> str:
+    """Limit keys are `provider` or `provider:model`: one provider's limits share a slot, so one
+    reserve.lua can take from the provider account's limit and the model's limit at once."""
+    return f"{PREFIX}{{l:{limit_key.split(':', 1)[0]}}}"
 
 
 def tenant_tag(tenant: str) -> str:
@@ -90,20 +93,20 @@ def calls(panel_id: str) -> str:
     return f"{panel(panel_id)}:calls"
 
 
-# --- provider limits (one slot per provider:model) -------------------------------------------------
+# --- provider limits (one slot per provider) -------------------------------------------------
 def rate_limit(limit_key: str) -> str:
     """Hash: GCRA state of one provider:model (workers/limits/reserve.lua)."""
-    return f"{model_tag(limit_key)}:rl"
+    return f"{provider_tag(limit_key)}:rl:{limit_key}"
 
 
 def breaker(limit_key: str) -> str:
     """Hash: breaker window and state of one provider:model (workers/limits/breaker.lua)."""
-    return f"{model_tag(limit_key)}:cb"
+    return f"{provider_tag(limit_key)}:cb:{limit_key}"
 
 
 def breaker_probes(limit_key: str) -> str:
     """Zset: the breaker's half-open probe leases."""
-    return f"{model_tag(limit_key)}:cb:probes"
+    return f"{provider_tag(limit_key)}:cb:{limit_key}:probes"
 
 
 # --- budgets (one slot per tenant) -----------------------------------------------------------------

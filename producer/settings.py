@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from producer import connect
 
 
 class Settings(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Broker and state apart (producer/connect.py has the URL forms): each defaults to redis_url.
+    broker_url: str | None = None
+    state_url: str | None = None
+    sentinel_master: str = Field(default="mymaster", min_length=1, description="for sentinel:// URLs")
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     default_deadline_s: float = Field(default=600.0, gt=0)
     visibility_timeout_s: int = Field(default=3600, gt=0, description="above the longest call")
@@ -29,6 +36,31 @@ class Settings(BaseModel):
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_open_s: float = Field(default=15.0, ge=0)
 
+    @model_validator(mode="after")
+    def _urls_usable(self) -> Settings:
+        # a cluster URL is refused here, at start; errors name the setting, never echo its value (passwords)
+        connect.broker(self.broker, self.sentinel_master, "PANEL_BROKER_URL" if self.broker_url else "PANEL_REDIS_URL")
+        connect.parse(self.state, "PANEL_STATE_URL" if self.state_url else "PANEL_REDIS_URL")
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def state(self) -> str:
+        return self.state_url or self.redis_url
+
+    def broker_options(self) -> tuple[str, dict[str, object]]:
+        """Celery's broker URL and transport options (the queue names, plus a Sentinel master name)."""
+        url, extra = connect.broker(self.broker, self.sentinel_master)
+        return url, {**self.transport_options(), **extra}
+
+    def state_client(self) -> connect.StateClient:
+        return connect.state_client(self.state, sentinel_master=self.sentinel_master,
+                                    max_connections=self.redis_max_connections,
+                                    pool_timeout_s=self.redis_pool_timeout_s)  # fmt: skip
+
     def transport_options(self) -> dict[str, object]:
         """Broker options every producer and worker must share: they name the Redis lists."""
         return {
@@ -48,6 +80,9 @@ class Settings(BaseModel):
     def from_env(cls) -> Settings:
         fields = {
             "redis_url": "PANEL_REDIS_URL",
+            "broker_url": "PANEL_BROKER_URL",
+            "state_url": "PANEL_STATE_URL",
+            "sentinel_master": "PANEL_SENTINEL_MASTER",
             "result_ttl_s": "PANEL_RESULT_TTL",
             "default_deadline_s": "PANEL_DEFAULT_DEADLINE_S",
             "visibility_timeout_s": "PANEL_VISIBILITY_TIMEOUT_S",

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from producer.embedded import RedisProcess
+from tests.topologies import ClusterProcess, redis_cli_binary
 
 REPLAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "replay"
 
@@ -31,6 +32,25 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterProcess]:
+    """A real 3-node Redis Cluster on loopback, started once per session when a test asks."""
+    if redis_cli_binary() is None:
+        pytest.skip("redis-cli not on PATH (apt-get install -y redis-tools): no Redis Cluster to test against")
+    cluster = ClusterProcess().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: ClusterProcess) -> Iterator[redis.Redis]:
+    """A RedisCluster client on the cluster, every primary flushed before each test."""
+    client = redis_cluster.client()
+    client.flushall(target_nodes=client.ALL_NODES)
+    yield client  # type: ignore[misc]  # RedisCluster has the commands the specs use
     client.close()
 
 

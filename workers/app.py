@@ -17,7 +17,8 @@ QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch"
 
 settings = Settings.from_env()
 
-app = Celery("panel_fleet", broker=settings.redis_url, include=["workers.tasks"])
+BROKER_URL, BROKER_OPTIONS = settings.broker_options()  # a Redis Cluster URL is refused (producer/connect.py)
+app = Celery("panel_fleet", broker=BROKER_URL, include=["workers.tasks"])
 app.conf.update(
     task_serializer="orjson",
     result_serializer="orjson",
@@ -50,7 +51,7 @@ app.conf.update(
     task_track_started=True,
     worker_soft_shutdown_timeout=settings.soft_shutdown_s,
     broker_connection_retry_on_startup=True,
-    broker_transport_options=settings.transport_options(),
+    broker_transport_options=BROKER_OPTIONS,
     beat_schedule={
         "panel-deadline-sweep": {"task": "panel.sweep", "schedule": settings.sweep_interval_s},
         "panel-batch-flush": {"task": "panel.batch_flush", "schedule": settings.batch_tick_s,

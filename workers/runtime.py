@@ -19,9 +19,8 @@ from typing import TypeVar
 
 import httpx
 import redis
-import redis.asyncio as aredis
 
-from producer import keys
+from producer import connect, keys
 from producer.settings import Settings
 from workers.panel.state import PanelStore
 from workers.policy import PolicyTable
@@ -64,9 +63,8 @@ class Runtime:
         self.policies = PolicyTable.load(self.registry)
         # redis-py 8 pools raise MaxConnectionsError past 100 connections; 256 task threads would
         # hit it under load and fail their tasks. A blocking pool makes a thread wait its turn.
-        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout_s, health_check_interval=30, socket_keepalive=True))  # fmt: skip
+        # The state store (PANEL_STATE_URL: one Redis, Sentinel or Cluster; producer/connect.py).
+        self.redis: redis.Redis = settings.state_client()  # type: ignore[assignment]  # RedisCluster: same commands
         self.store = PanelStore(self.redis)
         from workers.budget import Budget
         from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
@@ -82,9 +80,9 @@ class Runtime:
         self._thread = threading.Thread(target=self.loop.run_forever, name="panel-io", daemon=True)
         self._thread.start()
         self._http: httpx.AsyncClient = self.run(self._make_http())
-        self._aredis: aredis.Redis = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout_s))  # fmt: skip
+        self._aredis, self._apubsub = connect.async_state_clients(
+            settings.state, sentinel_master=settings.sentinel_master,
+            max_connections=settings.redis_max_connections, pool_timeout_s=settings.redis_pool_timeout_s)  # fmt: skip
         asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
         from workers import metrics
 
@@ -111,7 +109,7 @@ class Runtime:
     async def _watch_decisions(self) -> None:
         while True:
             try:
-                pubsub = self._aredis.pubsub()
+                pubsub = self._apubsub.pubsub()
                 await pubsub.subscribe(keys.DECIDED_CHANNEL)
                 async for msg in pubsub.listen():
                     if msg.get("type") == "message":
@@ -161,6 +159,8 @@ class Runtime:
         async def _close() -> None:
             await self._http.aclose()
             await self._aredis.aclose()
+            if self._apubsub is not self._aredis:
+                await self._apubsub.aclose()
 
         try:
             self.run(_close(), timeout=5)

@@ -1,4 +1,5 @@
-"""Every limits test runs twice: on fakeredis (Lua 5.1 via lupa) and on the real redis-server."""
+"""Every limits test runs three times: on fakeredis (Lua 5.1 via lupa), on the real redis-server and
+on a real 3-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ class Clock:
         self.t += seconds
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "cluster"])
 def r(request: pytest.FixtureRequest) -> redis.Redis:
     if request.param == "fake":
         return fakeredis.FakeRedis()
+    if request.param == "cluster":  # a real 3-node Redis Cluster: a cross-slot script fails here
+        cluster: redis.Redis = request.getfixturevalue("cluster_client")
+        return cluster
     client: redis.Redis = request.getfixturevalue("redis_client")
     return client
 

@@ -45,6 +45,12 @@ def test_a_denied_provider_key_takes_nothing_from_the_model_key(r: redis.Redis, 
     assert rl.headroom(MODEL) == before == {"requests": 3.0, "tokens": 1000.0, "paused_until": 0.0}
 
 
+def test_limits_reserved_together_must_share_a_provider(r: redis.Redis, clock: Clock) -> None:
+    rl = RateLimiter(r, clock=clock)
+    with pytest.raises(ValueError, match="one provider"):
+        rl.try_acquire([MODEL, Limit("anthropic:claude", 10, 100)], 1)
+
+
 def test_a_grant_takes_from_every_key_at_once(r: redis.Redis, clock: Clock) -> None:
     rl = RateLimiter(r, clock=clock)
     provider = Limit("openai", rpm=10, tpm=10_000)
@@ -55,10 +61,10 @@ def test_a_grant_takes_from_every_key_at_once(r: redis.Redis, clock: Clock) -> N
 
 def test_wait_is_the_longest_of_all_keys(r: redis.Redis, clock: Clock) -> None:
     rl = RateLimiter(r, clock=clock)
-    slow, fast = Limit("slow", rpm=1, tpm=100), Limit("fast", rpm=2, tpm=100)
+    slow, fast = Limit("p:slow", rpm=1, tpm=100), Limit("p:fast", rpm=2, tpm=100)
     assert rl.try_acquire([slow, fast], 1).granted and rl.try_acquire([fast], 1).granted
     denied = rl.try_acquire([fast, slow], 1)
-    assert (denied.wait_s, denied.blocker) == (60.0, "slow")
+    assert (denied.wait_s, denied.blocker) == (60.0, "p:slow")
 
 
 def test_reconcile_refunds_the_unused_estimate(r: redis.Redis, clock: Clock) -> None:
@@ -97,10 +103,10 @@ def test_a_refund_returns_the_part_still_ahead_of_the_clock(r: redis.Redis, cloc
 def test_pause_blocks_every_worker_until_it_passes(r: redis.Redis, clock: Clock) -> None:
     worker_a, worker_b = RateLimiter(r, clock=clock), RateLimiter(r, clock=clock)
     worker_a.pause(MODEL.key, 5.0)
-    denied = worker_b.try_acquire([Limit("other", 10, 100), MODEL], 1)
+    denied = worker_b.try_acquire([Limit("openai:other", 10, 100), MODEL], 1)
     assert (denied.granted, denied.wait_s, denied.blocker) == (False, 5.0, MODEL.key)
     assert worker_b.headroom(MODEL) == {"requests": 3.0, "tokens": 1000.0, "paused_until": clock() + 5.0}
-    assert worker_b.try_acquire([Limit("other", 10, 100)], 1).granted  # other keys go on
+    assert worker_b.try_acquire([Limit("openai:other", 10, 100)], 1).granted  # other keys go on
     worker_b.pause(MODEL.key, 1.0)  # a shorter pause never cuts a longer one
     clock.advance(4.999)
     assert not worker_b.try_acquire([MODEL], 1).granted
@@ -111,7 +117,7 @@ def test_pause_blocks_every_worker_until_it_passes(r: redis.Redis, clock: Clock)
 def test_a_request_larger_than_the_minute_fails_at_once_and_writes_nothing(r: redis.Redis, clock: Clock) -> None:
     rl = RateLimiter(r, clock=clock)
     with pytest.raises(TokensExceedLimit) as e:
-        rl.acquire([Limit("big", 10_000, 10_000), MODEL], 1001, sleep=pytest.fail)
+        rl.acquire([Limit("openai", 10_000, 10_000), MODEL], 1001, sleep=pytest.fail)
     assert (e.value.key, e.value.tokens, e.value.tpm) == (MODEL.key, 1001, 1000)
     assert "exceed its tpm of 1000" in str(e.value)
     assert r.keys("*") == []

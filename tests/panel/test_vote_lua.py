@@ -1,4 +1,4 @@
-"""vote.lua and decide.lua as specifications, on fakeredis and on the real redis-server."""
+"""vote.lua and decide.lua as specifications, on fakeredis, the real redis-server and a 3-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ def _spec(pid: str, n: int = 3, quorum: int = 2, dispatch: str = "parallel") -> 
                      deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "cluster"])
 def store(request: pytest.FixtureRequest) -> PanelStore:
     if request.param == "fake":
         return PanelStore(fakeredis.FakeRedis())
+    if request.param == "cluster":
+        return PanelStore(request.getfixturevalue("cluster_client"))
     r = request.getfixturevalue("redis_client")
     return PanelStore(r)
 

@@ -12,9 +12,11 @@ from workers.budget import Budget
 from workers.errors import BudgetExceeded
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "cluster"])
 def r(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    return fakeredis.FakeRedis() if request.param == "fake" else request.getfixturevalue("redis_client")
+    if request.param == "fake":
+        return fakeredis.FakeRedis()
+    return request.getfixturevalue("redis_client" if request.param == "real" else "cluster_client")
 
 
 def test_reserve_up_to_the_cap_then_refuse_naming_the_scope(r) -> None:  # type: ignore[no-untyped-def]

@@ -97,6 +97,9 @@ class RateLimiter:
             raise ValueError(f"tokens must be >= 0 (got {tokens})")
         if len({lim.key for lim in limits}) != len(limits):
             raise ValueError("each key may appear once per acquire (a repeat would be charged from a stale read)")
+        if len({keys.provider_tag(lim.key) for lim in limits}) > 1:
+            raise ValueError("limits reserved together must belong to one provider (one Redis Cluster slot): "
+                             f"{[lim.key for lim in limits]}")  # fmt: skip
         for lim in limits:
             if tokens > lim.tpm:  # checked here too so the caller fails before any round trip
                 raise TokensExceedLimit(lim.key, tokens, lim.tpm)

@@ -1,0 +1,141 @@
+"""Where the broker and the state live, and the Redis clients that reach them.
+
+Two URLs (producer/settings.py): `PANEL_BROKER_URL` (Celery's queues) and `PANEL_STATE_URL` (jobs,
+panels, limits, budgets, the ledger; producer/keys.py); both default to `PANEL_REDIS_URL`, so one
+Redis still serves everything (the embedded demo). Forms accepted:
+
+    redis://h:6379/0, rediss://h:6380/0        one Redis (rediss: TLS)                broker, state
+    sentinel://h1:26379;sentinel://h2:26379    Sentinel-managed primary; the master
+                                               name is PANEL_SENTINEL_MASTER           broker, state
+    redis+cluster://h1:7000,h2:7001            Redis Cluster (rediss+cluster: TLS)     state only
+
+Redis Cluster cannot be the broker: kombu has no cluster transport (celery#2852, open since 2015;
+kombu PR #2204 unmerged), so `BrokerUrlError` names Sentinel and RabbitMQ instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import Sentinel
+
+from producer.errors import PanelError
+
+Kind = Literal["redis", "sentinel", "cluster"]
+StateClient = redis.Redis | RedisCluster
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+class RedisUrlError(PanelError, ValueError):
+    """A broker or state URL this fleet cannot use; the message names the setting and the fix."""
+
+
+class BrokerUrlError(RedisUrlError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: Kind
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()  # sentinels or cluster seed nodes
+    tls: bool = False
+    db: int = 0
+    password: str | None = None
+
+
+def shown(url: str) -> str:
+    """The URL as an error may print it: any password masked."""
+    return re.sub(r"(://[^:/@;,]*:)[^@/;]*@", r"\1***@", url)
+
+
+def parse(url: str, setting: str = "PANEL_STATE_URL") -> Endpoint:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        return Endpoint("redis", url, tls=scheme == "rediss")
+    if scheme == "sentinel":
+        nodes, db, password = [], 0, None
+        for part in url.split(";"):
+            u = urlsplit(part.strip())
+            if u.scheme != "sentinel" or not u.hostname:
+                raise RedisUrlError(f"{setting}: {shown(part)!r} is not sentinel://host:port (join several with ';')")
+            nodes.append((u.hostname, u.port or 26379))
+            db = int(u.path.strip("/") or db)
+            password = unquote(u.password) if u.password else password
+        return Endpoint("sentinel", url, tuple(nodes), db=db, password=password)
+    if scheme in CLUSTER_SCHEMES:
+        rest = url.split("://", 1)[1].split("/", 1)[0]
+        auth, _, hosts = rest.rpartition("@")
+        nodes = []
+        for hp in hosts.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise RedisUrlError(f"{setting}: {hp!r} in {shown(url)!r} is not host:port (seed nodes joined with ',')")
+            nodes.append((host, int(port)))
+        password = unquote(auth.rpartition(":")[2]) if auth else None
+        return Endpoint("cluster", url, tuple(nodes), tls=scheme == "rediss+cluster", password=password)
+    raise RedisUrlError(
+        f"{setting}: unsupported URL {shown(url)!r}; use redis://host:6379/0, rediss://..., "
+        "sentinel://h1:26379;sentinel://h2:26379 (+ PANEL_SENTINEL_MASTER), or redis+cluster://h1:7000,h2:7001 (state only)"
+    )
+
+
+def broker(url: str, sentinel_master: str, setting: str = "PANEL_BROKER_URL") -> tuple[str, dict[str, Any]]:
+    """Celery's broker URL and the transport options it adds (the Sentinel master name)."""
+    if url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp"):
+        return url, {}
+    ep = parse(url, setting)
+    if ep.kind == "cluster":
+        raise BrokerUrlError(
+            f"{setting}: {shown(url)!r} is a Redis Cluster, which Celery cannot use as a broker: kombu has no "
+            "cluster transport (celery#2852). Put the broker on a Sentinel-managed Redis "
+            "(PANEL_BROKER_URL=sentinel://h1:26379;sentinel://h2:26379, PANEL_SENTINEL_MASTER=name) or on "
+            "RabbitMQ (amqp://...), and the cluster for PANEL_STATE_URL."
+        )
+    return url, ({"master_name": sentinel_master} if ep.kind == "sentinel" else {})
+
+
+def state_client(url: str, *, sentinel_master: str = "mymaster", max_connections: int = 512,
+                 pool_timeout_s: float = 30.0) -> StateClient:  # fmt: skip
+    """A sync client for the state store. A plain Redis gets a blocking pool (threads wait their
+    turn rather than fail past the pool size); Sentinel re-resolves the primary after a failover."""
+    ep = parse(url)
+    if ep.kind == "redis":
+        return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout_s, health_check_interval=30,
+            socket_keepalive=True))  # fmt: skip
+    if ep.kind == "sentinel":
+        s = Sentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
+        return s.master_for(sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0,
+                            max_connections=max_connections, health_check_interval=30,
+                            retry_on_error=[redis.ConnectionError, redis.ReadOnlyError])  # fmt: skip
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes], ssl=ep.tls, password=ep.password,
+                        max_connections=max_connections)  # fmt: skip
+
+
+def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
+                        max_connections: int = 512, pool_timeout_s: float = 30.0) -> tuple[Any, aredis.Redis]:  # fmt: skip
+    """(commands, pub/sub) async clients. A cluster's commands go through the cluster client; its
+    pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node)."""
+    ep = parse(url)
+    if ep.kind == "redis":
+        c = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout_s))  # fmt: skip
+        return c, c
+    if ep.kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        s = AsyncSentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
+        c = s.master_for(sentinel_master, db=ep.db, password=ep.password, max_connections=max_connections)
+        return c, c
+    cluster = AsyncRedisCluster(startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in ep.nodes],
+                                ssl=ep.tls, password=ep.password, max_connections=max_connections)  # fmt: skip
+    host, port = ep.nodes[0]
+    return cluster, aredis.Redis(host=host, port=port, ssl=ep.tls, password=ep.password)

@@ -1,0 +1,186 @@
+"""Every Lua script, MULTI and multi-key call keeps to one Redis Cluster slot; every key name lives in
+producer/keys.py. These fail when someone adds a cross-slot key or a key name outside keys.py.
+
+- every `.lua` file: how many KEYS it reads (parsed), and that a scenario through the code that calls
+  it passes that many keys, all in one slot (redis-py's `key_slot`), on fakeredis and on a real
+  3-node Redis Cluster (which refuses cross-slot EVALSHA by itself);
+- every call site that passes `keys=` to a script (parsed with `ast`) is one the scenario runs;
+- no `"pf:..."` literal outside producer/keys.py, and every key function there carries a hash tag.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.cluster import key_slot
+
+from producer import keys
+from workers.batch import lane
+from workers.budget import Budget
+from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter
+from workers.panel.state import Member, PanelSpec, PanelStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CODE_DIRS = ("workers", "producer", "gateway")
+SCRIPTS = sorted(ROOT.glob("workers/**/*.lua"))
+# (file, function) of every call that passes `keys=` to a registered script; `scenario` runs each.
+SCRIPT_CALL_SITES = {
+    ("workers/panel/state.py", "vote"), ("workers/panel/state.py", "decide"),
+    ("workers/limits/limiter.py", "_run"), ("workers/limits/breaker.py", "_run"),
+    ("workers/budget.py", "reserve"), ("workers/budget.py", "settle"),
+    ("workers/batch/lane.py", "_flush_model"), ("workers/batch/lane.py", "_reclaim_stale"),
+}  # fmt: skip
+
+
+def keys_read(lua: str) -> int:
+    code = "\n".join(line.split("--", 1)[0] for line in lua.splitlines())  # comments name KEYS too
+    found = [int(n) for n in re.findall(r"KEYS\[(\d+)\]", code)]
+    return max(found) if found else (10**9 if "KEYS[i]" in code or "#KEYS" in code else 0)
+
+
+class SlotRecorder:
+    """Wraps a client's execute_command: records each EVALSHA/EVAL's script and key slots."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        inner: Callable[..., Any] = client.execute_command
+
+        def execute(*args: Any, **kw: Any) -> Any:
+            name = str(args[0]).upper()
+            if name in ("EVALSHA", "EVAL"):
+                n = int(args[2])
+                script_keys = [k.decode() if isinstance(k, bytes) else str(k) for k in args[3 : 3 + n]]
+                sha = args[1] if name == "EVALSHA" else hashlib.sha1(str(args[1]).encode()).hexdigest()
+                self.calls.append((str(sha), script_keys))
+            return inner(*args, **kw)
+
+        client.execute_command = execute
+
+
+def _spec(pid: str) -> PanelSpec:
+    return PanelSpec(panel_id=pid, job_id=pid.rpartition(".")[0], stage="panel", attempt=1,
+                     members=[Member(f"m{i}", "gpt-4o-mini", "economy") for i in range(3)], quorum=2,
+                     dispatch="parallel", agreement={"rule": "exact"}, arbiter="gpt-4o", rubric=[],
+                     deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip
+
+
+def scenario(r: Any) -> None:
+    """Runs every script through the code that calls it in production."""
+    store = PanelStore(r)
+    store.create(_spec("job-1.1"), 60)
+    store.vote("job-1.1", "m0", "a", 0)
+    store.vote("job-1.1", "m1", "b", 0)
+    store.decide("job-1.1", "sweep")
+    rl = RateLimiter(r)
+    model, account = Limit("openai:gpt-4o-mini", 100, 100_000), Limit("openai", 1000, 1_000_000)
+    res = rl.try_acquire([model, account], 100)
+    rl.reconcile(res, 50)
+    rl.pause(model.key, 0.001)
+    rl.headroom(model)
+    cb = CircuitBreaker(r, BreakerConfig(min_calls=1, failure_rate=0.5, open_s=0.0))
+    permit = cb.allow("openai:gpt-4o-mini")
+    cb.record(permit, ok=False)  # opens it; open_s 0: the next allow is a half-open probe
+    cb.release(cb.allow("openai:gpt-4o-mini"))
+    cb.snapshot("openai:gpt-4o-mini")
+    budget = Budget(r, tenant_cap_usd=10.0)
+    budget.settle(budget.reserve("job-1", "acme", 1.0, 0.01), 0.005)
+    rt = SimpleNamespace(redis=r)
+    lane._SCRIPTS.clear()
+    policy = lane.FlushPolicy()
+    assert lane._flush_model(rt, "gpt-4o-mini", policy) == []  # type: ignore[arg-type]  # claim.lua, nothing pending
+    r.hset(keys.BATCH_CLAIMS, "c1", '{"model": "gpt-4o-mini", "at": 0, "cids": ["pf-x"]}')
+    lane._reclaim_stale(rt, policy)  # type: ignore[arg-type]  # reclaim.lua
+    assert r.lrange(keys.batch_pending("gpt-4o-mini"), 0, -1) == [b"pf-x"]
+
+
+def _check(r: Any) -> None:
+    rec = SlotRecorder(r)
+    scenario(r)
+    by_sha: dict[str, list[list[str]]] = {}
+    for sha, ks in rec.calls:
+        by_sha.setdefault(sha, []).append(ks)
+    for path in SCRIPTS:
+        text = path.read_text()
+        sha = hashlib.sha1(text.encode()).hexdigest()
+        runs = by_sha.get(sha)
+        assert runs, f"{path.relative_to(ROOT)} never ran in the scenario: add its caller to `scenario`"
+        need = keys_read(text)
+        for ks in runs:
+            assert need == 10**9 or len(ks) >= need, f"{path.name} reads KEYS[{need}] but was passed {ks}"
+            slots = {key_slot(k.encode()) for k in ks}
+            assert len(slots) == 1, f"{path.name} called with keys in {len(slots)} slots: {ks}"
+
+
+def test_every_script_runs_in_one_slot_on_fakeredis() -> None:
+    _check(fakeredis.FakeRedis())
+
+
+def test_every_script_runs_in_one_slot_on_a_real_cluster(cluster_client: Any) -> None:
+    _check(cluster_client)
+
+
+def test_the_checker_catches_a_cross_slot_script_call() -> None:
+    r = fakeredis.FakeRedis()
+    rec = SlotRecorder(r)
+    r.register_script("return 1")(keys=[keys.job("a"), keys.job("b")])
+    assert rec.calls and all(len({key_slot(k.encode()) for k in ks}) == 2 for _, ks in rec.calls)
+
+
+def _script_call_sites() -> set[tuple[str, str]]:
+    sites: set[tuple[str, str]] = set()
+    for d in CODE_DIRS:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for fn in ast.walk(tree):
+                if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    for node in ast.walk(fn):
+                        if isinstance(node, ast.Call) and any(k.arg == "keys" for k in node.keywords):
+                            sites.add((str(path.relative_to(ROOT)), fn.name))
+    return sites
+
+
+def test_every_script_call_site_is_in_the_scenario() -> None:
+    sites = _script_call_sites()
+    assert sites <= SCRIPT_CALL_SITES, f"new script call sites {sites - SCRIPT_CALL_SITES}: run them in `scenario`"
+    assert SCRIPT_CALL_SITES <= sites, f"stale entries {SCRIPT_CALL_SITES - sites}"
+
+
+def test_no_key_name_outside_producer_keys() -> None:
+    offenders = []
+    for d in CODE_DIRS:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            if path == ROOT / "producer" / "keys.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("pf:"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not offenders, "key names belong in producer/keys.py:\n" + "\n".join(offenders)
+
+
+def test_every_key_carries_a_hash_tag() -> None:
+    for name, fn in inspect.getmembers(keys, inspect.isfunction):
+        if name.endswith("_tag") or name == "job_of_panel":
+            continue
+        args = ["x.1"] * len(inspect.signature(fn).parameters)
+        assert re.match(r"^pf:\{[^}]+\}", fn(*args)), f"keys.{name} has no hash tag: {fn(*args)}"
+    for name, value in vars(keys).items():
+        if name.isupper() and isinstance(value, str) and name not in ("PREFIX", "DECIDED_CHANNEL"):
+            assert re.match(r"^pf:\{[^}]+\}", value), f"keys.{name} has no hash tag: {value}"
+
+
+@pytest.mark.parametrize("job_id", ["j1", "a.b", "7f3e-uuid"])
+def test_a_job_and_its_panels_share_a_slot(job_id: str) -> None:
+    pid = f"{job_id}.2"
+    slots = {key_slot(k.encode()) for k in (keys.job(job_id), keys.done_channel(job_id), keys.job_panels(job_id),
+                                             keys.panel(pid), keys.votes(pid), keys.tally(pid), keys.calls(pid))}  # fmt: skip
+    assert len(slots) == 1
