@@ -145,14 +145,11 @@ class PanelClient:
             yield self.wait(jid, max(0.01, end - time.monotonic()))
 
     def ledger(self, count: int = 100_000) -> list[dict[str, Any]]:
-        """Receipts from the ledger stream, oldest first, one per job: the ledger is appended at
-        least once (a crash between a job's result and its ledger mark appends it again)."""
+        """Receipts from the ledger stream, oldest first. At least once per job: a worker that dies
+        between a job's ledger entry and its result (another cluster slot) appends it again on the
+        re-run, so summaries count a job id once (`producer/ledger_view.py`)."""
         entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
-        receipts: dict[str, dict[str, Any]] = {}
-        for _, fields in entries:
-            receipt = orjson.loads(fields[b"receipt"])
-            receipts.setdefault(str(receipt.get("job_id")), receipt)
-        return list(receipts.values())
+        return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
 
     def close(self) -> None:
         self.redis.close()

@@ -77,7 +77,9 @@ def parse(url: str, setting: str = "PANEL_STATE_URL") -> Endpoint:
         for hp in hosts.split(","):
             host, _, port = hp.strip().rpartition(":")
             if not host or not port.isdigit():
-                raise RedisUrlError(f"{setting}: {hp!r} in {shown(url)!r} is not host:port (seed nodes joined with ',')")
+                raise RedisUrlError(
+                    f"{setting}: {hp!r} in {shown(url)!r} is not host:port (seed nodes joined with ',')"
+                )
             nodes.append((host, int(port)))
         password = unquote(auth.rpartition(":")[2]) if auth else None
         return Endpoint("cluster", url, tuple(nodes), tls=scheme == "rediss+cluster", password=password)

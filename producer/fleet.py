@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from producer.embedded import RedisProcess, child_env, free_port, start_owned, stop_process, wait_port
+from producer.settings import Settings
 
 SIM_KEY = "sim-local-key-not-a-secret"
 ALL_QUEUES = "control,llm.economy,llm.workhorse,llm.frontier,llm.batch"
@@ -52,6 +53,17 @@ class Fleet:
     def redis_url(self) -> str:
         assert self.redis is not None
         return self.redis.url
+
+    @property
+    def state_url(self) -> str:
+        """Where workers keep state: `PANEL_STATE_URL` in `env` (a cluster, say), else the broker's Redis."""
+        return self.env.get("PANEL_STATE_URL") or self.redis_url
+
+    def client_settings(self) -> Settings:
+        """Settings a producer needs to reach this fleet's broker and state."""
+        return Settings.from_env().model_copy(update={
+            "redis_url": self.redis_url, "broker_url": None, "state_url": self.env.get("PANEL_STATE_URL"),
+            "sentinel_master": self.env.get("PANEL_SENTINEL_MASTER", "mymaster")})  # fmt: skip
 
     @property
     def sim_url(self) -> str:
@@ -101,11 +113,9 @@ class Fleet:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until every worker answers on the broker (its consumer is attached)."""
-        import redis as redis_lib
-
         from producer import keys
 
-        r = redis_lib.Redis.from_url(self.redis_url)
+        r = self.client_settings().state_client()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for name, p in self.procs.items():

@@ -17,7 +17,10 @@ def _pct(values: list[float], q: int) -> float:
 
 def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in receipts:
+    once: dict[str, dict[str, Any]] = {}
+    for r in receipts:  # a job appended twice (a crash mid-finalise) counts once
+        once.setdefault(str(r.get("job_id")), r)
+    for r in once.values():
         groups[r["task_class"]].append(r)
     rows = []
     for tc, rs in sorted(groups.items()):

@@ -116,7 +116,9 @@ class SentinelSet:
         # AOF on, as the broker wants (FIELD-NOTES): a replica promoted keeps what it was sent
         aof = ("--appendonly", "yes", "--appendfsync", "everysec")
         self.data[primary] = _server(primary, self.workdir / str(primary), *aof)
-        self.data[replica] = _server(replica, self.workdir / str(replica), *aof, "--replicaof", "127.0.0.1", str(primary))
+        self.data[replica] = _server(
+            replica, self.workdir / str(replica), *aof, "--replicaof", "127.0.0.1", str(primary)
+        )
         for sp in self.sentinel_ports:
             d = self.workdir / f"sentinel-{sp}"
             d.mkdir(parents=True)

@@ -247,7 +247,8 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
     a repeat after a crash finds `finalised` and only re-renders."""
     jkey = keys.job(job_id)
-    rerender = rerender or bool(rt.redis.hexists(jkey, "finalised"))
+    finalised, ledgered = rt.redis.hmget(jkey, ["finalised", "ledgered"])
+    rerender = rerender or finalised is not None
     job = load_job(rt, job_id)
     panels = panels_of(rt, job_id)
     last = panels[-1]["panel_id"]
@@ -258,23 +259,20 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
-    pipe = rt.redis.pipeline(transaction=True)  # MULTI on the job's slot (producer/keys.py)
+    if not rerender and ledgered is None:
+        # The ledger is another cluster slot (producer/keys.py), so it cannot join the MULTI below:
+        # appended first, marked in the MULTI. A crash between appends it again on the re-run (at
+        # least once; readers key receipts by job id), never drops it, and `wait` sees it.
+        rt.redis.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
+                      maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
+    pipe = rt.redis.pipeline(transaction=True)  # MULTI on the job's slot
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
     if not rerender:
-        pipe.hset(jkey, "finalised", time.time())
+        pipe.hset(jkey, mapping={"finalised": time.time(), "ledgered": 1})
         pipe.rpush(keys.done_channel(job_id), result.status)
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    pipe.hget(jkey, "ledgered")
-    ledgered = pipe.execute()[-1]
-    if not ledgered:
-        # The ledger is another slot: appended after the MULTI, then marked, so a crash between
-        # re-appends on the re-run (at least once; readers key receipts by job id), never drops it.
-        pipe = rt.redis.pipeline(transaction=False)
-        pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
-        pipe.hset(jkey, "ledgered", 1)
-        pipe.execute()
+    pipe.execute()
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)
