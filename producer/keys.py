@@ -78,6 +78,11 @@ def panel(panel_id: str) -> str:
     return f"{job_tag(job_of_panel(panel_id))}:panel:{panel_id}"
 
 
+def concluding(panel_id: str) -> str:
+    """String with a TTL: the panel's conclusion lease (take_lease.lua, release_lease.lua)."""
+    return f"{panel(panel_id)}:concluding"
+
+
 def votes(panel_id: str) -> str:
     """Hash: member id -> normalised answer key (one vote per member)."""
     return f"{panel(panel_id)}:votes"

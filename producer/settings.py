@@ -17,7 +17,6 @@ class Settings(BaseModel):
     state_url: str | None = None
     sentinel_master: str = Field(default="mymaster", min_length=1, description="for sentinel:// URLs")
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
-    default_deadline_s: float = Field(default=600.0, gt=0)
     visibility_timeout_s: int = Field(default=3600, gt=0, description="above the longest call")
     soft_shutdown_s: float = Field(default=60.0, ge=0)
     metrics_port: int = Field(default=0, ge=0, description="0: no exporter")
@@ -84,7 +83,6 @@ class Settings(BaseModel):
             "state_url": "PANEL_STATE_URL",
             "sentinel_master": "PANEL_SENTINEL_MASTER",
             "result_ttl_s": "PANEL_RESULT_TTL",
-            "default_deadline_s": "PANEL_DEFAULT_DEADLINE_S",
             "visibility_timeout_s": "PANEL_VISIBILITY_TIMEOUT_S",
             "soft_shutdown_s": "PANEL_SOFT_SHUTDOWN_S",
             "metrics_port": "PANEL_METRICS_PORT",

@@ -1,5 +1,5 @@
 """Receipts: one per job, rendered from the panels' state, stored with the result and appended
-to the `pf:ledger` stream that `panel ledger` summarises.
+to the ledger stream (`keys.LEDGER_STREAM`) that `panel ledger` summarises.
 """
 
 from __future__ import annotations
@@ -86,8 +86,3 @@ def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | 
     answer = rt.store.state(panel_id).get("answer")
     dissent = sorted(m for m, k in votes.items() if k and k != answer)
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"
-
-
-def write_ledger(rt: Runtime, receipt: Receipt) -> None:
-    rt.redis.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip

@@ -1,5 +1,5 @@
 """Provider health for operators: breaker state and limiter headroom per provider:model,
-published to Redis (`pf:providers`, read by `panel status --providers`) and to Prometheus."""
+published to Redis (`keys.PROVIDERS_SNAPSHOT`, read by `panel status --providers`) and to Prometheus."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from producer import keys
 from workers.batch import lane
 from workers.budget import Budget
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter
-from workers.panel.state import Member, PanelSpec, PanelStore
+from workers import jobs
+from workers.panel.state import Member, PanelRun, PanelStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("workers", "producer", "gateway")
@@ -39,6 +40,7 @@ SCRIPT_CALL_SITES = {
     ("workers/limits/limiter.py", "_run"), ("workers/limits/breaker.py", "_run"),
     ("workers/budget.py", "reserve"), ("workers/budget.py", "settle"),
     ("workers/batch/lane.py", "_flush_model"), ("workers/batch/lane.py", "_reclaim_stale"),
+    ("workers/jobs.py", "conclude_panel"),
 }  # fmt: skip
 
 
@@ -67,8 +69,8 @@ class SlotRecorder:
         client.execute_command = execute
 
 
-def _spec(pid: str) -> PanelSpec:
-    return PanelSpec(panel_id=pid, job_id=pid.rpartition(".")[0], stage="panel", attempt=1,
+def _spec(pid: str) -> PanelRun:
+    return PanelRun(panel_id=pid, job_id=pid.rpartition(".")[0], stage="panel", attempt=1,
                      members=[Member(f"m{i}", "gpt-4o-mini", "economy") for i in range(3)], quorum=2,
                      dispatch="parallel", agreement={"rule": "exact"}, arbiter="gpt-4o", rubric=[],
                      deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip
@@ -81,6 +83,11 @@ def scenario(r: Any) -> None:
     store.vote("job-1.1", "m0", "a", 0)
     store.vote("job-1.1", "m1", "b", 0)
     store.decide("job-1.1", "sweep")
+    rt = SimpleNamespace(redis=r)
+    jobs._LEASES.clear()  # keyed by id(client): never a script bound to an earlier test's client
+    take, release = jobs._lease_scripts(rt)  # type: ignore[arg-type]  # the keys conclude_panel passes
+    assert take(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[1, 30])
+    assert not release(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")])
     rl = RateLimiter(r)
     model, account = Limit("openai:gpt-4o-mini", 100, 100_000), Limit("openai", 1000, 1_000_000)
     res = rl.try_acquire([model, account], 100)
@@ -94,7 +101,6 @@ def scenario(r: Any) -> None:
     cb.snapshot("openai:gpt-4o-mini")
     budget = Budget(r, tenant_cap_usd=10.0)
     budget.settle(budget.reserve("job-1", "acme", 1.0, 0.01), 0.005)
-    rt = SimpleNamespace(redis=r)
     lane._SCRIPTS.clear()
     policy = lane.FlushPolicy()
     assert lane._flush_model(rt, "gpt-4o-mini", policy) == []  # type: ignore[arg-type]  # claim.lua, nothing pending
