@@ -58,7 +58,7 @@ class PanelClient:
         broker_url, broker_options = self.settings.broker_options()
         self.celery = Celery("panel_producer", broker=broker_url, set_as_current=False)
         self.celery.conf.update(
-            task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=broker_options,
+            task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=broker_options, task_publish_retry_policy=self.settings.publish_retry_policy(),
             broker_connection_retry_on_startup=True, task_send_sent_event=True,
         )  # fmt: skip
 

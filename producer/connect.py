@@ -24,13 +24,51 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
-from redis.sentinel import Sentinel
+from redis._parsers.base import BaseParser
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from producer.errors import PanelError
 
 Kind = Literal["redis", "sentinel", "cluster"]
 StateClient = redis.Redis | RedisCluster
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+class NoReplicasError(redis.ConnectionError):
+    """NOREPLICAS: a primary whose replica is gone (promoted by Sentinel mid-failover) refused a
+    write. The write did not happen, so it is safe to retry once the client finds the new primary:
+    a ConnectionError makes redis-py (and kombu, for the broker) reconnect and retry."""
+
+
+# Primaries run with `min-replicas-to-write 1` (docs/cluster.md) so a write never lands on a primary
+# that is being failed over; redis-py maps error prefixes to exception types in this table.
+BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
+# Across a failover (~1-3 s: promotion, then the old primary re-pointed) commands retry with backoff.
+FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
+
+
+class FailoverConnection(SentinelManagedConnection):
+    """Asks the sentinels for the primary on every reconnect. redis-py 8 reconnects a dropped
+    connection through `connect_check_health`, which reuses the old address, so a retry after a
+    failover went back to the demoted primary until its retries ran out (measured: 38 s)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """A script's write refused with NOREPLICAS comes back as a script error: the refused write
+        was its first (the fence holds for the whole script), so nothing was written; retry it."""
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as e:
+            if "NOREPLICAS" not in str(e) or isinstance(e, redis.ConnectionError):
+                raise
+            self.disconnect()
+            raise NoReplicasError(str(e)) from e
 
 
 class RedisUrlError(PanelError, ValueError):
@@ -116,8 +154,8 @@ def state_client(url: str, *, sentinel_master: str = "mymaster", max_connections
     if ep.kind == "sentinel":
         s = Sentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
         return s.master_for(sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0,
-                            max_connections=max_connections, health_check_interval=30,
-                            retry_on_error=[redis.ConnectionError, redis.ReadOnlyError])  # fmt: skip
+                            max_connections=max_connections, health_check_interval=30, retry=FAILOVER_RETRY,
+                            connection_class=FailoverConnection, retry_on_error=[redis.ConnectionError, redis.ReadOnlyError, redis.TimeoutError])  # fmt: skip
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes], ssl=ep.tls, password=ep.password,
                         max_connections=max_connections)  # fmt: skip
 

@@ -57,12 +57,13 @@ class Fleet:
     @property
     def state_url(self) -> str:
         """Where workers keep state: `PANEL_STATE_URL` in `env` (a cluster, say), else the broker's Redis."""
-        return self.env.get("PANEL_STATE_URL") or self.redis_url
+        return self.client_settings().state
 
     def client_settings(self) -> Settings:
         """Settings a producer needs to reach this fleet's broker and state."""
-        return Settings.from_env().model_copy(update={
-            "redis_url": self.redis_url, "broker_url": None, "state_url": self.env.get("PANEL_STATE_URL"),
+        return Settings.model_validate({
+            **Settings.from_env().model_dump(), "redis_url": self.env.get("PANEL_REDIS_URL") or self.redis_url,
+            "broker_url": self.env.get("PANEL_BROKER_URL"), "state_url": self.env.get("PANEL_STATE_URL"),
             "sentinel_master": self.env.get("PANEL_SENTINEL_MASTER", "mymaster")})  # fmt: skip
 
     @property

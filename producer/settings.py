@@ -50,6 +50,10 @@ class Settings(BaseModel):
     def state(self) -> str:
         return self.state_url or self.redis_url
 
+    def publish_retry_policy(self) -> dict[str, float]:
+        """Celery's publish retries: long enough to ride out a Sentinel failover (~1-3 s)."""
+        return {"max_retries": 30, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 1.0}
+
     def broker_options(self) -> tuple[str, dict[str, object]]:
         """Celery's broker URL and transport options (the queue names, plus a Sentinel master name)."""
         url, extra = connect.broker(self.broker, self.sentinel_master)

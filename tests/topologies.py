@@ -113,9 +113,14 @@ class SentinelSet:
         self.data_ports = cluster_ports(2)
         self.sentinel_ports = cluster_ports(3)
         primary, replica = self.data_ports
-        # AOF on, as the broker wants (FIELD-NOTES): a replica promoted keeps what it was sent
+        # AOF on, as the broker wants (FIELD-NOTES). The first primary runs `min-replicas-to-write 1`:
+        # cut off from its replica (promoted by SENTINEL FAILOVER) it refuses writes (NOREPLICAS)
+        # instead of acking ones the new primary never sees. The replica runs without it, so once
+        # promoted and alone (its old primary killed) it still takes writes: with one replica that
+        # is the choice between losing writes and stopping; production runs two (docs/cluster.md).
         aof = ("--appendonly", "yes", "--appendfsync", "everysec")
-        self.data[primary] = _server(primary, self.workdir / str(primary), *aof)
+        fence = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "5")
+        self.data[primary] = _server(primary, self.workdir / str(primary), *aof, *fence)
         self.data[replica] = _server(
             replica, self.workdir / str(replica), *aof, "--replicaof", "127.0.0.1", str(primary)
         )

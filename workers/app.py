@@ -52,6 +52,7 @@ app.conf.update(
     worker_soft_shutdown_timeout=settings.soft_shutdown_s,
     broker_connection_retry_on_startup=True,
     broker_transport_options=BROKER_OPTIONS,
+    task_publish_retry_policy=settings.publish_retry_policy(),
     beat_schedule={
         "panel-deadline-sweep": {"task": "panel.sweep", "schedule": settings.sweep_interval_s},
         "panel-batch-flush": {"task": "panel.batch_flush", "schedule": settings.batch_tick_s,

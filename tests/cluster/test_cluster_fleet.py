@@ -38,7 +38,9 @@ def assert_paid_once(fleet: Fleet, results: list[Any]) -> None:
     sim: dict[str, Any] = fleet.sim("/_sim/stats")["models"]  # type: ignore[assignment]
     requests = Counter({m: s["requests"] for m, s in sim.items() if s["requests"]})
     answered = Counter({m: s["answered"] for m, s in sim.items() if s["answered"]})
-    assert not requests - recorded, f"provider requests no receipt records (paid twice?): {requests - recorded}"
+    assert not requests - recorded, (
+        f"provider requests no receipt records: {requests - recorded}; answered {answered}, charged {charged}"
+    )
     assert not charged - answered, f"receipts charge answers the provider never gave: {charged - answered}"
 
 
