@@ -22,10 +22,10 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aredis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.cluster import ClusterNode, RedisCluster
 from redis._parsers.base import BaseParser
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 

@@ -25,10 +25,10 @@ import pytest
 from redis.cluster import key_slot
 
 from producer import keys
+from workers import jobs
 from workers.batch import lane
 from workers.budget import Budget
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter
-from workers import jobs
 from workers.panel.state import Member, PanelRun, PanelStore
 
 ROOT = Path(__file__).resolve().parents[2]
