@@ -114,11 +114,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.main import evaluate
 
     try:
-        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit)
+        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit,
+                 offline=args.offline)  # fmt: skip
     except ValueError as e:
         print(f"panel eval: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from evaluation.replay import ReplayFormatError
+    from evaluation.tune import Rule
+    from evaluation.tune_cli import main as tune_main
+
+    command = "panel tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else f"panel tune {args.file}"
+    try:
+        rule = Rule(tolerance=args.tolerance, max_stages=args.max_stages)
+        return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
+                         args.task_class, rule, command)  # fmt: skip
+    except (ValueError, ReplayFormatError) as e:
+        print(f"panel tune: {e}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="eval-out", help="folder for the JSON and PNG")
     s.add_argument("--latency-scale", type=float, default=1.0, help="multiply recorded latencies (0.1: 10x faster)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.add_argument("--offline", action="store_true", help="replay the policies on the recorded rows, no fleet "
+                   "(always so for cascade policies, e.g. a file `panel tune --write` wrote)")  # fmt: skip
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("tune", help="choose a cascade/panel from recorded outcomes by k-fold cross-validation")
+    s.add_argument("file", help="a replay JSONL(.gz) file (shared/data/replay format)")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0, help="fold assignment")
+    s.add_argument("--write", help="write the chosen tasks.yaml entry to this YAML file")
+    s.add_argument("--task-class", default="tuned", help="the task class name in the written entry")
+    s.add_argument("--tolerance", type=float, default=0.005, help="training accuracy a policy may give up vs the strongest model")
+    s.add_argument("--max-stages", type=int, default=3, choices=[1, 2, 3])
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("demo", help="start redis, the simulator and workers; run examples/; stop all")
     s.add_argument("--examples", default=str(Path(__file__).resolve().parent.parent / "examples"))
