@@ -97,10 +97,34 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
+    from producer import labels
     from producer.ledger_view import summarise, table
 
-    receipts = _client(args).ledger()
+    client = _client(args)
+    receipts = client.ledger()
     print(table(summarise(receipts)))
+    fed_back = labels.get_all(client.redis)
+    if fed_back:
+        print("\n".join(labels.summary(receipts, fed_back)))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from producer import labels
+
+    client = _client(args)
+    if args.export:
+        if not args.task_class:
+            raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
+        rows = labels.export(client.ledger(), labels.get_all(client.redis), args.task_class, args.kind)
+        Path(args.export).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        print(f"wrote {len(rows)} labelled jobs of {args.task_class} to {args.export}", file=sys.stderr)
+    elif args.file:
+        print(f"stored {labels.put_file(client.redis, Path(args.file))} labels", file=sys.stderr)
+    elif args.job_id and args.label:
+        labels.put(client.redis, args.job_id, args.label)
+    else:
+        raise labels.LabelError("give JOB correct|wrong, --file labels.jsonl, or --export FILE --task-class NAME")
     return 0
 
 
@@ -171,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ledger", help="per task class: jobs, escalation, arbiter, changed answers, cost, latency")
     s.set_defaults(func=cmd_ledger)
+
+    s = sub.add_parser("label", help="feed back whether a decided job's answer was right (kept beside the ledger)")
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("label", nargs="?", choices=["correct", "wrong"])
+    s.add_argument("--file", help='a JSONL of {"job_id": ..., "label": "correct"|"wrong"}')
+    s.add_argument("--export", help="write one task class's labelled jobs as a replay file (for panel tune)")
+    s.add_argument("--task-class")
+    s.add_argument("--kind", default="label", choices=["choice", "number", "label", "text"], help="the exported rows' kind")
+    s.set_defaults(func=cmd_label)
 
     s = sub.add_parser("eval", help="replay a recorded-answers file through the fleet under policies; table, JSON, PNG")
     s.add_argument("file", help="a replay JSONL(.gz) file (shared/data/replay format)")
