@@ -115,11 +115,13 @@ def single(m: Matrix, name: str) -> StageArr:
                     lambda v, last: Stage(model=name), False)  # fmt: skip
 
 
-def gate(m: Matrix, name: str) -> StageArr:
-    """`name` accepted when its log-probability >= a threshold: one variant per accept rate."""
+def gate(m: Matrix, name: str, fit: Matrix | None = None) -> StageArr:
+    """`name` accepted when its log-probability >= a threshold: one variant per accept rate, the
+    thresholds taken from `fit`'s rows (default: `m`'s own) and applied to `m`'s."""
     j = m.col(name)
     conf = m.conf[:, j]
-    seen = conf[~np.isnan(conf)]
+    fitted = (fit or m).conf[:, j]
+    seen = fitted[~np.isnan(fitted)]
     mins = np.quantile(seen, 1 - ACCEPT_RATES) if seen.size else np.zeros(len(ACCEPT_RATES))
     mins = np.minimum(np.floor(mins * 1e6) / 1e6, 0.0)  # round down: every training row at the quantile stays accepted
     accept = np.nan_to_num(conf, nan=-np.inf)[None, :] >= mins[:, None]
@@ -154,6 +156,12 @@ def panel3(m: Matrix, members: tuple[str, str, str], judge: str, dispatch: str, 
                     lambda v, last: Stage(panel=panel), False)  # fmt: skip
 
 
+def ranked(m: Matrix) -> list[str]:
+    """Models by accuracy on `m`'s rows (cheaper first on a tie)."""
+    acc, cost = m.right.mean(axis=0), m.cost.mean(axis=0)
+    return [m.models[i] for i in np.lexsort((cost, -acc))]
+
+
 def search_models(m: Matrix) -> list[str]:
     if len(m.models) <= MAX_SEARCH_MODELS:
         return list(m.models)
@@ -163,14 +171,17 @@ def search_models(m: Matrix) -> list[str]:
     return top + cheap
 
 
-def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3) -> Space:
-    """Score the whole space on `m` (one fold's training rows, or a whole file in hindsight)."""
+def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Matrix | None = None) -> Space:
+    """Score the whole space on `m` (one fold's training rows, or a whole file in hindsight).
+    With `fit`: the models searched and the thresholds come from `fit`'s rows, the scores from
+    `m`'s (an inner validation fold), so candidate i is the same policy shape for every `m`."""
     space = Space(m.n)
-    names = search_models(m)
+    base = fit or m
+    names = search_models(base)
     singles = {x: single(m, x) for x in names}
-    gates = {x: gate(m, x) for x in names if m.has_conf(x)}
+    gates = {x: gate(m, x, fit) for x in names if base.has_conf(x)}
     pairs = {p: pair(m, *p, agreement) for p in itertools.combinations(names, 2)}
-    strong = sorted(names, key=lambda x: -m.right[:, m.col(x)].mean())[:PANEL_MODELS]
+    strong = [x for x in ranked(base) if x in names][:PANEL_MODELS]
     for s in singles.values():
         space.add((s,))
     for members in itertools.permutations(strong, 3):

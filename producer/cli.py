@@ -153,7 +153,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     command = "panel tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else f"panel tune {args.file}"
     try:
-        rule = Rule(tolerance=args.tolerance, max_stages=args.max_stages)
+        rule = Rule(tolerance=args.tolerance, max_stages=args.max_stages, inner_folds=args.inner_folds)
         return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
                          args.task_class, rule, command)  # fmt: skip
     except (ValueError, ReplayFormatError) as e:
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task-class", default="tuned", help="the task class name in the written entry")
     s.add_argument("--tolerance", type=float, default=0.005, help="training accuracy a policy may give up vs the strongest model")
     s.add_argument("--max-stages", type=int, default=3, choices=[1, 2, 3])
+    s.add_argument("--inner-folds", type=int, default=0, help=">= 2: choose on scores cross-validated inside each training fold")
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("demo", help="start redis, the simulator and workers; run examples/; stop all")
