@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = [r for r in rows if r.models[m].text and legacy_numeric(r.models[m].text or "") != Numeric().key(r.models[m].text or "", [])]
         fixed = sum(_same(Numeric().key(r.models[m].text or "", []), r.models[m].answer) for r in diff)
         changed.append((len(diff), fixed, m))
-    total = sum(c for c, _, _ in changed)
-    print(f"  {total} keys changed over {len(models)} models; most: " +
+    total, fixed_all = sum(c for c, _, _ in changed), sum(f for _, f, _ in changed)
+    print(f"  {total} keys changed over {len(models)} models, {fixed_all} of them now equal the recorded answer; most: " +
           ", ".join(f"{m} {c} ({f} now match)" for c, f, m in sorted(changed, reverse=True)[:6]))  # fmt: skip
-    example = next((r.models[m].text for r in rows for m in models if re.search(r'"answer"\s*:\s*"\d+:\d\d', r.models[m].text or "")), None)
+    example = next((r.models[m].text for r in rows for m in models if re.search(r'"answer"\s*:\s*"[^"]*\d:\d\d', r.models[m].text or "")), None)
     if example:
         print(f"  e.g. a time answer: legacy {legacy_numeric(example)!r}, now {Numeric().key(example, [])!r}")
     return 0

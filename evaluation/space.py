@@ -23,6 +23,7 @@ from evaluation.matrix import NO_KEY, Matrix
 ACCEPT_RATES = np.round(np.arange(0.05, 0.951, 0.05), 2)  # share of questions a gate lets through
 MAX_SEARCH_MODELS = 10  # files with more models: the most accurate ones (and the cheapest few)
 PANEL_MODELS = 5  # panels of three draw members and arbiter from the most accurate five
+LAST_MODELS = 1  # a cascade escalates to the most accurate model (fewer free choices: it transfers)
 
 
 @dataclass
@@ -190,15 +191,16 @@ def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Mat
             if list(members) == sorted(members):
                 space.add((panel3(m, members, judge, "parallel", agreement),))
     firsts = [*gates.values(), *pairs.values()]
+    lasts = [singles[x] for x in strong[:LAST_MODELS]]
     for f in firsts:
-        for last in singles.values():
+        for last in lasts:
             if not f.models & last.models:
                 space.add((f, last))
     if max_stages >= 3:
         for f, g in itertools.permutations(firsts, 2):
             if f.models & g.models or (not f.gated and not g.gated):
                 continue
-            for last in singles.values():
+            for last in lasts:
                 if not (f.models | g.models) & last.models:
                     space.add((f, g, last))
     return space

@@ -60,7 +60,8 @@ def row_line(o: Outcomes, st: Outcomes, unit: str, versus: Outcomes | None) -> s
             f"[{_fmt_cost(clo, unit)},{_fmt_cost(chi, unit)}] {ratio:6.2f}x")  # fmt: skip
     if versus is not None and versus is not o:
         p = stats.paired(versus.right, o.right, versus.cost, o.cost)
-        line += f"  tuned {p.diff * 100:+5.1f} pts [{p.low * 100:+.1f},{p.high * 100:+.1f}] at {p.cost_ratio:.2f}x: {p.verdict}"
+        label = versus.name.split(":")[0].split(" (")[0]
+        line += f"  {label} {p.diff * 100:+5.1f} pts [{p.low * 100:+.1f},{p.high * 100:+.1f}] at {p.cost_ratio:.2f}x: {p.verdict}"
     return line
 
 
