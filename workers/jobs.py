@@ -10,48 +10,32 @@ import logging
 import os
 import re
 import time
-from datetime import datetime
+from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import jsonschema
 import orjson
-import pydantic
 import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
 from workers import metrics
+from workers.errors import failure_reason
+from workers.jobstore import DEAD_LETTER
 from workers.ledger import LEDGER_MAXLEN, render_receipt
+from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
-from workers.panel.calls import Spend
-from workers.panel.chord import Dispatcher, dispatch
-from workers.panel.state import Member, PanelSpec, Stage
+from workers.panel.ports import Dispatcher
+from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
+__all__ = ["DEAD_LETTER", "conclude_panel", "failure_reason", "finalise_job", "start_job"]
 log = logging.getLogger("panel.jobs")
 CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
-
-
-def load_job(rt: Runtime, job_id: str) -> Job:
-    """The stored job. Its deadline was checked at submit; re-checking it here ("deadline is in
-    the past") would make every step after the deadline (the sweep's decision, a late member)
-    raise, so it is set back after validation instead."""
-    raw = rt.redis.hget(keys.job(job_id), "spec")
-    if raw is None:
-        raise KeyError(f"job {job_id} not found")
-    data = orjson.loads(raw)
-    deadline = data.pop("deadline", None)
-    job = Job.model_validate(data)
-    return job if deadline is None else job.model_copy(update={"deadline": datetime.fromisoformat(deadline)})
-
-
-def spend_of(rt: Runtime, job: Job, batch: bool) -> Spend:
-    """The budget a job's calls draw on: the job's cap, else its task class's."""
-    cap = job.budget_usd if job.budget_usd is not None else rt.policies.get(job.task_class).budget_usd
-    return Spend(job_id=str(job.id), tenant=job.tenant, cap_usd=cap, batch=batch)
 
 
 def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
@@ -66,22 +50,22 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     panel still lacks, or plans again if no panel was made."""
     jkey = keys.job(job_id)
     if not rt.redis.hsetnx(jkey, "started", time.time()):
-        panels = panels_of(rt, job_id)
+        panels = rt.jobs.panels(job_id)
         if panels or rt.redis.hget(jkey, "status") in (b"decided", b"failed"):
             if len(panels) == 1:
                 send_unsent_members(rt, d, panels[0]["panel_id"])
             return "already started"
     try:
-        job = load_job(rt, job_id)
+        job = rt.jobs.load(job_id)
         policy = rt.policies.get(job.task_class)
         plan = rt.policies.plan(job)
     except redis.RedisError:
         raise  # not the job's fault: the task is retried
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
-        fail_job(rt, job_id, str(e))
+        rt.jobs.fail(job_id, str(e))
         return "failed"
-    rt.redis.hset(jkey, mapping={"status": "running", "plan": orjson.dumps(plan.__dict__)})
-    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
+    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
+              job_fields={"status": "running", "plan": orjson.dumps(plan.__dict__)})  # fmt: skip
     return plan.lane
 
 
@@ -94,40 +78,64 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
     missing = [m for m in spec.members[: spec.first_stage_size] if m.member not in sent]
     if missing:
         log.warning("job %s: sending %d member(s) a cut-short run did not send", spec.job_id, len(missing))
-        dispatch(rt, d, spec, missing)
+        dispatch(rt.store, d, spec, missing)
 
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
-              attempt: int, triggers: list[str], reason: str) -> PanelSpec:  # fmt: skip
+              attempt: int, triggers: list[str], reason: str,
+              job_fields: dict[str, Any] | None = None) -> PanelRun:  # fmt: skip
+    """Plan and send a panel of the job; stored with the job's record of it (and `job_fields`)
+    in one transaction."""
     n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
     batch = job.mode == "batch" or policy.mode == "batch"
-    spec = PanelSpec(
+    spec = PanelRun(
         panel_id=f"{job_id}.{n}", job_id=job_id, stage=stage, attempt=attempt, members=members,
         quorum=1 if stage == "single" else policy.panel.quorum,
         dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
         rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
-    rt.store.create(spec, rt.settings.result_ttl_s)
-    rt.redis.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
-    rt.redis.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
-    dispatch(rt, d, spec, members[: spec.first_stage_size])
+    pipe = rt.redis.pipeline()
+    rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
+    if job_fields:
+        pipe.hset(keys.job(job_id), mapping=job_fields)
+    pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
+    pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
+    pipe.execute()
+    dispatch(rt.store, d, spec, members[: spec.first_stage_size])
     return spec
 
 
-def panels_of(rt: Runtime, job_id: str) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in rt.redis.lrange(keys.job(job_id) + ":panels", 0, -1)]
+@dataclass(frozen=True)
+class JobView:
+    """What a conclusion reads of its job, in one round trip."""
+
+    panels: list[dict[str, Any]]
+    finalised: bool
+    submitted_at: float
+    schema_invalid: int
+    status: str
 
 
-def final_text(rt: Runtime, panel_id: str) -> str | None:
+def job_view(rt: Runtime, job_id: str) -> JobView:
+    pipe = rt.redis.pipeline()
+    pipe.lrange(keys.job(job_id) + ":panels", 0, -1)
+    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status")
+    panels, (finalised, submitted, invalid, status) = pipe.execute()
+    return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
+                   submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
+                   status=(status or b"").decode())  # fmt: skip
+
+
+def final_text(snap: PanelSnapshot) -> str | None:
     """The decided answer as text: the arbiter's, else the first answering member with the key."""
-    st = rt.store.state(panel_id)
+    st = snap.state
     if st.get("verdict"):
         return str(orjson.loads(st["verdict"])["final_answer"])
     key = st.get("answer")
-    answered = [c for c in rt.store.calls(panel_id).values() if c["status"] in ("answered", "late")]
+    answered = [c for c in snap.calls.values() if c["status"] in ("answered", "late")]
     for c in sorted(answered, key=lambda c: c["member"]):
         if key and c.get("answer_key") == key:
             return str(c["text"])
@@ -169,51 +177,52 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
     if spec is None:
         return
     pkey = keys.panel(panel_id)
-    if not rt.redis.eval(_TAKE_LEASE, 2, pkey + ":concluding", pkey, os.getpid(), CONCLUDE_LEASE_S):
+    take, release = _lease_scripts(rt)
+    taken, concluded = take(keys=[pkey + ":concluding", pkey], args=[os.getpid(), CONCLUDE_LEASE_S])
+    if not taken:
         return
     try:
-        if not rt.redis.hexists(pkey, "once:concluded"):
+        if not concluded:
             act_on_decision(rt, d, spec)
-            rt.redis.hset(pkey, "once:concluded", time.time())
-            if not rt.redis.eval(_RELEASE_LEASE, 2, pkey + ":concluding", pkey):
+            if not release(keys=[pkey + ":concluding", pkey], args=[time.time()]):
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
-            if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
+            if job_view(rt, spec.job_id).status == "decided":
                 finalise_job(rt, spec.job_id, rerender=True)
-            if not rt.redis.eval(_RELEASE_LEASE, 2, pkey + ":concluding", pkey):
+            if not release(keys=[pkey + ":concluding", pkey], args=[""]):
                 return
     except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
         rt.redis.delete(pkey + ":concluding")
         raise
 
 
-# KEYS[1] lease, KEYS[2] panel hash. Take the lease, or leave a re-render request for its holder.
-_TAKE_LEASE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
-redis.call('HSET', KEYS[2], 'rerender', 1)
-return 0
-"""
-# Let the lease go unless a re-render was requested meanwhile (then keep it: returns 1).
-_RELEASE_LEASE = """
-if redis.call('HDEL', KEYS[2], 'rerender') == 1 then return 1 end
-redis.call('DEL', KEYS[1])
-return 0
-"""
+_LEASES: dict[int, tuple[Any, Any]] = {}
 
 
-def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
+def _lease_scripts(rt: Runtime) -> tuple[Any, Any]:
+    """take_lease.lua and release_lease.lua, registered once per Redis client."""
+    got = _LEASES.get(id(rt.redis))
+    if got is None:
+        here = files("workers")
+        got = _LEASES[id(rt.redis)] = (rt.redis.register_script(here.joinpath("take_lease.lua").read_text()),
+                                       rt.redis.register_script(here.joinpath("release_lease.lua").read_text()))  # fmt: skip
+    return got
+
+
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
-    if panels_of(rt, spec.job_id)[-1]["panel_id"] != panel_id:
+    view = job_view(rt, spec.job_id)
+    if view.panels[-1]["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
-    rt.publish_decided(panel_id)
-    job = load_job(rt, spec.job_id)
+    rt.store.publish_decided(panel_id)
+    job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
-    text = final_text(rt, panel_id)
+    snap = rt.store.snapshot(panel_id)
+    text = final_text(snap)
     if spec.stage == "single":
-        invalid_so_far = int(rt.redis.hget(keys.job(spec.job_id), "schema_invalid") or 0)
-        hits, invalid = output_triggers(job, policy, text, invalid_so_far)
+        hits, invalid = output_triggers(job, policy, text, view.schema_invalid)
         if invalid:
             rt.redis.hincrby(keys.job(spec.job_id), "schema_invalid", 1)
         if hits:
@@ -222,7 +231,7 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
         if invalid:  # below the escalation count: one more try on the default lane
             new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry")
             return
-    finalise_job(rt, spec.job_id)
+    finalise_job(rt, spec.job_id, view=view, snaps={panel_id: snap})
 
 
 NO_ANSWER = "no member answered before the deadline or all calls failed"
@@ -242,17 +251,23 @@ def failure_summary(receipt: Receipt, limit: int = 3) -> str:
     return f"{NO_ANSWER} ({shown}{more})"
 
 
-def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
+def finalise_job(rt: Runtime, job_id: str, rerender: bool = False, view: JobView | None = None,
+                 snaps: dict[str, PanelSnapshot] | None = None) -> Result:  # fmt: skip
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
-    a repeat after a crash finds `finalised` and only re-renders."""
+    a repeat after a crash finds `finalised` and only re-renders. `view` and `snaps` are what the
+    caller has just read (panels it lacks are read here, one round trip each)."""
     jkey = keys.job(job_id)
-    rerender = rerender or bool(rt.redis.hexists(jkey, "finalised"))
-    job = load_job(rt, job_id)
-    panels = panels_of(rt, job_id)
-    last = panels[-1]["panel_id"]
-    text = final_text(rt, last)
-    receipt = render_receipt(rt, job_id, job, panels).model_copy(update={"final_answer": text})
+    view = view or job_view(rt, job_id)
+    rerender = rerender or view.finalised
+    job = rt.jobs.load(job_id)
+    panels = view.panels
+    snaps = dict(snaps or {})
+    for p in panels:
+        if p["panel_id"] not in snaps:
+            snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
+    text = final_text(snaps[panels[-1]["panel_id"]])
+    receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
     decided = receipt.decision != "failed" and text is not None
     parsed = parse_json_object(text) if (text and job.response_schema) else None
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
@@ -265,6 +280,10 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
         pipe.rpush(keys.done_channel(job_id), result.status)
         pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
                   maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
+        pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+        for p in panels:  # created after their panel, so without a TTL until now
+            for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
+                pipe.expire(k, rt.settings.result_ttl_s)
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
     pipe.execute()
@@ -276,60 +295,6 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
         if any(c.role == "arbiter" for c in receipt.calls):
             metrics.ARBITER.labels(job.task_class).inc()
         metrics.announce_decision(receipt)
-        rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
     return result
-
-
-def failure_reason(e: BaseException) -> str:
-    """One line on why a task failed, for the job's error and the dead-letter list. A pydantic
-    error names the fields only: its default text quotes the input, which may be a prompt."""
-    if isinstance(e, pydantic.ValidationError):
-        where = ", ".join(".".join(map(str, err["loc"])) or "(root)" for err in e.errors()[:5])
-        return f"ValidationError: {e.error_count()} invalid field(s) of {e.title}: {where}"
-    return f"{type(e).__name__}: {e}"[:300]
-
-
-DEAD_LETTER = keys.PREFIX + "deadletter"  # list, newest first: what operators inspect and replay
-DEAD_LETTER_MAXLEN = 10_000
-
-
-def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
-    """Park a task that failed `attempts` times (raised, or lost its worker each time) and fail its
-    job with the reason, so it stops taking workers and its caller stops waiting. True if this
-    call failed the job (a job already decided or dead-lettered is left as it is)."""
-    entry = {
-        "job_id": job_id,
-        "task": task,
-        "task_id": task_id,
-        "reason": reason,
-        "attempts": attempts,
-        "at": time.time(),
-    }
-    pipe = rt.redis.pipeline()
-    pipe.lpush(DEAD_LETTER, orjson.dumps(entry))
-    pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAXLEN - 1)
-    pipe.execute()
-    jkey = keys.job(job_id)
-    if rt.redis.hget(jkey, "status") in (b"decided", b"failed") or not rt.redis.hsetnx(
-        jkey, "dead_letter", orjson.dumps(entry)
-    ):
-        return False
-    fail_job(rt, job_id, f"dead-letter: {task} gave up after {attempts} attempts: {reason}")
-    panels = [p["panel_id"] for p in panels_of(rt, job_id)]
-    if panels:  # nothing is left for the deadline sweep to decide
-        rt.redis.zrem(keys.PANEL_DEADLINES, *panels)
-    log.warning("job %s dead-lettered: %s after %d attempts: %s", job_id, task, attempts, reason)
-    return True
-
-
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    result = Result(job_id=job_id, status="failed", error=reason)
-    jkey = keys.job(job_id)
-    pipe = rt.redis.pipeline()
-    pipe.hset(jkey, mapping={"status": "failed", "result": result.model_dump_json(), "error": reason})
-    pipe.rpush(keys.done_channel(job_id), "failed")
-    pipe.expire(keys.done_channel(job_id), rt.settings.result_ttl_s)
-    pipe.execute()
-    log.info("job %s failed: %s", job_id, reason)
