@@ -43,12 +43,12 @@ def judge_report(rows: list[Row], members: list[str], judge: str, family: dict[s
             if credit(r, m):
                 by_pos[pos][0] += judge_right
                 by_pos[pos][1] += 1
-                fam = family[m] + (" (judge's)" if family[m] == family[judge] else "")
-                by_fam[fam][0] += judge_right
-                by_fam[fam][1] += 1
+                who = family[m] + (" (judge's)" if family[m] == family[judge] else "")
+                by_fam[who][0] += judge_right
+                by_fam[who][1] += 1
     if not decided:
         return [f"judge {judge}: the members were unanimous on every question"]
-    pos = ", ".join(f"#{p} {k}/{n} ({k / n:.0%})" for p, (k, n) in sorted(by_pos.items()))
-    fam = ", ".join(f"{f} {k}/{n} ({k / n:.0%})" for f, (k, n) in sorted(by_fam.items()))
+    positions = ", ".join(f"#{p} {k}/{n} ({k / n:.0%})" for p, (k, n) in sorted(by_pos.items()))
+    fams = ", ".join(f"{f} {k}/{n} ({k / n:.0%})" for f, (k, n) in sorted(by_fam.items()))
     return [f"judge {judge} on {decided} non-unanimous questions; judge right when the right answer was at",
-            f"  position: {pos or 'none'}", f"  a member of family: {fam or 'none'}"]  # fmt: skip
+            f"  position: {positions or 'none'}", f"  a member of family: {fams or 'none'}"]  # fmt: skip

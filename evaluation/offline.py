@@ -64,11 +64,12 @@ def vote_key(kind: str, answer: str | None) -> str | None:
 def arbiter_cost(row: Row, judge: str, answered: list[str], prices: Prices) -> float:
     chars = ARBITER_PROMPT_CHARS + sum(len(m["content"]) for m in row.messages)
     chars += sum(len(row.models[m].text or row.models[m].answer or "") for m in answered)
-    if judge not in prices and row.models[judge].cost_usd is not None:
+    recorded = row.models[judge].cost_usd
+    if judge not in prices and recorded is not None:
         # no price list (RouterBench records cost only): the judge's own recorded call on this
         # question, scaled by how much longer the arbiter prompt is than the question's
         own = sum(len(m["content"]) for m in row.messages) + len(row.models[judge].text or "")
-        return row.models[judge].cost_usd * chars / max(own, 1)
+        return recorded * chars / max(own, 1)
     p_in, p_out = prices.get(judge, (0.0, 0.0))
     return (chars / 4 * p_in + ARBITER_TOKENS_OUT * p_out) / 1e6
 

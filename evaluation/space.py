@@ -103,7 +103,8 @@ def _neighbour_mean(a: np.ndarray, axis: int) -> np.ndarray:
     (a spike of luck on the training rows) scores as its neighbourhood does."""
     pad = np.concatenate([a.take([0], axis=axis), a, a.take([-1], axis=axis)], axis=axis)
     n = a.shape[axis]
-    return (pad.take(range(0, n), axis=axis) + pad.take(range(1, n + 1), axis=axis) + pad.take(range(2, n + 2), axis=axis)) / 3
+    total: np.ndarray = pad.take(range(0, n), axis=axis) + pad.take(range(1, n + 1), axis=axis) + pad.take(range(2, n + 2), axis=axis)
+    return np.divide(total, 3.0)
 
 
 def _agree(m: Matrix, a: int, b: int) -> np.ndarray:

@@ -67,7 +67,8 @@ def put_file(r: redis.Redis, path: Path) -> int:
 
 
 def get_all(r: redis.Redis) -> dict[str, bool]:
-    return {k.decode(): orjson.loads(v)["label"] == "correct" for k, v in r.hgetall(LABELS).items()}
+    raw: dict[bytes, bytes] = r.hgetall(LABELS)  # type: ignore[assignment]
+    return {k.decode(): orjson.loads(v)["label"] == "correct" for k, v in raw.items()}
 
 
 def _decided_key(receipt: dict[str, Any]) -> str | None:

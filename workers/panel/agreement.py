@@ -196,6 +196,7 @@ class Similar:
     (rapidfuzz, 0-1: word order and repeated words ignored, a subset scores 1) is >= threshold."""
 
     name = "similar"
+    reads_existing = True
 
     def __init__(self, threshold: float = 0.9, fields: tuple[str, ...] = ANSWER_FIELDS):
         self.threshold = threshold
