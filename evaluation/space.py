@@ -48,6 +48,13 @@ class Space:
     cost: list[np.ndarray] = field(default_factory=list)
     stages: list[int] = field(default_factory=list)
     chains: list[tuple[StageArr, ...]] = field(default_factory=list)
+    reference: np.ndarray | None = None  # bool [n]: the strongest model's right answers, to pair against
+    wins: list[np.ndarray] = field(default_factory=list)  # questions right where the reference is wrong
+    losses: list[np.ndarray] = field(default_factory=list)  # and the other way round
+
+    def paired(self) -> tuple[np.ndarray, np.ndarray]:
+        """(wins, losses) against the reference over all candidates, in candidate order."""
+        return np.concatenate([w.ravel() for w in self.wins]), np.concatenate([x.ravel() for x in self.losses])
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(correct, smoothed correct, cost, stages) over all candidates, in candidate order."""
@@ -72,6 +79,9 @@ class Space:
         for axis, s in enumerate(chain):
             if s.gated and smooth.shape[axis] > 2:
                 smooth = _neighbour_mean(smooth, axis)
+        if self.reference is not None:
+            self.wins.append((right & ~self.reference).sum(axis=-1))
+            self.losses.append((~right & self.reference).sum(axis=-1))
         self.correct.append(correct)
         self.smooth.append(smooth)
         self.cost.append(total)
@@ -177,8 +187,8 @@ def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Mat
     """Score the whole space on `m` (one fold's training rows, or a whole file in hindsight).
     With `fit`: the models searched and the thresholds come from `fit`'s rows, the scores from
     `m`'s (an inner validation fold), so candidate i is the same policy shape for every `m`."""
-    space = Space(m.n)
     base = fit or m
+    space = Space(m.n, reference=m.right[:, m.col(ranked(base)[0])].copy())
     names = search_models(base)
     singles = {x: single(m, x) for x in names}
     gates = {x: gate(m, x, fit) for x in names if base.has_conf(x)}

@@ -35,6 +35,8 @@ class Rule:
     max_stages: int = 3
     stage_penalty: float = DEFAULT_STAGE_PENALTY  # each stage past the first must save this share of cost to be taken
     inner_folds: int = 0  # >= 2: choose on scores cross-validated inside the training rows
+    z: float = 0.0  # > 0: also require the paired lower bound (diff - z*se) vs the strongest >= -margin
+    margin: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,13 @@ def choose(space: search.Space, bar: float, rule: Rule, max_cost: float = np.inf
     that costs less than `max_cost` in total (the strongest model's: never dearer than it)."""
     correct, smooth, cost, stages = space.flat()
     n = space.n
-    eligible = np.flatnonzero((smooth / n >= bar - rule.tolerance - 1e-12) & (cost < max_cost))
+    ok = (smooth / n >= bar - rule.tolerance - 1e-12) & (cost < max_cost)
+    if rule.z > 0 and space.wins:
+        w, lo = space.paired()
+        diff = (w - lo) / n
+        se = np.sqrt(np.maximum(w + lo - (w - lo) ** 2 / n, 0.0)) / n
+        ok &= diff - rule.z * se >= -rule.margin - 1e-12
+    eligible = np.flatnonzero(ok)
     if eligible.size == 0:
         return -1
     order = np.lexsort((stages[eligible], cost[eligible] * (1 + rule.stage_penalty * (stages[eligible] - 1))))
