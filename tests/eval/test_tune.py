@@ -137,3 +137,14 @@ def test_cascade_entries_are_range_checked() -> None:
         CascadeSpec.from_entry({"stages": [{"model": "a"}, {"model": "b"}]})
     with pytest.raises(ValueError, match="exactly one"):
         CascadeSpec.from_entry({"stages": [{"model": "a", "panel": {"members": ["b"], "quorum": 1}}]})
+
+
+def test_a_file_without_costs_counts_calls(tmp_path: Path) -> None:
+    data = cascade_data.rows(60)
+    for r in data:
+        for rec in r["models"].values():  # type: ignore[attr-defined]
+            rec["cost_usd"] = rec["tokens_in"] = rec["tokens_out"] = None
+    rows, m = setup(tmp_path, data)
+    assert m.unit == "calls"
+    cv = tune.cross_validate(rows, m, {}, AGREE, k=3)
+    assert set(np.unique(cv.cost)) <= {1.0, 2.0, 3.0}  # whole calls per question, no dollars invented
