@@ -20,7 +20,7 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import metrics
+from workers import answer_cache, metrics
 from workers.ledger import LEDGER_MAXLEN, render_receipt
 from workers.panel.agreement import parse_json_object
 from workers.panel.calls import Spend
@@ -277,6 +277,7 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
             metrics.ARBITER.labels(job.task_class).inc()
         metrics.announce_decision(receipt)
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+        answer_cache.settle(rt, job_id, result)
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
     return result
@@ -332,4 +333,5 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     pipe.rpush(keys.done_channel(job_id), "failed")
     pipe.expire(keys.done_channel(job_id), rt.settings.result_ttl_s)
     pipe.execute()
+    answer_cache.settle(rt, job_id, result)  # a cache leader hands the lead to a waiting job
     log.info("job %s failed: %s", job_id, reason)

@@ -20,6 +20,7 @@ from workers.panel.agreement import make_rule
 from workers.panel.calls import call_model
 from workers.panel.chord import Dispatcher, observe_call
 from workers.panel.state import PanelSpec
+from workers.providers.caching import price, record_fields
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.arbiter")
@@ -110,8 +111,8 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
         verdict = Verdict.model_validate(prior["verdict"])  # redelivered: the verdict was paid for
     else:
         messages = arbiter_messages(job.chat(), answers, spec.rubric)
-        tokens_in = tokens_out = replies = 0
-        cost = latency = 0.0
+        tokens_in = tokens_out = replies = cached = cache_write = 0
+        cost = latency = saved = 0.0
         model = spec.arbiter
         error = None
         for _ in range(2):  # one retry on an unusable verdict
@@ -124,7 +125,9 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
             c = res.completion
             replies += 1
             tokens_in, tokens_out, latency = tokens_in + c.tokens_in, tokens_out + c.tokens_out, latency + c.latency_ms
-            cost += rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch)
+            cached, cache_write = cached + c.tokens_cached, cache_write + c.tokens_cache_write
+            cost += price(rt.registry, res.model, c, spec.batch)
+            saved += record_fields(rt.registry, res.model, c, spec.batch).get("cache_saved_usd", 0.0)
             verdict = parse_verdict(c.text, set(answers))
             if verdict is not None:
                 break
@@ -133,7 +136,8 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
         record = {"member": "arbiter", "role": "arbiter", "model": model, "provider": mspec.provider, "tier": mspec.tier,
                   "status": "answered" if replies else "failed", "tokens_in": tokens_in, "tokens_out": tokens_out,
                   "latency_ms": latency, "cost_usd": cost, "batch": spec.batch, "error": None if verdict else error,
-                  "verdict": verdict.model_dump() if verdict else None}  # fmt: skip
+                  "verdict": verdict.model_dump() if verdict else None,
+                  "tokens_cached": cached, "tokens_cache_write": cache_write, "cache_saved_usd": saved}  # fmt: skip
         rt.store.put_call(panel_id, "arbiter", record)
         observe_call(record)
     return decide_by_verdict(rt, d, spec, job, verdict, answers)

@@ -16,6 +16,7 @@ from workers.errors import BudgetExceeded
 from workers.limits import BreakerOpen, Limit, RateLimitWait, TokensExceedLimit
 from workers.panel.outage import through_redis_outage
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
+from workers.providers.caching import limited_tokens, price
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.calls")
@@ -79,7 +80,7 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
                 rt.limiter.pause(key, e.retry_after or 1.0)
             raise
         finally:
-            used = completion.tokens_in + completion.tokens_out if completion else 0
+            used = limited_tokens(rt.registry.provider_of(model).api, completion) if completion else 0
             # a paid answer must not be dropped by a Redis restart (it would be bought again)
             through_redis_outage(lambda: rt.limiter.reconcile(reservation, used))
         recorded = True
@@ -89,7 +90,7 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         try:
             if hold is not None:
                 actual = (
-                    rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch)
+                    price(rt.registry, model, completion, spend.batch)
                     if completion and spend
                     else 0.0
                 )

@@ -18,6 +18,7 @@ from workers.panel.agreement import Exact, make_rule
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, call_model, estimate_tokens
 from workers.panel.outage import through_redis_outage
 from workers.panel.state import Member, PanelSpec, VoteOutcome
+from workers.providers.caching import price, record_fields
 from workers.runtime import Cancelled, Runtime
 
 log = logging.getLogger("panel.chord")
@@ -120,9 +121,9 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
             key = f"raw:{raw}" if raw else None
         rec = call_record(spec, m, rt, "answered", model=res.model, failed_over_from=res.failed_over_from,
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms, batch=batch,
-                          cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch),
-                          realtime_cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if batch else None,
-                          answer_key=key, text=c.text)  # fmt: skip
+                          cost_usd=price(rt.registry, res.model, c, batch),
+                          realtime_cost_usd=price(rt.registry, res.model, c) if batch else None,
+                          answer_key=key, text=c.text, **record_fields(rt.registry, res.model, c, batch))  # fmt: skip
     through_redis_outage(lambda: rt.store.put_call(panel_id, m.member, rec))
     observe_call(rec)
     fault_point(rt, "after_answer", panel_id, m.member)
