@@ -204,7 +204,7 @@ class Receipt(_Strict):
     served_from_cache: bool = False
     cached_from_job: str | None = None
     coalesced: bool = False  # waited on that job while it ran (single flight), not read afterwards
-    saved_usd: float = 0.0  # what `cached_from_job` paid: the cost this job did not repeat
+    saved_usd: float = 0.0  # what `cached_from_job` had paid when it decided: the cost not repeated
 
     @property
     def lane(self) -> str:
