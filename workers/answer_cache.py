@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -70,7 +71,7 @@ def publish(pipe: redis.client.Pipeline, table: PolicyTable) -> None:  # type: i
         pipe.hset(pac.POLICY_CACHE, mapping=entries)  # type: ignore[arg-type]
 
 
-def settle(rt: Runtime, job_id: str, result: Result) -> None:
+def settle(rt: Runtime, job_id: str, result: Result, send: Callable[[str], None] | None = None) -> None:
     """A job is finalised (first time). A cache leader or bypass job writes its decided answer;
     a leader resolves its followers, or, having failed, hands the lead to the first of them."""
     role, key, ttl = rt.redis.hmget(keys.job(job_id), ["acache_role", "acache_key", "acache_ttl_s"])
@@ -89,7 +90,7 @@ def settle(rt: Runtime, job_id: str, result: Result) -> None:
             rt.redis.set(pac.entry_key(k), entry, px=int(float(ttl or 60) * 1000))
         return
     if not decided:
-        promote(rt, k, job_id)
+        promote(rt, k, job_id, send)
         return
     followers = rt.redis.eval(_SETTLE, 3, pac.entry_key(k), pac.lead_key(k), pac.followers_key(k, job_id),
                               entry, int(float(ttl or 60) * 1000), job_id)  # fmt: skip
@@ -115,7 +116,7 @@ def resolve(rt: Runtime, leader: str, entry: pac.CacheEntry, followers: list[str
     return n
 
 
-def promote(rt: Runtime, key: str, leader: str) -> str | None:
+def promote(rt: Runtime, key: str, leader: str, send: Callable[[str], None] | None = None) -> str | None:
     """The leader failed: its first follower becomes the leader and runs (the rest now wait on
     it), so a failure never strands them and never fails them without a try of their own."""
     nxt = rt.redis.eval(_PROMOTE, 2, pac.lead_key(key), pac.followers_key(key, leader), leader,
@@ -124,11 +125,15 @@ def promote(rt: Runtime, key: str, leader: str) -> str | None:
     if nxt is None:
         return None
     fid = nxt.decode()
-    from workers.app import app
-
-    app.send_task("panel.run", args=[fid], queue="control", task_id=f"run-{fid}")
+    (send or send_run)(fid)
     log.info("job %s failed; coalesced job %s runs in its place", leader, fid)
     return fid
+
+
+def send_run(job_id: str) -> None:
+    from workers.app import app
+
+    app.send_task("panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}")
 
 
 def _spec(raw: bytes) -> dict[str, Any]:
