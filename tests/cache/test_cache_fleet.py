@@ -27,6 +27,7 @@ from producer.client import PanelClient
 from producer.contract import Job, Result
 from producer.embedded import stop_process
 from producer.fleet import Fleet
+from producer.ledger_view import summarise
 
 SYSTEM = "You are a careful classifier. Read the item, pick the label that fits it best, and say only the label. " * 3
 
@@ -78,6 +79,10 @@ def test_repeats_pay_once_and_identical_jobs_in_flight_are_decided_once(fleet: F
         assert 1 <= seen[hashlib.sha256(orjson.dumps([["user", p]])).hexdigest()] <= 3, p
     with_cache = sum(r.total_cost_usd for r in receipts)
     without = sum(computed[str(r.cached_from_job)].total_cost_usd if r.served_from_cache else r.total_cost_usd for r in receipts)
+    # `panel ledger`'s figures for these jobs
+    [row] = summarise([e for e in client.ledger() if e["job_id"] in ids])
+    assert row["cache_hit_rate"] == pytest.approx(61 / 74) and row["coalesced"] == sum(r.coalesced for r in served)
+    assert row["answer_cache_saved_usd"] == pytest.approx(sum(r.saved_usd for r in served))
     # 13 panels paid instead of 74: each distinct input at least twice over, the shared one 50 times
     assert with_cache == pytest.approx(sum(r.total_cost_usd for r in computed.values()))
     assert without > 2 * with_cache
