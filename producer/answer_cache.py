@@ -83,6 +83,10 @@ class Ticket:
     leader: str | None = None
 
 
+def text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
 def published(r: redis.Redis, task_class: str) -> ClassCache | None:
     raw = r.hget(POLICY_CACHE, task_class)
     if raw is None:
@@ -179,12 +183,13 @@ def admit(r: redis.Redis, job: Job, job_id: str, submitted_at: float, ttl_s: int
         r.hset(jkey, mapping={"acache_key": key, "acache_role": "leader", "acache_ttl_s": meta.ttl_s})
         if r.set(lead_key(key), job_id, nx=True, ex=max(1, int(meta.lead_ttl_s))):
             return Ticket("leader", key, job_id)
-        leader = r.get(lead_key(key))
-        if leader is None:
+        raw_leader = r.get(lead_key(key))
+        if raw_leader is None:
             continue  # the leader just finished
-        if r.eval(_FOLLOW, 3, lead_key(key), followers_key(key, leader.decode()), jkey, leader, job_id,
+        leader = text(raw_leader)
+        if r.eval(_FOLLOW, 3, lead_key(key), followers_key(key, leader), jkey, leader, job_id,
                   max(1, int(meta.lead_ttl_s)) + ttl_s):  # fmt: skip
-            return Ticket("follower", key, leader.decode())
+            return Ticket("follower", key, leader)
     # A storm of leaders finishing under us: compute it ourselves rather than loop on
     r.hset(jkey, "acache_role", "bypass")
     return Ticket("bypass", key)
@@ -197,7 +202,7 @@ def rescue(r: redis.Redis, job_id: str) -> Ticket | None:
     leader, key = r.hmget(jkey, ["coalesced_with", "acache_key"])
     if leader is None or key is None:
         return None
-    if not r.eval(_RESCUE, 2, jkey, lead_key(key.decode()), leader):
+    if not r.eval(_RESCUE, 2, jkey, lead_key(text(key)), leader):
         return None
     raw = r.hmget(jkey, ["spec", "submitted_at"])
     if raw[0] is None:
@@ -205,7 +210,7 @@ def rescue(r: redis.Redis, job_id: str) -> Ticket | None:
     data = orjson.loads(raw[0])
     data.pop("deadline", None)  # checked at submit; it may have passed while the job waited
     job = Job.model_validate(data)
-    log.info("job %s: its leader %s is gone; admitted again", job_id, leader.decode())
+    log.info("job %s: its leader %s is gone; admitted again", job_id, text(leader))
     return admit(r, job, job_id, float(raw[1] or time.time()), int(r.ttl(jkey) or 3600))
 
 

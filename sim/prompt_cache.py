@@ -31,7 +31,11 @@ def openai_prefix(messages: Any) -> str | None:
         return None
     parts: list[str] = []
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer") or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ("system", "developer")
+            or not isinstance(m.get("content"), str)
+        ):
             break
         parts.append(m["content"])
     return "\n".join(parts) or None

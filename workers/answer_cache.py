@@ -64,7 +64,7 @@ def published(table: PolicyTable) -> dict[str, bytes]:
     return out
 
 
-def publish(pipe: redis.client.Pipeline, table: PolicyTable) -> None:  # type: ignore[type-arg]
+def publish(pipe: redis.client.Pipeline, table: PolicyTable) -> None:
     """Replace the published versions (inside the caller's MULTI)."""
     pipe.delete(pac.POLICY_CACHE)
     if entries := published(table):
@@ -77,7 +77,7 @@ def settle(rt: Runtime, job_id: str, result: Result, send: Callable[[str], None]
     role, key, ttl = rt.redis.hmget(keys.job(job_id), ["acache_role", "acache_key", "acache_ttl_s"])
     if role not in (b"leader", b"bypass") or key is None:
         return
-    k = key.decode()
+    k = pac.text(key)
     decided = result.status == "decided" and result.answer is not None and result.receipt is not None
     entry = b""
     if decided:
@@ -95,7 +95,7 @@ def settle(rt: Runtime, job_id: str, result: Result, send: Callable[[str], None]
     followers = rt.redis.eval(_SETTLE, 3, pac.entry_key(k), pac.lead_key(k), pac.followers_key(k, job_id),
                               entry, int(float(ttl or 60) * 1000), job_id)  # fmt: skip
     if followers:
-        resolve(rt, job_id, pac.CacheEntry.model_validate_json(entry), [f.decode() for f in followers])
+        resolve(rt, job_id, pac.CacheEntry.model_validate_json(entry), [pac.text(f) for f in followers])
 
 
 def resolve(rt: Runtime, leader: str, entry: pac.CacheEntry, followers: list[str]) -> int:
@@ -108,7 +108,7 @@ def resolve(rt: Runtime, leader: str, entry: pac.CacheEntry, followers: list[str
         raw = rt.redis.hmget(keys.job(fid), ["spec", "submitted_at"])
         if raw[0] is None:
             continue
-        job = Job.model_validate(_spec(raw[0]))
+        job = Job.model_validate(_spec(pac.text(raw[0])))
         pac.write_served(rt.redis, fid, job, entry, True, float(raw[1] or time.time()), rt.settings.result_ttl_s)
         n += 1
     if n:
@@ -124,7 +124,7 @@ def promote(rt: Runtime, key: str, leader: str, send: Callable[[str], None] | No
                         keys.job(""))  # fmt: skip
     if nxt is None:
         return None
-    fid = nxt.decode()
+    fid = pac.text(nxt)
     (send or send_run)(fid)
     log.info("job %s failed; coalesced job %s runs in its place", leader, fid)
     return fid
@@ -136,7 +136,7 @@ def send_run(job_id: str) -> None:
     app.send_task("panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}")
 
 
-def _spec(raw: bytes) -> dict[str, Any]:
+def _spec(raw: str) -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads(raw)
     data.pop("deadline", None)  # may have passed while it waited; it was checked at submit
     return data

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -78,7 +76,9 @@ def test_repeats_pay_once_and_identical_jobs_in_flight_are_decided_once(fleet: F
     for p in [*distinct, same]:
         assert 1 <= seen[hashlib.sha256(orjson.dumps([["user", p]])).hexdigest()] <= 3, p
     with_cache = sum(r.total_cost_usd for r in receipts)
-    without = sum(computed[str(r.cached_from_job)].total_cost_usd if r.served_from_cache else r.total_cost_usd for r in receipts)
+    without = sum(
+        computed[str(r.cached_from_job)].total_cost_usd if r.served_from_cache else r.total_cost_usd for r in receipts
+    )
     # `panel ledger`'s figures for these jobs
     [row] = summarise([e for e in client.ledger() if e["job_id"] in ids])
     assert row["cache_hit_rate"] == pytest.approx(61 / 74) and row["coalesced"] == sum(r.coalesced for r in served)

@@ -49,7 +49,9 @@ def fleet(llmock_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     f.stop()
 
 
-def test_receipts_on_llmock_price_its_usage_by_hand_and_anthropic_gets_the_marked_prefix(fleet: Fleet, llmock_origin: str) -> None:
+def test_receipts_on_llmock_price_its_usage_by_hand_and_anthropic_gets_the_marked_prefix(
+    fleet: Fleet, llmock_origin: str
+) -> None:
     client = PanelClient(fleet.redis_url)
     hand = {"claude_single": (0.80, 4.00), "openai_single": (0.15, 0.60)}  # policies/models.yaml, USD per 1M
     try:
@@ -66,6 +68,11 @@ def test_receipts_on_llmock_price_its_usage_by_hand_and_anthropic_gets_the_marke
         client.close()
     sent = httpx.get(f"{llmock_origin}/_llmock/requests", timeout=10).json()["requests"]
     anthropic = [r for r in sent if r["path"].endswith("/v1/messages")]
-    assert anthropic and anthropic[-1]["body"]["system"] == [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    assert anthropic and anthropic[-1]["body"]["system"] == [
+        {"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}
+    ]
     openai = [r for r in sent if r["path"].endswith("/chat/completions")]
-    assert openai and openai[-1]["body"]["messages"][0] == {"role": "system", "content": SYSTEM}  # first, byte-identical
+    assert openai and openai[-1]["body"]["messages"][0] == {
+        "role": "system",
+        "content": SYSTEM,
+    }  # first, byte-identical

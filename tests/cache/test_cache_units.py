@@ -72,7 +72,12 @@ def test_the_key_is_the_input_as_models_see_it_not_its_incidental_bytes() -> Non
     base = {"task_class": "x", "prompt": "Line one\nline two"}
     k = pac.cache_key(Job.parse(base), "v" * 16)
     assert pac.cache_key(Job.parse({**base, "prompt": "Line one  \r\nline two\n"}), "v" * 16) == k
-    assert pac.cache_key(Job.parse({"task_class": "x", "messages": [{"role": "user", "content": "Line one\nline two"}]}), "v" * 16) == k
+    assert (
+        pac.cache_key(
+            Job.parse({"task_class": "x", "messages": [{"role": "user", "content": "Line one\nline two"}]}), "v" * 16
+        )
+        == k
+    )
     for other in ({"prompt": "Line one\n  line two"}, {"tenant": "acme"}, {"flags": ["security"]}, {"lane": "panel"},
                   {"response_schema": {"type": "object"}}, {"task_class": "y"}):  # fmt: skip
         assert pac.cache_key(Job.parse({**base, **other}), "v" * 16) != k, other
@@ -172,7 +177,12 @@ def test_the_simulator_caches_a_prefix_within_its_ttl_per_model() -> None:
     assert openai_prefix([{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]) == "a"
     assert openai_prefix([{"role": "user", "content": "b"}, {"role": "system", "content": "a"}]) is None
     assert anthropic_prefix("plain string") is None
-    assert anthropic_prefix([{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "b"}]) == "a"
+    assert (
+        anthropic_prefix(
+            [{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "b"}]
+        )
+        == "a"
+    )
 
 
 # --- single flight on a real redis-server
@@ -207,7 +217,9 @@ def test_a_failed_leader_hands_the_lead_to_its_first_follower_and_the_rest_follo
     assert [r.hget(keys.job(f"F{i}"), "coalesced_with") for i in (1, 2)] == [b"F0", b"F0"]
     # F0 decides: its answer is cached and F1, F2 are served it, each once
     receipt = Receipt(job_id="F0", task_class="x", decision="single", total_cost_usd=0.002)
-    answer_cache.settle(_rt(r), "F0", Result(job_id="F0", status="decided", answer="42", receipt=receipt), send=sent.append)
+    answer_cache.settle(
+        _rt(r), "F0", Result(job_id="F0", status="decided", answer="42", receipt=receipt), send=sent.append
+    )
     for f in ("F1", "F2"):
         res = Result.model_validate_json(r.hget(keys.job(f), "result") or b"")
         assert res.answer == "42" and res.receipt and res.receipt.cached_from_job == "F0" and res.receipt.coalesced
