@@ -88,6 +88,26 @@ def test_repeats_pay_once_and_identical_jobs_in_flight_are_decided_once(fleet: F
     assert without > 2 * with_cache
 
 
+def test_a_replay_dev_file_twice_shuffled_runs_one_panel_per_question(fleet: Fleet, client: PanelClient,
+                                                                     replay_dir: Path) -> None:  # fmt: skip
+    from evaluation.replay import load
+
+    rows = load(replay_dir / "gsm8k_zeroeval_dev.jsonl.gz")[:15]
+    tag = uid()  # a question of an earlier run in this fleet must not be served here
+    inputs = [
+        [{**m, "content": f"[{tag}] {m['content']}"} if m["role"] == "user" else m for m in r.messages] for r in rows
+    ]
+    jobs = [{"task_class": "cached_panel", "messages": m} for m in inputs * 2]
+    random.Random(3).shuffle(jobs)
+    results = wait_all(client, submit_all(client, jobs))
+    assert all(r.status == "decided" and r.receipt is not None for r in results), [r.error for r in results]
+    computed = Counter(
+        str(jobs[i]["messages"]) for i, r in enumerate(results) if r.receipt and not r.receipt.served_from_cache
+    )
+    assert len(computed) == len({str(m) for m in inputs}) and set(computed.values()) == {1}
+    assert sum(1 for r in results if r.receipt and r.receipt.served_from_cache) == len(jobs) - len(computed)
+
+
 def test_bypass_computes_afresh_and_refreshes_the_entry(fleet: Fleet, client: PanelClient) -> None:
     job = {"task_class": "extraction", "prompt": f"[{uid()}] Invoice 42: total 17.50 EUR. Extract the total."}
     first = client.wait(client.submit(job), 60)
