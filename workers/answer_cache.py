@@ -3,8 +3,8 @@ what a decided (or failed) job does for the cache and the jobs waiting on it.
 
 The producer side (key, lookup, single flight at submit) is producer/answer_cache.py.
 
-    publish(pipe, table)                # at worker start, beside the task classes
-    settle(rt, job_id, result)          # once, when a job is finalised or failed
+    publish(pipe, table)                                  # at worker start, beside the task classes
+    settle(r, job_id, result, result_ttl_s, lead_ttl_s)   # once, when a job is finalised or failed
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from producer import keys
 from producer.contract import Job, Result
 from workers.panel.arbiter import ARBITER_SYSTEM
 from workers.policy import PolicyTable, TaskPolicy
-from workers.runtime import Runtime
 
 log = logging.getLogger("panel.answer_cache")
 LEAD_SLACK_S = 120.0  # a leader holds the lead this long past its deadline at most
@@ -71,10 +70,16 @@ def publish(pipe: redis.client.Pipeline, table: PolicyTable) -> None:
         pipe.hset(pac.POLICY_CACHE, mapping=entries)  # type: ignore[arg-type]
 
 
-def settle(rt: Runtime, job_id: str, result: Result, send: Callable[[str], None] | None = None) -> None:
+def lead_ttl(table: PolicyTable) -> float:
+    """How long a follower promoted to leader holds the lead (the default deadline and slack)."""
+    return table.file.defaults.deadline_s + LEAD_SLACK_S
+
+
+def settle(r: redis.Redis, job_id: str, result: Result, result_ttl_s: int, lead_ttl_s: float,
+           send: Callable[[str], None] | None = None) -> None:  # fmt: skip
     """A job is finalised (first time). A cache leader or bypass job writes its decided answer;
     a leader resolves its followers, or, having failed, hands the lead to the first of them."""
-    role, key, ttl = rt.redis.hmget(keys.job(job_id), ["acache_role", "acache_key", "acache_ttl_s"])
+    role, key, ttl = r.hmget(keys.job(job_id), ["acache_role", "acache_key", "acache_ttl_s"])
     if role not in (b"leader", b"bypass") or key is None:
         return
     k = pac.text(key)
@@ -87,41 +92,42 @@ def settle(rt: Runtime, job_id: str, result: Result, send: Callable[[str], None]
                                decided_at=time.time()).model_dump_json().encode()  # fmt: skip
     if role == b"bypass":
         if entry:
-            rt.redis.set(pac.entry_key(k), entry, px=int(float(ttl or 60) * 1000))
+            r.set(pac.entry_key(k), entry, px=int(float(ttl or 60) * 1000))
         return
     if not decided:
-        promote(rt, k, job_id, send)
+        promote(r, k, job_id, lead_ttl_s, send)
         return
-    followers = rt.redis.eval(_SETTLE, 3, pac.entry_key(k), pac.lead_key(k), pac.followers_key(k, job_id),
+    followers = r.eval(_SETTLE, 3, pac.entry_key(k), pac.lead_key(k), pac.followers_key(k, job_id),
                               entry, int(float(ttl or 60) * 1000), job_id)  # fmt: skip
     if followers:
-        resolve(rt, job_id, pac.CacheEntry.model_validate_json(entry), [pac.text(f) for f in followers])
+        resolve(r, job_id, pac.CacheEntry.model_validate_json(entry), [pac.text(f) for f in followers], result_ttl_s)
 
 
-def resolve(rt: Runtime, leader: str, entry: pac.CacheEntry, followers: list[str]) -> int:
+def resolve(r: redis.Redis, leader: str, entry: pac.CacheEntry, followers: list[str], result_ttl_s: int) -> int:
     """Write each follower's result from the leader's entry; a follower its own wait took back
     (rescued) or already resolved is left alone. Returns how many were resolved here."""
     n = 0
     for fid in followers:
-        if not rt.redis.eval(_CLAIM, 1, keys.job(fid), leader, time.time()):
+        if not r.eval(_CLAIM, 1, keys.job(fid), leader, time.time()):
             continue
-        raw = rt.redis.hmget(keys.job(fid), ["spec", "submitted_at"])
+        raw = r.hmget(keys.job(fid), ["spec", "submitted_at"])
         if raw[0] is None:
             continue
         job = Job.model_validate(_spec(pac.text(raw[0])))
-        pac.write_served(rt.redis, fid, job, entry, True, float(raw[1] or time.time()), rt.settings.result_ttl_s)
+        pac.write_served(r, fid, job, entry, True, float(raw[1] or time.time()), result_ttl_s)
         n += 1
     if n:
         log.info("job %s: %d coalesced job(s) served its answer", leader, n)
     return n
 
 
-def promote(rt: Runtime, key: str, leader: str, send: Callable[[str], None] | None = None) -> str | None:
+def promote(
+    r: redis.Redis, key: str, leader: str, lead_ttl_s: float, send: Callable[[str], None] | None = None
+) -> str | None:
     """The leader failed: its first follower becomes the leader and runs (the rest now wait on
     it), so a failure never strands them and never fails them without a try of their own."""
-    nxt = rt.redis.eval(_PROMOTE, 2, pac.lead_key(key), pac.followers_key(key, leader), leader,
-                        int(rt.policies.file.defaults.deadline_s + LEAD_SLACK_S), pac.followers_key(key, ""),
-                        keys.job(""))  # fmt: skip
+    nxt = r.eval(_PROMOTE, 2, pac.lead_key(key), pac.followers_key(key, leader), leader, int(lead_ttl_s),
+                 pac.followers_key(key, ""), keys.job(""))  # fmt: skip
     if nxt is None:
         return None
     fid = pac.text(nxt)

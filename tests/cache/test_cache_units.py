@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -193,11 +192,6 @@ def _store(r: redis.Redis, job_id: str, job: Job) -> None:
                                       "status": "queued", "submitted_at": time.time()})  # fmt: skip
 
 
-def _rt(r: redis.Redis) -> Any:
-    return SimpleNamespace(redis=r, settings=SimpleNamespace(result_ttl_s=3600),
-                           policies=SimpleNamespace(file=SimpleNamespace(defaults=SimpleNamespace(deadline_s=600))))  # fmt: skip
-
-
 def _admit(r: redis.Redis, job: Job, job_id: str) -> pac.Ticket:
     _store(r, job_id, job)
     return pac.admit(r, job, job_id, time.time(), 3600)
@@ -210,16 +204,15 @@ def test_a_failed_leader_hands_the_lead_to_its_first_follower_and_the_rest_follo
     assert _admit(r, job, "L").role == "leader"
     assert [_admit(r, job, f"F{i}").role for i in range(3)] == ["follower"] * 3
     sent: list[str] = []
-    answer_cache.settle(_rt(r), "L", Result(job_id="L", status="failed", error="boom"), send=sent.append)
+    answer_cache.settle(r, "L", Result(job_id="L", status="failed", error="boom"), 3600, 600, send=sent.append)
     assert sent == ["F0"]  # the first follower runs in the leader's place, once
     k = pac.cache_key(job, "v" * 16)
     assert r.get(pac.lead_key(k)) == b"F0" and r.hget(keys.job("F0"), "acache_role") == b"leader"
     assert [r.hget(keys.job(f"F{i}"), "coalesced_with") for i in (1, 2)] == [b"F0", b"F0"]
     # F0 decides: its answer is cached and F1, F2 are served it, each once
     receipt = Receipt(job_id="F0", task_class="x", decision="single", total_cost_usd=0.002)
-    answer_cache.settle(
-        _rt(r), "F0", Result(job_id="F0", status="decided", answer="42", receipt=receipt), send=sent.append
-    )
+    decided = Result(job_id="F0", status="decided", answer="42", receipt=receipt)
+    answer_cache.settle(r, "F0", decided, 3600, 600, send=sent.append)
     for f in ("F1", "F2"):
         res = Result.model_validate_json(r.hget(keys.job(f), "result") or b"")
         assert res.answer == "42" and res.receipt and res.receipt.cached_from_job == "F0" and res.receipt.coalesced
@@ -234,5 +227,5 @@ def test_a_leader_failing_alone_frees_the_key(redis_client: redis.Redis) -> None
     r.hset(pac.POLICY_CACHE, "x", pac.ClassCache(version="v" * 16, ttl_s=60, lead_ttl_s=60).model_dump_json())
     job = Job.parse({"task_class": "x", "prompt": "q"})
     assert _admit(r, job, "L").role == "leader"
-    answer_cache.settle(_rt(r), "L", Result(job_id="L", status="failed", error="boom"), send=lambda j: None)
+    answer_cache.settle(r, "L", Result(job_id="L", status="failed", error="boom"), 3600, 600, send=lambda j: None)
     assert _admit(r, job, "next").role == "leader"  # not a follower of a leader that is gone
