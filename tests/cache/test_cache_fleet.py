@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,25 @@ def test_a_follower_whose_leader_vanished_runs_itself(fleet: Fleet, client: Pane
     assert client.redis.hget(keys.job(jid), "coalesced_with") == b"ghost-leader"
     res = client.wait(jid, 90)  # its own wait takes it back once the ghost's lead expires
     assert res.status == "decided" and res.receipt is not None and not res.receipt.served_from_cache
+
+
+def test_a_leader_that_fails_hands_its_followers_to_one_of_them(fleet: Fleet, client: PanelClient) -> None:
+    """The leader's deadline passes while every model is slow (the sweep fails it); the deadline is
+    no part of the key, so its followers (no deadline) waited on it: the first runs in its place
+    and the rest are served its answer. None is stranded, none fails with the leader."""
+    fleet.sim("/_sim/config", {"models": {"*": {"latency_ms": 2500}}})
+    job = {"task_class": "extraction", "prompt": f"[{uid()}] Invoice 5: total 8.00 CHF. Extract the total."}
+    deadline = datetime.now(UTC) + timedelta(seconds=1.5)
+    leader = client.submit({**job, "deadline": deadline.isoformat()})
+    followers = [client.submit(job) for _ in range(5)]
+    assert all(client.redis.hget(keys.job(f), "coalesced_with") == leader.encode() for f in followers)
+    lr = client.wait(leader, 60)
+    assert lr.status == "failed", lr.model_dump_json()
+    results = [client.wait(f, 90) for f in followers]
+    assert all(r.status == "decided" and r.receipt is not None for r in results), [r.error for r in results]
+    ran = [r for r in results if r.receipt and not r.receipt.served_from_cache]
+    assert [r.job_id for r in ran] == [followers[0]]  # the first follower ran, once
+    assert all(r.receipt and r.receipt.cached_from_job == followers[0] for r in results[1:])
 
 
 def test_prompt_cached_tokens_are_priced_at_the_cached_rate_per_wire(fleet: Fleet, client: PanelClient) -> None:
