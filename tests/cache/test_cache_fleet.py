@@ -11,8 +11,8 @@ import random
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
