@@ -77,8 +77,10 @@ def lead_ttl(table: PolicyTable) -> float:
 
 def settle(r: redis.Redis, job_id: str, result: Result, result_ttl_s: int, lead_ttl_s: float,
            send: Callable[[str], None] | None = None) -> None:  # fmt: skip
-    """A job is finalised (first time). A cache leader or bypass job writes its decided answer;
-    a leader resolves its followers, or, having failed, hands the lead to the first of them."""
+    """A job is finalised. A cache leader or bypass job writes its decided answer; a leader
+    resolves its followers, or, having failed, hands the lead to the first of them. Safe to repeat
+    (a re-render after a crash between the result and this): the followers list is drained or
+    moved once, each follower is claimed once."""
     role, key, ttl = r.hmget(keys.job(job_id), ["acache_role", "acache_key", "acache_ttl_s"])
     if role not in (b"leader", b"bypass") or key is None:
         return

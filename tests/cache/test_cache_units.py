@@ -206,6 +206,8 @@ def test_a_failed_leader_hands_the_lead_to_its_first_follower_and_the_rest_follo
     sent: list[str] = []
     answer_cache.settle(r, "L", Result(job_id="L", status="failed", error="boom"), 3600, 600, send=sent.append)
     assert sent == ["F0"]  # the first follower runs in the leader's place, once
+    answer_cache.settle(r, "L", Result(job_id="L", status="failed", error="boom"), 3600, 600, send=sent.append)
+    assert sent == ["F0"]  # a repeat (re-render after a crash) promotes nobody else
     k = pac.cache_key(job, "v" * 16)
     assert r.get(pac.lead_key(k)) == b"F0" and r.hget(keys.job("F0"), "acache_role") == b"leader"
     assert [r.hget(keys.job(f"F{i}"), "coalesced_with") for i in (1, 2)] == [b"F0", b"F0"]
@@ -213,6 +215,7 @@ def test_a_failed_leader_hands_the_lead_to_its_first_follower_and_the_rest_follo
     receipt = Receipt(job_id="F0", task_class="x", decision="single", total_cost_usd=0.002)
     decided = Result(job_id="F0", status="decided", answer="42", receipt=receipt)
     answer_cache.settle(r, "F0", decided, 3600, 600, send=sent.append)
+    answer_cache.settle(r, "F0", decided, 3600, 600, send=sent.append)  # repeated: serves nobody twice
     for f in ("F1", "F2"):
         res = Result.model_validate_json(r.hget(keys.job(f), "result") or b"")
         assert res.answer == "42" and res.receipt and res.receipt.cached_from_job == "F0" and res.receipt.coalesced
