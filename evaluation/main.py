@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from evaluation import fleet_run, offline_eval, reference, report
+from evaluation import fleet_run, judging, offline_eval, reference, report
 from evaluation.policy import CascadePolicy, EvalPolicy, load_any
 from evaluation.replay import load as load_rows
 from evaluation.replay import models_in
@@ -49,6 +49,10 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale, in_flight=in_flight, repeat=repeat)
     scores = [*fleet_scores, strongest, *fusions.values(), *majorities, *singles]
     print(report.table(scores))
+    family = judging.families(file, available)
+    for p in policies:
+        if p.lane == "panel" and p.arbiter:  # the recorded judge's accuracy by position and member family
+            print("\n".join(judging.judge_report(rows, p.members, p.arbiter, family)))
     unpriced = [m for m in available if m not in prices and any(r.models[m].cost_usd is None for r in rows)]
     if unpriced:
         named = ", ".join(unpriced[:5]) + (f" and {len(unpriced) - 5} more" if len(unpriced) > 5 else "")
