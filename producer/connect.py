@@ -142,40 +142,48 @@ def broker(url: str, sentinel_master: str, setting: str = "PANEL_BROKER_URL") ->
     return url, ({"master_name": sentinel_master} if ep.kind == "sentinel" else {})
 
 
+def is_cluster(client: Any) -> bool:
+    """A cluster client: a MULTI must keep to one slot, so cross-slot writes go in separate steps."""
+    return isinstance(client, RedisCluster)
+
+
 def state_client(url: str, *, sentinel_master: str = "mymaster", max_connections: int = 512,
-                 pool_timeout_s: float = 30.0) -> StateClient:  # fmt: skip
+                 pool_timeout_s: float = 30.0, client_name: str | None = None) -> StateClient:  # fmt: skip
     """A sync client for the state store. A plain Redis gets a blocking pool (threads wait their
     turn rather than fail past the pool size); Sentinel re-resolves the primary after a failover."""
     ep = parse(url)
     if ep.kind == "redis":
         return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=pool_timeout_s, health_check_interval=30,
-            socket_keepalive=True))  # fmt: skip
+            socket_keepalive=True, client_name=client_name))  # fmt: skip
     if ep.kind == "sentinel":
         s = Sentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
-        return s.master_for(sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0,
+        return s.master_for(sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0, client_name=client_name,
                             max_connections=max_connections, health_check_interval=30, retry=FAILOVER_RETRY,
                             connection_class=FailoverConnection, retry_on_error=[redis.ConnectionError, redis.ReadOnlyError, redis.TimeoutError])  # fmt: skip
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes], ssl=ep.tls, password=ep.password,
-                        max_connections=max_connections)  # fmt: skip
+                        max_connections=max_connections, client_name=client_name)  # fmt: skip
 
 
 def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
-                        max_connections: int = 512, pool_timeout_s: float = 30.0) -> tuple[Any, aredis.Redis]:  # fmt: skip
+                        max_connections: int = 512, pool_timeout_s: float = 30.0,
+                        client_name: str | None = None) -> tuple[Any, aredis.Redis]:  # fmt: skip
     """(commands, pub/sub) async clients. A cluster's commands go through the cluster client; its
     pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node)."""
     ep = parse(url)
     if ep.kind == "redis":
         c = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout_s))  # fmt: skip
+            url, max_connections=max_connections, timeout=pool_timeout_s, client_name=client_name))  # fmt: skip
         return c, c
     if ep.kind == "sentinel":
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
         s = AsyncSentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
-        c = s.master_for(sentinel_master, db=ep.db, password=ep.password, max_connections=max_connections)
+        c = s.master_for(sentinel_master, db=ep.db, password=ep.password, max_connections=max_connections,
+                         client_name=client_name)
         return c, c
     cluster = AsyncRedisCluster(startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in ep.nodes],
-                                ssl=ep.tls, password=ep.password, max_connections=max_connections)  # fmt: skip
+                                ssl=ep.tls, password=ep.password, max_connections=max_connections,
+                                client_name=client_name)  # fmt: skip
     host, port = ep.nodes[0]
-    return cluster, aredis.Redis(host=host, port=port, ssl=ep.tls, password=ep.password)
+    return cluster, aredis.Redis(host=host, port=port, ssl=ep.tls, password=ep.password, client_name=client_name)

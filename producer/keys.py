@@ -72,6 +72,13 @@ def attempts(task_id: str) -> str:
     return f"{PREFIX}{{a:{task_id}}}:attempts"
 
 
+def job_key_affixes() -> tuple[str, str]:
+    """(prefix, suffix) with `prefix .. job id .. suffix == job(job id)`, for a Lua script that
+    names job hashes from ids it reads (workers/answer_cache.py; not cluster-safe, docs/cluster.md)."""
+    prefix, _, suffix = job("\0").partition("\0")
+    return prefix, suffix
+
+
 # --- panels (in their job's slot) ------------------------------------------------------------------
 def panel(panel_id: str) -> str:
     """Hash: the panel's spec and state (`decided`, `outcome`, member count, quorum, ...)."""
@@ -152,6 +159,26 @@ def batch_poll_lock(batch_id: str) -> str:
 def batch_line(cid: str) -> str:
     """Hash per line: panel, member, attempts (batches it was sent in); single-key ops only."""
     return f"{PREFIX}{{bl:{cid}}}:line"
+
+
+# --- answer cache (one slot per cache key: its entry, single-flight lead and followers) ------------
+def cache_entry(key: str) -> str:
+    """String: the decided answer (CacheEntry JSON), expiring after the class's ttl_s."""
+    return f"{PREFIX}{{c:{key}}}:entry"
+
+
+def cache_lead(key: str) -> str:
+    """String: the job id of the job computing this key (single flight)."""
+    return f"{PREFIX}{{c:{key}}}:lead"
+
+
+def cache_followers(key: str, leader: str) -> str:
+    """List: the job ids waiting on `leader`'s decision (the leader id last: Lua appends it)."""
+    return f"{PREFIX}{{c:{key}}}:f:{leader}"
+
+
+POLICY_CACHE = f"{PREFIX}{{policy}}:cache"  # hash: task class -> ClassCache JSON (workers publish)
+LABELS = f"{PREFIX}{{labels}}"  # hash: job id -> {"label": ..., "at": unix s}
 
 
 # --- fleet-wide singletons (single-key commands only) ----------------------------------------------

@@ -59,10 +59,10 @@ class Settings(BaseModel):
         url, extra = connect.broker(self.broker, self.sentinel_master)
         return url, {**self.transport_options(), **extra}
 
-    def state_client(self) -> connect.StateClient:
+    def state_client(self, client_name: str | None = None) -> connect.StateClient:
         return connect.state_client(self.state, sentinel_master=self.sentinel_master,
                                     max_connections=self.redis_max_connections,
-                                    pool_timeout_s=self.redis_pool_timeout_s)  # fmt: skip
+                                    pool_timeout_s=self.redis_pool_timeout_s, client_name=client_name)  # fmt: skip
 
     def transport_options(self) -> dict[str, object]:
         """Broker options every producer and worker must share: they name the Redis lists."""

@@ -63,7 +63,7 @@ class Runtime:
         # redis-py 8 pools raise MaxConnectionsError past 100 connections; 256 task threads would
         # hit it under load and fail their tasks. A blocking pool makes a thread wait its turn.
         # The state store (PANEL_STATE_URL: one Redis, Sentinel or Cluster; producer/connect.py).
-        self.redis: redis.Redis = settings.state_client()  # type: ignore[assignment]  # RedisCluster: same commands
+        self.redis: redis.Redis = settings.state_client("pf-worker")  # type: ignore[assignment]  # RedisCluster: same commands
         self.store = PanelStore(self.redis)
         self.jobs = JobStore(self.redis, self.policies, settings.result_ttl_s)
         self.limiter = RateLimiter(self.redis)
@@ -81,7 +81,7 @@ class Runtime:
         self._http: httpx.AsyncClient = self.run(self._make_http())
         self._aredis, self._apubsub = connect.async_state_clients(
             settings.state, sentinel_master=settings.sentinel_master,
-            max_connections=settings.redis_max_connections, pool_timeout_s=settings.redis_pool_timeout_s)  # fmt: skip
+            max_connections=settings.redis_max_connections, pool_timeout_s=settings.redis_pool_timeout_s, client_name="pf-worker-io")  # fmt: skip
         asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
         from workers import metrics
 

@@ -37,11 +37,22 @@ SCRIPTS = sorted(ROOT.glob("workers/**/*.lua"))
 # (file, function) of every call that passes `keys=` to a registered script; `scenario` runs each.
 SCRIPT_CALL_SITES = {
     ("workers/panel/state.py", "vote"), ("workers/panel/state.py", "decide"),
-    ("workers/limits/limiter.py", "_run"), ("workers/limits/breaker.py", "_run"),
-    ("workers/budget.py", "reserve"), ("workers/budget.py", "settle"),
+    ("workers/limits/limiter.py", "_run"),
     ("workers/batch/lane.py", "_flush_model"), ("workers/batch/lane.py", "_reclaim_stale"),
-    ("workers/jobs.py", "conclude_panel"),
+    ("workers/jobs.py", "conclude_panel"), ("workers/limits/steps.py", "run"),
 }  # fmt: skip
+
+
+# Inline scripts sent with EVAL/EVALSHA, by call site, and what keeps them (or not) in one slot.
+EVAL_CALL_SITES = {
+    ("workers/limits/steps.py", "run_steps"): "sends ScriptStep keys as built by the wrappers the scenario runs",
+    ("producer/answer_cache.py", "read_entry"): "one key",
+    ("workers/answer_cache.py", "resolve"): "one key",
+    ("workers/answer_cache.py", "settle"): "one slot: {c:<cache key>}",
+    ("producer/answer_cache.py", "admit"): "NOT cluster-safe: the cache key's lead and followers + the follower's job",
+    ("producer/answer_cache.py", "rescue"): "NOT cluster-safe: a job hash + its cache key's lead",
+    ("workers/answer_cache.py", "promote"): "NOT cluster-safe: names followers' job hashes inside Lua",
+}
 
 
 def keys_read(lua: str) -> int:
@@ -86,8 +97,8 @@ def scenario(r: Any) -> None:
     rt = SimpleNamespace(redis=r)
     jobs._LEASES.clear()  # keyed by id(client): never a script bound to an earlier test's client
     take, release = jobs._lease_scripts(rt)  # type: ignore[arg-type]  # the keys conclude_panel passes
-    assert take(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[1, 30])
-    assert not release(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")])
+    take(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[1, 30])
+    release(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[time.time()])
     rl = RateLimiter(r)
     model, account = Limit("openai:gpt-4o-mini", 100, 100_000), Limit("openai", 1000, 1_000_000)
     res = rl.try_acquire([model, account], 100)
@@ -155,6 +166,27 @@ def _script_call_sites() -> set[tuple[str, str]]:
     return sites
 
 
+def _eval_call_sites() -> set[tuple[str, str]]:
+    sites: set[tuple[str, str]] = set()
+    for d in CODE_DIRS:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            for fn in ast.walk(ast.parse(path.read_text())):
+                if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    for node in ast.walk(fn):
+                        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                                and node.func.attr in ("eval", "evalsha", "eval_ro", "evalsha_ro")):  # fmt: skip
+                            sites.add((str(path.relative_to(ROOT)), fn.name))
+    return sites
+
+
+def test_every_inline_script_call_site_is_accounted_for() -> None:
+    sites = _eval_call_sites()
+    assert sites == set(EVAL_CALL_SITES), (
+        f"EVAL call sites changed: new {sites - set(EVAL_CALL_SITES)}, gone {set(EVAL_CALL_SITES) - sites}: "
+        "say in EVAL_CALL_SITES what keeps each in one slot"
+    )
+
+
 def test_every_script_call_site_is_in_the_scenario() -> None:
     sites = _script_call_sites()
     assert sites <= SCRIPT_CALL_SITES, f"new script call sites {sites - SCRIPT_CALL_SITES}: run them in `scenario`"
@@ -170,12 +202,14 @@ def test_no_key_name_outside_producer_keys() -> None:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("pf:"):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+                if isinstance(node, ast.Attribute) and node.attr == "PREFIX":  # f"{keys.PREFIX}..." builds a name
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: keys.PREFIX")
     assert not offenders, "key names belong in producer/keys.py:\n" + "\n".join(offenders)
 
 
 def test_every_key_carries_a_hash_tag() -> None:
     for name, fn in inspect.getmembers(keys, inspect.isfunction):
-        if name.endswith("_tag") or name == "job_of_panel":
+        if name.endswith("_tag") or name in ("job_of_panel", "job_key_affixes"):
             continue
         args = ["x.1"] * len(inspect.signature(fn).parameters)
         assert re.match(r"^pf:\{[^}]+\}", fn(*args)), f"keys.{name} has no hash tag: {fn(*args)}"
