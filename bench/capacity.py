@@ -74,7 +74,7 @@ def plan(panels_per_s: float, members: int, inp: Inputs, models: list[str], arbi
         out.append(f"provider keys for {m}: {keys} (needs {rpm_need:,.0f} rpm / {tpm_need:,.0f} tpm; "
                    f"one key {spec['rpm']} rpm / {spec['tpm']:,} tpm)")  # fmt: skip
     # Processes, state shards and keys scale out; the broker does not (one primary per Celery app).
-    broker_ceiling = shard / inp.broker_cmds / members
+    broker_ceiling = shard / max(inp.broker_cmds, 1e-9) / members
     provider_ceiling = min(registry[m]["rpm"] for m in models) / 60 * len(models) / members
     out.append(f"first bottleneck: the broker Redis, the one part that does not scale out, at ~{broker_ceiling:,.0f} "
                f"panels/s ({shard:,.0f} commands/s / {inp.broker_cmds:.0f} per call / {members} members); past it, "
@@ -98,7 +98,7 @@ def predict_machine(inp: Inputs, cores: int, members: int) -> float:
     return cores * 1000 / per_call_ms / members
 
 
-def measure(rate: float, seconds: float) -> Inputs:
+def measure(rate: float, seconds: float, plain: bool = False) -> Inputs:
     """A fleet with state on a 3-node cluster and the broker on plain Redis, quotas lifted, panels
     of three that all answer in 200 ms: CPU per member call of each process from /proc, commands
     per member call on the broker and on the cluster (INFO commandstats)."""
@@ -114,10 +114,11 @@ def measure(rate: float, seconds: float) -> Inputs:
     write_policies(tmp)
     (tmp / "sim.yaml").write_text(yaml.safe_dump({"default": {"latency_ms": 200, "answer": "APPROVE"}}))
     cluster = ClusterProcess().start()
+    state_env = {} if plain else {"PANEL_STATE_URL": cluster.url}
     fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=32, beat=True),
                            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier", concurrency=128)],
                   sim_args=["--config", str(tmp / "sim.yaml")],
-                  env={"PANEL_POLICIES": str(tmp), "PANEL_STATE_URL": cluster.url})  # fmt: skip
+                  env={"PANEL_POLICIES": str(tmp), **state_env})  # fmt: skip
     try:
         fleet.start()
         client = PanelClient(settings=fleet.client_settings())
@@ -125,7 +126,8 @@ def measure(rate: float, seconds: float) -> Inputs:
         broker_port = fleet.redis.port
         pids = {n: p.pid for n, p in fleet.procs.items()}
         cpu0 = {n: cpu_seconds(p) for n, p in pids.items()} | {"producer": cpu_seconds(os.getpid())}
-        b0, s0, t0 = cmds([broker_port]), cmds(cluster.ports), time.monotonic()
+        state_ports = [broker_port] if plain else cluster.ports
+        b0, s0, t0 = cmds([broker_port]), cmds(state_ports), time.monotonic()
         ids = []
         for i in range(int(rate * seconds)):
             delay = t0 + i / rate - time.monotonic()
@@ -142,9 +144,15 @@ def measure(rate: float, seconds: float) -> Inputs:
         print(f"measured: {len(ids)} panels at {rate:g}/s offered, {sum(r.status == 'decided' for r in results)} decided in "
               f"{elapsed:.1f} s ({len(ids) / elapsed:.1f} panels/s); p50 {lat[len(lat) // 2]:.0f} ms, "
               f"p99 {lat[int(0.99 * (len(lat) - 1))]:.0f} ms; {calls} member calls", file=sys.stderr)  # fmt: skip
+        if plain:  # one Redis holds both: the split is not observable, report it all as state
+            inp = Inputs(tier_cpu_ms=1000 * cpu["tiers"] / calls, control_cpu_ms=1000 * cpu["control"] / calls,
+                         producer_cpu_ms=1000 * cpu["producer"] / calls, broker_cmds=0.0,
+                         state_cmds=(cmds([broker_port]) - b0) / calls)  # fmt: skip
+            client.close()
+            return inp
         inp = Inputs(tier_cpu_ms=1000 * cpu["tiers"] / calls, control_cpu_ms=1000 * cpu["control"] / calls,
                      producer_cpu_ms=1000 * cpu["producer"] / calls, broker_cmds=(cmds([broker_port]) - b0) / calls,
-                     state_cmds=(cmds(cluster.ports) - s0) / calls)  # fmt: skip
+                     state_cmds=(cmds(state_ports) - s0) / calls)  # fmt: skip
         client.close()
         return inp
     finally:
@@ -163,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure", action="store_true", help="re-measure the inputs on this machine first")
     ap.add_argument("--rate", type=float, default=8.0, help="--measure: offered panels/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="--measure: seconds of load")
+    ap.add_argument("--plain", action="store_true", help="--measure: state on the broker's Redis, not a cluster")
     args = ap.parse_args(argv)
     print(f"command: python3 -m bench.capacity {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     inp = Inputs(**json.loads(Path(args.measured).read_text())) if args.measured else Inputs()
     if args.measure:
-        inp = measure(args.rate, args.seconds)
+        inp = measure(args.rate, args.seconds, args.plain)
         print(json.dumps(asdict(inp), indent=1))
     for line in plan(args.panels_per_s, args.members, inp, args.models.split(","), args.arbiter_rate):
         print(line)

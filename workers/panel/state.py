@@ -15,7 +15,7 @@ import orjson
 import redis
 from redis.client import Pipeline
 
-from producer import keys
+from producer import connect, keys
 from workers.policy import AgreementSpec
 
 VoteStatus = Literal["quorum", "exhausted", "next", "pending", "decided"]
@@ -166,12 +166,16 @@ class PanelStore:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to
         cancel this panel, task ids of members with no call recorded): one round trip."""
         pid = spec.panel_id
+        cluster = connect.is_cluster(self.r)
         pipe = self.r.pipeline()
         pipe.hsetnx(keys.panel(pid), "once:cancel", time.time())
         pipe.hkeys(keys.calls(pid))
         pipe.hmget(keys.panel(pid), [f"task:{m.member}" for m in spec.members])
-        pipe.publish(keys.DECIDED_CHANNEL, pid)
-        first, done, tids, _ = pipe.execute()
+        if not cluster:
+            pipe.publish(keys.DECIDED_CHANNEL, pid)
+        first, done, tids, *_ = pipe.execute()
+        if cluster:  # redis-py's cluster pipeline refuses PUBLISH: a round trip of its own there
+            self.r.publish(keys.DECIDED_CHANNEL, pid)
         called = {d.decode() for d in done}
         pending = [t.decode() for m, t in zip(spec.members, tids, strict=True) if t and m.member not in called]
         return bool(first), pending
