@@ -38,7 +38,7 @@ class Inputs:
     producer_cpu_ms: float = 9.4  # submit + wait, per member call
     broker_cmds: float = 40.0  # broker Redis commands per member call (Celery/kombu)
     state_cmds: float = 55.0  # state Redis commands per member call (Lua scripts count once)
-    redis_ops_per_core: float = 60_000.0  # what one Redis primary serves at ~70% of its core (redis-benchmark)
+    redis_ops_per_core: float = 43_000.0  # one Redis here: redis-benchmark -q -n 200000 -c 50 -t set,lpush,hset
     core_utilisation: float = 0.7  # plan each process to this share of its core
     call_latency_s: float = 1.0  # provider latency: threads needed = calls/s x latency
     threads_per_process: int = 128
