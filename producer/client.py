@@ -48,6 +48,23 @@ class SubmitReport:
         return len(self.submitted) + len(self.errors)
 
 
+def policy_file_classes() -> tuple[set[str], str]:
+    """Task classes in tasks.yaml of PANEL_POLICIES or the shipped policies/ (empty if unreadable)."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(os.environ.get("PANEL_POLICIES") or Path(__file__).resolve().parent.parent / "policies")
+    path = folder / "tasks.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return set(), str(path)
+    classes = data.get("task_classes") if isinstance(data, dict) else None
+    return (set(classes) if isinstance(classes, dict) else set()), f"{path}; no worker has published its classes yet"
+
+
 class PanelClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
@@ -87,10 +104,13 @@ class PanelClient:
         return job_id
 
     def _check_task_class(self, job: Job) -> None:
-        known = self.redis.smembers(keys.task_classes())
-        if known and job.task_class.encode() not in known:
-            names = ", ".join(sorted(k.decode() for k in known))
-            raise ContractError([("task_class", f"unknown task class {job.task_class!r}; known: {names}")])
+        """Against the classes the workers published; before any worker has, against the policy
+        files a worker started here would load (PANEL_POLICIES, else the shipped policies/)."""
+        published = {k.decode() for k in self.redis.smembers(keys.task_classes())}
+        known, where = (published, "published by the workers") if published else policy_file_classes()
+        if known and job.task_class not in known:
+            names = ", ".join(sorted(known))
+            raise ContractError([("task_class", f"unknown task class {job.task_class!r}; known ({where}): {names}")])
 
     def submit_many(self, lines: Iterable[bytes], progress: Callable[[int, int], None] | None = None) -> SubmitReport:
         """Submit every good line of a JSONL stream; report every bad one. Nothing is dropped:

@@ -17,6 +17,7 @@ import yaml
 
 from sim.app import create_app
 from sim.calls import build
+from sim.keyless import Keyless
 from sim.knobs import ConfigError
 
 
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="knobs as YAML or JSON: {default: {...}, models: {name: {...}}}")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault and jitter draws")
     p.add_argument("--latency-ms", type=float, help="default fixed latency of every model")
+    p.add_argument("--keyless", action="store_true",
+                   help="answer requests that carry no API key (compose's default); without it: 401 as a provider")
     return p.parse_args(argv)
 
 
@@ -46,7 +49,8 @@ async def serve(args: argparse.Namespace) -> None:
     sim = build(replay_files=args.replay, models_yaml=args.models, config=load_config(args.config),
                 seed=args.seed, latency_ms=args.latency_ms)  # fmt: skip
     # Prompts must never reach a log: no access log, warnings and errors only.
-    config = uvicorn.Config(create_app(sim), host=args.host, port=args.port, log_level="warning",
+    app = create_app(sim)
+    config = uvicorn.Config(Keyless(app) if args.keyless else app, host=args.host, port=args.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=1, backlog=4096)  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

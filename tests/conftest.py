@@ -17,7 +17,7 @@ REPLAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "replay"
 def redis_proc() -> Iterator[RedisProcess]:
     proc = RedisProcess().start()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="session")
