@@ -114,9 +114,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from producer.ledger_view import summarise, table
 
     if args.html or args.serve is not None:
-        from producer.ledger_page import ledger_cmd
+        from producer.ledger_serve import ledger_cmd
 
-        return ledger_cmd(_client(args), args.html, args.serve)
+        return ledger_cmd(_client(args), args.html, args.serve, args.labels)
     receipts = _client(args).ledger()
     print(table(summarise(receipts)))
     return 0
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency")
     s.add_argument("--html", metavar="FILE", help="write the ledger page (plots, receipts by job id) to FILE")
     s.add_argument("--serve", type=int, metavar="PORT", help="serve the ledger page on 127.0.0.1:PORT until Ctrl-C")
+    s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false}: labelled accuracy')
     s.set_defaults(func=cmd_ledger)
 
     s = parser("eval", "replay a recorded-answers file through the fleet under policies; table, JSON, PNG")

@@ -169,5 +169,10 @@ class PanelClient:
         entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
         return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
 
+    def ledger_entries(self, count: int = 100_000) -> list[tuple[float, dict[str, Any]]]:
+        """(appended at, unix seconds from the stream id; receipt), oldest first."""
+        entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
+        return [(int(eid.split(b"-")[0]) / 1000, orjson.loads(fields[b"receipt"])) for eid, fields in entries]
+
     def close(self) -> None:
         self.redis.close()
