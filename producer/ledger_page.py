@@ -63,17 +63,14 @@ def class_rows(receipts: list[dict[str, Any]], labels: dict[str, bool]) -> list[
         changed = sum(1 for r in panels if r.get("changed_vs_default"))
         flag = None
         if len(panels) >= MIN_PANELS_TO_FLAG and changed == 0:
-            extra = sum(r["total_cost_usd"] for r in panels) / len(panels) - _single_cost(rs)
-            flag = (f"escalates without gain: the panel ran on {len(panels)} jobs and changed no answer "
-                    f"(${max(extra, 0.0):.6f} more per job than the single lane)")  # fmt: skip
+            per_panel = sum(r["total_cost_usd"] for r in panels) / len(panels)
+            singles = [r["total_cost_usd"] for r in rs if not _is_panel(r)]
+            cost = (f"${per_panel - sum(singles) / len(singles):.6f} more per job than its single-lane jobs" if singles
+                    else f"${per_panel:.6f} per panel job")  # fmt: skip
+            flag = f"escalates without gain: the panel ran on {len(panels)} jobs and changed no answer ({cost})"
         rows.append(ClassRow(summary, len(panels), len(judged), correct,
                              sum(r["total_cost_usd"] for r in judged), flag))  # fmt: skip
     return rows
-
-
-def _single_cost(rs: list[dict[str, Any]]) -> float:
-    singles = [r["total_cost_usd"] for r in rs if not _is_panel(r)]
-    return sum(singles) / len(singles) if singles else 0.0
 
 
 def trends(entries: list[Entry]) -> tuple[list[float], dict[str, dict[str, list[float | None]]]]:
@@ -131,7 +128,8 @@ def render_page(entries: list[Entry], labels: dict[str, bool] | None = None, tit
         cls = ' class="flagged"' if row.flag else ""
         body.append(f'<tr{cls} data-class="{escape(s["task_class"])}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         if row.flag:
-            body.append(f'<tr class="flagged"><td colspan="{len(head)}" class="flag">⚑ {escape(row.flag)}</td></tr>')
+            body.append(f'<tr class="flagged" data-flag-for="{escape(s["task_class"])}"><td colspan="{len(head)}" '
+                        f'class="flag">⚑ {escape(row.flag)}</td></tr>')  # fmt: skip
     xs, m = trends(entries)
     charts = ""
     if xs:

@@ -13,8 +13,8 @@ def line_chart(title: str, xs: list[float], series: dict[str, list[float | None]
                fmt: Callable[[float], str], x_label: Callable[[float], str]) -> str:  # fmt: skip
     """`series`: name -> one y per x (None: no data in that bucket, the line breaks there)."""
     ys = [y for vals in series.values() for y in vals if y is not None]
-    top = max(ys) if ys else 1.0
-    top = top * 1.1 if top > 0 else 1.0
+    top = (max(ys) if ys else 0.0) or 1.0  # all zero: the axis still spans 0..1 (0%..100%)
+    top *= 1.1
     x0, x1 = (xs[0], xs[-1]) if len(xs) > 1 else (0.0, 1.0)
     span = (x1 - x0) or 1.0
 
@@ -30,11 +30,11 @@ def line_chart(title: str, xs: list[float], series: dict[str, list[float | None]
            f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W - PAD_R}" y2="{H - PAD_B}" stroke="#999"/>',
            f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{H - PAD_B}" stroke="#999"/>']  # fmt: skip
     for frac in (0.0, 0.5, 1.0):
-        y = top / 1.1 * frac if ys else frac
+        y = top / 1.1 * frac
         out.append(f'<text x="{PAD_L - 4}" y="{py(y) + 4:.1f}" font-size="10" text-anchor="end">{escape(fmt(y))}</text>')
         out.append(f'<line x1="{PAD_L}" y1="{py(y):.1f}" x2="{W - PAD_R}" y2="{py(y):.1f}" stroke="#eee"/>')
-    for x in (x0, x1):
-        out.append(f'<text x="{px(x):.1f}" y="{H - 10}" font-size="10" text-anchor="middle">{escape(x_label(x))}</text>')
+    for x, anchor in ((x0, "start"), (x1, "end")):
+        out.append(f'<text x="{px(x):.1f}" y="{H - 10}" font-size="10" text-anchor="{anchor}">{escape(x_label(x))}</text>')
     for i, (name, vals) in enumerate(sorted(series.items())):
         colour = COLOURS[i % len(COLOURS)]
         run: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import redis
 
 from producer.embedded import RedisProcess
 
-REPLAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "replay"
+# ../shared beside the checkout; PANEL_SHARED_DIR points elsewhere (a git worktree's parent is not the clone's)
+SHARED_DIR = Path(os.environ.get("PANEL_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+REPLAY_DIR = SHARED_DIR / "data" / "replay"
 
 
 @pytest.fixture(scope="session")
