@@ -23,6 +23,7 @@ from producer import keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
+from producer.tracing import submit_span
 from producer.wire import NAME as CODEC
 
 RUN_TASK = "panel.run"
@@ -98,9 +99,14 @@ class PanelClient:
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
-        self.redis.hset(jkey, mapping={"status": "queued", "submitted_at": time.time(), "tenant": job.tenant})
-        self.redis.expire(jkey, self.settings.result_ttl_s)
-        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}")
+        with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
+            fields: dict[str, Any] = {"status": "queued", "submitted_at": time.time(), "tenant": job.tenant}
+            # the worker that decides the job (any of them) parents its spans on the submit span
+            fields.update(trace_headers)
+            self.redis.hset(jkey, mapping=fields)
+            self.redis.expire(jkey, self.settings.result_ttl_s)
+            self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
+                                  headers=trace_headers or None)  # fmt: skip
         return job_id
 
     def _check_task_class(self, job: Job) -> None:

@@ -20,7 +20,7 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import metrics
+from workers import metrics, tracing
 from workers.ledger import LEDGER_MAXLEN, render_receipt
 from workers.panel.agreement import parse_json_object
 from workers.panel.calls import Spend
@@ -276,6 +276,7 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
         if any(c.role == "arbiter" for c in receipt.calls):
             metrics.ARBITER.labels(job.task_class).inc()
         metrics.announce_decision(receipt)
+        tracing.job_decided(rt, job_id, receipt, panels)
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
