@@ -25,6 +25,7 @@ from producer import keys
 from producer.client import PanelClient
 from producer.contract import Result
 from producer.fleet import SIM_KEY, Fleet
+from producer.progress import progress
 
 UNLIMITED_RPM, UNLIMITED_TPM = 1_000_000, 1_000_000_000
 
@@ -145,8 +146,10 @@ def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: 
                     for i, r in enumerate(rows)]  # fmt: skip
             s = Score(p.name, "fleet")
             t0 = time.monotonic()
-            for i, res in windowed(client, jobs, in_flight, timeout_s):
-                score_result(s, rows[i], res, rule)
+            with progress(p.name, len(jobs)) as tick:  # a bar on stderr when it is a terminal
+                for i, res in windowed(client, jobs, in_flight, timeout_s):
+                    score_result(s, rows[i], res, rule)
+                    tick(s.questions, f"{s.correct} correct")
             s.wall_s = time.monotonic() - t0
             scores.append(s)
     finally:
