@@ -167,7 +167,8 @@ def _receipts(receipts: list[dict[str, Any]], labels: dict[str, bool]) -> str:
         label = "" if r["job_id"] not in labels else (" · correct" if labels[r["job_id"]] else " · wrong")
         lanes = " → ".join(escape(s["lane"]) for s in r["lanes"])
         out.append(
-            f"<div class='receipt' id='job-{jid}'><b>{jid}</b> {escape(r['task_class'])} · {lanes} · "
+            f'<div class="receipt" id="job-{jid}"><b>{jid}</b> '
+            f"{escape(r['task_class'])} · {lanes} · "
             f"{escape(r['decision'])} · {_usd(r['total_cost_usd'])} · {r['latency_ms']:.0f} ms"
             f"{' · changed the answer' if r.get('changed_vs_default') else ''}{label}"
             + (f"<br>triggers: {escape(', '.join(r['triggers']))}" if r["triggers"] else "")

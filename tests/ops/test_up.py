@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from producer.embedded import RedisProcess, free_port
+from producer.embedded import RedisProcess, free_port, wait_port
 from producer.fleet import Fleet, WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +116,19 @@ def test_panel_up_runs_the_readme_commands_and_ctrl_c_leaves_nothing(tmp_path: P
                 results = [orjson.loads(x) for x in (workdir / "results.jsonl").read_bytes().splitlines()]
                 assert len(results) == submitted and all(r["status"] == "decided" for r in results), results
         assert "<svg" in (workdir / "ledger.html").read_text()
+        port = free_port()
+        serve = subprocess.Popen([sys.executable, "-m", "producer", "ledger", "--serve", str(port)], cwd=REPO, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            wait_port("127.0.0.1", port, timeout=60, proc=serve)
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+            one = httpx.get(f"http://127.0.0.1:{port}/receipts/{job_id}", timeout=30)
+            assert page.status_code == 200 and f'id="job-{job_id}"' in page.text
+            assert one.status_code == 200 and one.text.count('class="receipt"') == 1
+            assert httpx.get(f"http://127.0.0.1:{port}/receipts/nope", timeout=30).status_code == 404
+        finally:
+            serve.terminate()
+            serve.wait(30)
         up.send_signal(signal.SIGINT)
         rest, _ = up.communicate(timeout=120)
         out.append(rest.decode())
