@@ -9,6 +9,7 @@ eval's registry lifts every model's rpm/tpm: the run measures policies, not prov
 from __future__ import annotations
 
 import csv
+import shutil
 import tempfile
 import time
 import uuid
@@ -154,4 +155,5 @@ def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: 
             scores.append(s)
     finally:
         fleet.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return scores
