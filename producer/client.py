@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -100,7 +100,7 @@ class PanelClient:
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
-            fields: dict[str, Any] = {"status": "queued", "submitted_at": time.time(), "tenant": job.tenant}
+            fields: dict[str, str | float] = {"status": "queued", "submitted_at": time.time(), "tenant": job.tenant}
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
             self.redis.hset(jkey, mapping=fields)
@@ -177,7 +177,7 @@ class PanelClient:
 
     def ledger_entries(self, count: int = 100_000) -> list[tuple[float, dict[str, Any]]]:
         """(appended at, unix seconds from the stream id; receipt), oldest first."""
-        entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(keys.LEDGER_STREAM, count=count))
         return [(int(eid.split(b"-")[0]) / 1000, orjson.loads(fields[b"receipt"])) for eid, fields in entries]
 
     def close(self) -> None:

@@ -38,12 +38,13 @@ def line_chart(title: str, xs: list[float], series: dict[str, list[float | None]
     for i, (name, vals) in enumerate(sorted(series.items())):
         colour = COLOURS[i % len(COLOURS)]
         run: list[str] = []
-        for x, y in zip(xs, vals, strict=True):
-            if y is None:
+        for x, maybe in zip(xs, vals, strict=True):
+            if maybe is None:
                 if len(run) > 1:
                     out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(run)}"/>')
                 run = []
                 continue
+            y = maybe
             run.append(f"{px(x):.1f},{py(y):.1f}")
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}"/>')
         if len(run) > 1:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -23,6 +23,7 @@ from producer import keys
 from producer.fleet import Fleet
 
 QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]  # redis-py's XRANGE reply without decode_responses
 PRIORITY_SUFFIXES = ("", ":3", ":6", ":9")  # kombu's Redis priority lists (producer/settings.py)
 
 
@@ -46,11 +47,11 @@ class Rates:
 
     def step(self, r: redis.Redis) -> tuple[float, float]:
         if self.last_id == b"$":  # start from the stream's end: rates of this run, not history
-            info = r.xrevrange(keys.LEDGER_STREAM, count=1)
+            info = cast(StreamEntries, r.xrevrange(keys.LEDGER_STREAM, count=1))
             self.last_id = info[0][0] if info else b"0-0"
             self.last_at = time.monotonic()
             return 0.0, 0.0
-        entries = r.xrange(keys.LEDGER_STREAM, min=b"(" + self.last_id, count=100_000)
+        entries = cast(StreamEntries, r.xrange(keys.LEDGER_STREAM, min=b"(" + self.last_id, count=100_000))
         now = time.monotonic()
         dt, self.last_at = max(now - self.last_at, 1e-3), now
         calls = 0
