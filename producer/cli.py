@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis-port", type=int, default=6379,
                    help="the embedded Redis's port (default 6379; any free one when taken)")
     s.add_argument("--workers", type=int, default=0, help="tier worker processes (default: one per core)")
-    s.add_argument("--concurrency", type=int, default=64, help="calls in flight per tier worker (threads)")
+    s.add_argument("--concurrency", type=int, default=0,
+                   help="calls in flight per tier process (threads; default: 128 split across the processes)")
     s.add_argument("--simulator", action=argparse.BooleanOptionalAction, default=None,
                    help="use the simulator (default: yes unless OPENAI/ANTHROPIC/FIREWORKS_API_KEY is set)")
     s.add_argument("--flower", action="store_true", help="also run Flower (task monitor) on 127.0.0.1")

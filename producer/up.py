@@ -13,16 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
 from producer.embedded import RedisProcess, free_port, start_owned, stop_process, wait_port
-from producer.fleet import Fleet, WorkerSpec
+from producer.fleet import Fleet, WorkerSpec, default_workers
 from producer.up_status import StatusPanel
 
 PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "FIREWORKS_API_KEY")
-TIER_QUEUES = "llm.economy,llm.workhorse,llm.frontier,llm.batch"
 
 
 @dataclass
@@ -30,7 +29,7 @@ class UpOptions:
     redis_url: str | None = None
     redis_port: int = 6379
     workers: int = 0  # tier worker processes; 0: one per core
-    concurrency: int = 64
+    concurrency: int = 0  # threads per tier process; 0: the fleet's split (producer/fleet.py)
     simulator: bool | None = None  # None: the simulator unless a provider key is set
     flower: bool = False
     flower_port: int = 5555
@@ -38,11 +37,12 @@ class UpOptions:
 
 
 def plan_workers(tier_processes: int, concurrency: int) -> list[WorkerSpec]:
-    """control (plans jobs, flushes and polls batches, runs beat) + N tier workers."""
-    n = tier_processes or os.cpu_count() or 1
-    return [WorkerSpec("control", "control", concurrency=16, beat=True)] + [
-        WorkerSpec(f"tiers-{i + 1}", TIER_QUEUES, concurrency=concurrency) for i in range(n)
-    ]
+    """control (plans jobs, flushes and polls batches, runs beat) + one tier process per core (or
+    `tier_processes`), threads as the fleet splits them unless `concurrency` is given."""
+    workers = default_workers(tier_processes or None)
+    if concurrency:
+        workers = [w if w.name == "control" else replace(w, concurrency=concurrency) for w in workers]
+    return workers
 
 
 def use_simulator(opts: UpOptions) -> bool:
