@@ -19,7 +19,7 @@ import orjson
 import redis
 from celery import Celery
 
-from producer import keys
+from producer import answer_cache, keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
@@ -100,14 +100,21 @@ class PanelClient:
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
-            fields: dict[str, str | float] = {"status": "queued", "submitted_at": time.time(), "tenant": job.tenant}
+            submitted_at = time.time()
+            fields: dict[str, str | float] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
             self.redis.hset(jkey, mapping=fields)
             self.redis.expire(jkey, self.settings.result_ttl_s)
-            self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
-                                  headers=trace_headers or None)  # fmt: skip
+            # a cached answer is served here; an identical job in flight is waited on (single flight)
+            if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in ("hit", "follower"):
+                return job_id
+            self._enqueue(job_id, trace_headers)
         return job_id
+
+    def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None) -> None:
+        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
+                              headers=trace_headers or None)  # fmt: skip
 
     def _check_task_class(self, job: Job) -> None:
         """Against the classes the workers published; before any worker has, against the policy
@@ -157,6 +164,10 @@ class PanelClient:
             res = self.result(job_id)
             if res is not None and res.status in ("decided", "failed"):
                 return res
+            if res is None and (ticket := answer_cache.rescue(self.redis, job_id)) is not None:
+                if ticket.role in ("leader", "bypass", "off"):  # its leader vanished: it runs itself
+                    self._enqueue(job_id)
+                continue
             left = end - time.monotonic()
             if left <= 0:
                 raise JobTimeout(f"job {job_id} not done after {timeout}s (status {self.status(job_id)})")

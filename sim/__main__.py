@@ -19,6 +19,7 @@ from sim.app import create_app
 from sim.calls import build
 from sim.keyless import Keyless
 from sim.knobs import ConfigError
+from sim.prompt_cache import DEFAULT_MIN_TOKENS, DEFAULT_TTL_S, PromptCache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, help="default fixed latency of every model")
     p.add_argument("--keyless", action="store_true",
                    help="answer requests that carry no API key (compose's default); without it: 401 as a provider")
+    p.add_argument("--prompt-cache-ttl-s", type=float, default=DEFAULT_TTL_S, help="how long a cached prompt prefix lives")
+    p.add_argument("--prompt-cache-min-tokens", type=int, default=DEFAULT_MIN_TOKENS,
+                   help="shortest prefix the providers cache (1024 on OpenAI and Anthropic)")
     return p.parse_args(argv)
 
 
@@ -47,7 +51,8 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 async def serve(args: argparse.Namespace) -> None:
     sim = build(replay_files=args.replay, models_yaml=args.models, config=load_config(args.config),
-                seed=args.seed, latency_ms=args.latency_ms)  # fmt: skip
+                seed=args.seed, latency_ms=args.latency_ms,
+                prompt_cache=PromptCache(args.prompt_cache_ttl_s, args.prompt_cache_min_tokens))  # fmt: skip
     # Prompts must never reach a log: no access log, warnings and errors only.
     app = create_app(sim)
     config = uvicorn.Config(Keyless(app) if args.keyless else app, host=args.host, port=args.port, log_level="warning",

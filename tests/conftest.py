@@ -11,9 +11,10 @@ import redis
 
 from producer.embedded import RedisProcess
 
-# ../shared beside the checkout; PANEL_SHARED_DIR points elsewhere (a git worktree's parent is not the clone's)
+# ../shared beside the checkout; PANEL_SHARED_DIR (or PANEL_REPLAY_DIR for the replay data alone) points
+# elsewhere: a git worktree's parent is not the clone's
 SHARED_DIR = Path(os.environ.get("PANEL_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
-REPLAY_DIR = SHARED_DIR / "data" / "replay"
+REPLAY_DIR = Path(os.environ.get("PANEL_REPLAY_DIR") or SHARED_DIR / "data" / "replay")
 
 
 @pytest.fixture(scope="session")
