@@ -121,6 +121,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve  # lazily: `producer` does not import `gateway` at load
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env().model_copy(update={"host": args.host, "port": args.port})
+    serve(settings, args.redis_url, args.log_level)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.tenants import Keys
+
+    keys_ = Keys(_client(args).redis)
+    if args.action == "create":
+        k = keys_.create(args.tenant, budget_usd=args.budget_usd, rate_per_s=args.rate, rate_burst=args.burst)
+        print(k.api_key)  # the only time the key is shown: only its hash is stored
+        print(f"key id {k.id} for tenant {k.tenant}; callback signing secret: {k.callback_secret}", file=sys.stderr)
+    elif args.action == "revoke":
+        print(f"revoked key {args.tenant} of tenant {keys_.revoke(args.tenant)}", file=sys.stderr)
+    else:
+        for row in keys_.list():
+            print(f"{row['id']}\t{row['tenant']}\t{'revoked' if row['revoked'] else 'active'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="panel", description="panel-fleet: LLM panels as queued jobs")
     p.add_argument("--redis-url", default=None, help="default: $PANEL_REDIS_URL or redis://127.0.0.1:6379/0")
@@ -164,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("serve", help="the HTTP gateway: jobs API, OpenAI-compatible chat and Batch API (gateway/)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("keys", help="gateway API keys: create TENANT | revoke KEY_ID | list")
+    s.add_argument("action", choices=["create", "revoke", "list"])
+    s.add_argument("tenant", nargs="?", help="create: the tenant; revoke: the key id (or the key)")
+    s.add_argument("--budget-usd", type=float, help="create: the tenant's budget per UTC day")
+    s.add_argument("--rate", type=float, help="create: the tenant's requests/s (fleet-wide)")
+    s.add_argument("--burst", type=float, help="create: requests the tenant may send at once")
+    s.set_defaults(func=cmd_keys)
+
     s = sub.add_parser("demo", help="start redis, the simulator and workers; run examples/; stop all")
     s.add_argument("--examples", default=str(Path(__file__).resolve().parent.parent / "examples"))
     s.add_argument("--keep", action="store_true", help="leave the fleet running (Ctrl-C stops it)")
@@ -173,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "keys" and args.action != "list" and not args.tenant:
+        print(f"panel keys {args.action}: give a {'tenant' if args.action == 'create' else 'key id'}", file=sys.stderr)
+        return 2
     if args.cmd == "status" and not args.providers and not args.job_id:
         print("panel status: give a job id or --providers", file=sys.stderr)
         return 2

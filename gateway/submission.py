@@ -1,0 +1,186 @@
+"""Jobs in: a request body becomes a contract `Job` of the caller's tenant, checked against its
+budget, stored and enqueued through the producer's client, exactly as `panel submit` does.
+
+The gateway adds one field of its own, `callback_url`, taken off the body before the contract
+sees it (the contract rejects unknown fields) and stored beside the job (gateway/callbacks.py).
+`submit_many` stores a file's jobs in one pipeline and sends their tasks on one broker
+connection: the same keys and task as `PanelClient.submit`, fewer round trips.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from gateway.errors import BadRequest, Conflict, from_contract
+from gateway.tenants import Caller
+from producer import keys
+from producer.client import RUN_TASK, PanelClient
+from producer.contract import Job
+from producer.errors import ContractError
+
+MAX_CALLBACK_URL = 2048
+
+
+def callback_key(job_id: str) -> str:
+    """Hash: url, tenant, attempts, state (pending | delivered | gave_up), last_error."""
+    return f"{keys.PREFIX}gw:callback:{job_id}"
+
+
+@dataclass
+class Draft:
+    """A validated job not yet queued, with the gateway's own extension."""
+
+    job: Job
+    callback_url: str | None = None
+
+
+@dataclass
+class LineReport:
+    submitted: list[tuple[int, str]] = field(default_factory=list)  # (line, job id)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # OpenAI-shaped errors with their line
+
+
+def check_callback_url(url: Any, param: str = "callback_url") -> str:
+    if not isinstance(url, str):
+        raise BadRequest(f"{param}: expected a URL string, got {type(url).__name__}", param=param, code="invalid_type")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > MAX_CALLBACK_URL:
+        raise BadRequest(f"{param}: give an http(s) URL of at most {MAX_CALLBACK_URL} characters", param=param,
+                         code="invalid_value")  # fmt: skip
+    return url
+
+
+def draft(data: Any, caller: Caller, idempotency_key: str | None = None, prefix: str = "") -> Draft:
+    """Validate one job body for `caller`; raises BadRequest naming the field (under `prefix`)."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"expected a JSON object (a Job), got {type(data).__name__}", param=prefix.rstrip(".") or None,
+                         code="invalid_type")  # fmt: skip
+    data = dict(data)
+    callback = data.pop("callback_url", None)
+    if callback is not None:
+        callback = check_callback_url(callback, f"{prefix}callback_url")
+    tenant = data.get("tenant")
+    if tenant is not None and tenant != caller.tenant:
+        raise BadRequest(f"{prefix}tenant: set by your API key (tenant {caller.tenant!r}); remove the field",
+                         param=f"{prefix}tenant", code="invalid_value")  # fmt: skip
+    data["tenant"] = caller.tenant
+    if idempotency_key is not None:
+        if data.get("idempotency_key") not in (None, idempotency_key):
+            raise BadRequest("idempotency_key: differs from the Idempotency-Key header; give one of them",
+                             param=f"{prefix}idempotency_key", code="invalid_value")  # fmt: skip
+        data["idempotency_key"] = idempotency_key
+    try:
+        job = Job.parse(data)
+    except ContractError as e:
+        raise from_contract(e, prefix) from None
+    return Draft(job, callback)
+
+
+class Submitter:
+    def __init__(self, client: PanelClient):
+        self.client = client
+        self.redis = client.redis
+        self.ttl = client.settings.result_ttl_s
+
+    def task_classes(self) -> set[str]:
+        return {k.decode() for k in self.redis.smembers(keys.task_classes())}
+
+    def check_task_class(self, job: Job, known: set[str], param: str = "task_class") -> None:
+        if known and job.task_class not in known:
+            raise BadRequest(f"unknown task class {job.task_class!r}; known: {', '.join(sorted(known))}",
+                             param=param, code="unknown_task_class")  # fmt: skip
+
+    def submit(self, d: Draft, caller: Caller, known: set[str] | None = None) -> str:
+        """Queue one job (blocking: run it off the event loop). Returns its id; an idempotency key
+        seen before returns the first job's id and queues nothing."""
+        self.check_task_class(d.job, self.task_classes() if known is None else known)
+        caller.check_budget(d.job.budget_usd)
+        job = d.job if d.job.id else d.job.model_copy(update={"id": uuid.uuid4().hex})
+        job_id = str(job.id)
+        if d.callback_url:  # before the job can be decided, so its decision finds the callback
+            self._register_callback(job_id, d.callback_url, caller.tenant)
+        got = self.client.submit(job)
+        if got != job_id:  # an idempotent resubmission: the first job (and its callback) stands
+            self.redis.delete(callback_key(job_id))
+        owner = self.redis.hget(keys.job(got), "tenant")
+        if owner is not None and owner.decode() != caller.tenant:
+            raise Conflict(f"job id {got!r} is taken; choose another id", param="id", code="id_taken")
+        return got
+
+    def _register_callback(self, job_id: str, url: str, tenant: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(callback_key(job_id), mapping={"url": url, "tenant": tenant, "attempts": 0, "state": "pending"})
+        pipe.expire(callback_key(job_id), self.ttl)
+        pipe.execute()
+
+    def submit_many(self, drafts: list[tuple[int, Draft]], caller: Caller, param_of: Any = None) -> LineReport:
+        """Queue many jobs: one pipeline stores them, one broker connection sends their tasks.
+        Lines with an idempotency key or a caller-chosen id go one by one (they may be repeats)."""
+        report = LineReport()
+        known = self.task_classes()
+        fresh: list[tuple[int, Job, str | None]] = []
+        for line, d in drafts:
+            try:
+                self.check_task_class(d.job, known)
+                caller.check_budget(d.job.budget_usd)
+                if d.job.idempotency_key or d.job.id:
+                    report.submitted.append((line, self.submit(d, caller, known)))
+                else:
+                    fresh.append((line, d.job.model_copy(update={"id": uuid.uuid4().hex}), d.callback_url))
+            except BadRequest as e:
+                report.errors.append({"line": line, **e.body()["error"]})
+        if not fresh:
+            return report
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for _, job, url in fresh:
+            jkey = keys.job(str(job.id))
+            if url:
+                pipe.hset(callback_key(str(job.id)), mapping={"url": url, "tenant": caller.tenant, "attempts": 0,
+                                                               "state": "pending"})  # fmt: skip
+                pipe.expire(callback_key(str(job.id)), self.ttl)
+            pipe.hset(jkey, mapping={"spec": job.model_dump_json(), "status": "queued", "submitted_at": now,
+                                     "tenant": caller.tenant})  # fmt: skip
+            pipe.expire(jkey, self.ttl)
+        pipe.execute()
+        celery = self.client.celery
+        with celery.producer_or_acquire() as producer:
+            for line, job, _ in fresh:
+                celery.send_task(RUN_TASK, args=[job.id], queue="control", task_id=f"run-{job.id}", producer=producer)
+                report.submitted.append((line, str(job.id)))
+        report.submitted.sort()
+        return report
+
+
+def parse_jsonl(body: bytes, caller: Caller, max_lines: int) -> tuple[list[tuple[int, Draft]], list[dict[str, Any]]]:
+    """Each non-blank line of a JSONL body: a Draft, or an error naming its line and field."""
+    drafts: list[tuple[int, Draft]] = []
+    errors: list[dict[str, Any]] = []
+    lines = body.split(b"\n")
+    if len(lines) > max_lines + 1:
+        raise BadRequest(f"{len(lines)} lines: at most {max_lines} per request; split the file", param="body",
+                         code="too_many_lines")  # fmt: skip
+    for n, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BadRequest(f"line {n}: not UTF-8 at byte {e.start}; re-encode the file as UTF-8", param="(line)",
+                                 code="invalid_encoding") from None  # fmt: skip
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                raise BadRequest(f"line {n}: not JSON: {e}", param="(line)", code="invalid_json") from None
+            drafts.append((n, draft(data, caller)))
+        except BadRequest as e:
+            errors.append({"line": n, **e.body()["error"]})
+    return drafts, errors
