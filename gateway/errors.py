@@ -88,5 +88,5 @@ class Unavailable(ApiError):
 def from_contract(e: ContractError, prefix: str = "") -> BadRequest:
     """A contract error naming `field` becomes a 400 whose param is that field (under `prefix`)."""
     field = e.field if e.field not in ("", "(job)", "(line)") else None
-    param = f"{prefix}{field}" if field else (prefix.rstrip(".") or None)
+    param = f"{prefix}{field}" if field else (prefix.rstrip(".") or "body")
     return BadRequest(str(e), param=param, code="invalid_value")

@@ -59,7 +59,7 @@ def check_callback_url(url: Any, param: str = "callback_url") -> str:
 def draft(data: Any, caller: Caller, idempotency_key: str | None = None, prefix: str = "") -> Draft:
     """Validate one job body for `caller`; raises BadRequest naming the field (under `prefix`)."""
     if not isinstance(data, dict):
-        raise BadRequest(f"expected a JSON object (a Job), got {type(data).__name__}", param=prefix.rstrip(".") or None,
+        raise BadRequest(f"expected a JSON object (a Job), got {type(data).__name__}", param=prefix.rstrip(".") or "body",
                          code="invalid_type")  # fmt: skip
     data = dict(data)
     callback = data.pop("callback_url", None)
