@@ -158,7 +158,7 @@ class Callbacks:
                 await pipe.execute()
                 return
             error = f"HTTP {resp.status_code}"
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:  # a failed attempt, never a stuck one
             error = f"{type(e).__name__}: {e}"[:200]
         if attempt >= self.settings.callback_max_attempts:
             pipe = self.r.pipeline(transaction=True)

@@ -37,7 +37,8 @@ BAD_JOB_FIELDS = st.one_of(
     st.tuples(st.just("mode"), st.one_of(junk, names.filter(lambda s: s not in ("realtime", "batch")))),
     st.tuples(st.just("lane"), st.one_of(junk, names.filter(lambda s: s not in ("single", "panel")))),
     st.tuples(st.just("budget_usd"), st.one_of(st.floats(max_value=0), st.text(max_size=5), st.booleans(), st.lists(st.integers()))),
-    st.tuples(st.just("deadline"), st.one_of(st.just("2001-01-01T00:00:00Z"), st.text(max_size=8), junk)),
+    st.tuples(st.just("deadline"), st.one_of(st.just("2001-01-01T00:00:00Z"), st.text(max_size=8), st.booleans(),
+                                             st.integers(max_value=10**9), st.lists(st.integers(), max_size=2))),  # past or not a time
     st.tuples(st.just("id"), st.text(alphabet=" /\n\x00é", min_size=1, max_size=10)),
     st.tuples(st.just("metadata"), st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), min_size=1))),
     st.tuples(st.just("flags"), st.one_of(st.integers(), st.text(min_size=1, max_size=5), st.lists(st.just("bad flag"), min_size=1))),
