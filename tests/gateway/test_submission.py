@@ -1,0 +1,70 @@
+"""The gateway's fast submission path writes what `PanelClient.submit` writes (the job hash the
+workers read, the `panel.run` message on `control`), on a real redis-server without workers; a
+send that fails takes its stored jobs back, so no job is left half-made."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+import redis as redis_lib
+
+from gateway.submission import Submitter, callback_key, draft
+from gateway.tenants import Caller
+from producer import keys
+from producer.client import PanelClient
+
+JOB = {"task_class": "extraction", "prompt": "Invoice 1: total $1."}
+
+
+def messages(r: redis_lib.Redis) -> list[dict]:
+    out = []
+    for raw in r.lrange("control", 0, -1):
+        m = orjson.loads(raw)
+        out.append({"task": m["headers"]["task"], "id": m["headers"]["id"],
+                    "args": orjson.loads(base64.b64decode(m["body"]))[0], "ctype": m["content-type"]})  # fmt: skip
+    return out
+
+
+def test_fast_path_writes_what_the_client_writes(redis_url: str, redis_client: redis_lib.Redis) -> None:
+    client = PanelClient(redis_url)
+    caller = Caller("acme", 0.0, None)
+    direct = client.submit(dict(JOB, tenant="acme"))
+    via = Submitter(client).submit(draft(JOB, caller), caller)
+    a, b = redis_client.hgetall(keys.job(direct)), redis_client.hgetall(keys.job(via))
+    assert set(a) == set(b) == {b"spec", b"status", b"submitted_at", b"tenant"}
+    assert a[b"status"] == b[b"status"] == b"queued" and a[b"tenant"] == b[b"tenant"]
+    spec_a, spec_b = orjson.loads(a[b"spec"]), orjson.loads(b[b"spec"])
+    assert spec_a.pop("id") == direct and spec_b.pop("id") == via and spec_a == spec_b
+    assert redis_client.ttl(keys.job(via)) > 0
+    msgs = {m["id"]: m for m in messages(redis_client)}
+    for jid in (direct, via):
+        m = msgs[f"run-{jid}"]
+        assert m["task"] == "panel.run" and m["args"] == [jid] and m["ctype"] == "application/x-orjson"
+    client.close()
+
+
+def test_a_file_of_jobs_is_one_message_per_job(redis_url: str, redis_client: redis_lib.Redis) -> None:
+    client = PanelClient(redis_url)
+    caller = Caller("acme", 0.0, None)
+    report = Submitter(client).submit_many([(n, draft(JOB, caller)) for n in range(1, 2501)], caller)
+    assert [n for n, _ in report.submitted] == list(range(1, 2501)) and not report.errors
+    assert sorted(m["args"][0] for m in messages(redis_client)) == sorted(j for _, j in report.submitted)
+    client.close()
+
+
+def test_a_failed_send_leaves_no_job_behind(redis_url: str, redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = PanelClient(redis_url)
+    sub = Submitter(client)
+    caller = Caller("acme", 0.0, None)
+
+    def broker_down(ids: list[str]) -> None:
+        raise redis_lib.ConnectionError("broker went away")
+
+    monkeypatch.setattr(sub, "_send", broker_down)
+    with pytest.raises(redis_lib.ConnectionError):
+        sub.submit_many([(1, draft(dict(JOB, callback_url="http://127.0.0.1:9/h"), caller))], caller)
+    assert not list(redis_client.scan_iter(match=f"{keys.PREFIX}job:*"))
+    assert not list(redis_client.scan_iter(match=callback_key("*")))
+    client.close()
