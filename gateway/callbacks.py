@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from importlib.resources import files
+from typing import Any
 
 import httpx
 import orjson
@@ -83,10 +84,11 @@ class Callbacks:
             try:
                 if time.monotonic() - last_reclaim > RECLAIM_IDLE_MS / 4000:
                     last_reclaim = time.monotonic()
-                    _, claimed, *_ = await self.r.xautoclaim(keys.LEDGER_STREAM, GROUP, self.consumer,
-                                                             min_idle_time=RECLAIM_IDLE_MS, count=500)  # fmt: skip
-                    await self._schedule(claimed)
-                got = await self.r.xreadgroup(GROUP, self.consumer, {keys.LEDGER_STREAM: ">"}, count=500, block=1000)
+                    got_back: list[Any] = await self.r.xautoclaim(keys.LEDGER_STREAM, GROUP, self.consumer,
+                                                                  min_idle_time=RECLAIM_IDLE_MS, count=500)  # fmt: skip
+                    await self._schedule(got_back[1])
+                got: list[Any] = await self.r.xreadgroup(GROUP, self.consumer, {keys.LEDGER_STREAM: ">"}, count=500,
+                                                         block=1000)  # fmt: skip
                 for _, entries in got or []:
                     await self._schedule(entries)
             except asyncio.CancelledError:

@@ -42,9 +42,12 @@ class Gateway:
         return cls(settings, client, r, Admission(r, settings, client.settings.tenant_budget_usd),
                    Submitter(client), Jobs(r), Catalogue.load())  # fmt: skip
 
-    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+    async def blocking(self, fn: Callable[..., T], *args: Any, short: bool = False) -> T:
         """Run a blocking producer call (Redis + broker round trips) in a worker thread, so a slow
-        Redis stalls that request, not every request on this process."""
+        Redis stalls that request, not every request on this process. A `short` call (one job:
+        two pipelined round trips) runs on the loop itself when PANEL_GATEWAY_SUBMIT_INLINE is set."""
+        if short and self.settings.submit_inline:
+            return fn(*args)
         return await anyio.to_thread.run_sync(fn, *args)
 
     async def close(self) -> None:

@@ -54,7 +54,8 @@ async def snapshot(r: aredis.Redis, job_id: str) -> list[tuple[str, str, dict[st
                     "tokens_out": rec.get("tokens_out"), "cost_usd": rec.get("cost_usd"),
                     "batch": rec.get("batch", False), "error": rec.get("error")}))  # fmt: skip
             if decided:
-                out.append((f"{n}.decided", "panel_decided", {"panel": n, "outcome": decided.decode()}))
+                out.append((f"{n}.decided", "panel_decided", {"panel": n, "outcome": decided.decode(),
+                                                              "answer_key": answer.decode() if answer else None}))
     if status in (b"decided", b"failed") and result:
         out.append(("done", status.decode(), orjson.loads(result)))
     return out

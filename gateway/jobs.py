@@ -41,7 +41,7 @@ async def create_job(request: Request) -> Response:
     caller = await admit(request)
     g = gw(request)
     d = draft(await json_body(request), caller, idempotency_header(request))
-    job_id = await g.blocking(g.submitter.submit, d, caller)
+    job_id = await g.blocking(g.submitter.submit, d, caller, short=True)
     return json_response({"id": job_id, "object": "panel.job", "status": "queued"}, 202,
                          {"Location": f"/v1/jobs/{job_id}"})  # fmt: skip
 

@@ -52,9 +52,12 @@ def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 @cache
 def document() -> dict[str, Any]:
-    ref = lambda n: {"$ref": f"#/components/schemas/{n}"}  # noqa: E731
     wait = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0},
             "description": "long-poll: wait up to this many seconds for the decision"}  # fmt: skip
     idem = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}

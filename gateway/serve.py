@@ -16,6 +16,7 @@ def serve(settings: GatewaySettings, redis_url: str | None = None, log_level: st
     app = build_app(settings, redis_url)
     # uvicorn's own access log prints the raw path and query; ours prints the route template only
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level=log_level,
+                loop=settings.loop, http=settings.http,
                 proxy_headers=True, server_header=False, timeout_graceful_shutdown=30)  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -29,6 +30,10 @@ class GatewaySettings(BaseModel):
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_lease_s: float = Field(default=60.0, gt=0, description="a claimed delivery whose replica died is retried after this")
     callbacks: bool = Field(default=True, description="deliver callbacks from this replica")
+    # uvicorn's event loop and HTTP parser: "auto" takes uvloop and httptools (both declared)
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    http: Literal["auto", "h11", "httptools"] = "auto"
+    submit_inline: bool = Field(default=False, description="submit one job on the event loop, not a thread")
     file_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
 
     @classmethod

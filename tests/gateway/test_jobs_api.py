@@ -78,3 +78,22 @@ def test_events_stream_a_jobs_life_from_queued_to_decided(gateway: GatewayProc, 
     members = [d for n, d in zip(names, data, strict=True) if n == "member"]
     assert all(m["model"] and m["status"] for m in members)
     assert data[-1]["job_id"] == job_id and data[-1]["receipt"]["decision"] in ("quorum", "arbiter", "majority")
+
+
+def test_openapi_metrics_and_an_access_log_without_prompts(gateway: GatewayProc, tenant: Tenant) -> None:
+    canary = f"canary-prompt-{tenant.name}"
+    with httpx.Client(base_url=gateway.url, headers=auth(tenant), timeout=60) as h:
+        doc = h.get("/openapi.json").json()
+        assert doc["openapi"].startswith("3.1") and "/v1/chat/completions" in doc["paths"]
+        assert "task_class" in doc["components"]["schemas"]["Job"]["properties"]
+        job_id = h.post("/v1/jobs", json={"task_class": "extraction", "prompt": canary}).json()["id"]
+        h.get(f"/v1/jobs/{job_id}", params={"wait": 30})
+        bad = h.post("/v1/jobs", json={"task_class": "extraction", "prompt": canary, "promt": 1})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "promt"
+        metrics = h.get("/metrics").text
+    assert 'panel_gateway_requests_total{method="POST",route="/v1/jobs",status="2xx"}' in metrics
+    assert 'panel_gateway_errors_total{route="/v1/jobs",status="4xx"}' in metrics
+    assert 'panel_gateway_request_seconds_bucket{le="0.005",route="/v1/jobs/{job_id}"}' in metrics
+    log = gateway.log.read_text()
+    assert "POST /v1/jobs 202" in log and f"tenant={tenant.name}" in log
+    assert canary not in log and job_id not in log  # route templates only: no body, no path ids
