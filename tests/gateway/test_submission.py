@@ -68,3 +68,23 @@ def test_a_failed_send_leaves_no_job_behind(redis_url: str, redis_client: redis_
     assert not list(redis_client.scan_iter(match=f"{keys.PREFIX}job:*"))
     assert not list(redis_client.scan_iter(match=callback_key("*")))
     client.close()
+
+
+def test_the_budget_the_gateway_reads_is_the_one_the_workers_charge(redis_client: redis_lib.Redis) -> None:
+    from gateway.tenants import tenant_spend, today
+    from workers.budget import Budget
+
+    (_, tenant_scope) = Budget(redis_client).scopes("job-1", "acme", None)
+    assert tenant_scope[0] == tenant_spend("acme", today())
+
+
+def test_the_gateway_never_imports_workers_and_the_cli_imports_the_gateway_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, gateway.app, gateway.serve, producer.cli; "
+            "bad = sorted(m for m in sys.modules if m == 'workers' or m.startswith('workers.')); "
+            "assert not bad, bad")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, producer.cli; assert 'gateway' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
