@@ -3,7 +3,7 @@ gateway adds no bookkeeping to the hot path): the job hash (queued, running, res
 list (`pf:job:{id}:panels`: a lane per panel and why), each panel's call records (a member
 answered, failed or came late) and decision, and finally the result with its receipt.
 
-    event: queued | lane | member | panel_decided | decided | failed
+    event: queued | lane | member | panel_decided | decided | failed (| error: the job expired)
     id: a stable name of the event (e.g. `1.m0`), so a reconnect with Last-Event-ID skips it
 
 Each poll reads the whole state and sends what is new; the stream ends after decided/failed.
@@ -34,6 +34,10 @@ async def snapshot(r: aredis.Redis, job_id: str) -> list[tuple[str, str, dict[st
     pipe.hmget(jkey, ["status", "submitted_at", "result"])
     pipe.lrange(jkey + ":panels", 0, -1)
     (status, submitted_at, result), panels = await pipe.execute()
+    if status is None:  # expired (PANEL_RESULT_TTL) or deleted while streamed
+        return [("gone", "error", {"error": {"message": f"job {job_id} no longer exists (results expire after "
+                                              "PANEL_RESULT_TTL)", "type": "not_found_error", "param": "job_id",
+                                              "code": "job_not_found"}})]  # fmt: skip
     out: list[tuple[str, str, dict[str, Any]]] = [
         ("queued", "queued", {"job_id": job_id, "submitted_at": float(submitted_at or 0)})]
     panel_rows = [orjson.loads(p) for p in panels]
@@ -77,7 +81,7 @@ async def stream(r: aredis.Redis, job_id: str, poll_s: float, last_event_id: str
         for eid, name, data in new:
             sent.add(eid)
             yield frame(name, data, eid)
-            if eid == "done":
+            if eid in ("done", "gone"):
                 return
         idle = 0.0 if new else idle + poll_s
         if idle >= KEEPALIVE_S:
