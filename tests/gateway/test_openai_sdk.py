@@ -119,3 +119,28 @@ def test_files_and_batches_run_200_lines_as_panels_and_answer_in_openais_format(
         assert completion.choices[0].message.content == receipt["final_answer"]
         assert all(c["batch"] for c in receipt["calls"] if c["status"] == "answered"), receipt["calls"]
         assert [s["lane"] for s in receipt["lanes"]][0] == "batch"
+
+
+def test_the_panel_extension_carries_flags_that_trigger_a_panel(gateway: GatewayProc, tenant: Tenant) -> None:
+    completion = sdk(gateway, tenant).chat.completions.create(
+        model="panel/code_review", messages=[{"role": "user", "content": "Review: def f(x): return x + 1"}],
+        extra_body={"panel": {"flags": ["security"]}})  # fmt: skip
+    receipt = completion.model_extra["panel"]["receipt"]  # type: ignore[index]
+    assert receipt["triggers"] == ["input:flag:security"]
+    assert receipt["lanes"][0]["lane"] == "panel"
+
+
+def test_a_cancelled_batch_accounts_for_every_line_once(gateway: GatewayProc, tenant: Tenant) -> None:
+    client = sdk(gateway, tenant)
+    content = b"\n".join(orjson.dumps(batch_line(n)) for n in range(20))
+    f = client.files.create(file=("c.jsonl", content), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = client.batches.cancel(batch.id)
+    assert batch.status == "cancelled" and batch.cancelled_at
+    out = client.files.content(batch.output_file_id).content.splitlines() if batch.output_file_id else []
+    err = client.files.content(batch.error_file_id).content.splitlines() if batch.error_file_id else []
+    ids = [orjson.loads(x)["custom_id"] for x in out + err]
+    assert sorted(ids) == sorted(f"req-{n}" for n in range(20))
+    assert batch.request_counts is not None and batch.request_counts.completed == len(out)
+    assert all(orjson.loads(x)["error"]["code"] == "batch_cancelled" for x in err if orjson.loads(x)["response"] is None)
+    assert client.batches.retrieve(batch.id).status == "cancelled"
