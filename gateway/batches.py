@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from gateway.context import Gateway, admit, gw, json_body
 from gateway.errors import ApiError, BadRequest, NotFound
-from gateway.files import Files, files_of
+from gateway.files import Files, files_of, limit_param
 from gateway.jobs import json_response
 from gateway.openai_shapes import completion, panel_extension, parse_chat, to_job
 from gateway.submission import Draft, draft
@@ -41,6 +41,11 @@ MAX_LINE_ERRORS = 100
 def batch_key(batch_id: str) -> str:
     """Hash: tenant, object (the batch object as JSON); list `:lines` of [custom_id, job id, model]."""
     return f"{keys.PREFIX}gw:batch:{batch_id}"
+
+
+def tenant_batches(tenant: str) -> str:
+    """Zset: batch id -> created_at, the tenant's batches (GET /v1/batches)."""
+    return f"{keys.PREFIX}gw:batches:{tenant}"
 
 
 def batch_object(batch_id: str, req: dict[str, Any], status: str, total: int) -> dict[str, Any]:
@@ -155,6 +160,8 @@ async def save(g: Gateway, batch_id: str, tenant: str, obj: dict[str, Any], rows
         pipe.rpush(key + ":lines", *[orjson.dumps(r) for r in rows])
         pipe.expire(key + ":lines", g.settings.file_ttl_s)
     pipe.expire(key, g.settings.file_ttl_s)
+    pipe.zadd(tenant_batches(tenant), {batch_id: obj["created_at"]})
+    pipe.expire(tenant_batches(tenant), g.settings.file_ttl_s)
     await pipe.execute()
 
 
@@ -241,8 +248,22 @@ async def cancel(request: Request) -> Response:
     return json_response(await refresh(g, obj, caller.tenant, cancel=True))
 
 
+async def listing(request: Request) -> Response:
+    """The tenant's batches, newest first (`limit`, default 20), as they were last refreshed."""
+    caller = await admit(request)
+    g = gw(request)
+    ids = await g.redis.zrevrange(tenant_batches(caller.tenant), 0, limit_param(request) - 1)
+    pipe = g.redis.pipeline(transaction=False)
+    for batch_id in ids:
+        pipe.hget(batch_key(batch_id.decode()), "object")
+    data = [orjson.loads(raw) for raw in await pipe.execute() if raw]
+    return json_response({"object": "list", "data": data, "has_more": False,
+                          "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})  # fmt: skip
+
+
 routes = [
     Route("/v1/batches", create, methods=["POST"]),
+    Route("/v1/batches", listing, methods=["GET"]),
     Route("/v1/batches/{batch_id}", retrieve, methods=["GET"]),
     Route("/v1/batches/{batch_id}/cancel", cancel, methods=["POST"]),
 ]

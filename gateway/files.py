@@ -27,6 +27,11 @@ def file_key(file_id: str) -> str:
     return f"{keys.PREFIX}gw:file:{file_id}"
 
 
+def tenant_files(tenant: str) -> str:
+    """Zset: file id -> created_at, the tenant's files (GET /v1/files)."""
+    return f"{keys.PREFIX}gw:files:{tenant}"
+
+
 def file_object(file_id: str, meta: dict[bytes, bytes]) -> dict[str, Any]:
     return {"id": file_id, "object": "file", "bytes": int(meta[b"bytes"]), "created_at": int(float(meta[b"created_at"])),
             "filename": meta[b"filename"].decode(), "purpose": meta[b"purpose"].decode(), "status": "processed",
@@ -45,6 +50,8 @@ class Files:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(file_key(file_id), mapping=meta)  # type: ignore[arg-type]
         pipe.expire(file_key(file_id), self.ttl_s)
+        pipe.zadd(tenant_files(tenant), {file_id: meta["created_at"]})  # type: ignore[dict-item]
+        pipe.expire(tenant_files(tenant), self.ttl_s)
         await pipe.execute()
         return file_object(file_id, {k.encode(): str(v).encode() for k, v in meta.items() if k != "content"})
 
@@ -120,11 +127,34 @@ async def delete(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     await files_of(request).meta(file_id, caller.tenant)
     await gw(request).redis.delete(file_key(file_id))
+    await gw(request).redis.zrem(tenant_files(caller.tenant), file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+def limit_param(request: Request) -> int:
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise BadRequest("limit: give 1 to 10000", param="limit", code="invalid_value")
+    return int(raw)
+
+
+async def listing(request: Request) -> Response:
+    """The tenant's files, newest first (`limit`, default 20); expired ones drop out."""
+    caller = await admit(request)
+    r = gw(request).redis
+    ids = [i.decode() for i in await r.zrevrange(tenant_files(caller.tenant), 0, limit_param(request) - 1)]
+    pipe = r.pipeline(transaction=False)
+    for file_id in ids:
+        pipe.hmget(file_key(file_id), ["tenant", "filename", "purpose", "bytes", "created_at"])
+    rows = await pipe.execute()
+    names = (b"tenant", b"filename", b"purpose", b"bytes", b"created_at")
+    data = [file_object(fid, dict(zip(names, row, strict=True))) for fid, row in zip(ids, rows, strict=True) if row[0]]
+    return json_response({"object": "list", "data": data, "has_more": False})
 
 
 routes = [
     Route("/v1/files", upload, methods=["POST"]),
+    Route("/v1/files", listing, methods=["GET"]),
     Route("/v1/files/{file_id}", retrieve, methods=["GET"]),
     Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
     Route("/v1/files/{file_id}/content", download, methods=["GET"]),

@@ -108,3 +108,18 @@ def test_the_rate_limit_is_shared_by_every_replica(gateway: GatewayProc, gw_flee
         assert limited[0].json()["error"]["type"] == "rate_limit_error"
     finally:
         stop_process(second.proc, timeout=10)
+
+
+def test_listing_files_and_batches_shows_only_the_callers_own(gateway: GatewayProc, make_tenant) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    a, b = make_tenant("la"), make_tenant("lb")
+    ca = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=a.key, max_retries=0)
+    cb = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=b.key, max_retries=0)
+    line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "panel/multiple_choice", "messages": [{"role": "user", "content": "A) 1 B) 2? one letter"}]}}  # fmt: skip
+    f = ca.files.create(file=("in.jsonl", orjson.dumps(line)), purpose="batch")
+    batch = ca.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert [x.id for x in ca.files.list()] == [f.id]
+    assert [x.id for x in ca.batches.list()] == [batch.id]
+    assert list(cb.files.list()) == [] and list(cb.batches.list()) == []
