@@ -125,15 +125,20 @@ class Submitter:
             return str(job.id)
         job = d.job if d.job.id else d.job.model_copy(update={"id": uuid.uuid4().hex})
         job_id = str(job.id)
-        if d.callback_url:  # before the job can be decided, so its decision finds the callback
-            self._register_callback(job_id, d.callback_url, caller.tenant)
+        if d.job.id:  # another tenant's id is refused before anything of this request is written
+            self._check_owner(job_id, caller.tenant)
+        if d.callback_url and not self.redis.exists(callback_key(job_id)):  # a repeat keeps the first's
+            self._register_callback(job_id, d.callback_url, caller.tenant)  # before the job can be decided
         got = self.client.submit(job)
         if got != job_id:  # an idempotent resubmission: the first job (and its callback) stands
             self.redis.delete(callback_key(job_id))
-        owner = self.redis.hget(keys.job(got), "tenant")
-        if owner is not None and owner.decode() != caller.tenant:
-            raise Conflict(f"job id {got!r} is taken; choose another id", param="id", code="id_taken")
+        self._check_owner(got, caller.tenant)
         return got
+
+    def _check_owner(self, job_id: str, tenant: str) -> None:
+        owner = self.redis.hget(keys.job(job_id), "tenant")
+        if owner is not None and owner.decode() != tenant:
+            raise Conflict(f"job id {job_id!r} is taken; choose another id", param="id", code="id_taken")
 
     def _register_callback(self, job_id: str, url: str, tenant: str) -> None:
         pipe = self.redis.pipeline()

@@ -123,3 +123,20 @@ def test_listing_files_and_batches_shows_only_the_callers_own(gateway: GatewayPr
     assert [x.id for x in ca.files.list()] == [f.id]
     assert [x.id for x in ca.batches.list()] == [batch.id]
     assert list(cb.files.list()) == [] and list(cb.batches.list()) == []
+
+
+def test_another_tenants_job_id_is_refused_and_its_callback_left_alone(gateway: GatewayProc, make_tenant,  # type: ignore[no-untyped-def]
+                                                                       gw_redis: redis_lib.Redis) -> None:  # fmt: skip
+    from gateway.submission import callback_key
+
+    a, b = make_tenant("ida"), make_tenant("idb")
+    job_id = f"order-{a.name}"
+    with h(gateway, a) as ha, h(gateway, b) as hb:
+        ok = ha.post("/v1/jobs", json={"id": job_id, "task_class": "extraction", "prompt": "Invoice 5: total $5.",
+                                       "callback_url": "http://127.0.0.1:9/a"})  # fmt: skip
+        assert ok.status_code == 202 and ok.json()["id"] == job_id
+        taken = hb.post("/v1/jobs", json={"id": job_id, "task_class": "extraction", "prompt": "x",
+                                          "callback_url": "http://127.0.0.1:9/b"})  # fmt: skip
+        assert taken.status_code == 409 and taken.json()["error"]["param"] == "id"
+    assert gw_redis.hget(callback_key(job_id), "url") == b"http://127.0.0.1:9/a"
+    assert gw_redis.hget(keys.job(job_id), "tenant") == a.name.encode()
