@@ -117,7 +117,8 @@ def parse_lines(g: Gateway, content: bytes, caller: Caller, endpoint: str) -> tu
             req = parse_chat(line.get("body"), prefix="body.")
             if req.stream:
                 raise BadRequest("body.stream: not in a batch", param="body.stream", code="invalid_value")
-            good.append((n, cid, req.model, draft(to_job(req, g.catalogue, mode="batch", prefix="body."), caller, prefix="body.")))
+            good.append((n, cid, req.model, draft(to_job(req, g.catalogue, mode="batch", prefix="body."), caller, prefix="body.",
+                                                    private_ok=g.settings.callback_private_hosts)))
         except ApiError as e:
             err = e.body()["error"]
             errors.append({"code": err["code"], "message": f"line {n}: {err['message']}", "param": err["param"], "line": n})

@@ -42,7 +42,7 @@ async def chat_completions(request: Request) -> Response:
     caller = await admit(request)
     g = gw(request)
     req = parse_chat(await json_body(request))
-    d = draft(to_job(req, g.catalogue), caller, idempotency_header(request), prefix="")
+    d = draft(to_job(req, g.catalogue), caller, idempotency_header(request), private_ok=g.settings.callback_private_hosts)
     job_id = await g.blocking(g.submitter.submit, d, caller, short=True)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -40,7 +40,7 @@ def idempotency_header(request: Request) -> str | None:
 async def create_job(request: Request) -> Response:
     caller = await admit(request)
     g = gw(request)
-    d = draft(await json_body(request), caller, idempotency_header(request))
+    d = draft(await json_body(request), caller, idempotency_header(request), private_ok=g.settings.callback_private_hosts)
     job_id = await g.blocking(g.submitter.submit, d, caller, short=True)
     return json_response({"id": job_id, "object": "panel.job", "status": "queued"}, 202,
                          {"Location": f"/v1/jobs/{job_id}"})  # fmt: skip
@@ -54,7 +54,7 @@ async def create_jobs(request: Request) -> Response:
         raise BadRequest(f"content-type {ctype!r}: send JSONL (application/jsonl), one Job a line",
                          param="content-type", code="unsupported_media_type")  # fmt: skip
     raw = await body(request, g.settings.max_file_bytes)
-    drafts, errors = parse_jsonl(raw, caller, g.settings.max_batch_lines)
+    drafts, errors = parse_jsonl(raw, caller, g.settings.max_batch_lines, g.settings.callback_private_hosts)
     if not drafts and not errors:
         raise BadRequest("body: no jobs; send one JSON Job per line", param="body", code="empty")
     report = await g.blocking(g.submitter.submit_many, drafts, caller)

@@ -29,6 +29,7 @@ class GatewaySettings(BaseModel):
     callback_max_attempts: int = Field(default=8, ge=1)
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_lease_s: float = Field(default=60.0, gt=0, description="a claimed delivery whose replica died is retried after this")
+    callback_private_hosts: bool = Field(default=False, description="allow callbacks to loopback/private addresses")
     callbacks: bool = Field(default=True, description="deliver callbacks from this replica")
     # uvicorn's event loop and HTTP parser: "auto" takes uvloop and httptools (both declared)
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"

@@ -9,6 +9,7 @@ batch: the same keys and task as `PanelClient.submit`, fewer round trips.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,7 +48,18 @@ class LineReport:
     errors: list[dict[str, Any]] = field(default_factory=list)  # OpenAI-shaped errors with their line
 
 
-def check_callback_url(url: Any, param: str = "callback_url") -> str:
+def is_private(host: str) -> bool:
+    """A loopback, private, link-local (cloud metadata) or unspecified address, or localhost."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a DNS name: not resolved here (see README: put an egress proxy in front)
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_reserved
+
+
+def check_callback_url(url: Any, param: str = "callback_url", private_ok: bool = False) -> str:
     if not isinstance(url, str):
         raise BadRequest(f"{param}: expected a URL string, got {type(url).__name__}", param=param, code="invalid_type")
     try:  # what the delivery's HTTP client will parse, so a URL accepted here can be POSTed to
@@ -58,10 +70,15 @@ def check_callback_url(url: Any, param: str = "callback_url") -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > MAX_CALLBACK_URL:
         raise BadRequest(f"{param}: give an http(s) URL of at most {MAX_CALLBACK_URL} characters", param=param,
                          code="invalid_value")  # fmt: skip
+    if not private_ok and is_private(parts.hostname or ""):
+        raise BadRequest(f"{param}: a loopback, private or link-local address is refused (the gateway would call "
+                         "inside its own network); PANEL_GATEWAY_CALLBACK_PRIVATE_HOSTS=1 allows it",
+                         param=param, code="callback_host_refused")  # fmt: skip
     return url
 
 
-def draft(data: Any, caller: Caller, idempotency_key: str | None = None, prefix: str = "") -> Draft:
+def draft(data: Any, caller: Caller, idempotency_key: str | None = None, prefix: str = "",
+          private_ok: bool = False) -> Draft:  # fmt: skip
     """Validate one job body for `caller`; raises BadRequest naming the field (under `prefix`)."""
     if not isinstance(data, dict):
         raise BadRequest(f"expected a JSON object (a Job), got {type(data).__name__}", param=prefix.rstrip(".") or "body",
@@ -69,7 +86,7 @@ def draft(data: Any, caller: Caller, idempotency_key: str | None = None, prefix:
     data = dict(data)
     callback = data.pop("callback_url", None)
     if callback is not None:
-        callback = check_callback_url(callback, f"{prefix}callback_url")
+        callback = check_callback_url(callback, f"{prefix}callback_url", private_ok)
     tenant = data.get("tenant")
     if tenant is not None and tenant != caller.tenant:
         raise BadRequest(f"{prefix}tenant: set by your API key (tenant {caller.tenant!r}); remove the field",
@@ -197,7 +214,8 @@ class Submitter:
         return report
 
 
-def parse_jsonl(body: bytes, caller: Caller, max_lines: int) -> tuple[list[tuple[int, Draft]], list[dict[str, Any]]]:
+def parse_jsonl(body: bytes, caller: Caller, max_lines: int,
+                private_ok: bool = False) -> tuple[list[tuple[int, Draft]], list[dict[str, Any]]]:  # fmt: skip
     """Each non-blank line of a JSONL body: a Draft, or an error naming its line and field."""
     drafts: list[tuple[int, Draft]] = []
     errors: list[dict[str, Any]] = []
@@ -219,7 +237,7 @@ def parse_jsonl(body: bytes, caller: Caller, max_lines: int) -> tuple[list[tuple
                 data = orjson.loads(text)
             except orjson.JSONDecodeError as e:
                 raise BadRequest(f"line {n}: not JSON: {e}", param="(line)", code="invalid_json") from None
-            drafts.append((n, draft(data, caller)))
+            drafts.append((n, draft(data, caller, private_ok=private_ok)))
         except BadRequest as e:
             errors.append({"line": n, **e.body()["error"]})
     return drafts, errors

@@ -29,6 +29,7 @@ GATEWAY_ENV = {
     "PANEL_GATEWAY_CALLBACK_BACKOFF_S": "0.3",
     "PANEL_GATEWAY_SSE_POLL_S": "0.1",
     "PANEL_GATEWAY_MAX_BODY_BYTES": str(1024 * 1024),
+    "PANEL_GATEWAY_CALLBACK_PRIVATE_HOSTS": "1",  # the receivers are on loopback
 }
 
 

@@ -64,7 +64,7 @@ def test_a_failed_send_leaves_no_job_behind(redis_url: str, redis_client: redis_
 
     monkeypatch.setattr(sub, "_send", broker_down)
     with pytest.raises(redis_lib.ConnectionError):
-        sub.submit_many([(1, draft(dict(JOB, callback_url="http://127.0.0.1:9/h"), caller))], caller)
+        sub.submit_many([(1, draft(dict(JOB, callback_url="http://127.0.0.1:9/h"), caller, private_ok=True))], caller)
     assert not list(redis_client.scan_iter(match=f"{keys.PREFIX}job:*"))
     assert not list(redis_client.scan_iter(match=callback_key("*")))
     client.close()
@@ -88,3 +88,16 @@ def test_the_gateway_never_imports_workers_and_the_cli_imports_the_gateway_lazil
     subprocess.run([sys.executable, "-c", code], check=True)
     code = "import sys, producer.cli; assert 'gateway' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/h", "http://localhost:8080/h", "http://169.254.169.254/latest",
+                                 "http://10.0.0.5/h", "http://[::1]/h", "https://0.0.0.0/h"])  # fmt: skip
+def test_callbacks_to_internal_addresses_are_refused_by_default(url: str) -> None:
+    from gateway.errors import BadRequest
+
+    caller = Caller("acme", 0.0, None)
+    with pytest.raises(BadRequest) as e:
+        draft(dict(JOB, callback_url=url), caller)
+    assert e.value.param == "callback_url" and e.value.code == "callback_host_refused"
+    assert draft(dict(JOB, callback_url=url), caller, private_ok=True).callback_url == url
+    assert draft(dict(JOB, callback_url="https://hooks.example.com/panel"), caller).callback_url
