@@ -55,7 +55,7 @@ class PanelClient:
         # A producer may share one client across many threads: wait for a free connection, never fail
         self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=self.settings.redis_max_connections, timeout=self.settings.redis_pool_timeout_s,
-            health_check_interval=30))  # fmt: skip
+            health_check_interval=30, client_name="pf-producer"))  # fmt: skip
         self.celery = Celery("panel_producer", broker=url, set_as_current=False)
         self.celery.conf.update(
             task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=self.settings.transport_options(),
