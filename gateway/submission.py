@@ -179,7 +179,9 @@ class Submitter:
         ids = [str(job.id) for job, _ in fresh]
         try:
             self._send(ids)
-        except BaseException:  # not enqueued: take the stored jobs back, so none waits forever half-made
+        except BaseException:  # not enqueued: take the stored jobs back, so none waits forever half-made.
+            # kombu calls a failed pipeline "delivery uncertain": a task that did go out finds no
+            # job and fails it ("not found"), while the caller got a 5xx and resubmits.
             self.redis.delete(*[keys.job(j) for j in ids], *[callback_key(j) for j in ids])
             raise
 
