@@ -48,6 +48,7 @@ class PanelOptions(_Strict):
     budget_usd: float | None = None
     deadline: StrictStr | None = None
     callback_url: StrictStr | None = None
+    cache: Literal["use", "bypass"] | None = None  # the answer cache of classes that opt in
 
 
 class ChatRequest(BaseModel):
