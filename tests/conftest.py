@@ -41,5 +41,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def replay_dir() -> Path:
     if not (REPLAY_DIR / "mmlu_train.jsonl").exists():
-        pytest.skip(f"replay data not found at {REPLAY_DIR} (../shared is absent in a user's clone)")
+        pytest.skip(f"replay data not found at {REPLAY_DIR} (../shared is absent in a user's clone; "
+                    "PANEL_REPLAY_DIR names another folder)")
     return REPLAY_DIR
