@@ -181,6 +181,52 @@ POLICY_CACHE = f"{PREFIX}{{policy}}:cache"  # hash: task class -> ClassCache JSO
 LABELS = f"{PREFIX}{{labels}}"  # hash: job id -> {"label": ..., "at": unix s}
 
 
+# --- gateway ----------------------------------------------------------------------------------------
+def gw_key_record(sha: str) -> str:
+    """Hash: an API key's tenant, id, revoked_at (by sha256 of the key)."""
+    return f"{PREFIX}{{k:{sha}}}:gw:key"
+
+
+GW_KEY_INDEX = f"{PREFIX}{{gw}}:keys"  # hash: key id -> "tenant sha"
+GW_CALLBACKS_DUE = f"{PREFIX}{{gw}}:callbacks:due"  # zset of callbacks to deliver
+
+
+def tenant_tag_open() -> str:
+    """`tenant_tag_open() .. tenant .. '}:'` starts a tenant's keys: admission.lua names the
+    tenant's keys from the tenant it reads (not cluster-safe, docs/cluster.md)."""
+    return f"{PREFIX}{{t:"
+
+
+def gw_tenant(tenant: str) -> str:
+    """Hash: rate_per_s, rate_burst, budget_usd (per UTC day), callback_secret, created_at."""
+    return f"{tenant_tag(tenant)}:gw:tenant"
+
+
+def gw_rate(tenant: str) -> str:
+    """Hash: the tenant's request token bucket (tokens, at)."""
+    return f"{tenant_tag(tenant)}:gw:rate"
+
+
+def gw_callback(job_id: str) -> str:
+    return f"{job_tag(job_id)}:gw:callback"
+
+
+def gw_file(file_id: str) -> str:
+    return f"{PREFIX}{{f:{file_id}}}:gw:file"
+
+
+def gw_files(tenant: str) -> str:
+    return f"{tenant_tag(tenant)}:gw:files"
+
+
+def gw_batch(batch_id: str) -> str:
+    return f"{PREFIX}{{b:{batch_id}}}:gw:batch"
+
+
+def gw_batches(tenant: str) -> str:
+    return f"{tenant_tag(tenant)}:gw:batches"
+
+
 # --- fleet-wide singletons (single-key commands only) ----------------------------------------------
 def task_classes() -> str:
     """Set: the task classes of the policy table the workers loaded (producers validate against it)."""

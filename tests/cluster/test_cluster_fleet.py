@@ -79,7 +79,9 @@ def test_state_on_a_cluster_broker_on_plain_redis_decides_panel_jobs(redis_clust
         assert not list(broker.scan_iter("pf:*", count=1000))
         refused = [f"{log.name}: {line[:200]}" for log in fleet.log_dir.glob("worker-*.log")
                    for line in log.read_text(errors="replace").splitlines() if "in cluster mode" in line]  # fmt: skip
-        assert not refused, "a command the cluster client refuses (a pipelined PUBLISH, EVALSHA...):\n" + "\n".join(refused)
+        assert not refused, "a command the cluster client refuses (a pipelined PUBLISH, EVALSHA...):\n" + "\n".join(
+            refused
+        )
         print(f"\n{JOBS} panel jobs on a 3-node cluster (broker on plain Redis): all decided once in "
               f"{elapsed:.1f} s ({JOBS / elapsed:.1f} jobs/s); keys per shard {per_node}")  # fmt: skip
         client.close()
