@@ -7,7 +7,10 @@ and keys never enter a message.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, bootsteps
+from celery.signals import after_setup_logger
 from kombu import Queue
 
 import producer.wire  # noqa: F401  (registers the orjson codec)
@@ -63,6 +66,15 @@ app.conf.update(
     },
     worker_hijack_root_logger=False,
 )
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(**_: object) -> None:
+    """Celery logs two INFO lines per task ("received", "succeeded"): at fleet rates that is
+    log I/O and formatting on every member call that no one reads (Flower and our receipts carry
+    the same facts). Failures and retries still log at WARNING and above."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Heartbeat(bootsteps.StartStopStep):
