@@ -24,6 +24,7 @@ from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
 from producer.wire import NAME as CODEC
+from producer.wire import text
 
 RUN_TASK = "panel.run"
 
@@ -76,7 +77,7 @@ class PanelClient:
             if not self.redis.set(key, job_id, nx=True, ex=self.settings.result_ttl_s):
                 first = self.redis.get(key)
                 if first is not None:
-                    return str(first.decode())
+                    return text(first)
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
@@ -89,7 +90,7 @@ class PanelClient:
     def _check_task_class(self, job: Job) -> None:
         known = self.redis.smembers(keys.task_classes())
         if known and job.task_class.encode() not in known:
-            names = ", ".join(sorted(k.decode() for k in known))
+            names = ", ".join(sorted(text(k) for k in known))
             raise ContractError([("task_class", f"unknown task class {job.task_class!r}; known: {names}")])
 
     def submit_many(self, lines: Iterable[bytes], progress: Callable[[int, int], None] | None = None) -> SubmitReport:
@@ -117,7 +118,7 @@ class PanelClient:
         st = self.redis.hget(keys.job(job_id), "status")
         if st is None:
             raise UnknownJob(job_id)
-        return str(st.decode())
+        return text(st)
 
     def result(self, job_id: str) -> Result | None:
         raw = self.redis.hmget(keys.job(job_id), ["status", "result"])
@@ -146,7 +147,7 @@ class PanelClient:
 
     def ledger(self, count: int = 100_000) -> list[dict[str, Any]]:
         """Receipts from the ledger stream, oldest first."""
-        entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(keys.LEDGER_STREAM, count=count)  # type: ignore[assignment]
         return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
 
     def close(self) -> None:

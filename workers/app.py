@@ -11,7 +11,7 @@ import logging
 
 from celery import Celery, bootsteps
 from celery.signals import after_setup_logger
-from kombu import Queue
+from kombu.entity import Queue
 
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings

@@ -65,7 +65,7 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
         rt.jobs.fail(job_id, str(e))
         return "failed"
     new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-              job_fields={"status": "running", "plan": orjson.dumps(plan.__dict__)})  # fmt: skip
+              plan=orjson.dumps(plan.__dict__))  # fmt: skip
     return plan.lane
 
 
@@ -83,9 +83,9 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
               attempt: int, triggers: list[str], reason: str,
-              job_fields: dict[str, Any] | None = None) -> PanelRun:  # fmt: skip
-    """Plan and send a panel of the job; stored with the job's record of it (and `job_fields`)
-    in one transaction."""
+              plan: bytes | None = None) -> PanelRun:  # fmt: skip
+    """Plan and send a panel of the job; stored with the job's record of it (and, for its first
+    panel, the job's `plan` and running status) in one transaction."""
     n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
@@ -99,8 +99,8 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
     )  # fmt: skip
     pipe = rt.redis.pipeline()
     rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
-    if job_fields:
-        pipe.hset(keys.job(job_id), mapping=job_fields)
+    if plan is not None:
+        pipe.hset(keys.job(job_id), mapping={"status": "running", "plan": plan})
     pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
     pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
     pipe.execute()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from celery import Task
 
 from producer import keys
+from producer.wire import text
 from workers import status
 from workers.app import app
 from workers.batch import lane as batch_lane
@@ -90,7 +91,7 @@ def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[
         n = int(pipe.execute()[0]) + 1
     if n > MAX_ATTEMPTS:
         last = runtime().redis.hget(key, "reason")
-        reason = last.decode() if last else f"its worker was lost mid-task {n - 1} times"
+        reason = text(last) if last else f"its worker was lost mid-task {n - 1} times"
         return give_up(task, job_id, reason, n - 1, abandon)
     try:
         _test_poison(job_id)

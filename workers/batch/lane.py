@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from producer.wire import text
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
@@ -137,8 +138,9 @@ def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -
     _reclaim_stale(rt, policy)
     created: list[str] = []
     now = time.time()
-    for raw_model, since in rt.redis.zrange(AGES, 0, -1, withscores=True):
-        model = raw_model.decode()
+    ages: list[tuple[bytes, float]] = rt.redis.zrange(AGES, 0, -1, withscores=True)  # type: ignore[assignment]
+    for raw_model, since in ages:
+        model = text(raw_model)
         size = int(rt.redis.llen(PENDING + model))
         if size == 0:
             rt.redis.zrem(AGES, model)
@@ -188,7 +190,7 @@ def _reclaim_stale(rt: Runtime, policy: FlushPolicy) -> None:
             model = str(info["model"])
             if _script(rt, "reclaim")(keys=[CLAIMS, PENDING + model], args=[claim]):
                 rt.redis.zadd(AGES, {model: float(info["at"])}, nx=True)
-                log.warning("batch claim %s of %s was stale; its lines are queued again", claim.decode(), model)
+                log.warning("batch claim %s of %s was stale; its lines are queued again", text(claim), model)
 
 
 _SCRIPTS: dict[tuple[int, str], Any] = {}
@@ -247,7 +249,7 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
     policy = policy or FlushPolicy()
     landed = 0
     for raw_id, raw in rt.redis.hgetall(OPEN).items():
-        bid, info = raw_id.decode(), orjson.loads(raw)
+        bid, info = text(raw_id), orjson.loads(raw)
         lock = f"pf:batch:poll:{bid}"
         if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
             continue
@@ -279,7 +281,7 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
     pipe.decr(group + ":left")
     _, left = pipe.execute()
     if int(left) <= 0:
-        unanswered = [c.decode() for c in rt.redis.smembers(group)]
+        unanswered = [text(c) for c in rt.redis.smembers(group)]
         for cid in unanswered:
             reason = f"batch {bid} {status.raw_status} without a result for this line"
             _land_line(rt, d, bid, cid, ProviderUnavailable(str(info["provider"]), status.message or reason), policy)

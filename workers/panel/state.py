@@ -16,6 +16,7 @@ import redis
 from redis.client import Pipeline
 
 from producer import keys
+from producer.wire import text
 from workers.policy import AgreementSpec
 
 VoteStatus = Literal["quorum", "exhausted", "next", "pending", "decided"]
@@ -63,7 +64,7 @@ class PanelRun:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, raw: bytes) -> PanelRun:
+    def from_json(cls, raw: bytes | str) -> PanelRun:
         d = orjson.loads(raw)
         d["members"] = [Member(**m) for m in d["members"]]
         return cls(**d)
@@ -180,11 +181,11 @@ class PanelStore:
 
     def state(self, panel_id: str) -> dict[str, str]:
         raw = self.r.hgetall(keys.panel(panel_id))
-        return {k.decode(): v.decode() for k, v in raw.items() if k != b"spec"}
+        return {text(k): text(v) for k, v in raw.items() if k != b"spec"}
 
     def decided(self, panel_id: str) -> str | None:
         v = self.r.hget(keys.panel(panel_id), "decided")
-        return v.decode() if v else None
+        return text(v) if v else None
 
     def vote(self, panel_id: str, member: str, answer_key: str | None, step: int) -> VoteOutcome:
         res = self._vote(
@@ -205,7 +206,7 @@ class PanelStore:
             return VoteOutcome("next", answer, dup, send_from=int(res[3]), send_to=int(res[4]))
         if status not in ("quorum", "exhausted", "pending"):
             raise ValueError(f"vote.lua returned an unknown status {status!r}")
-        return VoteOutcome(status, answer, dup, distinct=distinct)  # type: ignore[arg-type]
+        return VoteOutcome(status, answer, dup, distinct=distinct)
 
     def decide(self, panel_id: str, outcome: str, answer: str = "", replace_exhausted: bool = False) -> tuple[bool, str, str]:
         won, out, ans = self._decide(
@@ -218,10 +219,10 @@ class PanelStore:
         return bool(self.r.hsetnx(keys.panel(panel_id), f"once:{action}", time.time()))
 
     def votes(self, panel_id: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(keys.votes(panel_id)).items()}
+        return {text(k): text(v) for k, v in self.r.hgetall(keys.votes(panel_id)).items()}
 
     def tally(self, panel_id: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.r.hgetall(keys.tally(panel_id)).items()}
+        return {text(k): int(v) for k, v in self.r.hgetall(keys.tally(panel_id)).items()}
 
     # --- call records: written before the vote, so a redelivered member re-uses a paid answer
     def call(self, panel_id: str, member: str) -> dict[str, Any] | None:
@@ -236,7 +237,7 @@ class PanelStore:
         return True
 
     def calls(self, panel_id: str) -> dict[str, dict[str, Any]]:
-        return {k.decode(): orjson.loads(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
+        return {text(k): orjson.loads(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
 
     def set_task_ids(self, panel_id: str, task_ids: dict[str, str]) -> None:
         """member -> task id of the members just sent (one round trip)."""
