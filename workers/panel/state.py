@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib.resources import files
 from typing import Any, Literal
 
@@ -57,8 +58,13 @@ class PanelRun:
     def member(self, member_id: str) -> Member:
         return next(m for m in self.members if m.member == member_id)
 
-    def agreement_spec(self) -> AgreementSpec:
+    @cached_property
+    def agreement_rule(self) -> AgreementSpec:
+        """The agreement spec, validated once per process (the spec is immutable and cached)."""
         return AgreementSpec.model_validate(self.agreement)
+
+    def agreement_spec(self) -> AgreementSpec:
+        return self.agreement_rule
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
