@@ -135,10 +135,10 @@ def final_text(snap: PanelSnapshot) -> str | None:
     if st.get("verdict"):
         return str(orjson.loads(st["verdict"])["final_answer"])
     key = st.get("answer")
-    answered = [c for c in snap.calls.values() if c["status"] in ("answered", "late")]
-    for c in sorted(answered, key=lambda c: c["member"]):
-        if key and c.get("answer_key") == key:
-            return str(c["text"])
+    answered = [c for c in snap.calls.values() if c.status in ("answered", "late")]
+    for c in sorted(answered, key=lambda c: c.member):
+        if key and c.answer_key == key:
+            return c.text
     return None
 
 

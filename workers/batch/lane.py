@@ -35,6 +35,7 @@ from workers.panel.act import carry_out
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import call_record, cast_vote, json_mode, land
 from workers.panel.ports import Dispatcher
+from workers.panel.record import Call
 from workers.panel.route import realtime_margin_s, route
 from workers.panel.state import PanelRun
 from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
@@ -92,9 +93,7 @@ def enqueue_member(rt: Runtime, panel_id: str, member_id: str) -> str:
     if spec is None:
         return "gone"
     if rt.store.decided(panel_id):
-        rt.store.put_call(
-            panel_id, member_id, call_record(rt.registry, spec, spec.member(member_id), "cancelled"), only_if_absent=True
-        )
+        rt.store.put_call(panel_id, call_record(rt.registry, spec, spec.member(member_id), "cancelled"), only_if_absent=True)
         return "cancelled"
     cid = Line.open(rt, panel_id, member_id)
     if cid is None:
@@ -218,7 +217,7 @@ def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
         return ChatRequest(model=mspec.wire_model, messages=arbiter_messages_for(rt.store, spec, job),
                            max_tokens=mspec.max_output_tokens, json_mode=True)  # fmt: skip
     if rt.store.decided(spec.panel_id):  # decided while queued: the line costs nothing
-        rt.store.put_call(spec.panel_id, line.member, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
+        rt.store.put_call(spec.panel_id, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return None
     return ChatRequest(model=mspec.wire_model, messages=job.chat(), max_tokens=mspec.max_output_tokens,
@@ -297,7 +296,7 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
     if line is None or spec is None:
         return  # not ours, or its panel expired
     prior = rt.store.call(spec.panel_id, line.member)
-    if not line.first_landing(rt, bid) or (not line.is_arbiter and prior and prior["status"] in ("answered", "late")):
+    if not line.first_landing(rt, bid) or (not line.is_arbiter and prior and prior.status in ("answered", "late")):
         _repeat_follow_ups(rt, d, spec, line, prior)  # landed before: a poll re-run, or a line sent twice
         return
     if isinstance(outcome, ProviderError):
@@ -315,13 +314,13 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
 
 
 def _repeat_follow_ups(
-    rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, prior: dict[str, Any] | None
+    rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, prior: Call | None
 ) -> None:
     """Re-vote (idempotent) so a decision whose follow-up was lost with its worker is acted on."""
     if line.is_arbiter:
         if rt.store.decided(spec.panel_id) == "arbiter":
             d.conclude(spec.panel_id)
-    elif prior and prior.get("status") in ("answered", "failed", "late"):
+    elif prior and prior.status in ("answered", "failed", "late"):
         carry_out(rt.store, d, cast_vote(rt.store, spec, prior))
 
 
@@ -333,7 +332,7 @@ def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, error: 
     if line.is_arbiter and not needs_arbiter(rt.store, spec.panel_id):
         return
     if not line.is_arbiter and rt.store.decided(spec.panel_id):
-        rt.store.put_call(spec.panel_id, line.member, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
+        rt.store.put_call(spec.panel_id, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return
     if attempts < MAX_ATTEMPTS or (too_late(spec, policy) and error.retryable):

@@ -18,6 +18,7 @@ from redis.client import Pipeline
 
 from producer import keys
 from producer.wire import text
+from workers.panel.record import Call
 from workers.policy import AgreementSpec
 
 VoteStatus = Literal["quorum", "exhausted", "next", "pending", "decided"]
@@ -92,7 +93,7 @@ class PanelSnapshot:
     """Everything recorded about a panel, read in one round trip (for its conclusion and receipt)."""
 
     state: dict[str, str]  # the panel hash without its spec
-    calls: dict[str, dict[str, Any]]  # member (or "arbiter") -> call record
+    calls: dict[str, Call]  # member (or "arbiter") -> its call
     votes: dict[str, str]  # member -> answer key ('' = no usable answer)
     tally: dict[str, int]  # answer key -> votes
 
@@ -149,12 +150,12 @@ class PanelStore:
         state, calls, votes, tally = pipe.execute()
         return PanelSnapshot(
             state={k.decode(): v.decode() for k, v in state.items() if k != b"spec"},
-            calls={k.decode(): orjson.loads(v) for k, v in calls.items()},
+            calls={k.decode(): Call.from_json(v) for k, v in calls.items()},
             votes={k.decode(): v.decode() for k, v in votes.items()},
             tally={k.decode(): int(v) for k, v in tally.items()},
         )
 
-    def turn(self, panel_id: str, member: str) -> tuple[PanelRun | None, dict[str, Any] | None, bool]:
+    def turn(self, panel_id: str, member: str) -> tuple[PanelRun | None, Call | None, bool]:
         """A member's start, one round trip: the panel's spec (unless this process has it), the
         member's recorded call (a redelivery re-uses a paid answer) and whether the panel is
         decided already."""
@@ -165,7 +166,7 @@ class PanelStore:
         raw, (decided, raw_spec) = pipe.execute()
         if spec is None and raw_spec:
             spec = self._remember(PanelRun.from_json(raw_spec))
-        return spec, (orjson.loads(raw) if raw else None), bool(decided)
+        return spec, (Call.from_json(raw) if raw else None), bool(decided)
 
     def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to
@@ -231,19 +232,19 @@ class PanelStore:
         return {text(k): int(v) for k, v in self.r.hgetall(keys.tally(panel_id)).items()}
 
     # --- call records: written before the vote, so a redelivered member re-uses a paid answer
-    def call(self, panel_id: str, member: str) -> dict[str, Any] | None:
+    def call(self, panel_id: str, member: str) -> Call | None:
         raw = self.r.hget(keys.calls(panel_id), member)
-        return orjson.loads(raw) if raw else None
+        return Call.from_json(raw) if raw else None
 
-    def put_call(self, panel_id: str, member: str, record: dict[str, Any], only_if_absent: bool = False) -> bool:
-        data = orjson.dumps(record)
+    def put_call(self, panel_id: str, record: Call, only_if_absent: bool = False) -> bool:
+        data = record.to_json()
         if only_if_absent:
-            return bool(self.r.hsetnx(keys.calls(panel_id), member, data))
-        self.r.hset(keys.calls(panel_id), member, data)
+            return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
+        self.r.hset(keys.calls(panel_id), record.member, data)
         return True
 
-    def calls(self, panel_id: str) -> dict[str, dict[str, Any]]:
-        return {text(k): orjson.loads(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
+    def calls(self, panel_id: str) -> dict[str, Call]:
+        return {text(k): Call.from_json(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
 
     def set_task_ids(self, panel_id: str, task_ids: dict[str, str]) -> None:
         """member -> task id of the members just sent (one round trip)."""
