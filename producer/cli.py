@@ -97,10 +97,34 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
+    from producer import labels
     from producer.ledger_view import summarise, table
 
-    receipts = _client(args).ledger()
+    client = _client(args)
+    receipts = client.ledger()
     print(table(summarise(receipts)))
+    fed_back = labels.get_all(client.redis)
+    if fed_back:
+        print("\n".join(labels.summary(receipts, fed_back)))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from producer import labels
+
+    client = _client(args)
+    if args.export:
+        if not args.task_class:
+            raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
+        rows = labels.export(client.ledger(), labels.get_all(client.redis), args.task_class, args.kind)
+        Path(args.export).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        print(f"wrote {len(rows)} labelled jobs of {args.task_class} to {args.export}", file=sys.stderr)
+    elif args.file:
+        print(f"stored {labels.put_file(client.redis, Path(args.file))} labels", file=sys.stderr)
+    elif args.job_id and args.label:
+        labels.put(client.redis, args.job_id, args.label)
+    else:
+        raise labels.LabelError("give JOB correct|wrong, --file labels.jsonl, or --export FILE --task-class NAME")
     return 0
 
 
@@ -114,11 +138,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.main import evaluate
 
     try:
-        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit)
+        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit,
+                 repeat=args.repeat, offline=args.offline)  # fmt: skip
     except ValueError as e:
         print(f"panel eval: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve  # lazily: `producer` does not import `gateway` at load
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env().model_copy(update={"host": args.host, "port": args.port})
+    serve(settings, args.redis_url, args.log_level)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.tenants import Keys
+
+    keys_ = Keys(_client(args).redis)
+    if args.action == "create":
+        k = keys_.create(args.tenant, budget_usd=args.budget_usd, rate_per_s=args.rate, rate_burst=args.burst)
+        print(k.api_key)  # the only time the key is shown: only its hash is stored
+        print(f"key id {k.id} for tenant {k.tenant}; callback signing secret: {k.callback_secret}", file=sys.stderr)
+    elif args.action == "revoke":
+        print(f"revoked key {args.tenant} of tenant {keys_.revoke(args.tenant)}", file=sys.stderr)
+    else:
+        for row in keys_.list():
+            print(f"{row['id']}\t{row['tenant']}\t{'revoked' if row['revoked'] else 'active'}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from evaluation.replay import ReplayFormatError
+    from evaluation.tune import Rule
+    from evaluation.tune_cli import main as tune_main
+
+    command = "panel tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else f"panel tune {args.file}"
+    try:
+        rule = Rule(tolerance=args.tolerance, max_stages=args.max_stages, inner_folds=args.inner_folds)
+        return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
+                         args.task_class, rule, command)  # fmt: skip
+    except (ValueError, ReplayFormatError) as e:
+        print(f"panel tune: {e}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,13 +221,51 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ledger", help="per task class: jobs, escalation, arbiter, changed answers, cost, latency")
     s.set_defaults(func=cmd_ledger)
 
+    s = sub.add_parser("label", help="feed back whether a decided job's answer was right (kept beside the ledger)")
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("label", nargs="?", choices=["correct", "wrong"])
+    s.add_argument("--file", help='a JSONL of {"job_id": ..., "label": "correct"|"wrong"}')
+    s.add_argument("--export", help="write one task class's labelled jobs as a replay file (for panel tune)")
+    s.add_argument("--task-class")
+    s.add_argument("--kind", default="label", choices=["choice", "number", "label", "text"], help="the exported rows' kind")
+    s.set_defaults(func=cmd_label)
+
     s = sub.add_parser("eval", help="replay a recorded-answers file through the fleet under policies; table, JSON, PNG")
     s.add_argument("file", help="a replay JSONL(.gz) file (shared/data/replay format)")
     s.add_argument("--policy", action="append", required=True, help="policies/eval/NAME or a YAML path; repeatable")
     s.add_argument("--out", default="eval-out", help="folder for the JSON and PNG")
     s.add_argument("--latency-scale", type=float, default=1.0, help="multiply recorded latencies (0.1: 10x faster)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.add_argument("--repeat", type=int, default=1,
+                   help="submit every question N times, shuffled (a policy with cache_ttl_s serves repeats from its cache)")
+    s.add_argument("--offline", action="store_true", help="replay the policies on the recorded rows, no fleet "
+                   "(always so for cascade policies, e.g. a file `panel tune --write` wrote)")  # fmt: skip
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("serve", help="the HTTP gateway: jobs API, OpenAI-compatible chat and Batch API (gateway/)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("keys", help="gateway API keys: create TENANT | revoke KEY_ID | list")
+    s.add_argument("action", choices=["create", "revoke", "list"])
+    s.add_argument("tenant", nargs="?", help="create: the tenant; revoke: the key id (or the key)")
+    s.add_argument("--budget-usd", type=float, help="create: the tenant's budget per UTC day")
+    s.add_argument("--rate", type=float, help="create: the tenant's requests/s (fleet-wide)")
+    s.add_argument("--burst", type=float, help="create: requests the tenant may send at once")
+    s.set_defaults(func=cmd_keys)
+
+    s = sub.add_parser("tune", help="choose a cascade/panel from recorded outcomes by k-fold cross-validation")
+    s.add_argument("file", help="a replay JSONL(.gz) file (shared/data/replay format)")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0, help="fold assignment")
+    s.add_argument("--write", help="write the chosen tasks.yaml entry to this YAML file")
+    s.add_argument("--task-class", default="tuned", help="the task class name in the written entry")
+    s.add_argument("--tolerance", type=float, default=0.005, help="training accuracy a policy may give up vs the strongest model")
+    s.add_argument("--max-stages", type=int, default=3, choices=[1, 2, 3])
+    s.add_argument("--inner-folds", type=int, default=0, help=">= 2: choose on scores cross-validated inside each training fold")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("demo", help="start redis, the simulator and workers; run examples/; stop all")
     s.add_argument("--examples", default=str(Path(__file__).resolve().parent.parent / "examples"))
@@ -173,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "keys" and args.action != "list" and not args.tenant:
+        print(f"panel keys {args.action}: give a {'tenant' if args.action == 'create' else 'key id'}", file=sys.stderr)
+        return 2
     if args.cmd == "status" and not args.providers and not args.job_id:
         print("panel status: give a job id or --providers", file=sys.stderr)
         return 2

@@ -127,6 +127,7 @@ class PolicyCheck(bootsteps.Step):
 
         from producer import keys
         from producer.errors import PanelError
+        from workers import answer_cache
         from workers.runtime import Runtime
 
         try:
@@ -137,6 +138,7 @@ class PolicyCheck(bootsteps.Step):
         pipe = rt.redis.pipeline()  # MULTI: producers never see a half-written set
         pipe.delete(keys.task_classes())
         pipe.sadd(keys.task_classes(), *rt.policies.task_classes)
+        answer_cache.publish(pipe, rt.policies)  # policy versions: producers key the answer cache by them
         pipe.execute()
         super().__init__(worker, **kwargs)
 

@@ -19,6 +19,7 @@ from workers.panel.decision import Conclude, Nothing
 from workers.panel.ports import Chord
 from workers.panel.record import Call
 from workers.panel.state import PanelRun, PanelStore
+from workers.providers.caching import price
 from workers.registry import Registry
 
 VERDICT_TRIES = 2  # the first verdict, and one retry when it is unusable
@@ -64,9 +65,9 @@ def _accumulate(registry: Registry, prior: Call | None, res: CallOutcome, batch:
     c = res.completion
     tokens_in = (prior.tokens_in if prior else 0) + (c.tokens_in if c else 0)
     tokens_out = (prior.tokens_out if prior else 0) + (c.tokens_out if c else 0)
-    cost = (prior.cost_usd if prior else 0.0) + (registry.cost(res.model, c.tokens_in, c.tokens_out, batch) if c else 0.0)
+    cost = (prior.cost_usd if prior else 0.0) + (price(registry, res.model, c, batch) if c else 0.0)
     before = (prior.realtime_cost_usd or prior.cost_usd) if prior else 0.0
-    realtime = before + (registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0)
+    realtime = before + (price(registry, res.model, c) if c else 0.0)
     mspec = registry.model(res.model)
     replied = c is not None or (prior is not None and prior.status == "answered")  # a reply came, usable or not
     return Call(member="arbiter", role="arbiter", model=res.model, provider=mspec.provider, tier=mspec.tier,

@@ -30,6 +30,7 @@ from workers.limits import (
 from workers.limits.steps import run_steps
 from workers.panel.outage import through_redis_outage
 from workers.providers.base import ChatRequest, Completion, Provider, ProviderError, RateLimited
+from workers.providers.caching import limited_tokens, price
 from workers.registry import Registry
 
 log = logging.getLogger("panel.calls")
@@ -149,9 +150,11 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
                 rt.limiter.pause(key, e.retry_after or 1.0)
             raise
         # answered: reconcile the tokens, record the success, settle the spend, in one round trip;
-        # a paid answer must not be dropped by a Redis restart (it would be bought again)
-        actual = rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch) if spend else 0.0
-        steps = [rt.limiter.reconcile_step(reservation, completion.tokens_in + completion.tokens_out),
+        # a paid answer must not be dropped by a Redis restart (it would be bought again). Both use
+        # the cached/uncached split the provider reported.
+        actual = price(rt.registry, model, completion, spend.batch) if spend else 0.0
+        used = limited_tokens(rt.registry.provider_of(model).api, completion)
+        steps = [rt.limiter.reconcile_step(reservation, used),
                  rt.breaker.record_step(permit, ok=True), rt.budget.settle_step(hold, actual) if hold else None]  # fmt: skip
         permit = hold = reservation = None  # settled, whatever happens below
         through_redis_outage(lambda: run_steps(rt.budget.r, steps))

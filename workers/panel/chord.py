@@ -27,6 +27,7 @@ from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
 from workers.panel.record import Call, Status
 from workers.panel.state import Member, PanelRun, PanelStore
+from workers.providers.caching import price, record_fields
 from workers.registry import Registry
 
 log = logging.getLogger("panel.chord")
@@ -122,9 +123,9 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
             key = f"raw:{raw}" if raw else None
         rec = call_record(reg, spec, m, "answered", model=res.model, failed_over_from=res.failed_over_from,
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms, batch=batch,
-                          cost_usd=reg.cost(res.model, c.tokens_in, c.tokens_out, batch),
-                          realtime_cost_usd=reg.cost(res.model, c.tokens_in, c.tokens_out) if batch else None,
-                          answer_key=key, text=c.text)  # fmt: skip
+                          cost_usd=price(reg, res.model, c, batch),
+                          realtime_cost_usd=price(reg, res.model, c) if batch else None,
+                          answer_key=key, text=c.text, **record_fields(reg, res.model, c, batch))  # fmt: skip
     # recorded before the vote, in its own step: a worker lost between the two (or a member slow to
     # vote past the visibility timeout) is redelivered and re-uses the paid answer. A paid answer
     # must not be dropped by a Redis restart either: the redelivered member would buy it again.

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import orjson
 
 Status = Literal["answered", "failed", "late", "cancelled", "skipped"]
-_RECEIPT_FIELDS = ("member", "role", "model", "provider", "tier", "status", "tokens_in", "tokens_out", "latency_ms",
-                   "cost_usd", "batch", "realtime_cost_usd", "answer_key", "failed_over_from", "error")  # fmt: skip
+_RECEIPT_FIELDS = ("member", "role", "model", "provider", "tier", "status", "tokens_in", "tokens_out", "tokens_cached",
+                   "tokens_cache_write", "cache_saved_usd", "latency_ms", "cost_usd", "batch", "realtime_cost_usd",
+                   "answer_key", "failed_over_from", "error")  # fmt: skip
 
 
 @dataclass
@@ -28,6 +29,9 @@ class Call:
     batch: bool = False  # priced at the batch price list
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0  # of tokens_in: read from the provider's prompt cache
+    tokens_cache_write: int = 0  # of tokens_in: written to it
+    cache_saved_usd: float = 0.0  # the same tokens at the uncached price, minus cost_usd
     latency_ms: float = 0.0
     cost_usd: float = 0.0
     realtime_cost_usd: float | None = None  # batch calls: the same tokens at the real-time price
