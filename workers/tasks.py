@@ -63,6 +63,9 @@ class CeleryDispatcher:
     def revoke(self, task_ids: list[str]) -> None:
         app.control.revoke(task_ids)
 
+    def run(self, job_id: str) -> None:
+        app.send_task("panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}")
+
 
 dispatcher = CeleryDispatcher()
 
@@ -120,7 +123,7 @@ def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callab
             return "abandoned"
         except Exception as e:  # the panel itself is unreadable: the job cannot go on
             log.warning("%s[%s] could not abandon its member (%s); failing the job", task.name, task.request.id, e)
-    rt.jobs.dead_letter(job_id, str(task.name), str(task.request.id), reason, attempts)
+    rt.jobs.dead_letter(job_id, str(task.name), str(task.request.id), reason, attempts, send=dispatcher.run)
     rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
     return "dead-letter"
 
@@ -214,4 +217,7 @@ def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
 def deadline_sweep() -> int:
     rt = runtime()
     status.publish(rt)
-    return sweep(rt.store, dispatcher, rt.jobs.dead_letter)
+    def dead_letter(job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
+        return rt.jobs.dead_letter(job_id, task, task_id, reason, attempts, send=dispatcher.run)
+
+    return sweep(rt.store, dispatcher, dead_letter)

@@ -62,6 +62,7 @@ class Recorder:
     arbiters: list[tuple[str, Route]] = field(default_factory=list)
     concluded: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
 
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
         self.sent.append((spec.panel_id, member.member, route))
@@ -75,6 +76,9 @@ class Recorder:
 
     def revoke(self, task_ids: list[str]) -> None:
         self.revoked.extend(task_ids)
+
+    def run(self, job_id: str) -> None:
+        self.ran.append(job_id)
 
 
 def _store_job(r: fakeredis.FakeRedis, job_id: str, **extra: Any) -> Job:
