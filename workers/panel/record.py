@@ -41,6 +41,7 @@ class Call:
     failed_over_from: str | None = None
     verdict: dict[str, Any] | None = None  # the arbiter's validated verdict
     tries: int = 0  # the batch arbiter's verdict requests, each paid for
+    ended_at: float | None = None  # when its outcome was known (epoch s; set when first stored)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # fields of a newer version, kept
 
     def to_json(self) -> bytes:

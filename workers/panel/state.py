@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from importlib.resources import files
 from typing import Any, Literal
@@ -237,6 +237,9 @@ class PanelStore:
         return Call.from_json(raw) if raw else None
 
     def put_call(self, panel_id: str, record: Call, only_if_absent: bool = False) -> bool:
+        # ended_at: when the call's outcome was known (with latency_ms, a trace span's extent)
+        if record.ended_at is None:
+            record = replace(record, ended_at=time.time())
         data = record.to_json()
         if only_if_absent:
             return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
