@@ -120,6 +120,9 @@ CANDIDATES: dict[str, tune.Rule] = {
     "LCB z1 m.01 support 30": tune.Rule(z=1.0, margin=0.01, min_support=30),
     "LCB z1 m.01 support 20 tol 0": tune.Rule(tolerance=0.0, z=1.0, margin=0.01, min_support=20),
     "LCB z.5 m.01 support 20": tune.Rule(z=0.5, margin=0.01, min_support=20),
+    # added after the second pass (the brief's remaining ideas): a finer grid, the margin as 1% of the bar
+    "LCB z1 m.01 support 30 fine 39": tune.Rule(z=1.0, margin=0.01, min_support=30, rate_step=0.025),
+    "LCB z1 m1% rel support 30": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=30),
 }
 
 

@@ -46,6 +46,7 @@ class Rule:
     inner_folds: int = 0  # >= 2: choose on scores cross-validated inside the training rows
     z: float = DEFAULT_Z  # > 0: also require the paired lower bound (diff - z*se) vs the strongest >= -margin
     margin: float = 0.01
+    relative_margin: bool = False  # the margin is a share of the strongest model's accuracy (0.01: the 0.99x target)
     min_support: int = DEFAULT_MIN_SUPPORT  # a gate's accept region holds at least this many training rows
     rate_step: float = 0.05  # the gates' accept rates: step, ..., 1 - step (a coarser grid has fewer thresholds to fit)
     last: str = "strongest"  # "tied": cascades may also end in the cheapest model not significantly worse than the strongest
@@ -79,7 +80,8 @@ def choose(space: search.Space, bar: float, rule: Rule, max_cost: float = np.inf
         w, lo = space.paired()
         diff = (w - lo) / n
         se = np.sqrt(np.maximum(w + lo - (w - lo) ** 2 / n, 0.0)) / n
-        ok &= diff - rule.z * se >= -rule.margin - 1e-12
+        margin = rule.margin * bar if rule.relative_margin else rule.margin
+        ok &= diff - rule.z * se >= -margin - 1e-12
     eligible = np.flatnonzero(ok)
     if eligible.size == 0:
         return -1

@@ -189,3 +189,22 @@ def test_the_default_rule_refuses_a_gate_that_only_fits_its_training_rows(tmp_pa
         ratios["old"].append(true_ratio(tune.fit(m, AGREE, old).spec))
     assert min(ratios["default"]) >= 0.99
     assert min(ratios["old"]) < 0.99
+
+
+def test_the_transfer_harness_tunes_on_one_half_and_scores_the_written_policy_on_the_other(tmp_path: Path) -> None:
+    from evaluation import transfer
+
+    a, b = transfer.halves(101, seed=4)
+    assert not set(a) & set(b) and len(a) + len(b) == 101
+    path = cascade_data.write(tmp_path / "t.jsonl", cascade_data.rows(240, seed=5))
+    rows = load(path)
+    res = transfer.run(path, tune.Rule(), splits=3)
+    for seed, r in enumerate(res):  # each split re-done by hand: fit on the train half, replay on the other
+        train, test = transfer.halves(len(rows), seed)
+        fitted = tune.fit(matrix.build([rows[j] for j in train], {}), AGREE)
+        right, _ = tune.outcome([rows[j] for j in test], fitted.spec, {}, "USD")
+        strong = np.array([rows[j].models["strong"].correct for j in test])  # the train half's strongest here
+        assert r.policy == fitted.spec.describe()
+        assert r.acc_vs_train_pick == pytest.approx(right.mean() / strong.mean())
+    s = transfer.summary(res)
+    assert 0 <= s["met"] <= s["acc_ok"] <= 1 and s["cost_median"] > 0
