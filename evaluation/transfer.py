@@ -102,26 +102,27 @@ def score(s: dict[str, float]) -> float:
     return s["met"] + 0.5 * s["acc_ok"] - 0.1 * min(s["cost_median"], 2.0)
 
 
+# every constant that differs from the earlier rule is spelled out, so a change of tune.Rule's defaults cannot change a candidate
 CANDIDATES: dict[str, tune.Rule] = {
-    "old (tol .005, 19 rates)": tune.Rule(),
-    "tol 0": tune.Rule(tolerance=0.0),
-    "tol .01": tune.Rule(tolerance=0.01),
-    "support 20": tune.Rule(min_support=20),
-    "coarse 10 rates": tune.Rule(rate_step=0.1),
-    "2 stages": tune.Rule(max_stages=2),
-    "last tied z1": tune.Rule(last="tied"),
-    "LCB z1 m.01": tune.Rule(z=1.0, margin=0.01),
-    "LCB z1 m.01 support 20": tune.Rule(z=1.0, margin=0.01, min_support=20),
-    "tol 0 support 20 coarse": tune.Rule(tolerance=0.0, min_support=20, rate_step=0.1),
-    "tol 0 support 20": tune.Rule(tolerance=0.0, min_support=20),
+    "earlier rule (z 0, support 0)": tune.Rule(z=0.0, min_support=0, relative_margin=False),
+    "tol 0": tune.Rule(tolerance=0.0, z=0.0, min_support=0),
+    "tol .01": tune.Rule(tolerance=0.01, z=0.0, min_support=0),
+    "support 20": tune.Rule(min_support=20, z=0.0),
+    "coarse 10 rates": tune.Rule(rate_step=0.1, z=0.0, min_support=0),
+    "2 stages": tune.Rule(max_stages=2, z=0.0, min_support=0),
+    "last tied z1": tune.Rule(last="tied", z=0.0, min_support=0),
+    "LCB z1 m.01": tune.Rule(z=1.0, margin=0.01, min_support=0, relative_margin=False),
+    "LCB z1 m.01 support 20": tune.Rule(z=1.0, margin=0.01, min_support=20, relative_margin=False),
+    "tol 0 support 20 coarse": tune.Rule(tolerance=0.0, min_support=20, rate_step=0.1, z=0.0),
+    "tol 0 support 20": tune.Rule(tolerance=0.0, min_support=20, z=0.0),
     # added after the first pass over all five files (so their choice is not blind to any file)
-    "LCB z1.64 m.01 support 20": tune.Rule(z=1.64, margin=0.01, min_support=20),
-    "LCB z1 m.005 support 20": tune.Rule(z=1.0, margin=0.005, min_support=20),
-    "LCB z1 m.01 support 30": tune.Rule(z=1.0, margin=0.01, min_support=30),
-    "LCB z1 m.01 support 20 tol 0": tune.Rule(tolerance=0.0, z=1.0, margin=0.01, min_support=20),
-    "LCB z.5 m.01 support 20": tune.Rule(z=0.5, margin=0.01, min_support=20),
+    "LCB z1.64 m.01 support 20": tune.Rule(z=1.64, margin=0.01, min_support=20, relative_margin=False),
+    "LCB z1 m.005 support 20": tune.Rule(z=1.0, margin=0.005, min_support=20, relative_margin=False),
+    "LCB z1 m.01 support 30": tune.Rule(z=1.0, margin=0.01, min_support=30, relative_margin=False),
+    "LCB z1 m.01 support 20 tol 0": tune.Rule(tolerance=0.0, z=1.0, margin=0.01, min_support=20, relative_margin=False),
+    "LCB z.5 m.01 support 20": tune.Rule(z=0.5, margin=0.01, min_support=20, relative_margin=False),
     # added after the second pass (the brief's remaining ideas): a finer grid, the margin as 1% of the bar
-    "LCB z1 m.01 support 30 fine 39": tune.Rule(z=1.0, margin=0.01, min_support=30, rate_step=0.025),
+    "LCB z1 m.01 support 30 fine 39": tune.Rule(z=1.0, margin=0.01, min_support=30, rate_step=0.025, relative_margin=False),
     "LCB z1 m1% rel support 30": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=30),
 }
 

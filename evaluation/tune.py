@@ -9,7 +9,7 @@ take the strongest single model's accuracy on the training rows as the bar; amon
 cheaper than that model whose *smoothed* training accuracy (a gate's accuracy averaged with its
 neighbouring thresholds') reaches the bar minus `tolerance` (0.5 point) AND whose paired lower
 bound against the strongest model (difference - 1 standard error, on the same rows) loses at most
-1 point, with every gate accepting >= 30 training rows, take the cheapest, a stage past the first
+1% of its accuracy, with every gate accepting >= 30 training rows, take the cheapest, a stage past the first
 counting 10% dearer (fewer thresholds to overfit). Nothing qualifies: the strongest single model.
 The last two conditions were chosen leave-one-file-out with `evaluation.transfer` (random half
 splits, bench/RESULTS.md); `Rule(z=0, min_support=0)` is the earlier rule. `inner_folds` instead
@@ -32,8 +32,8 @@ from evaluation.replay import Row
 DEFAULT_TOLERANCE = 0.005  # training accuracy a policy may give up against the strongest model (0.5 point)
 DEFAULT_STAGE_PENALTY = 0.1  # a stage past the first must save 10% of cost to be worth its threshold
 # chosen leave-one-file-out by `python3 -m evaluation.transfer --lofo` (bench/RESULTS.md): the paired
-# lower bound (1 standard error) against the strongest model may lose at most 1 point, and a gate
-# accepts at least 30 training rows at its threshold
+# lower bound (1 standard error) against the strongest model may lose at most 1% of its accuracy
+# (the 0.99x target), and a gate accepts at least 30 training rows at its threshold
 DEFAULT_Z = 1.0
 DEFAULT_MIN_SUPPORT = 30
 
@@ -46,7 +46,7 @@ class Rule:
     inner_folds: int = 0  # >= 2: choose on scores cross-validated inside the training rows
     z: float = DEFAULT_Z  # > 0: also require the paired lower bound (diff - z*se) vs the strongest >= -margin
     margin: float = 0.01
-    relative_margin: bool = False  # the margin is a share of the strongest model's accuracy (0.01: the 0.99x target)
+    relative_margin: bool = True  # the margin is a share of the strongest model's accuracy (0.01: the 0.99x target)
     min_support: int = DEFAULT_MIN_SUPPORT  # a gate's accept region holds at least this many training rows
     rate_step: float = 0.05  # the gates' accept rates: step, ..., 1 - step (a coarser grid has fewer thresholds to fit)
     last: str = "strongest"  # "tied": cascades may also end in the cheapest model not significantly worse than the strongest

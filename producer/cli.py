@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-step", type=float, help="gates' accept rates step, 2*step, ..., 1-step (0.05: 19 thresholds per model)")
     s.add_argument("--last", choices=["strongest", "tied"], help="cascades end in the strongest model, or also the cheapest tied with it")
     s.add_argument("--z", type=float, help="> 0: require the paired lower bound diff - z*se vs the strongest >= -margin")
-    s.add_argument("--margin", type=float, help="with --z: the accuracy a policy may lose on that lower bound")
+    s.add_argument("--margin", type=float, help="with --z: the share of the strongest model's accuracy a policy may lose on that lower bound (0.01)")
     s.set_defaults(func=cmd_tune)
 
     s = parser("demo", "start redis, the simulator and workers; run examples/; stop all")
