@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import orjson
 from celery import Celery
+from redis.typing import EncodableT
 
 from producer import answer_cache, keys
 from producer.contract import Job, Result
@@ -24,6 +25,7 @@ from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
 from producer.tracing import submit_span
 from producer.wire import NAME as CODEC
+from producer.wire import text
 
 RUN_TASK = "panel.run"
 
@@ -70,7 +72,9 @@ class PanelClient:
         """`redis_url`: one Redis for broker and state; else the settings' broker and state URLs."""
         self.settings = settings or Settings.from_env()
         if redis_url:
-            self.settings = self.settings.model_copy(update={"redis_url": redis_url, "broker_url": None, "state_url": None})
+            self.settings = self.settings.model_copy(
+                update={"redis_url": redis_url, "broker_url": None, "state_url": None}
+            )
         # A producer may share one client across many threads: wait for a free connection, never fail
         self.redis = self.settings.state_client("pf-producer")
         broker_url, broker_options = self.settings.broker_options()
@@ -94,20 +98,24 @@ class PanelClient:
             if not self.redis.set(key, job_id, nx=True, ex=self.settings.result_ttl_s):
                 first = self.redis.get(key)
                 if first is not None:
-                    return str(first.decode())
+                    return text(first)
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
             submitted_at = time.time()
-            fields: dict[str, str | float] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
+            fields: dict[EncodableT, EncodableT] = {"status": "queued", "submitted_at": submitted_at,
+                                                    "tenant": job.tenant}  # fmt: skip
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
             self.redis.hset(jkey, mapping=fields)
             self.redis.expire(jkey, self.settings.result_ttl_s)
             # a cached answer is served here; an identical job in flight is waited on (single flight)
-            if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in ("hit", "follower"):
+            if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in (
+                "hit",
+                "follower",
+            ):
                 return job_id
             self._enqueue(job_id, trace_headers)
         return job_id
@@ -119,7 +127,7 @@ class PanelClient:
     def _check_task_class(self, job: Job) -> None:
         """Against the classes the workers published; before any worker has, against the policy
         files a worker started here would load (PANEL_POLICIES, else the shipped policies/)."""
-        published = {k.decode() for k in self.redis.smembers(keys.task_classes())}
+        published = {text(k) for k in self.redis.smembers(keys.task_classes())}
         known, where = (published, "published by the workers") if published else policy_file_classes()
         if known and job.task_class not in known:
             names = ", ".join(sorted(known))
@@ -137,7 +145,9 @@ class PanelClient:
                 try:
                     text.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise ContractError([("(line)", f"not UTF-8 at byte {e.start}; re-encode the file as UTF-8")]) from None
+                    raise ContractError(
+                        [("(line)", f"not UTF-8 at byte {e.start}; re-encode the file as UTF-8")]
+                    ) from None
                 report.submitted.append((n, self.submit(text)))
             except ContractError as e:
                 report.errors.append(LineError(n, e.field, str(e).split(": ", 1)[-1]))
@@ -150,7 +160,7 @@ class PanelClient:
         st = self.redis.hget(keys.job(job_id), "status")
         if st is None:
             raise UnknownJob(job_id)
-        return str(st.decode())
+        return text(st)
 
     def result(self, job_id: str) -> Result | None:
         raw = self.redis.hmget(keys.job(job_id), ["status", "result"])
@@ -185,7 +195,7 @@ class PanelClient:
         """Receipts from the ledger stream, oldest first. At least once per job: a worker that dies
         between a job's ledger entry and its result (another cluster slot) appends it again on the
         re-run, so summaries count a job id once (`producer/ledger_view.py`)."""
-        entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(keys.LEDGER_STREAM, count=count)  # type: ignore[assignment]
         return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
 
     def ledger_entries(self, count: int = 100_000) -> list[tuple[float, dict[str, Any]]]:

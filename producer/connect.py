@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -32,7 +32,8 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 from producer.errors import PanelError
 
 Kind = Literal["redis", "sentinel", "cluster"]
-StateClient = redis.Redis | RedisCluster
+# A RedisCluster takes the same commands the code uses; typed as Redis so callers need no union.
+StateClient = redis.Redis
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
@@ -67,7 +68,7 @@ class FailoverConnection(SentinelManagedConnection):
         except redis.ResponseError as e:
             if "NOREPLICAS" not in str(e) or isinstance(e, redis.ConnectionError):
                 raise
-            self.disconnect()
+            self.disconnect()  # type: ignore[no-untyped-call]
             raise NoReplicasError(str(e)) from e
 
 
@@ -157,12 +158,15 @@ def state_client(url: str, *, sentinel_master: str = "mymaster", max_connections
             url, max_connections=max_connections, timeout=pool_timeout_s, health_check_interval=30,
             socket_keepalive=True, client_name=client_name))  # fmt: skip
     if ep.kind == "sentinel":
-        s = Sentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
-        return s.master_for(sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0, client_name=client_name,
+        s = Sentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)  # type: ignore[no-untyped-call]
+        return s.master_for(  # type: ignore[no-untyped-call,no-any-return]
+            sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0, client_name=client_name,
                             max_connections=max_connections, health_check_interval=30, retry=FAILOVER_RETRY,
                             connection_class=FailoverConnection, retry_on_error=[redis.ConnectionError, redis.ReadOnlyError, redis.TimeoutError])  # fmt: skip
-    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes], ssl=ep.tls, password=ep.password,
-                        max_connections=max_connections, client_name=client_name)  # fmt: skip
+    nodes = [ClusterNode(h, p) for h, p in ep.nodes]  # type: ignore[no-untyped-call]
+    cluster = RedisCluster(startup_nodes=nodes, ssl=ep.tls, password=ep.password, max_connections=max_connections,
+                           client_name=client_name)  # fmt: skip
+    return cast(redis.Redis, cluster)
 
 
 def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
@@ -178,7 +182,7 @@ def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
     if ep.kind == "sentinel":
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
-        s = AsyncSentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)
+        s = AsyncSentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)  # type: ignore[no-untyped-call]
         c = s.master_for(sentinel_master, db=ep.db, password=ep.password, max_connections=max_connections,
                          client_name=client_name)
         return c, c

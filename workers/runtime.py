@@ -63,7 +63,7 @@ class Runtime:
         # redis-py 8 pools raise MaxConnectionsError past 100 connections; 256 task threads would
         # hit it under load and fail their tasks. A blocking pool makes a thread wait its turn.
         # The state store (PANEL_STATE_URL: one Redis, Sentinel or Cluster; producer/connect.py).
-        self.redis: redis.Redis = settings.state_client("pf-worker")  # type: ignore[assignment]  # RedisCluster: same commands
+        self.redis: redis.Redis = settings.state_client("pf-worker")  # RedisCluster: same commands
         self.store = PanelStore(self.redis)
         self.jobs = JobStore(self.redis, self.policies, settings.result_ttl_s)
         self.limiter = RateLimiter(self.redis)
