@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task-class")
     s.add_argument("--prompt")
     s.add_argument("--flag", action="append")
-    s.add_argument("--lane", choices=["single", "panel"])
+    s.add_argument("--lane", choices=["single", "panel", "cascade"])
     s.add_argument("--mode", choices=["realtime", "batch"])
     s.add_argument("--idempotency-key")
     s.add_argument("--tenant")

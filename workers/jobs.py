@@ -20,7 +20,7 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import metrics
+from workers import cascade_lane, metrics
 from workers.ledger import LEDGER_MAXLEN, render_receipt
 from workers.panel.agreement import parse_json_object
 from workers.panel.calls import Spend
@@ -54,7 +54,7 @@ def spend_of(rt: Runtime, job: Job, batch: bool) -> Spend:
     return Spend(job_id=str(job.id), tenant=job.tenant, cap_usd=cap, batch=batch)
 
 
-def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
+def job_deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
     if job.deadline is not None:
         return job.deadline.timestamp()
     return time.time() + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
@@ -81,7 +81,10 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
         fail_job(rt, job_id, str(e))
         return "failed"
     rt.redis.hset(jkey, mapping={"status": "running", "plan": orjson.dumps(plan.__dict__)})
-    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
+    if plan.lane == "cascade":
+        cascade_lane.open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason)
+    else:
+        new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
     return plan.lane
 
 
@@ -108,12 +111,17 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         quorum=1 if stage == "single" else policy.panel.quorum,
         dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
-        rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
+        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
+    return open_panel(rt, d, spec, reason)
+
+
+def open_panel(rt: Runtime, d: Dispatcher, spec: PanelSpec, reason: str, **entry: Any) -> PanelSpec:
+    """Store a new panel, list it on its job (with `entry`, e.g. its cascade stage) and send its first members."""
     rt.store.create(spec, rt.settings.result_ttl_s)
-    rt.redis.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
-    rt.redis.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
-    dispatch(rt, d, spec, members[: spec.first_stage_size])
+    rt.redis.rpush(keys.job(spec.job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
+    rt.redis.expire(keys.job(spec.job_id) + ":panels", rt.settings.result_ttl_s)
+    dispatch(rt, d, spec, spec.members[: spec.first_stage_size])
     return spec
 
 
@@ -205,11 +213,16 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
-    if panels_of(rt, spec.job_id)[-1]["panel_id"] != panel_id:
+    newest = panels_of(rt, spec.job_id)[-1]
+    if newest["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
     rt.publish_decided(panel_id)
     job = load_job(rt, spec.job_id)
     policy = rt.policies.get(job.task_class)
+    if "cascade" in newest:  # a cascade stage: its acceptance check concludes or escalates
+        if not cascade_lane.conclude_stage(rt, d, spec, job, policy, newest["cascade"]["stage"]):
+            finalise_job(rt, spec.job_id)
+        return
     text = final_text(rt, panel_id)
     if spec.stage == "single":
         invalid_so_far = int(rt.redis.hget(keys.job(spec.job_id), "schema_invalid") or 0)

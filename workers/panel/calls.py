@@ -99,13 +99,13 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
                 rt.breaker.release(permit)
 
 
-def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool, spend: Spend | None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+               json_mode: bool, spend: Spend | None, logprobs: bool = False) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
     request = ChatRequest(model=spec.wire_model, messages=messages, max_tokens=spec.max_output_tokens,
-                          json_mode=json_mode, timeout_s=timeout)  # fmt: skip
+                          json_mode=json_mode, logprobs=logprobs, timeout_s=timeout)  # fmt: skip
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -132,7 +132,8 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
 
 
 def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
+               deadline: float, json_mode: bool = False, spend: Spend | None = None,
+               logprobs: bool = False) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled."""
     tried: list[str] = []
     causes: list[str] = []
@@ -141,7 +142,7 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
             continue
         tried.append(candidate)
         try:
-            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend)
+            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs)
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])

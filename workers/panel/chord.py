@@ -73,7 +73,7 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, batch:
     started = time.time()
     try:
         res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
-                         spend=spend_of(rt, job, batch))  # fmt: skip
+                         spend=spend_of(rt, job, batch), logprobs=spec.logprobs)  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
@@ -122,7 +122,7 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms, batch=batch,
                           cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch),
                           realtime_cost_usd=rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if batch else None,
-                          answer_key=key, text=c.text)  # fmt: skip
+                          answer_key=key, text=c.text, logprob=c.logprob)  # fmt: skip
     through_redis_outage(lambda: rt.store.put_call(panel_id, m.member, rec))
     observe_call(rec)
     fault_point(rt, "after_answer", panel_id, m.member)
@@ -166,6 +166,9 @@ def follow_up(rt: Runtime, d: Dispatcher, spec: PanelSpec, outcome: VoteOutcome)
             if len(answers) <= 1 or len(spec.members) == 1:
                 # nothing to arbitrate: one answer (others failed) or none at all
                 rt.store.decide(pid, "quorum" if answers else "failed", "", replace_exhausted=True)
+                d.conclude(pid)
+            elif not spec.arbiter:  # a cascade stage without a judge: the split escalates (or takes the plurality)
+                rt.store.decide(pid, "split", "", replace_exhausted=True)
                 d.conclude(pid)
             else:
                 d.arbiter(pid)
