@@ -51,7 +51,7 @@ def token_logprobs(reply: Reply) -> list[dict[str, Any]]:
     share = reply.logprob / n
     values = [share] * (n - 1) + [reply.logprob - share * (n - 1)]
     return [{"token": text[a:b], "logprob": min(0.0, v), "bytes": list(text[a:b].encode()), "top_logprobs": []}
-            for a, b, v in zip(bounds, bounds[1:], values, strict=True)]  # fmt: skip
+            for a, b, v in zip(bounds[:-1], bounds[1:], values, strict=True)]  # fmt: skip
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
