@@ -160,6 +160,7 @@ class CallRecord(_Strict):
     logprob: float | None = None  # the answer's sequence log-probability (OpenAI wire, when asked)
     failed_over_from: str | None = None
     error: str | None = None
+    anonymised: dict[str, str] | None = None  # the arbiter: label shown to the judge -> member id
 
 
 class Verdict(_Strict):

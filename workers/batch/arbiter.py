@@ -14,7 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from producer.contract import Job, Verdict
-from workers.panel.arbiter import arbiter_messages, decide_by_verdict, member_answers, parse_verdict
+from workers.panel.arbiter import (
+    anonymise,
+    arbiter_messages,
+    as_shown,
+    decide_by_verdict,
+    member_answers,
+    parse_verdict,
+    to_members,
+)
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import Dispatcher, observe_call
 from workers.panel.state import PanelSpec
@@ -24,7 +32,8 @@ VERDICT_TRIES = 2  # the first verdict, and one retry when it is unusable
 
 
 def arbiter_messages_for(rt: Runtime, spec: PanelSpec, job: Job) -> list[dict[str, str]]:
-    return arbiter_messages(job.chat(), member_answers(rt, spec.panel_id), spec.rubric)
+    answers = member_answers(rt, spec.panel_id)
+    return arbiter_messages(job.chat(), as_shown(answers, anonymise(spec.panel_id, sorted(answers))), spec.rubric)
 
 
 def needs_arbiter(rt: Runtime, panel_id: str) -> bool:
@@ -47,10 +56,12 @@ def land_arbiter(rt: Runtime, d: Dispatcher, spec: PanelSpec, job: Job, res: Cal
     verdict: Verdict | None = None
     error = res.error
     rec = _accumulate(rt, spec, prior, res, batch, tries)
+    labels = anonymise(pid, sorted(answers))
     if res.completion is not None:
-        verdict = parse_verdict(res.completion.text, set(answers))
+        verdict = parse_verdict(res.completion.text, as_shown(answers, labels))
+        verdict = to_members(verdict, labels) if verdict else None
         error = None if verdict else "verdict was not valid JSON of the verdict's shape"
-    rec.update(error=error, verdict=verdict.model_dump() if verdict else None)
+    rec.update(error=error, verdict=verdict.model_dump() if verdict else None, anonymised=labels)
     rt.store.put_call(pid, "arbiter", rec)
     observe_call(rec)
     if verdict is None and res.completion is not None and tries < VERDICT_TRIES:
