@@ -25,7 +25,8 @@ log = logging.getLogger("panel.cascade")
 
 def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
                triggers: list[str], reason: str) -> PanelSpec:  # fmt: skip
-    """Create and dispatch stage `n`'s panel."""
+    """Create and dispatch stage `n`'s panel: through the batch lane for a batch job (a panel stage
+    then sends its quorum's worth first, as batch panels do), else in real time."""
     from workers.jobs import job_deadline, open_panel
 
     assert policy.cascade is not None
@@ -36,13 +37,14 @@ def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPo
     panel = st.panel
     # a split of a stage that is not the last, judged by agreement, escalates: no arbiter is called
     arbiter = "" if panel is None or (st.check == "agreement" and not last) else (panel.arbiter or "")
+    batch = job.mode == "batch" or policy.mode == "batch"
     pid = f"{job_id}.{int(rt.redis.hincrby(keys.job(job_id), 'panels_n', 1))}"
     spec = PanelSpec(
         panel_id=pid, job_id=job_id, stage="single" if panel is None else "panel", attempt=1, members=members,
         quorum=1 if panel is None else panel.quorum,
-        dispatch="parallel" if panel is None else panel.dispatch,
+        dispatch="parallel" if panel is None else "staged" if batch else panel.dispatch,
         agreement=(panel.agreement if panel else policy.panel.agreement).model_dump(), arbiter=arbiter,
-        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=False, triggers=triggers,
+        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
         logprobs=st.check == "logprob",
     )  # fmt: skip
     return open_panel(rt, d, spec, reason, cascade={"stage": n, "of": len(policy.cascade.stages)})

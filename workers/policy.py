@@ -188,15 +188,12 @@ class PolicyTable:
     def plan(self, job: Job) -> Plan:
         policy = self.get(job.task_class)
         mode = "batch" if job.mode == "batch" or policy.mode == "batch" else "realtime"
-        if job.lane is not None:
-            return Plan(job.task_class, job.lane, f"requested by the job (lane={job.lane})",
-                        [f"explicit:lane={job.lane}"], mode)  # fmt: skip
         if job.lane == "cascade" and policy.cascade is None:
             raise PolicyError("tasks.yaml", None, f"task_classes.{job.task_class}.cascade",
                               "this task class declares no cascade; ask lane single or panel")  # fmt: skip
-        if mode == "batch" and (job.lane or policy.default_lane) == "cascade":
-            raise PolicyError("tasks.yaml", None, f"task_classes.{job.task_class}.default_lane",
-                              "a cascade runs in real time only; submit the job with mode realtime, or lane panel")  # fmt: skip
+        if job.lane is not None:
+            return Plan(job.task_class, job.lane, f"requested by the job (lane={job.lane})",
+                        [f"explicit:lane={job.lane}"], mode)  # fmt: skip
         hits = self.input_triggers(job, policy)
         if hits and policy.default_lane in ("single", "cascade"):  # an input trigger asks for a panel
             return Plan(job.task_class, "panel", f"input trigger {hits[0]}", hits, mode)
@@ -264,10 +261,8 @@ def check_family(path: Path, lines: dict[Loc, int], loc: Loc, panel: PanelSpec, 
 def check_cascade(path: Path, lines: dict[Loc, int], loc: Loc, policy: TaskPolicy, registry: Registry) -> None:
     """The cascade's semantics, each refusal naming file:line and the field: thresholds in range
     per check, `agreement` on panel stages only, `logprob` on OpenAI-wire models only, `always`
-    (or an omitted accept) on the last stage only, and no batch mode (stages run in real time)."""
+    (or an omitted accept) on the last stage only."""
     assert policy.cascade is not None
-    if policy.mode == "batch":
-        _refuse(path, lines, loc + ("mode",), "a cascade runs in real time only; drop `mode: batch` or the cascade")
     stages = policy.cascade.stages
     for i, stage in enumerate(stages):
         at = loc + ("cascade", "stages", i)

@@ -17,6 +17,7 @@ from producer.contract import Receipt
 from producer.fleet import Fleet
 from tests.providers.conftest import llmock_process
 
+BATCH_ENV = {"PANEL_BATCH_TICK_S": "0.2", "PANEL_BATCH_MAX_AGE_S": "0.3"}  # batches go out and come back fast
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 QUESTION = "pick one\nA) w\nB) x\nC) y\nD) z"
 TASKS = """
@@ -62,7 +63,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     shutil.copy(SHIPPED / "models.yaml", policies / "models.yaml")
     (policies / "tasks.yaml").write_text(TASKS)
     with llmock_process() as llmock:
-        f = Fleet(env={"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": llmock.openai_base})
+        f = Fleet(env={"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": llmock.openai_base, **BATCH_ENV})
         f.start()
         try:
             yield f
@@ -70,9 +71,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             f.stop()
 
 
-def run(fleet: Fleet, client: PanelClient, models: dict[str, dict[str, object]], task_class: str = "qa_cascade") -> Receipt:
-    fleet.sim("/_sim/config", {"models": {m: {"latency_ms": 20, **k} for m, k in models.items()}})
-    res = client.wait(client.submit({"task_class": task_class, "prompt": f"{uuid.uuid4().hex[:8]}: {QUESTION}"}), timeout=60)
+def run(fleet: Fleet, client: PanelClient, models: dict[str, dict[str, object]], task_class: str = "qa_cascade",
+        mode: str = "realtime") -> Receipt:  # fmt: skip
+    fleet.sim("/_sim/config", {"default": {"batch_delay_s": 0.4},
+                               "models": {m: {"latency_ms": 20, **k} for m, k in models.items()}})  # fmt: skip
+    job = {"task_class": task_class, "prompt": f"{uuid.uuid4().hex[:8]}: {QUESTION}", "mode": mode}
+    res = client.wait(client.submit(job), timeout=60)
     assert res.status == "decided", res.error
     assert res.receipt is not None and res.receipt.final_answer == res.answer
     return res.receipt
@@ -123,3 +127,15 @@ def test_a_server_without_logprobs_escalates_with_a_null_value(fleet: Fleet, cli
     assert (first.check, first.value, first.threshold, first.accepted) == ("logprob", None, -5.0, False)
     assert r.calls[0].model == "gpt-4o-mini" and r.calls[0].status == "answered" and r.calls[0].logprob is None
     assert second.reason == "cascade:stage1:logprob=null" and r.final_answer == "D"
+
+
+def test_a_batch_job_runs_its_stages_through_the_batch_lane(fleet: Fleet, client: PanelClient) -> None:
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -0.82},
+                            "llama3.1-70b": {"answer": "B"}, "qwen2.5-72b-instruct": {"answer": "B"}}, mode="batch")  # fmt: skip
+    first, second = r.lanes
+    assert [s.lane for s in r.lanes] == ["batch", "batch"]
+    assert (first.check, first.accepted) == ("logprob", False) and first.value == pytest.approx(-0.82, abs=1e-9)
+    assert second.reason == "cascade:stage1:logprob=-0.82<-0.35" and (second.check, second.accepted) == ("agreement", True)
+    assert r.final_answer == "B" and all(c.batch for c in r.calls if c.status == "answered")
+    stats = fleet.sim("/_sim/stats")
+    assert stats["totals"]["requests"] == 0 and stats["totals"]["batch_creates"] >= 2  # type: ignore[index]

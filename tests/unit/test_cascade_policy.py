@@ -103,18 +103,18 @@ def test_model_and_panel_in_one_stage_and_unknown_models_are_refused(tmp_path: P
     assert e.field == "task_classes.qa_choice.cascade.stages.2.model" and e.line == line_of(text, "gpt-7")
 
 
-def test_cascade_lane_without_stages_more_than_four_stages_and_batch_mode(tmp_path: Path) -> None:
+def test_cascade_lane_without_stages_and_more_than_four_stages(tmp_path: Path) -> None:
     assert "needs a `cascade" in str(refusal(tmp_path, HEAD))
-    five = GOOD + "".join(f"        - model: llama3.1-405b\n" for _ in range(2))
+    five = GOOD + "".join("        - model: llama3.1-405b\n" for _ in range(2))
     assert refusal(tmp_path, five).field == "task_classes.qa_choice.cascade.stages"
-    e = refusal(tmp_path, GOOD.replace("    default_lane: cascade\n", "    default_lane: cascade\n    mode: batch\n"))
-    assert e.field == "task_classes.qa_choice.mode" and "real time only" in str(e)
 
 
-def test_a_batch_job_on_a_cascade_class_is_refused_with_the_fix(tmp_path: Path) -> None:
-    table = load(tmp_path, GOOD)
-    with pytest.raises(PolicyError, match="real time only"):
-        table.plan(Job(task_class="qa_choice", prompt="q", mode="batch"))
+def test_batch_jobs_run_cascades_and_a_class_without_one_refuses_lane_cascade(tmp_path: Path) -> None:
+    table = load(tmp_path, GOOD.replace("    default_lane: cascade\n", "    default_lane: cascade\n    mode: batch\n"))
+    assert (table.plan(Job(task_class="qa_choice", prompt="q")).lane, table.plan(Job(task_class="qa_choice", prompt="q")).mode) == ("cascade", "batch")
+    plain = load(tmp_path, GOOD.replace("default_lane: cascade", "default_lane: single").split("    cascade:")[0])
+    with pytest.raises(PolicyError, match="declares no cascade"):
+        plain.plan(Job(task_class="qa_choice", prompt="q", lane="cascade"))
 
 
 def test_arbiter_of_another_family_is_enforced_at_load(tmp_path: Path) -> None:
