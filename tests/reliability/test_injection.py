@@ -24,8 +24,8 @@ from producer.client import PanelClient
 from producer.contract import Result
 from producer.fleet import SIM_KEY, Fleet
 from tests.providers.conftest import Llmock
-from workers.panel.arbiter import anonymise
 from tests.reliability._support import llmock_process, model_entry, openai_provider, uid, write_policies
+from workers.panel.arbiter import anonymise
 
 pytestmark = pytest.mark.integration
 
