@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from producer.client import PanelClient
@@ -41,6 +42,22 @@ task_classes:
             arbiter: claude-3-5-sonnet      # named, yet never called: this stage is not the last
           accept: {check: agreement}
         - model: llama3.1-405b
+  qa_selfreport:                            # a self-reported score, then a judge-less panel as the last stage
+    default_lane: cascade
+    single: {model: llama3.1-8b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - model: llama3.1-8b
+          accept: {check: self_reported, min: 0.8}
+        - panel:
+            members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+            quorum: 3
+            agreement: {rule: choice}
   qa_llmock:                                # gpt-4o-mini is served by llmock (no log-probabilities)
     default_lane: cascade
     single: {model: gpt-4o-mini}
@@ -57,13 +74,30 @@ task_classes:
 """
 
 
+REPLAYED = {"replayed-sure": -0.2107, "replayed-unsure": -0.9731}  # question -> llama3.1-8b's recorded conf
+
+
+def replay_row(question: str, conf: float) -> dict[str, object]:
+    """A row in the shared replay format: llama3.1-8b answers B with the recorded `conf`, the
+    panel members C (so an escalation shows in the answer)."""
+    rec = {"tokens_in": 30, "tokens_out": 1, "cost_usd": None, "latency_ms": 20.0}
+    return {"id": question, "source": "test", "task": "t", "kind": "choice", "gold": "C",
+            "messages": [{"role": "user", "content": f"{question}: {QUESTION}"}],
+            "models": {"llama3.1-8b": {"answer": "B", "text": "B", "correct": False, "conf": conf, **rec},
+                       "llama3.1-70b": {"answer": "C", "text": "C", "correct": True, "conf": -0.1, **rec},
+                       "qwen2.5-72b-instruct": {"answer": "C", "text": "C", "correct": True, "conf": -0.1, **rec}}}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     policies = tmp_path_factory.mktemp("policies")
     shutil.copy(SHIPPED / "models.yaml", policies / "models.yaml")
     (policies / "tasks.yaml").write_text(TASKS)
+    replay = policies / "replay.jsonl"
+    replay.write_bytes(b"".join(orjson.dumps(replay_row(q, conf)) + b"\n" for q, conf in REPLAYED.items()))
     with llmock_process() as llmock:
-        f = Fleet(env={"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": llmock.openai_base, **BATCH_ENV})
+        f = Fleet(env={"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": llmock.openai_base, **BATCH_ENV},
+                  sim_args=["--replay", str(replay)])  # fmt: skip
         f.start()
         try:
             yield f
@@ -139,3 +173,31 @@ def test_a_batch_job_runs_its_stages_through_the_batch_lane(fleet: Fleet, client
     assert r.final_answer == "B" and all(c.batch for c in r.calls if c.status == "answered")
     stats = fleet.sim("/_sim/stats")
     assert stats["totals"]["requests"] == 0 and stats["totals"]["batch_creates"] >= 2  # type: ignore[index]
+
+
+def test_self_reported_confidence_accepts_and_a_judgeless_last_stage_takes_the_plurality(fleet: Fleet, client: PanelClient) -> None:
+    sure = run(fleet, client, {"llama3.1-8b": {"answer": "B\nconfidence: 0.9"}}, task_class="qa_selfreport")
+    [stage] = sure.lanes
+    assert (stage.check, stage.value, stage.threshold, stage.accepted) == ("self_reported", 0.9, 0.8, True)
+    unsure = run(fleet, client, {"llama3.1-8b": {"answer": "B\nConfidence: 55%"}, "llama3.1-70b": {"answer": "C"},
+                                 "qwen2.5-72b-instruct": {"answer": "C"}, "qwen2.5-32b-coder-instruct": {"answer": "D"}},
+                 task_class="qa_selfreport")  # fmt: skip
+    first, last = unsure.lanes
+    assert (first.value, first.accepted) == (0.55, False) and last.reason == "cascade:stage1:self_reported=0.55<0.8"
+    # 2 of 3 is short of the quorum of 3 and the stage names no arbiter: the plurality, flagged as such
+    assert unsure.final_answer == "C" and unsure.decision == "majority" and not any(c.role == "arbiter" for c in unsure.calls)
+    assert (last.check, last.accepted) == ("always", True) and unsure.disagreement
+
+
+def test_replayed_rows_gate_on_their_recorded_conf(fleet: Fleet, client: PanelClient) -> None:
+    """Offline equivalence: the fleet measures a replayed answer's log-probability as its `conf`."""
+    receipts = {}
+    for question in REPLAYED:
+        res = client.wait(client.submit({"task_class": "qa_cascade", "prompt": f"{question}: {QUESTION}"}), timeout=60)
+        assert res.status == "decided" and res.receipt is not None
+        receipts[question] = res.receipt
+    sure, unsure = receipts["replayed-sure"], receipts["replayed-unsure"]
+    assert sure.lanes[0].value == pytest.approx(REPLAYED["replayed-sure"], abs=1e-9) and sure.lanes[0].accepted
+    assert sure.final_answer == "B" and len(sure.lanes) == 1
+    assert unsure.lanes[0].value == pytest.approx(REPLAYED["replayed-unsure"], abs=1e-9) and not unsure.lanes[0].accepted
+    assert unsure.lanes[1].reason == "cascade:stage1:logprob=-0.9731<-0.35" and unsure.final_answer == "C"
