@@ -11,7 +11,7 @@ import redis
 
 from producer.embedded import RedisProcess
 
-# ../shared beside the repo; PANEL_REPLAY_DIR points elsewhere (a git worktree sits deeper)
+# ../shared beside the repository; PANEL_REPLAY_DIR names another place (e.g. a git worktree's)
 REPLAY_DIR = Path(os.environ.get("PANEL_REPLAY_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "replay")
 
 
@@ -39,5 +39,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def replay_dir() -> Path:
     if not (REPLAY_DIR / "mmlu_train.jsonl").exists():
-        pytest.skip(f"replay data not found at {REPLAY_DIR} (../shared is absent in a user's clone)")
+        pytest.skip(f"replay data not found at {REPLAY_DIR} (../shared is absent in a user's clone; "
+                    "PANEL_REPLAY_DIR names another folder)")
     return REPLAY_DIR
