@@ -1,6 +1,7 @@
-"""The cascade lane in the fleet: open a stage as a panel (a single-model stage is a panel of one,
-a panel stage is the quorum chord), and when it decides, judge it by its acceptance check
-(`workers/cascade.py`): conclude the job, or open the next stage with the reason.
+"""The cascade lane in the fleet: a stage as a panel run (a single-model stage is a panel of one,
+a panel stage is the quorum chord), and a decided stage judged by its acceptance check
+(`workers/cascade.py`) from what the panel recorded. `workers/jobs.py` opens the runs and acts
+on the verdict (conclude the job, or open the next stage with the reason).
 
 The acceptance is written to the stage's panel hash (`cascade` field) before the next stage is
 opened, so the receipt shows every stage taken with its check, value, threshold and verdict.
@@ -15,42 +16,36 @@ import orjson
 from producer import keys
 from producer.contract import Job
 from workers import cascade
-from workers.panel.chord import Dispatcher
-from workers.panel.state import Member, PanelSpec
+from workers.panel.state import Member, PanelRun
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
 log = logging.getLogger("panel.cascade")
 
 
-def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
-               triggers: list[str], reason: str) -> PanelSpec:  # fmt: skip
-    """Create and dispatch stage `n`'s panel: through the batch lane for a batch job (a panel stage
-    then sends its quorum's worth first, as batch panels do), else in real time."""
-    from workers.jobs import job_deadline, open_panel
-
+def stage_run(rt: Runtime, job_id: str, job: Job, policy: TaskPolicy, n: int, triggers: list[str],
+              deadline: float) -> PanelRun:  # fmt: skip
+    """Stage `n`'s panel run (not yet stored): through the batch lane for a batch job (a panel
+    stage then sends its quorum's worth first, as batch panels do), else in real time."""
     assert policy.cascade is not None
     st = cascade.stage(policy.cascade, n)
     last = cascade.is_last(policy.cascade, n)
-    models = st.models
-    members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
+    members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(st.models)]
     panel = st.panel
     # a split of a stage that is not the last, judged by agreement, escalates: no arbiter is called
     arbiter = "" if panel is None or (st.check == "agreement" and not last) else (panel.arbiter or "")
     batch = job.mode == "batch" or policy.mode == "batch"
     pid = f"{job_id}.{int(rt.redis.hincrby(keys.job(job_id), 'panels_n', 1))}"
-    spec = PanelSpec(
+    return PanelRun(
         panel_id=pid, job_id=job_id, stage="single" if panel is None else "panel", attempt=1, members=members,
         quorum=1 if panel is None else panel.quorum,
         dispatch="parallel" if panel is None else "staged" if batch else panel.dispatch,
         agreement=(panel.agreement if panel else policy.panel.agreement).model_dump(), arbiter=arbiter,
-        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
-        logprobs=st.check == "logprob",
+        rubric=policy.rubric, deadline=deadline, batch=batch, triggers=triggers, logprobs=st.check == "logprob",
     )  # fmt: skip
-    return open_panel(rt, d, spec, reason, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
-def evidence(rt: Runtime, spec: PanelSpec, job: Job, text: str | None) -> cascade.Evidence:
+def evidence(rt: Runtime, spec: PanelRun, job: Job, text: str | None) -> cascade.Evidence:
     """The decided stage as the checks see it. The answer's log-probability is the highest among
     the members that voted for it (one member for a single-model stage)."""
     state = rt.store.state(spec.panel_id)
@@ -64,26 +59,13 @@ def evidence(rt: Runtime, spec: PanelSpec, job: Job, text: str | None) -> cascad
                             response_schema=job.response_schema)  # fmt: skip
 
 
-def conclude_stage(rt: Runtime, d: Dispatcher, spec: PanelSpec, job: Job, policy: TaskPolicy, n: int) -> bool:
-    """Judge decided stage `n`: record its acceptance; open stage n+1 if it escalates (True), else
-    the job concludes here (False). Safe to repeat: the caller only acts on the newest panel."""
-    from workers.jobs import final_text
-
+def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: int, text: str | None) -> cascade.Acceptance:
+    """Decided stage `n` by its check, recorded on the panel for the receipt. Repeatable: the same
+    state gives the same verdict."""
     assert policy.cascade is not None
-    st = cascade.stage(policy.cascade, n)
     last = cascade.is_last(policy.cascade, n)
-    verdict = cascade.acceptance(st, n, last, evidence(rt, spec, job, final_text(rt, spec.panel_id)))
+    verdict = cascade.acceptance(cascade.stage(policy.cascade, n), n, last, evidence(rt, spec, job, text))
     rt.redis.hset(keys.panel(spec.panel_id), "cascade", orjson.dumps(verdict.to_dict()))
-    if not cascade.goes_on(verdict):
-        return False
-    reason = verdict.reason()
-    log.info("job %s: %s; stage %d follows", spec.job_id, reason, n + 1)
-    open_stage(rt, d, spec.job_id, job, policy, n + 1, [*spec.triggers, reason], reason)
-    return True
-
-
-def acceptance_of(rt: Runtime, panel_id: str) -> dict[str, object] | None:
-    raw = rt.redis.hget(keys.panel(panel_id), "cascade")
-    return orjson.loads(raw) if raw else None
-
-
+    if cascade.goes_on(verdict):
+        log.info("job %s: %s; stage %d follows", spec.job_id, verdict.reason(), n + 1)
+    return verdict

@@ -110,8 +110,3 @@ def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | 
     answer = rt.store.state(panel_id).get("answer")
     dissent = sorted(m for m, k in votes.items() if k and k != answer)
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"
-
-
-def write_ledger(rt: Runtime, receipt: Receipt) -> None:
-    rt.redis.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
