@@ -11,7 +11,7 @@ import redis
 
 from producer.embedded import RedisProcess
 
-# ../shared beside the repository; PANEL_REPLAY_DIR names another place (e.g. a git worktree's)
+# ../shared beside the repo; PANEL_REPLAY_DIR points elsewhere (a git worktree sits deeper)
 REPLAY_DIR = Path(os.environ.get("PANEL_REPLAY_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "replay")
 
 

@@ -16,7 +16,7 @@ import orjson
 from producer import keys
 from producer.contract import Job
 from workers import cascade
-from workers.panel.state import Member, PanelRun
+from workers.panel.state import Member, PanelRun, PanelSnapshot
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
@@ -45,12 +45,11 @@ def stage_run(rt: Runtime, job_id: str, job: Job, policy: TaskPolicy, n: int, tr
     )  # fmt: skip
 
 
-def evidence(rt: Runtime, spec: PanelRun, job: Job, text: str | None) -> cascade.Evidence:
+def evidence(spec: PanelRun, snap: PanelSnapshot, job: Job, text: str | None) -> cascade.Evidence:
     """The decided stage as the checks see it. The answer's log-probability is the highest among
     the members that voted for it (one member for a single-model stage)."""
-    state = rt.store.state(spec.panel_id)
+    state, calls = snap.state, snap.calls
     key = state.get("answer") or None
-    calls = rt.store.calls(spec.panel_id)
     backers = [c for m, c in calls.items() if m != "arbiter" and c.get("status") in ("answered", "late")
                and key is not None and c.get("answer_key") == key]  # fmt: skip
     logprobs = [float(c["logprob"]) for c in backers if c.get("logprob") is not None]
@@ -59,12 +58,13 @@ def evidence(rt: Runtime, spec: PanelRun, job: Job, text: str | None) -> cascade
                             response_schema=job.response_schema)  # fmt: skip
 
 
-def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: int, text: str | None) -> cascade.Acceptance:
+def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: int, text: str | None,
+                snap: PanelSnapshot) -> cascade.Acceptance:  # fmt: skip
     """Decided stage `n` by its check, recorded on the panel for the receipt. Repeatable: the same
     state gives the same verdict."""
     assert policy.cascade is not None
     last = cascade.is_last(policy.cascade, n)
-    verdict = cascade.acceptance(cascade.stage(policy.cascade, n), n, last, evidence(rt, spec, job, text))
+    verdict = cascade.acceptance(cascade.stage(policy.cascade, n), n, last, evidence(spec, snap, job, text))
     rt.redis.hset(keys.panel(spec.panel_id), "cascade", orjson.dumps(verdict.to_dict()))
     if cascade.goes_on(verdict):
         log.info("job %s: %s; stage %d follows", spec.job_id, verdict.reason(), n + 1)

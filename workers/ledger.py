@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
+from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000
@@ -27,7 +27,9 @@ def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
     return decided if decided in ("sweep", "failed") else "failed"
 
 
-def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, Any]]) -> Receipt:
+def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, Any]],
+                   snaps: dict[str, PanelSnapshot], submitted_at: float) -> Receipt:  # fmt: skip
+    """The job's receipt from its panels' snapshots (workers/panel/state.py), read by the caller."""
     policy = rt.policies.get(job.task_class)
     lanes: list[LaneStep] = []
     triggers: list[str] = []
@@ -40,8 +42,8 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         spec = rt.store.spec(p["panel_id"])
         if spec is None:
             continue
-        state = rt.store.state(spec.panel_id)
-        records = rt.store.calls(spec.panel_id)
+        snap = snaps[spec.panel_id]
+        state, records = snap.state, snap.calls
         lanes.append(LaneStep(lane="batch" if spec.batch else spec.stage, reason=p["reason"], **_stage_fields(p, state)))
         if p.get("cascade", {}).get("stage") == 1:  # a cascade's default answer is its first stage's
             default_key, default_text = state.get("answer") or None, _decided_text(state, records)
@@ -66,11 +68,11 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             verdict = Verdict.model_validate(orjson.loads(state["verdict"]))
         decision = _decision(spec.stage, state.get("decided", ""), verdict)
         final_key = state.get("answer") or None
-        voted = len(rt.store.votes(spec.panel_id))
+        voted = len(snap.votes)
         early_exit = state.get("decided") == "quorum" and voted < len(spec.members)
-    disagreement = _disagreement(rt, panels[-1]["panel_id"], verdict)
+    disagreement = _disagreement(snaps[panels[-1]["panel_id"]], verdict)
     changed = None if default_key is None or final_key is None else default_key != final_key
-    submitted = float(rt.redis.hget(keys.job(job_id), "submitted_at") or time.time())
+    submitted = submitted_at
     return Receipt(
         job_id=job_id, task_class=job.task_class, tenant=job.tenant, lanes=lanes, triggers=triggers,
         calls=calls, decision=decision, early_exit=early_exit, calls_saved=saved, verdict=verdict,  # type: ignore[arg-type]
@@ -100,13 +102,13 @@ def _decided_text(state: dict[str, str], records: dict[str, dict[str, Any]]) -> 
     return next((str(c["text"]) for c in answered if key and c.get("answer_key") == key), None)
 
 
-def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | None:
+def _disagreement(snap: PanelSnapshot, verdict: Verdict | None) -> str | None:
     if verdict and verdict.disagreements:
         return "; ".join(verdict.disagreements)
-    tally = rt.store.tally(panel_id)
+    tally = snap.tally
     if len(tally) <= 1:
         return None
-    votes = rt.store.votes(panel_id)
-    answer = rt.store.state(panel_id).get("answer")
+    votes = snap.votes
+    answer = snap.state.get("answer")
     dissent = sorted(m for m, k in votes.items() if k and k != answer)
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"

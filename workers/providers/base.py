@@ -37,6 +37,9 @@ class Completion:
     model: str
     provider: str
     finish_reason: str
+    # of tokens_in (always the whole prompt): read from the provider's prompt cache / written to it
+    tokens_cached: int = 0
+    tokens_cache_write: int = 0
     logprob: float | None = None  # the completion's sequence log-probability, when asked and returned
 
 
