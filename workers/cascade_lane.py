@@ -50,9 +50,9 @@ def evidence(spec: PanelRun, snap: PanelSnapshot, job: Job, text: str | None) ->
     the members that voted for it (one member for a single-model stage)."""
     state, calls = snap.state, snap.calls
     key = state.get("answer") or None
-    backers = [c for m, c in calls.items() if m != "arbiter" and c.get("status") in ("answered", "late")
-               and key is not None and c.get("answer_key") == key]  # fmt: skip
-    logprobs = [float(c["logprob"]) for c in backers if c.get("logprob") is not None]
+    backers = [c for m, c in calls.items() if m != "arbiter" and c.status in ("answered", "late")
+               and key is not None and c.answer_key == key]  # fmt: skip
+    logprobs = [c.logprob for c in backers if c.logprob is not None]
     return cascade.Evidence(text=text, logprob=max(logprobs) if logprobs else None,
                             outcome=state.get("decided", "failed"), agreeing=len(backers), quorum=spec.quorum,
                             response_schema=job.response_schema)  # fmt: skip

@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
+from workers.panel.chord import call_record
+from workers.panel.record import Call
 from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000
-_CALL_FIELDS = set(CallRecord.model_fields)
 
 
 def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
@@ -51,19 +52,15 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         dispatched = int(state.get("dispatched", len(spec.members)))
         for i, m in enumerate(spec.members):
             rec = records.get(m.member)
-            if rec is None:
-                status = "skipped" if i >= dispatched else "cancelled"
-                mspec = rt.registry.model(m.model)
-                rec = {"member": m.member, "model": m.model, "provider": mspec.provider, "tier": m.tier,
-                       "status": status, "batch": spec.batch}  # fmt: skip
-            if rec["status"] in ("skipped", "cancelled"):
+            if rec is None:  # never recorded: not sent (staged), or cancelled before it ran
+                rec = call_record(rt.registry, spec, m, "skipped" if i >= dispatched else "cancelled")
+            if rec.status in ("skipped", "cancelled"):
                 saved += 1
-            calls.append(CallRecord(**{k: v for k, v in rec.items() if k in _CALL_FIELDS} | {"member": f"{n}.{m.member}"}))
-            if default_key is None and "cascade" not in p and rec["status"] == "answered" and m.model == policy.single.model:
-                default_key, default_text = rec.get("answer_key"), rec.get("text")
+            calls.append(CallRecord(**rec.receipt_fields() | {"member": f"{n}.{m.member}"}))
+            if default_key is None and "cascade" not in p and rec.status == "answered" and m.model == policy.single.model:
+                default_key, default_text = rec.answer_key, rec.text
         if "arbiter" in records:
-            rec = records["arbiter"]
-            calls.append(CallRecord(**{k: v for k, v in rec.items() if k in _CALL_FIELDS} | {"member": f"{n}.arbiter"}))
+            calls.append(CallRecord(**records["arbiter"].receipt_fields() | {"member": f"{n}.arbiter"}))
         if state.get("verdict"):
             verdict = Verdict.model_validate(orjson.loads(state["verdict"]))
         decision = _decision(spec.stage, state.get("decided", ""), verdict)
@@ -93,13 +90,13 @@ def _stage_fields(entry: dict[str, Any], state: dict[str, str]) -> dict[str, Any
     return fields
 
 
-def _decided_text(state: dict[str, str], records: dict[str, dict[str, Any]]) -> str | None:
+def _decided_text(state: dict[str, str], records: dict[str, Call]) -> str | None:
     if state.get("verdict"):
         return str(orjson.loads(state["verdict"])["final_answer"])
     key = state.get("answer")
-    answered = sorted((c for m, c in records.items() if m != "arbiter" and c["status"] in ("answered", "late")),
-                      key=lambda c: str(c["member"]))  # fmt: skip
-    return next((str(c["text"]) for c in answered if key and c.get("answer_key") == key), None)
+    answered = sorted((c for m, c in records.items() if m != "arbiter" and c.status in ("answered", "late")),
+                      key=lambda c: c.member)  # fmt: skip
+    return next((c.text for c in answered if key and c.answer_key == key), None)
 
 
 def _disagreement(snap: PanelSnapshot, verdict: Verdict | None) -> str | None:

@@ -196,7 +196,7 @@ class PolicyTable:
 
     def plan(self, job: Job) -> Plan:
         policy = self.get(job.task_class)
-        mode = "batch" if job.mode == "batch" or policy.mode == "batch" else "realtime"
+        mode: Literal["realtime", "batch"] = "batch" if job.mode == "batch" or policy.mode == "batch" else "realtime"
         if job.lane == "cascade" and policy.cascade is None:
             raise PolicyError("tasks.yaml", None, f"task_classes.{job.task_class}.cascade",
                               "this task class declares no cascade; ask lane single or panel")  # fmt: skip
