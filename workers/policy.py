@@ -224,7 +224,7 @@ class PolicyTable:
             refs: list[tuple[tuple[str | int, ...], str]] = [(("single", "model"), p.single.model)]
             refs += panel_refs(("panel",), p.panel)
             for i, stage in enumerate(p.cascade.stages if p.cascade else []):
-                loc = ("cascade", "stages", i)
+                loc: Loc = ("cascade", "stages", i)
                 refs += [(loc + ("model",), stage.model)] if stage.model else panel_refs(loc + ("panel",), stage.panel)
             for loc, model in refs:
                 if model not in registry.models:
