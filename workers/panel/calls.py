@@ -170,13 +170,13 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
                 rt.breaker.release(permit)
 
 
-def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool, spend: Spend | None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+               json_mode: bool, spend: Spend | None, logprobs: bool = False) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
     request = ChatRequest(model=spec.wire_model, messages=messages, max_tokens=spec.max_output_tokens,
-                          json_mode=json_mode, timeout_s=timeout)  # fmt: skip
+                          json_mode=json_mode, logprobs=logprobs, timeout_s=timeout)  # fmt: skip
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -202,8 +202,8 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
     return None, last_error, MAX_ATTEMPTS
 
 
-def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
+def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+               json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled."""
     tried: list[str] = []
     causes: list[str] = []
@@ -212,7 +212,7 @@ def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
             continue
         tried.append(candidate)
         try:
-            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend)
+            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs)
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])
@@ -229,5 +229,5 @@ class ModelCaller:
         self.io = io
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-                 json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
-        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend)
+                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False) -> CallOutcome:  # fmt: skip
+        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs)
