@@ -25,6 +25,7 @@ from tests.reliability.conftest import (
     restart_worker,
     sim_answered,
     sim_models,
+    sim_settled,
     uid,
     wait_parked,
 )  # fmt: skip
@@ -94,9 +95,8 @@ def test_worker_killed_mid_member_decides_once_and_pays_each_answer_once(rel_fle
     )
 
     # No answer paid twice: what the provider delivered is exactly what the receipt charges.
-    time.sleep(0.2)
+    m2 = sim_settled(rel_fleet)[M2]
     assert receipt_calls([res]) == sim_answered(rel_fleet)
-    m2 = sim_models(rel_fleet)[M2]
     if point == "during_call":  # the call lost with the worker was cut off, unanswered, and made again
         assert m2["requests"] == 2 and m2["answered"] == 1 and m2["by_status"].get("499") == 1, m2
     else:  # parked before the call (none made) or after its answer (re-used on redelivery)
