@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from producer import job_json
 from producer.errors import ContractError
 
 SCHEMA_VERSION = 1
@@ -130,10 +131,7 @@ class Job(_Strict):
         """Validate raw input; raise ContractError naming the field at fault."""
         try:
             if isinstance(data, (bytes, str)):
-                try:
-                    data = orjson.loads(data)
-                except orjson.JSONDecodeError as e:
-                    raise ContractError([("(line)", f"not JSON: {e}")]) from None
+                data = job_json.load(data)  # names the field of a NaN or a 65-bit integer
             if not isinstance(data, dict):
                 raise ContractError([("(line)", f"expected a JSON object, got {type(data).__name__}")])
             return cls.model_validate(data)
