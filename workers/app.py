@@ -63,8 +63,10 @@ app.conf.update(
 
 
 class Heartbeat(bootsteps.StartStopStep):
-    """Touches PANEL_HEARTBEAT_FILE every few seconds: the liveness probe reads its age
-    (a broker blip does not make every pod fail it, unlike `celery inspect ping`)."""
+    """Touches PANEL_HEARTBEAT_FILE every few seconds *while the consumer fetches* (see
+    workers/liveness.py): the liveness probe reads its age, so a worker alive but no longer
+    taking work fails it, while a broker blip shorter than the probe's max age does not make
+    every pod fail it at once (unlike `celery inspect ping`)."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -75,9 +77,15 @@ class Heartbeat(bootsteps.StartStopStep):
     def start(self, worker):  # type: ignore[no-untyped-def]
         from pathlib import Path
 
-        path = Path(settings.heartbeat_file)
-        self.tref = worker.timer.call_repeatedly(5.0, path.touch, (), priority=10)
-        path.touch()
+        from workers.liveness import Liveness
+
+        live = Liveness(settings.heartbeat_file, stale_s=settings.liveness_stale_s,
+                        exit_after_s=settings.liveness_exit_s,
+                        hard_exit_s=max(30.0, settings.soft_shutdown_s + 15.0))  # fmt: skip
+        self.tref = worker.timer.call_repeatedly(
+            settings.heartbeat_interval_s, lambda: live.tick(getattr(worker, "consumer", None)), (), priority=10
+        )
+        Path(settings.heartbeat_file).touch()  # starting: the startup probe waits for the first fetch after
 
     def stop(self, worker):  # type: ignore[no-untyped-def]
         if self.tref is not None:
