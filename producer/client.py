@@ -81,8 +81,12 @@ class PanelClient:
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
-        self.redis.hset(jkey, mapping={"status": "queued", "submitted_at": time.time(), "tenant": job.tenant})
-        self.redis.expire(jkey, self.settings.result_ttl_s)
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(jkey, mapping={"status": "queued", "submitted_at": now, "tenant": job.tenant})
+        pipe.expire(jkey, self.settings.result_ttl_s)
+        pipe.zadd(keys.JOB_WATCH, {job_id: now})  # the watchdog re-sends a `panel.run` that never starts
+        pipe.execute()
         self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}")
         return job_id
 

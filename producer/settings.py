@@ -21,6 +21,9 @@ class Settings(BaseModel):
     liveness_stale_s: float = Field(default=30.0, gt=0)
     liveness_exit_s: float = Field(default=90.0, ge=0)
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    # workers/panel/watchdog.py: a member not started this long after it was sent (its tier queue
+    # empty) is sent again
+    watchdog_s: float = Field(default=30.0, gt=0)
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
@@ -63,6 +66,7 @@ class Settings(BaseModel):
             "liveness_stale_s": "PANEL_LIVENESS_STALE_S",
             "liveness_exit_s": "PANEL_LIVENESS_EXIT_S",
             "sweep_interval_s": "PANEL_SWEEP_INTERVAL_S",
+            "watchdog_s": "PANEL_WATCHDOG_S",
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",

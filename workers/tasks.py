@@ -178,4 +178,5 @@ def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
 def deadline_sweep() -> int:
     rt = runtime()
     status.publish(rt)
-    return sweep(rt, dispatcher)
+    return sweep(rt, dispatcher, send_run=lambda job_id: app.send_task(
+        "panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}"))  # the watchdog's re-send

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from producer.contract import Job
 from workers import metrics
+from workers.panel import watchdog
 from workers.panel.agreement import Exact, make_rule
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, call_model, estimate_tokens
 from workers.panel.outage import through_redis_outage
@@ -40,6 +41,8 @@ class Dispatcher(Protocol):
 def dispatch(rt: Runtime, d: Dispatcher, spec: PanelSpec, members: list[Member]) -> None:
     for m in members:
         rt.store.set_task_id(spec.panel_id, m.member, d.member(spec, m))
+    if not spec.batch:
+        watchdog.expect(rt.redis, spec.panel_id, [m.member for m in members])
 
 
 def call_record(spec: PanelSpec, m: Member, rt: Runtime, status: str, **extra: Any) -> dict[str, Any]:
@@ -52,6 +55,7 @@ def call_record(spec: PanelSpec, m: Member, rt: Runtime, status: str, **extra: A
 def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, batch: bool | None = None) -> str:
     """One member's whole turn. Returns its call status (for logs and tests). `batch` prices the
     call (default: the panel's lane); a batch panel's member made in real time passes False."""
+    watchdog.started(rt.redis, panel_id, member_id)
     spec = rt.store.spec(panel_id)
     if spec is None:
         return "gone"

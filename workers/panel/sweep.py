@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from producer import keys
+from workers.panel import watchdog
 from workers.panel.chord import Dispatcher, cancel_stragglers
 from workers.runtime import Runtime
 
@@ -20,12 +22,19 @@ SWEEP_FAILURES = keys.PREFIX + "sweep:failures"  # hash: panel id -> ticks it ma
 log = logging.getLogger("panel.sweep")
 
 
-def sweep(rt: Runtime, d: Dispatcher, now: float | None = None, limit: int = 1000) -> int:
+def sweep(rt: Runtime, d: Dispatcher, now: float | None = None, limit: int = 1000,
+          send_run: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """Returns how many panels it decided or concluded. A panel that makes the sweep raise (its
     state unreadable) is skipped, and after MAX_PANEL_FAILURES ticks its job is dead-lettered, so
     one poison panel never stops the sweep from deciding the others."""
     now = time.time() if now is None else now
     acted = 0
+    try:  # members whose message vanished are sent again long before their deadline
+        acted += watchdog.resend_overdue(rt, d, now, rt.settings.watchdog_s)
+        if send_run is not None:
+            acted += watchdog.resend_lost_runs(rt, now, rt.settings.watchdog_s, send_run)
+    except Exception as e:  # the watchdog never stops the sweep
+        log.warning("sweep: watchdog failed: %s: %s", type(e).__name__, e)
     for raw in rt.redis.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit):
         pid = raw.decode()
         try:
