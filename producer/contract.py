@@ -26,7 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 Mode = Literal["realtime", "batch"]
 Lane = Literal["single", "panel"]
-CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late"]
+CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late", "lost"]  # lost: in flight with a dead worker
 JobStatus = Literal["queued", "running", "decided", "failed"]
 Decision = Literal["single", "quorum", "arbiter", "majority", "sweep", "failed"]
 

@@ -11,6 +11,7 @@ import orjson
 
 from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
+from workers.panel import attempts
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000
@@ -43,8 +44,15 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         lanes.append(LaneStep(lane="batch" if spec.batch else spec.stage, reason=p["reason"]))
         triggers += [t for t in spec.triggers if t not in triggers]
         dispatched = int(state.get("dispatched", len(spec.members)))
+        tried = attempts.of_panel(rt.redis, spec.panel_id)
         for i, m in enumerate(spec.members):
             rec = records.get(m.member)
+            extra = attempts.unrepresented(tried.get(m.member, []), rec["status"] if rec else None)
+            pending = rec is None and bool(extra) and extra[-1].status == "in_flight"
+            calls += [_attempt_record(rt, a, f"{n}.{m.member}", cut_off=pending and a is extra[-1]) for a in extra]
+            if pending:
+                saved += 1  # in flight at the decision: being cut off; its own record re-renders this
+                continue
             if rec is None:
                 status = "skipped" if i >= dispatched else "cancelled"
                 mspec = rt.registry.model(m.model)
@@ -76,6 +84,20 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
     )  # fmt: skip
 
 
+def _attempt_record(rt: Runtime, a: attempts.Attempt, member: str, cut_off: bool = False) -> CallRecord:
+    """A provider attempt no member record stands for: a failed retry, a call cut off, or one lost
+    in flight (charged at its input estimate, or its real usage if the answer had come back).
+    `cut_off`: in flight when the panel was decided, its cancellation not yet recorded."""
+    mspec = rt.registry.model(a.model)
+    status, error = attempts.receipt_status(a)
+    if cut_off:
+        status, error = "cancelled", "in flight at the decision: cut off; input charge estimated until it lands"
+    tokens_in = 0 if status == "failed" else a.tokens_in
+    return CallRecord(member=member, model=a.model, provider=mspec.provider, tier=mspec.tier, status=status,  # type: ignore[arg-type]
+                      tokens_in=tokens_in, tokens_out=a.tokens_out, latency_ms=round(a.latency_ms, 1), batch=a.batch,
+                      cost_usd=rt.registry.cost(a.model, tokens_in, a.tokens_out, a.batch), error=error)  # fmt: skip
+
+
 def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | None:
     if verdict and verdict.disagreements:
         return "; ".join(verdict.disagreements)
@@ -91,3 +113,17 @@ def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | 
 def write_ledger(rt: Runtime, receipt: Receipt) -> None:
     rt.redis.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
                   maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
+
+
+def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | None = None) -> int:
+    """Queue the receipt's ledger entry on `pipe` (a MULTI), deleting the entry it `replaces`, so
+    the ledger holds one entry per job, the same document as the job's result even when a late
+    record re-renders it. Returns the XADD's index in the pipeline's results (the entry id, to be
+    kept in the job hash as `ledger_id`)."""
+    if replaces:
+        pipe.xdel(keys.LEDGER_STREAM, replaces)
+    at = len(pipe.command_stack)
+    pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
+              maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
+    return at
+

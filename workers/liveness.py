@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 RUN = 1  # celery.bootsteps.RUN
 
 
-def fetch_problem(consumer: Any, now: float, stale_s: float) -> str | None:
-    """Why `consumer` cannot take work right now, or None when it fetches (or is full)."""
+def fetch_problem(consumer: Any, now: float, stale_s: float, channel_since: float | None = None) -> str | None:
+    """Why `consumer` cannot take work right now, or None when it fetches (or is full).
+    `channel_since`: when this task channel was first seen (a fresh channel after a reconnect
+    has not fetched yet and gets `stale_s` to start)."""
     if consumer is None or getattr(consumer.blueprint, "state", None) != RUN:
         return "consumer not running (reconnecting or stopped)"
     if consumer.connection is None:
@@ -44,7 +46,7 @@ def fetch_problem(consumer: Any, now: float, stale_s: float) -> str | None:
         return "no task channel"
     if not getattr(channel, "active_queues", True):
         return "consuming no queue"
-    sent = getattr(channel, "_brpop_sent_at", None)  # kombu's Redis channel: last BRPOP sent
+    sent = getattr(channel, "_brpop_sent_at", None) or channel_since  # kombu's Redis channel: last BRPOP sent
     if sent is not None and now - sent <= stale_s:
         return None
     try:
@@ -68,11 +70,17 @@ class Liveness:
     clock: Any = time.monotonic
     _bad_since: float | None = field(default=None, init=False)
     _leaving: bool = field(default=False, init=False)
+    _channel: tuple[int, float] = field(default=(0, 0.0), init=False)  # (id, first seen) of the task channel
 
     def tick(self, consumer: Any) -> str | None:
         now = self.clock()
-        problem = fetch_problem(consumer, now, self.stale_s)
+        channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+        if channel is not None and self._channel[0] != id(channel):
+            self._channel = (id(channel), now)
+        problem = fetch_problem(consumer, now, self.stale_s, self._channel[1] if channel is not None else None)
         if problem is None:
+            if self._bad_since is not None:
+                log.info("worker consumer fetching again after %.0f s (heartbeat resumed)", now - self._bad_since)
             self._bad_since = None
             with open(self.path, "a"):
                 os.utime(self.path)

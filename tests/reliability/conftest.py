@@ -154,6 +154,14 @@ def receipt_calls(results: list[Result], status: tuple[str, ...] = ("answered", 
     return Counter(c.model for r in results if r.receipt for c in r.receipt.calls if c.status in status)
 
 
+def receipt_requests(results: list[Result]) -> Counter[str]:
+    """Calls per model that reached the provider, by the receipts: answered, late, failed after a
+    request, lost in flight, and cancelled after sending (input tokens charged)."""
+    return Counter(c.model for r in results if r.receipt for c in r.receipt.calls
+                   if c.status in ("answered", "late", "lost") or (c.status == "failed" and c.latency_ms > 0)
+                   or (c.status == "cancelled" and c.tokens_in > 0))  # fmt: skip
+
+
 def sim_models(fleet: Fleet) -> dict[str, Any]:
     """The simulator's own per-model counts (requests, answered, by_status)."""
     return dict(fleet.sim("/_sim/stats")["models"])  # type: ignore[arg-type]

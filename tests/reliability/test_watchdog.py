@@ -53,7 +53,7 @@ def test_a_member_message_deleted_from_the_broker_is_sent_again_within_the_watch
                        "prompt": f"{job_id}: pick one\nA) w\nB) x\nC) y"})  # fmt: skip
         pid = f"{job_id}.1"
         eventually(lambda: len(member_messages(client, "llm.workhorse")) == 3, "three member messages queued")
-        lost_task = client.redis.hget(keys.panel(pid), "task:m2").decode()  # type: ignore[union-attr]
+        lost_task = eventually(lambda: client.redis.hget(keys.panel(pid), "task:m2"), "m2's task id stored").decode()
         (lost,) = [raw for raw in member_messages(client, "llm.workhorse") if orjson.loads(raw)["headers"]["id"] == lost_task]
         assert client.redis.lrem("llm.workhorse", 1, lost) == 1
         t_lost = time.monotonic()

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from workers import metrics
 from workers.errors import BudgetExceeded
 from workers.limits import BreakerOpen, Limit, RateLimitWait, TokensExceedLimit
+from workers.panel import attempts
 from workers.panel.outage import through_redis_outage
 from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
-from workers.runtime import Runtime
+from workers.runtime import Cancelled, Runtime
 
 log = logging.getLogger("panel.calls")
 MAX_ATTEMPTS = 4
@@ -48,7 +49,8 @@ def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTE
 
 
 def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest,
-             messages: list[dict[str, str]], deadline: float, spend: Spend | None) -> Completion:  # fmt: skip
+             messages: list[dict[str, str]], deadline: float, spend: Spend | None,
+             member: str | None = None) -> Completion:  # fmt: skip
     """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
     settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled.
 
@@ -69,9 +71,23 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         # refund comes back only while the reservation is still ahead of the clock
         tokens = estimate_tokens(messages, output_tokens=min(EXPECTED_OUTPUT_TOKENS, spec.max_output_tokens))
         reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm, spec.burst_s)], tokens, deadline=deadline)
+        aid = None
+        if panel_id is not None and member is not None:  # written before the request leaves (attempts.py)
+            aid = attempts.begin(rt.redis, panel_id, member, model, estimate_tokens(messages, output_tokens=0),
+                                 bool(spend and spend.batch))  # fmt: skip
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
+            if aid is not None:
+                through_redis_outage(lambda: attempts.end(rt.redis, panel_id, aid, "answered",  # type: ignore[arg-type]
+                                     tokens_in=completion.tokens_in, tokens_out=completion.tokens_out))  # type: ignore[union-attr]
+        except Cancelled as c:
+            if aid is not None:
+                attempts.end(rt.redis, panel_id, aid, "cancelled", sent=c.sent,  # type: ignore[arg-type]
+                             **({} if c.sent else {"tokens_in": 0}))
+            raise
         except ProviderError as e:
+            if aid is not None:
+                attempts.end(rt.redis, panel_id, aid, "failed", error=str(e)[:300], tokens_in=0)  # type: ignore[arg-type]
             recorded = True
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
             if isinstance(e, RateLimited):
@@ -100,7 +116,8 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
 
 
 def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool, spend: Spend | None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+               deadline: float, json_mode: bool, spend: Spend | None,
+               member: str | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
@@ -109,7 +126,7 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return _attempt(rt, panel_id, model, request, messages, deadline, spend), None, attempt
+            return _attempt(rt, panel_id, model, request, messages, deadline, spend, member), None, attempt
         except BreakerOpen as e:
             if attempt > 1:  # it opened while this call retried: keep the call's last error in the reason
                 e.add_note(last_error)
@@ -132,8 +149,10 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
 
 
 def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
-    """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled."""
+               deadline: float, json_mode: bool = False, spend: Spend | None = None,
+               member: str | None = None) -> CallOutcome:  # fmt: skip
+    """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
+    With a `member`, every provider attempt is recorded (workers/panel/attempts.py)."""
     tried: list[str] = []
     causes: list[str] = []
     for candidate in [model, *rt.registry.model(model).fallbacks]:
@@ -141,11 +160,11 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
             continue
         tried.append(candidate)
         try:
-            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend)
+            completion, error, n = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, member)
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])
             continue
-        return CallOutcome(candidate, completion, error, model if candidate != model else None, attempts)
+        return CallOutcome(candidate, completion, error, model if candidate != model else None, n)
     after = f" (last error: {'; '.join(causes)})" if causes else ""
     return CallOutcome(model, None, f"circuit open for {', '.join(tried)}; no fallback available{after}")

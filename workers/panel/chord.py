@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, Protocol
 
+from producer import keys
 from producer.contract import Job
 from workers import metrics
 from workers.panel import watchdog
@@ -55,7 +56,7 @@ def call_record(spec: PanelSpec, m: Member, rt: Runtime, status: str, **extra: A
 def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, batch: bool | None = None) -> str:
     """One member's whole turn. Returns its call status (for logs and tests). `batch` prices the
     call (default: the panel's lane); a batch panel's member made in real time passes False."""
-    watchdog.started(rt.redis, panel_id, member_id)
+    watchdog.started(rt.redis, panel_id, member_id, 2 * rt.settings.call_timeout_s)
     spec = rt.store.spec(panel_id)
     if spec is None:
         return "gone"
@@ -77,13 +78,15 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, batch:
     started = time.time()
     try:
         res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
-                         spend=spend_of(rt, job, batch))  # fmt: skip
+                         spend=spend_of(rt, job, batch), member=member_id)  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
         rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "cancelled", tokens_in=tokens_in, batch=batch,
                           cost_usd=rt.registry.cost(m.model, tokens_in, 0, batch),
                           latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
+        if rt.redis.hexists(keys.job(spec.job_id), "finalised"):
+            d.conclude(panel_id)  # the charge landed after the receipt: re-render result and ledger
         return "cancelled"
     return land(rt, d, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
 
@@ -117,7 +120,7 @@ def land(rt: Runtime, d: Dispatcher, spec: PanelSpec, m: Member, job: Job, res: 
         key = None
     else:
         c = res.completion
-        existing = [e for e in rt.store.votes(panel_id).values() if e]
+        existing = [e for e in through_redis_outage(lambda: rt.store.votes(panel_id)).values() if e]  # a paid answer
         key = make_rule(spec.agreement_spec(), job.response_schema).key(c.text, existing)
         if key is None:  # the rule found nothing to extract: identical raw answers still agree
             raw = Exact().key(c.text, existing)

@@ -33,6 +33,7 @@ def sweep(rt: Runtime, d: Dispatcher, now: float | None = None, limit: int = 100
         acted += watchdog.resend_overdue(rt, d, now, rt.settings.watchdog_s)
         if send_run is not None:
             acted += watchdog.resend_lost_runs(rt, now, rt.settings.watchdog_s, send_run)
+        acted += watchdog.conclude_stranded(rt, d, now, every_s=rt.settings.watchdog_s / 3, window_s=STALE_DECISION_S)
     except Exception as e:  # the watchdog never stops the sweep
         log.warning("sweep: watchdog failed: %s: %s", type(e).__name__, e)
     for raw in rt.redis.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit):

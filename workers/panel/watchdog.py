@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 WATCH = f"{keys.PREFIX}watchdog:members"  # zset: "panel_id|member" -> time sent (unix s)
 RESENDS = f"{keys.PREFIX}watchdog:resends"  # hash: "panel_id|member" -> times re-sent
 MAX_RESENDS = 3
+TIERS = ("economy", "workhorse", "frontier")
 PRIORITY_SUFFIXES = ("", ":3", ":6", ":9")  # producer/settings.py priority_steps, sep ":"
 log = logging.getLogger("panel.watchdog")
 
@@ -57,8 +58,11 @@ def expect(r: redis.Redis, panel_id: str, members: Iterable[str], now: float | N
         r.zadd(WATCH, mapping)
 
 
-def started(r: redis.Redis, panel_id: str, member: str) -> None:
-    r.zrem(WATCH, _entry(panel_id, member))
+def started(r: redis.Redis, panel_id: str, member: str, call_budget_s: float) -> None:
+    """The member's task began: its bound now starts `call_budget_s` later (a whole call with its
+    retries), so a task that started and was then lost (its retry never published while Redis
+    was down) is sent again too. The entry goes once the member's call is recorded."""
+    r.zadd(WATCH, {_entry(panel_id, member): time.time() + call_budget_s}, xx=True)
 
 
 def queued(r: redis.Redis, tier: str) -> int:
@@ -76,8 +80,13 @@ def queued_list(r: redis.Redis, queue: str) -> list[int]:
 def resend_overdue(rt: Runtime, d: Dispatcher, now: float, bound_s: float, limit: int = 200) -> int:
     """Re-send the members overdue by `bound_s`; returns how many were sent again."""
     resent = 0
-    backlog: dict[str, int] = {}
-    for raw in rt.redis.zrangebyscore(WATCH, 0, now - bound_s, start=0, num=limit):
+    due = rt.redis.zrangebyscore(WATCH, 0, now - bound_s, start=0, num=limit)
+    if not due:
+        return 0
+    backlog = {tier: queued(rt.redis, tier) for tier in TIERS}
+    if all(backlog.values()):
+        return 0  # every tier has a backlog (overload): members are waiting their turn, none re-sent
+    for raw in due:
         entry = raw.decode()
         panel_id, member_id = entry.rsplit("|", 1)
         spec = rt.store.spec(panel_id)
@@ -85,7 +94,7 @@ def resend_overdue(rt: Runtime, d: Dispatcher, now: float, bound_s: float, limit
             forget(rt.redis, entry)  # gone, batch lane (its own poll), decided, or already called
             continue
         m = spec.member(member_id)
-        if backlog.setdefault(m.tier, queued(rt.redis, m.tier)):
+        if backlog.get(m.tier) or (m.tier not in backlog and queued(rt.redis, m.tier)):
             continue  # behind other messages: waiting its turn, not lost
         n = int(rt.redis.hincrby(RESENDS, entry, 1))
         if n > MAX_RESENDS:
@@ -129,6 +138,34 @@ def resend_lost_runs(rt: Runtime, now: float, bound_s: float, send_run: Callable
         log.warning("watchdog: job %s still queued %.0f s after submit: panel.run sent again (%d/%d)",
                     job_id, bound_s, n, MAX_RESENDS)  # fmt: skip
     return len(waiting)
+
+
+CONCLUDED_OUTCOMES = ("quorum", "sweep", "arbiter", "failed")
+SCAN_LOCK = f"{keys.PREFIX}watchdog:scan"
+
+
+def conclude_stranded(rt: Runtime, d: Dispatcher, now: float, every_s: float, window_s: float,
+                      limit: int = 500) -> int:  # fmt: skip
+    """Conclude panels decided but never concluded, long before their deadline: the member that
+    decided raised mid-conclusion (Redis went down) and its retry was never published, so nobody
+    holds the conclusion lease and the deadline sweep would wait until `window_s` before the
+    deadline. Runs at most once per `every_s` fleet-wide, over the `limit` nearest deadlines."""
+    if not rt.redis.set(SCAN_LOCK, 1, nx=True, ex=max(1, round(every_s))):
+        return 0
+    pids = [raw.decode() for raw in rt.redis.zrangebyscore(keys.PANEL_DEADLINES, now + window_s, "+inf",
+                                                           start=0, num=limit)]  # fmt: skip
+    pipe = rt.redis.pipeline(transaction=False)
+    for pid in pids:
+        pipe.hmget(keys.panel(pid), ["decided", "once:concluded"])
+        pipe.exists(keys.panel(pid) + ":concluding")
+    rows = pipe.execute()
+    acted = 0
+    for pid, (decided, concluded), lease in zip(pids, rows[::2], rows[1::2], strict=True):
+        if decided and decided.decode() in CONCLUDED_OUTCOMES and not concluded and not lease:
+            log.warning("watchdog: panel %s decided (%s) but never concluded: concluding", pid, decided.decode())
+            d.conclude(pid)
+            acted += 1
+    return acted
 
 
 def forget(r: redis.Redis, entry: str) -> None:
