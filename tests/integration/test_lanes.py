@@ -142,3 +142,17 @@ def test_resubmitted_idempotency_key_returns_the_same_job(fleet: Fleet, client: 
     assert first == second
     client.wait(first, 30)
     assert len([r for r in client.ledger() if r["job_id"] == first]) == 1
+
+
+def test_every_provider_attempt_is_in_the_receipt_retries_included(fleet: Fleet, client: PanelClient) -> None:
+    configure(fleet, {"qwen2.5-32b-coder-instruct": {"latency_ms": 20, "answer": "APPROVE", "fail_next": 2, "fail_status": 503}})
+    jid = client.submit({"task_class": "code_review", "prompt": f"{uid('retry')}:\n-teh\n+the"})
+    res = client.wait(jid, 60)
+    assert res.status == "decided" and res.receipt is not None
+    calls = [(c.member, c.status) for c in res.receipt.calls]
+    assert calls == [("1.m0", "failed"), ("1.m0", "failed"), ("1.m0", "answered")], calls
+    failed = [c for c in res.receipt.calls if c.status == "failed"]
+    assert all("503" in (c.error or "") and c.cost_usd == 0 for c in failed)  # a 5xx is not billed
+    sim = fleet.sim("/_sim/stats")["models"]["qwen2.5-32b-coder-instruct"]
+    assert sim["requests"] == len(res.receipt.calls) == 3 and sim["answered"] == 1  # call for call
+    assert [r for r in client.ledger() if r["job_id"] == jid] == [res.receipt.model_dump(mode="json")]
