@@ -150,13 +150,19 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
 
 def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
                deadline: float, json_mode: bool = False, spend: Spend | None = None,
-               member: str | None = None) -> CallOutcome:  # fmt: skip
+               member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
-    With a `member`, every provider attempt is recorded (workers/panel/attempts.py)."""
+    With a `member`, every provider attempt is recorded (workers/panel/attempts.py). A fallback in
+    `in_panel` (the other members' models) is passed over: one model never votes twice in a
+    quorum; with no distinct fallback left the member gives up its vote, and its error says so."""
     tried: list[str] = []
     causes: list[str] = []
+    passed_over: list[str] = []
     for candidate in [model, *rt.registry.model(model).fallbacks]:
         if candidate in tried:
+            continue
+        if candidate != model and candidate in in_panel:
+            passed_over.append(candidate)
             continue
         tried.append(candidate)
         try:
@@ -167,4 +173,6 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
             continue
         return CallOutcome(candidate, completion, error, model if candidate != model else None, n)
     after = f" (last error: {'; '.join(causes)})" if causes else ""
-    return CallOutcome(model, None, f"circuit open for {', '.join(tried)}; no fallback available{after}")
+    dup = (f"; fallback {', '.join(passed_over)} already in the panel: vote given up (a model never counts "
+           "twice in a quorum)") if passed_over else "; no fallback available"  # fmt: skip
+    return CallOutcome(model, None, f"circuit open for {', '.join(tried)}{dup}{after}")

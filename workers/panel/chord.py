@@ -78,7 +78,8 @@ def run_member(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str, batch:
     started = time.time()
     try:
         res = call_model(rt, panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
-                         spend=spend_of(rt, job, batch), member=member_id)  # fmt: skip
+                         spend=spend_of(rt, job, batch), member=member_id,
+                         in_panel=frozenset(x.model for x in spec.members if x.member != member_id))  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
