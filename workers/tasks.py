@@ -148,7 +148,7 @@ def arbiter(self: Task, panel_id: str) -> str:
 @app.task(name="panel.batch_member", bind=True, acks_late=True)
 def batch_member(self: Task, panel_id: str, member_id: str) -> str:
     """Queue a member's call for its model's next provider batch (no provider call here)."""
-    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id),
+    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id, dispatcher),
                    abandon=lambda reason: abandon_member(runtime(), dispatcher, panel_id, member_id, reason))  # fmt: skip
 
 
