@@ -12,6 +12,9 @@ from kombu import Queue
 
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings
+from workers import broker_reconnect
+
+broker_reconnect.install()  # kombu 5.7.0's reconnect crash after a Redis restart (see the module)
 
 QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
 
