@@ -33,7 +33,7 @@ def run_demo(examples: Path, keep: bool = False) -> int:
         print(header)
         print("-" * len(header))
         failed = 0
-        for line, job_id in report.submitted:
+        for _line, job_id in report.submitted:
             res = client.wait(job_id, timeout=120)
             r = res.receipt
             if r is None:

@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 class Settings(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
-    default_deadline_s: float = Field(default=600.0, gt=0)
     visibility_timeout_s: int = Field(default=3600, gt=0, description="above the longest call")
     soft_shutdown_s: float = Field(default=60.0, ge=0)
     metrics_port: int = Field(default=0, ge=0, description="0: no exporter")
@@ -57,7 +56,6 @@ class Settings(BaseModel):
         fields = {
             "redis_url": "PANEL_REDIS_URL",
             "result_ttl_s": "PANEL_RESULT_TTL",
-            "default_deadline_s": "PANEL_DEFAULT_DEADLINE_S",
             "visibility_timeout_s": "PANEL_VISIBILITY_TIMEOUT_S",
             "soft_shutdown_s": "PANEL_SOFT_SHUTDOWN_S",
             "metrics_port": "PANEL_METRICS_PORT",

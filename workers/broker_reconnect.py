@@ -1,18 +1,22 @@
 """Survive kombu 5.7.0's crash while reconnecting to a Redis that restarted.
 
 Celery's consumer, on a broker error, calls `connection.collect()` (which drops the transport's
-`client`) and then `connection.close()`, whose channel close restores unacknowledged messages
-through a fresh Redis client built from that dropped `client`:
+`client`) and then `connection.close()`. Anything that afterwards needs a Redis client from the
+old channel builds one from that dropped `client`, and raises AttributeError instead of a
+connection error. Two paths were seen in the Redis-stop drill (tests/reliability/test_redis_drill.py):
 
-    on_connection_error_after_connected -> Connection.close -> _do_close_self -> Channel.close
+    on_connection_error_after_connected -> Connection.close -> Channel.close
       -> QoS.restore_unacked_once -> ... -> Channel._connparams
+    (a task finishing after the reconnect) Message.ack_log_error -> QoS.ack -> ... -> Channel._connparams
+
     AttributeError: 'NoneType' object has no attribute 'hostname'
 
-Celery treats it as unrecoverable: the worker stops (or, seen in a drill, stays up without a
-consumer). kombu 5.7.0 is the newest release (celery/kombu#970, #582 report the same family). The
-close was of a connection already broken, and the messages it held stay in Redis's unacked hash,
-which the visibility-timeout scan restores; so this patch lets that one AttributeError end the
-close and the consumer reconnect as it does for any other broker error. Liveness
+Celery treats it as unrecoverable: the worker stops, or (seen in an earlier drill) stays up with
+no consumer. kombu 5.7.0 is the newest release; celery/kombu#970 and #582 report the same family.
+The patch makes `_connparams` on a closed transport raise the transport's own connection error,
+which both paths already handle: the close goes on, the consumer reconnects, and a late ack is
+logged and dropped; its message stays in Redis's unacked hash and comes back after the visibility
+timeout (a redelivered member re-uses its recorded answer, paid once). Liveness
 (workers/liveness.py) still catches a consumer that stops fetching for any other reason.
 """
 
@@ -21,27 +25,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.worker.consumer.consumer import Consumer
+import redis
+from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
-_original = Consumer.on_connection_error_after_connected
+_original = kombu_redis.Channel._connparams
 
 
-def _is_kombu_close_crash(e: AttributeError) -> bool:
-    return "'NoneType' object has no attribute 'hostname'" in str(e) or "has no attribute 'client'" in str(e)
+class BrokerConnectionClosed(redis.exceptions.ConnectionError):
+    """A Redis client was asked of a channel whose broker connection was already closed."""
 
 
-def on_connection_error_after_connected(self: Any, exc: BaseException) -> None:
-    try:
-        _original(self, exc)
-    except AttributeError as e:
-        if not _is_kombu_close_crash(e):
-            raise
-        self.connection = None  # already detached by Celery before the close that raised
-        log.warning("broker connection closed uncleanly (%s); its unacked messages return after the "
-                    "visibility timeout; reconnecting", e)  # fmt: skip
+def _connparams(self: Any, asynchronous: bool = False) -> Any:
+    if self.connection is None or getattr(self.connection, "client", None) is None:
+        raise BrokerConnectionClosed("broker connection already closed (kombu channel of a dropped connection)")
+    return _original(self, asynchronous=asynchronous)
 
 
 def install() -> None:
     """Idempotent."""
-    Consumer.on_connection_error_after_connected = on_connection_error_after_connected  # type: ignore[method-assign]
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]

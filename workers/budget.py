@@ -22,6 +22,16 @@ TTL_S = 8 * 24 * 3600
 
 
 @dataclass(frozen=True)
+class Spend:
+    """Whose budget a call draws on, and at which price list."""
+
+    job_id: str
+    tenant: str
+    cap_usd: float | None
+    batch: bool = False
+
+
+@dataclass(frozen=True)
 class Hold:
     keys: tuple[str, ...]
     caps: tuple[int, ...]

@@ -10,48 +10,31 @@ import logging
 import os
 import re
 import time
-from datetime import datetime
+from importlib.resources import files
 from typing import Any
 
 import jsonschema
 import orjson
-import pydantic
 import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
 from workers import ledger, metrics
+from workers.errors import failure_reason
+from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
+from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
-from workers.panel.calls import Spend
-from workers.panel.chord import Dispatcher, dispatch
-from workers.panel.state import Member, PanelSpec, Stage
+from workers.panel.ports import Dispatcher
+from workers.panel.state import Member, PanelRun, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
+__all__ = ["DEAD_LETTER", "conclude_panel", "failure_reason", "finalise_job", "start_job"]
 log = logging.getLogger("panel.jobs")
 CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
-
-
-def load_job(rt: Runtime, job_id: str) -> Job:
-    """The stored job. Its deadline was checked at submit; re-checking it here ("deadline is in
-    the past") would make every step after the deadline (the sweep's decision, a late member)
-    raise, so it is set back after validation instead."""
-    raw = rt.redis.hget(keys.job(job_id), "spec")
-    if raw is None:
-        raise KeyError(f"job {job_id} not found")
-    data = orjson.loads(raw)
-    deadline = data.pop("deadline", None)
-    job = Job.model_validate(data)
-    return job if deadline is None else job.model_copy(update={"deadline": datetime.fromisoformat(deadline)})
-
-
-def spend_of(rt: Runtime, job: Job, batch: bool) -> Spend:
-    """The budget a job's calls draw on: the job's cap, else its task class's."""
-    cap = job.budget_usd if job.budget_usd is not None else rt.policies.get(job.task_class).budget_usd
-    return Spend(job_id=str(job.id), tenant=job.tenant, cap_usd=cap, batch=batch)
 
 
 def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
@@ -66,19 +49,19 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     panel still lacks, or plans again if no panel was made."""
     jkey = keys.job(job_id)
     if not rt.redis.hsetnx(jkey, "started", time.time()):
-        panels = panels_of(rt, job_id)
+        panels = rt.jobs.panels(job_id)
         if panels or rt.redis.hget(jkey, "status") in (b"decided", b"failed"):
             if len(panels) == 1:
                 send_unsent_members(rt, d, panels[0]["panel_id"])
             return "already started"
     try:
-        job = load_job(rt, job_id)
+        job = rt.jobs.load(job_id)
         policy = rt.policies.get(job.task_class)
         plan = rt.policies.plan(job)
     except redis.RedisError:
         raise  # not the job's fault: the task is retried
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
-        fail_job(rt, job_id, str(e))
+        rt.jobs.fail(job_id, str(e))
         return "failed"
     rt.redis.hset(jkey, mapping={"status": "running", "plan": orjson.dumps(plan.__dict__)})
     new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
@@ -94,16 +77,16 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
     missing = [m for m in spec.members[: spec.first_stage_size] if m.member not in sent]
     if missing:
         log.warning("job %s: sending %d member(s) a cut-short run did not send", spec.job_id, len(missing))
-        dispatch(rt, d, spec, missing)
+        dispatch(rt.store, d, spec, missing)
 
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
-              attempt: int, triggers: list[str], reason: str) -> PanelSpec:  # fmt: skip
+              attempt: int, triggers: list[str], reason: str) -> PanelRun:  # fmt: skip
     n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
     batch = job.mode == "batch" or policy.mode == "batch"
-    spec = PanelSpec(
+    spec = PanelRun(
         panel_id=f"{job_id}.{n}", job_id=job_id, stage=stage, attempt=attempt, members=members,
         quorum=1 if stage == "single" else policy.panel.quorum,
         dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
@@ -111,14 +94,12 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
     rt.store.create(spec, rt.settings.result_ttl_s)
-    rt.redis.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
-    rt.redis.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
-    dispatch(rt, d, spec, members[: spec.first_stage_size])
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
+    pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
+    pipe.execute()
+    dispatch(rt.store, d, spec, members[: spec.first_stage_size])
     return spec
-
-
-def panels_of(rt: Runtime, job_id: str) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in rt.redis.lrange(keys.job(job_id) + ":panels", 0, -1)]
 
 
 def final_text(rt: Runtime, panel_id: str) -> str | None:
@@ -169,46 +150,46 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
     if spec is None:
         return
     pkey = keys.panel(panel_id)
-    if not rt.redis.eval(_TAKE_LEASE, 2, pkey + ":concluding", pkey, os.getpid(), CONCLUDE_LEASE_S):
+    take, release = _lease_scripts(rt)
+    if not take(keys=[pkey + ":concluding", pkey], args=[os.getpid(), CONCLUDE_LEASE_S]):
         return
     try:
         if not rt.redis.hexists(pkey, "once:concluded"):
             act_on_decision(rt, d, spec)
             rt.redis.hset(pkey, "once:concluded", time.time())
-            if not rt.redis.eval(_RELEASE_LEASE, 2, pkey + ":concluding", pkey):
+            if not release(keys=[pkey + ":concluding", pkey]):
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
             if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
                 finalise_job(rt, spec.job_id, rerender=True)
-            if not rt.redis.eval(_RELEASE_LEASE, 2, pkey + ":concluding", pkey):
+            if not release(keys=[pkey + ":concluding", pkey]):
                 return
     except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
         rt.redis.delete(pkey + ":concluding")
         raise
 
 
-# KEYS[1] lease, KEYS[2] panel hash. Take the lease, or leave a re-render request for its holder.
-_TAKE_LEASE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
-redis.call('HSET', KEYS[2], 'rerender', 1)
-return 0
-"""
-# Let the lease go unless a re-render was requested meanwhile (then keep it: returns 1).
-_RELEASE_LEASE = """
-if redis.call('HDEL', KEYS[2], 'rerender') == 1 then return 1 end
-redis.call('DEL', KEYS[1])
-return 0
-"""
+_LEASES: dict[int, tuple[Any, Any]] = {}
 
 
-def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelSpec) -> None:
+def _lease_scripts(rt: Runtime) -> tuple[Any, Any]:
+    """take_lease.lua and release_lease.lua, registered once per Redis client."""
+    got = _LEASES.get(id(rt.redis))
+    if got is None:
+        here = files("workers")
+        got = _LEASES[id(rt.redis)] = (rt.redis.register_script(here.joinpath("take_lease.lua").read_text()),
+                                       rt.redis.register_script(here.joinpath("release_lease.lua").read_text()))  # fmt: skip
+    return got
+
+
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
-    if panels_of(rt, spec.job_id)[-1]["panel_id"] != panel_id:
+    if rt.jobs.panels(spec.job_id)[-1]["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
-    rt.publish_decided(panel_id)
-    job = load_job(rt, spec.job_id)
+    rt.store.publish_decided(panel_id)
+    job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
     text = final_text(rt, panel_id)
     if spec.stage == "single":
@@ -248,8 +229,8 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     a repeat after a crash finds `finalised` and only re-renders."""
     jkey = keys.job(job_id)
     rerender = rerender or bool(rt.redis.hexists(jkey, "finalised"))
-    job = load_job(rt, job_id)
-    panels = panels_of(rt, job_id)
+    job = rt.jobs.load(job_id)
+    panels = rt.jobs.panels(job_id)
     last = panels[-1]["panel_id"]
     text = final_text(rt, last)
     receipt = render_receipt(rt, job_id, job, panels).model_copy(update={"final_answer": text})
@@ -288,56 +269,3 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
     return result
-
-
-def failure_reason(e: BaseException) -> str:
-    """One line on why a task failed, for the job's error and the dead-letter list. A pydantic
-    error names the fields only: its default text quotes the input, which may be a prompt."""
-    if isinstance(e, pydantic.ValidationError):
-        where = ", ".join(".".join(map(str, err["loc"])) or "(root)" for err in e.errors()[:5])
-        return f"ValidationError: {e.error_count()} invalid field(s) of {e.title}: {where}"
-    return f"{type(e).__name__}: {e}"[:300]
-
-
-DEAD_LETTER = keys.PREFIX + "deadletter"  # list, newest first: what operators inspect and replay
-DEAD_LETTER_MAXLEN = 10_000
-
-
-def dead_letter(rt: Runtime, job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
-    """Park a task that failed `attempts` times (raised, or lost its worker each time) and fail its
-    job with the reason, so it stops taking workers and its caller stops waiting. True if this
-    call failed the job (a job already decided or dead-lettered is left as it is)."""
-    entry = {
-        "job_id": job_id,
-        "task": task,
-        "task_id": task_id,
-        "reason": reason,
-        "attempts": attempts,
-        "at": time.time(),
-    }
-    pipe = rt.redis.pipeline()
-    pipe.lpush(DEAD_LETTER, orjson.dumps(entry))
-    pipe.ltrim(DEAD_LETTER, 0, DEAD_LETTER_MAXLEN - 1)
-    pipe.execute()
-    jkey = keys.job(job_id)
-    if rt.redis.hget(jkey, "status") in (b"decided", b"failed") or not rt.redis.hsetnx(
-        jkey, "dead_letter", orjson.dumps(entry)
-    ):
-        return False
-    fail_job(rt, job_id, f"dead-letter: {task} gave up after {attempts} attempts: {reason}")
-    panels = [p["panel_id"] for p in panels_of(rt, job_id)]
-    if panels:  # nothing is left for the deadline sweep to decide
-        rt.redis.zrem(keys.PANEL_DEADLINES, *panels)
-    log.warning("job %s dead-lettered: %s after %d attempts: %s", job_id, task, attempts, reason)
-    return True
-
-
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    result = Result(job_id=job_id, status="failed", error=reason)
-    jkey = keys.job(job_id)
-    pipe = rt.redis.pipeline()
-    pipe.hset(jkey, mapping={"status": "failed", "result": result.model_dump_json(), "error": reason})
-    pipe.rpush(keys.done_channel(job_id), "failed")
-    pipe.expire(keys.done_channel(job_id), rt.settings.result_ttl_s)
-    pipe.execute()
-    log.info("job %s failed: %s", job_id, reason)

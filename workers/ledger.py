@@ -110,11 +110,6 @@ def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | 
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"
 
 
-def write_ledger(rt: Runtime, receipt: Receipt) -> None:
-    rt.redis.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
-
-
 def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | None = None) -> int:
     """Queue the receipt's ledger entry on `pipe` (a MULTI), deleting the entry it `replaces`, so
     the ledger holds one entry per job, the same document as the job's result even when a late

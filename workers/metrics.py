@@ -58,7 +58,7 @@ def announce_decision(receipt: Receipt) -> None:
     """
     from celery import current_task
 
-    if current_task is None or not current_task.request.id:
+    if not current_task or not current_task.request.id:  # a Proxy: `is None` is never true
         return
     try:
         current_task.send_event(

@@ -7,7 +7,6 @@ is the one place a call is priced.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -120,8 +119,3 @@ class Registry(_Strict):
                 loc = tuple(field.split("."))
                 raise PolicyError(str(path), policy_files.line_of(lines, loc), field, msg) from None
             raise
-
-
-@lru_cache(maxsize=1)
-def default_registry() -> Registry:
-    return Registry.load()

@@ -23,25 +23,24 @@ import redis.asyncio as aredis
 
 from producer import keys
 from producer.settings import Settings
+from workers.budget import Budget
+from workers.errors import Cancelled
+from workers.jobstore import JobStore
+from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
+from workers.panel.calls import ModelCaller
+from workers.panel.ports import Chord
 from workers.panel.state import PanelStore
 from workers.policy import PolicyTable
 from workers.providers.base import Provider
 from workers.registry import Registry
+
+__all__ = ["Cancelled", "Runtime", "runtime"]
 
 log = logging.getLogger("panel.runtime")
 # httpx logs every request line at INFO: one line per provider call is noise at fleet rates and
 # costs CPU the calls need; our own call records and metrics carry what an operator reads.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 T = TypeVar("T")
-
-
-class Cancelled(Exception):
-    """The panel was decided while this call was queued (`sent` False) or in flight (`sent` True:
-    the provider may bill the prompt, so the receipt charges its input tokens)."""
-
-    def __init__(self, panel_id: str, sent: bool = False):
-        super().__init__(panel_id)
-        self.sent = sent
 
 
 class Runtime:
@@ -68,14 +67,14 @@ class Runtime:
             settings.redis_url, max_connections=settings.redis_max_connections,
             timeout=settings.redis_pool_timeout_s, health_check_interval=30, socket_keepalive=True))  # fmt: skip
         self.store = PanelStore(self.redis)
-        from workers.budget import Budget
-        from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
-
+        self.jobs = JobStore(self.redis, self.policies, settings.result_ttl_s)
         self.limiter = RateLimiter(self.redis)
         self.breaker = CircuitBreaker(self.redis, BreakerConfig(
             window_s=settings.breaker_window_s, min_calls=settings.breaker_min_calls,
             failure_rate=settings.breaker_failure_rate, open_s=settings.breaker_open_s))  # fmt: skip
         self.budget = Budget(self.redis, settings.tenant_budget_usd)
+        # the narrow view the panel path is given (workers/panel/ports.py)
+        self.chord = Chord(store=self.store, registry=self.registry, jobs=self.jobs, caller=ModelCaller(self))
         self._providers: dict[str, Provider] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self.loop = asyncio.new_event_loop()
@@ -155,9 +154,6 @@ class Runtime:
         if panel_id is None:
             return self.run(make())
         return self.run(self._race(panel_id, make))
-
-    def publish_decided(self, panel_id: str) -> None:
-        self.redis.publish(keys.DECIDED_CHANNEL, panel_id)
 
     def close(self) -> None:
         async def _close() -> None:

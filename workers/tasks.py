@@ -20,11 +20,13 @@ from producer import keys
 from workers import status
 from workers.app import app
 from workers.batch import lane as batch_lane
-from workers.batch import realtime as batch_realtime_lane
-from workers.jobs import conclude_panel, dead_letter, failure_reason, start_job
+from workers.errors import failure_reason
+from workers.jobs import conclude_panel, start_job
+from workers.panel.act import carry_out
 from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
-from workers.panel.state import Member, PanelSpec
+from workers.panel.route import Route
+from workers.panel.state import Member, PanelRun
 from workers.panel.sweep import sweep
 from workers.runtime import runtime
 
@@ -32,27 +34,27 @@ log = logging.getLogger("panel.tasks")
 MAX_ATTEMPTS = 3
 RETRY_BACKOFF_S = 1.0  # doubled per attempt: 1 s, 2 s, ...
 ATTEMPTS_TTL_S = 24 * 3600
+MEMBER_TASKS: dict[Route, tuple[str, str | None]] = {  # route -> (task, queue; None: the member's tier)
+    "realtime": ("panel.member", None),
+    "batch": ("panel.batch_member", "llm.batch"),
+    # a batch panel's member made in real time (deadline near) pays, and says, the real-time price
+    "batch_realtime": ("panel.batch_realtime", None),
+}
 
 
 class CeleryDispatcher:
-    """The chord's Dispatcher on Celery: members to their tier queue, arbiter to frontier."""
+    """The chord's Dispatcher on Celery: sends each action's task on the route it was given
+    (workers/panel/route.py chose it); concludes in this process."""
 
-    def member(self, spec: PanelSpec, member: Member) -> str:
-        if spec.batch and not batch_lane.too_late(spec):
-            return str(app.send_task("panel.batch_member", args=[spec.panel_id, member.member], queue="llm.batch").id)
-        return self.realtime_member(spec, member)
+    def member(self, spec: PanelRun, member: Member, route: Route) -> str:
+        task, queue = MEMBER_TASKS[route]
+        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=queue or f"llm.{member.tier}").id)
 
-    def realtime_member(self, spec: PanelSpec, member: Member) -> str:
-        # a batch panel's member made in real time (deadline near) pays, and says, the real-time price
-        task = "panel.batch_realtime" if spec.batch else "panel.member"
-        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=f"llm.{member.tier}").id)
-
-    def arbiter(self, panel_id: str) -> None:
-        spec = runtime().store.spec(panel_id)
-        if spec is not None and spec.batch:  # through a batch too, or in real time near the deadline
-            app.send_task("panel.batch_arbiter", args=[panel_id], queue="llm.batch")
-            return
-        app.send_task("panel.arbiter", args=[panel_id], queue="llm.frontier")
+    def arbiter(self, spec: PanelRun, route: Route) -> None:
+        if route == "realtime":
+            app.send_task("panel.arbiter", args=[spec.panel_id], queue="llm.frontier")
+        else:  # through a batch, or in real time if the deadline is near when the task runs
+            app.send_task("panel.batch_arbiter", args=[spec.panel_id], queue="llm.batch")
 
     def conclude(self, panel_id: str) -> None:
         conclude_panel(runtime(), self, panel_id)
@@ -71,17 +73,23 @@ def job_of(panel_id: str) -> str:
 def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[[str], None] | None = None) -> str:
     """Run `body` as attempt n of this task id. An exception retries with backoff; the attempt
     after MAX_ATTEMPTS (or the last one failing) dead-letters instead of running: `abandon` first
-    (a member gives up its vote and the panel goes on), else the whole job fails with the reason."""
-    rt = runtime()
-    task_id = str(task.request.id)
+    (a member gives up its vote and the panel goes on), else the whole job fails with the reason.
+
+    A first delivery writes nothing: only a redelivered message (its worker was lost) or a retry
+    counts in Redis, as attempt 2, 3, ..., so the common path costs no round trip here."""
+    req = task.request
+    task_id = str(req.id)
     key = f"{keys.PREFIX}attempts:{task_id}"
-    pipe = rt.redis.pipeline()
-    pipe.hincrby(key, "n", 1)
-    pipe.hset(key, "last_worker", f"{socket.gethostname()} pid {os.getpid()}")
-    pipe.expire(key, ATTEMPTS_TTL_S)
-    n = int(pipe.execute()[0])
+    first = not (req.delivery_info or {}).get("redelivered") and not req.retries
+    n = 1
+    if not first:
+        pipe = runtime().redis.pipeline()
+        pipe.hincrby(key, "n", 1)
+        pipe.hset(key, "last_worker", f"{socket.gethostname()} pid {os.getpid()}")
+        pipe.expire(key, ATTEMPTS_TTL_S)
+        n = int(pipe.execute()[0]) + 1
     if n > MAX_ATTEMPTS:
-        last = rt.redis.hget(key, "reason")
+        last = runtime().redis.hget(key, "reason")
         reason = last.decode() if last else f"its worker was lost mid-task {n - 1} times"
         return give_up(task, job_id, reason, n - 1, abandon)
     try:
@@ -89,12 +97,16 @@ def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[
         out = body()
     except Exception as e:
         reason = failure_reason(e)
-        rt.redis.hset(key, "reason", reason)
+        pipe = runtime().redis.pipeline()
+        pipe.hset(key, "reason", reason)
+        pipe.expire(key, ATTEMPTS_TTL_S)
+        pipe.execute()
         if n >= MAX_ATTEMPTS:
             return give_up(task, job_id, reason, n, abandon)
         log.warning("%s[%s] attempt %d/%d failed (%s); retrying", task.name, task_id, n, MAX_ATTEMPTS, type(e).__name__)
         raise task.retry(exc=e, countdown=RETRY_BACKOFF_S * 2 ** (n - 1), max_retries=None) from None
-    rt.redis.delete(key)
+    if not first:
+        runtime().redis.delete(key)
     return out
 
 
@@ -107,7 +119,7 @@ def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callab
             return "abandoned"
         except Exception as e:  # the panel itself is unreadable: the job cannot go on
             log.warning("%s[%s] could not abandon its member (%s); failing the job", task.name, task.request.id, e)
-    dead_letter(rt, job_id, str(task.name), str(task.request.id), reason, attempts)
+    rt.jobs.dead_letter(job_id, str(task.name), str(task.request.id), reason, attempts)
     rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
     return "dead-letter"
 
@@ -127,6 +139,28 @@ def _test_poison(job_id: str) -> None:
         os._exit(137)  # what the OOM killer or a segfault looks like from the broker's side
 
 
+def _member_turn(panel_id: str, member_id: str, batch: bool | None = None) -> str:
+    rt = runtime()
+    turn = run_member(rt.chord, panel_id, member_id, batch=batch)
+    carry_out(rt.store, dispatcher, turn)
+    return turn.status
+
+
+def _abandon(panel_id: str, member_id: str) -> Callable[[str], None]:
+    def abandon(reason: str) -> None:
+        rt = runtime()
+        carry_out(rt.store, dispatcher, abandon_member(rt.chord, panel_id, member_id, reason))
+
+    return abandon
+
+
+def _arbiter_turn(panel_id: str) -> str:
+    rt = runtime()
+    turn = run_arbiter(rt.chord, panel_id)
+    carry_out(rt.store, dispatcher, turn)
+    return turn.status
+
+
 @app.task(name="panel.run", bind=True, acks_late=True)
 def run(self: Task, job_id: str) -> str:
     """Plan a job and send its first panel."""
@@ -136,20 +170,20 @@ def run(self: Task, job_id: str) -> str:
 @app.task(name="panel.member", bind=True, acks_late=True)
 def member(self: Task, panel_id: str, member_id: str) -> str:
     """One member's call and vote."""
-    return attempt(self, job_of(panel_id), lambda: run_member(runtime(), dispatcher, panel_id, member_id),
-                   abandon=lambda reason: abandon_member(runtime(), dispatcher, panel_id, member_id, reason))  # fmt: skip
+    return attempt(self, job_of(panel_id), lambda: _member_turn(panel_id, member_id),
+                   abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
 @app.task(name="panel.arbiter", bind=True, acks_late=True)
 def arbiter(self: Task, panel_id: str) -> str:
-    return attempt(self, job_of(panel_id), lambda: run_arbiter(runtime(), dispatcher, panel_id))
+    return attempt(self, job_of(panel_id), lambda: _arbiter_turn(panel_id))
 
 
 @app.task(name="panel.batch_member", bind=True, acks_late=True)
 def batch_member(self: Task, panel_id: str, member_id: str) -> str:
     """Queue a member's call for its model's next provider batch (no provider call here)."""
     return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id, dispatcher),
-                   abandon=lambda reason: abandon_member(runtime(), dispatcher, panel_id, member_id, reason))  # fmt: skip
+                   abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
 @app.task(name="panel.batch_flush", ignore_result=True, expires=30)
@@ -165,18 +199,20 @@ def batch_poll() -> int:
 @app.task(name="panel.batch_arbiter", bind=True, acks_late=True)
 def batch_arbiter(self: Task, panel_id: str) -> str:
     """Queue a batch panel's arbiter for the next batch (in real time when the deadline is near)."""
-    return batch_lane.enqueue_arbiter(runtime(), dispatcher, panel_id)
+    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_arbiter(runtime(), dispatcher, panel_id))
 
 
 @app.task(name="panel.batch_realtime", bind=True, acks_late=True)
 def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
     """A batch panel's member made in real time: its deadline is too near for another batch."""
-    return batch_realtime_lane.run_member_now(runtime(), dispatcher, panel_id, member_id)
+    return attempt(self, job_of(panel_id), lambda: _member_turn(panel_id, member_id, batch=False),
+                   abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
 @app.task(name="panel.sweep", ignore_result=True, expires=30)
 def deadline_sweep() -> int:
     rt = runtime()
     status.publish(rt)
-    return sweep(rt, dispatcher, send_run=lambda job_id: app.send_task(
-        "panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}"))  # the watchdog's re-send
+    return sweep(rt.store, dispatcher, rt.jobs.dead_letter, watchdog_s=rt.settings.watchdog_s,
+                 send_run=lambda job_id: app.send_task("panel.run", args=[job_id], queue="control",
+                                                       task_id=f"run-{job_id}"))  # the watchdog's re-send  # fmt: skip

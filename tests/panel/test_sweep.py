@@ -33,13 +33,13 @@ def exhausted_panel(deadline: float) -> tuple[SimpleNamespace, PanelStore]:
     for member, answer in (("m0", "a"), ("m1", "b"), ("m2", "c")):
         store.vote("p", member, answer, 3)  # three answers, no quorum: the vote leaves it 'exhausted'
     assert store.decided("p") == "exhausted"
-    return SimpleNamespace(store=store, redis=r, publish_decided=lambda pid: None), store
+    return SimpleNamespace(store=store), store
 
 
 def test_an_exhausted_panel_whose_arbiter_never_came_is_decided_by_plurality_at_its_deadline() -> None:
     rt, store = exhausted_panel(deadline=time.time() - 1)
     d = Recorder()
-    assert sweep_panel(rt, d, "p", time.time()) == 1  # type: ignore[arg-type]
+    assert sweep_panel(rt.store, d, "p", time.time()) == 1  # type: ignore[arg-type]
     assert store.decided("p") == "sweep"
     assert d.concluded == ["p"]
     # a verdict that arrives now is late: it cannot replace the sweep's decision
@@ -49,5 +49,5 @@ def test_an_exhausted_panel_whose_arbiter_never_came_is_decided_by_plurality_at_
 def test_an_exhausted_panel_before_its_deadline_is_left_to_its_arbiter() -> None:
     rt, store = exhausted_panel(deadline=time.time() + 60)
     d = Recorder()
-    assert sweep_panel(rt, d, "p", time.time()) == 0  # type: ignore[arg-type]
+    assert sweep_panel(rt.store, d, "p", time.time()) == 0  # type: ignore[arg-type]
     assert store.decided("p") == "exhausted" and d.concluded == []

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.panel.state import Member, PanelSpec, PanelStore
+from workers.panel.state import Member, PanelRun, PanelStore
 
 
-def _spec(pid: str, n: int = 3, quorum: int = 2, dispatch: str = "parallel") -> PanelSpec:
-    return PanelSpec(panel_id=pid, job_id="j", stage="panel", attempt=1,
+def _spec(pid: str, n: int = 3, quorum: int = 2, dispatch: str = "parallel") -> PanelRun:
+    return PanelRun(panel_id=pid, job_id="j", stage="panel", attempt=1,
                      members=[Member(f"m{i}", "gpt-4o-mini", "economy") for i in range(n)], quorum=quorum,
                      dispatch=dispatch, agreement={"rule": "exact"}, arbiter="gpt-4o", rubric=[],
                      deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip

@@ -107,23 +107,28 @@ def test_redis_stopped_five_seconds_mid_run_loses_no_job_and_leaves_no_idle_work
             twice = sum(max(0, n - 1) for r in results.values() if r.receipt for n in Counter(
                 c.member for c in r.receipt.calls if c.tokens_out and c.status in ("answered", "late", "lost")).values())
             unbilled = sum(paid.values()) - sum(charged.values())  # answered at the provider, charged as cut off
+            over = sum((receipt_requests(list(results.values())) - Counter(
+                {m: st["requests"] for m, st in models.items()})).values())  # fmt: skip
             logs = b"".join(p.read_bytes() for p in fleet.log_dir.glob("worker-*.log"))
-            crashes, absorbed = logs.count(b"Unrecoverable error"), logs.count(b"closed uncleanly")
+            crashes, absorbed = logs.count(b"Unrecoverable error"), logs.count(b"broker connection already closed")
             line = (f"round {rnd + 1}/{ROUNDS}: {len(jobs)} jobs, {queued} messages queued at the stop; "
                     f"{len(jobs) - len(failed)} decided, {len(failed)} failed ({len(at_deadline)} at their deadline), "
                     f"drained {time.monotonic() - t_back:.1f} s after Redis returned; workers that exited (restarted "
-                    f"as a supervisor would) {self_restarts}; kombu close crashes absorbed so far {absorbed}, "
-                    f"unrecoverable {crashes}; answers delivered {sum(paid.values())}, "
+                    f"as a supervisor would) {self_restarts}; kombu closed-connection errors handled so far "
+                    f"{absorbed}, unrecoverable worker errors {crashes}; answers delivered {sum(paid.values())}, "
                     f"charged as answers {sum(charged.values())} ({unbilled} cut off as the answer arrived, "
-                    f"charged their input); members paid twice {twice}")  # fmt: skip
+                    f"charged their input); receipt calls never sent {over}; members paid twice {twice}")  # fmt: skip
             print("\n" + line)
             lines.append(line)
             assert not at_deadline, f"round {rnd}: failed at their deadline: {at_deadline[:5]}"
             assert not failed, f"round {rnd}: {list(failed.items())[:3]}"
             assert all(ledger[j] == 1 for j in jobs), f"round {rnd}: a job has no or two ledger receipts"
-            # every request the provider saw is a call in a receipt (answered, late, lost, cut off)
+            # every request the provider saw is a call in a receipt (answered, late, lost, cut off); a
+            # receipt may show more: an attempt recorded in flight whose request never left (Redis
+            # went down at the send) is "lost, may be billed"
             served = Counter({m: st["requests"] for m, st in models.items() if st["requests"]})
-            assert receipt_requests(list(results.values())) == served, f"round {rnd}: requests {dict(served)}"
+            shown = receipt_requests(list(results.values()))
+            assert not served - shown, f"round {rnd}: requests {dict(served)} but receipts show {dict(shown)}"
             assert twice == 0, f"round {rnd}: {twice} members paid twice"
             assert queue_depth(client.redis) == 0 and not any(m["in_flight"] for m in models.values())
             for name, proc in fleet.procs.items():  # still consuming: a live worker takes a probe job

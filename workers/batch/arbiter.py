@@ -1,8 +1,8 @@
 """The arbiter of a batch panel, itself a batch line: the same prompt, verdict check, one retry
 and majority fallback as the real-time arbiter (workers/panel/arbiter.py), at the batch price.
 
-    request = arbiter_request(rt, spec, job)                    # the line flush() uploads
-    land_arbiter(rt, d, spec, job, outcome, batch=True)         # when its result comes back
+    messages = arbiter_messages_for(store, spec, job)             # the line flush() uploads
+    turn = land_arbiter(chord, spec, job, outcome, batch=True)    # when its result comes back
 
 A verdict that is not valid JSON of the verdict's shape is asked for once more (in a later batch,
 or in real time near the deadline); after that, or when the call itself failed, the members'
@@ -16,61 +16,63 @@ from typing import Any
 from producer.contract import Job, Verdict
 from workers.panel.arbiter import arbiter_messages, decide_by_verdict, member_answers, parse_verdict
 from workers.panel.calls import CallOutcome
-from workers.panel.chord import Dispatcher, observe_call
-from workers.panel.state import PanelSpec
-from workers.runtime import Runtime
+from workers.panel.chord import Turn, observe_call
+from workers.panel.decision import Conclude, Nothing
+from workers.panel.ports import Chord
+from workers.panel.state import PanelRun, PanelStore
+from workers.registry import Registry
 
 VERDICT_TRIES = 2  # the first verdict, and one retry when it is unusable
 
 
-def arbiter_messages_for(rt: Runtime, spec: PanelSpec, job: Job) -> list[dict[str, str]]:
-    return arbiter_messages(job.chat(), member_answers(rt, spec.panel_id), spec.rubric)
+def arbiter_messages_for(store: PanelStore, spec: PanelRun, job: Job) -> list[dict[str, str]]:
+    return arbiter_messages(job.chat(), member_answers(store, spec.panel_id), spec.rubric)
 
 
-def needs_arbiter(rt: Runtime, panel_id: str) -> bool:
+def needs_arbiter(store: PanelStore, panel_id: str) -> bool:
     """The panel is waiting for its arbiter (members exhausted, no verdict yet)."""
-    return rt.store.decided(panel_id) == "exhausted"
+    return store.decided(panel_id) == "exhausted"
 
 
-def land_arbiter(rt: Runtime, d: Dispatcher, spec: PanelSpec, job: Job, res: CallOutcome, batch: bool) -> str:
-    """Record one arbiter call and act on it. Returns "retry" when one more verdict should be
-    asked for (the caller sends it), else what decided the panel. Safe to repeat after a
-    decision: it only re-requests the conclusion."""
+def land_arbiter(chord: Chord, spec: PanelRun, job: Job, res: CallOutcome, batch: bool) -> Turn:
+    """Record one arbiter call; the turn's status is "retry" when one more verdict should be
+    asked for (the caller sends it), else what decided the panel, with the actions to carry
+    out. Safe to repeat after a decision: it only re-requests the conclusion."""
     pid = spec.panel_id
-    if not needs_arbiter(rt, pid):
-        if rt.store.decided(pid) == "arbiter":
-            d.conclude(pid)  # idempotent: recovers a conclusion lost with its worker
-        return "not needed"
-    answers = member_answers(rt, pid)
-    prior: dict[str, Any] = rt.store.call(pid, "arbiter") or {}
+    store = chord.store
+    if not needs_arbiter(store, pid):
+        # idempotent: recovers a conclusion lost with its worker
+        return Turn("not needed", spec, (Conclude(),) if store.decided(pid) == "arbiter" else Nothing)
+    answers = member_answers(store, pid)
+    prior: dict[str, Any] = store.call(pid, "arbiter") or {}
     tries = int(prior.get("tries", 0)) + 1
     verdict: Verdict | None = None
     error = res.error
-    rec = _accumulate(rt, spec, prior, res, batch, tries)
+    rec = _accumulate(chord.registry, prior, res, batch, tries)
     if res.completion is not None:
         verdict = parse_verdict(res.completion.text, set(answers))
         error = None if verdict else "verdict was not valid JSON of the verdict's shape"
     rec.update(error=error, verdict=verdict.model_dump() if verdict else None)
-    rt.store.put_call(pid, "arbiter", rec)
+    store.put_call(pid, "arbiter", rec)
     observe_call(rec)
     if verdict is None and res.completion is not None and tries < VERDICT_TRIES:
-        return "retry"
-    return decide_by_verdict(rt, d, spec, job, verdict, answers)
+        return Turn("retry", spec)
+    return decide_by_verdict(store, spec, job, verdict, answers)
 
 
-def _accumulate(rt: Runtime, spec: PanelSpec, prior: dict[str, Any], res: CallOutcome, batch: bool,
+def _accumulate(registry: Registry, prior: dict[str, Any], res: CallOutcome, batch: bool,
                 tries: int) -> dict[str, Any]:  # fmt: skip
     """The arbiter's one call record, summing every try (each is paid for)."""
     c = res.completion
     tokens_in = int(prior.get("tokens_in", 0)) + (c.tokens_in if c else 0)
     tokens_out = int(prior.get("tokens_out", 0)) + (c.tokens_out if c else 0)
     cost = float(prior.get("cost_usd", 0.0)) + (
-        rt.registry.cost(res.model, c.tokens_in, c.tokens_out, batch) if c else 0.0
+        registry.cost(res.model, c.tokens_in, c.tokens_out, batch) if c else 0.0
     )
     realtime = float(prior.get("realtime_cost_usd") or prior.get("cost_usd", 0.0)) + (
-        rt.registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0
+        registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0
     )
-    mspec = rt.registry.model(res.model)
+    mspec = registry.model(res.model)
     replied = c is not None or prior.get("status") == "answered"  # a reply came, usable or not
     return {"member": "arbiter", "role": "arbiter", "model": res.model, "provider": mspec.provider,
             "tier": mspec.tier, "status": "answered" if replied else "failed", "tokens_in": tokens_in,

@@ -16,7 +16,7 @@ from workers.batch.lines import LINE
 from workers.budget import Hold
 from workers.errors import BudgetExceeded
 from workers.panel.calls import estimate_tokens
-from workers.panel.state import PanelSpec
+from workers.panel.state import PanelRun
 from workers.runtime import Runtime
 
 # KEYS[1] line hash. Take the hold out of the line: returns it once, then nil.
@@ -27,12 +27,10 @@ return v
 """
 
 
-def reserve_line(rt: Runtime, cid: str, spec: PanelSpec, member: str) -> str | None:
+def reserve_line(rt: Runtime, cid: str, spec: PanelRun, member: str) -> str | None:
     """Reserve the line's worst case on the job's and tenant's budgets; the refusal's reason, or None."""
-    from workers.jobs import load_job, spend_of
-
-    job = load_job(rt, spec.job_id)
-    spend = spend_of(rt, job, batch=True)
+    job = rt.jobs.load(spec.job_id)
+    spend = rt.jobs.spend(job, True)
     model = spec.member(member).model
     worst = rt.registry.cost(model, estimate_tokens(job.chat()), rt.registry.model(model).max_output_tokens, True)
     try:

@@ -31,9 +31,12 @@ from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbi
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
 from workers.batch.realtime import run_arbiter_now
+from workers.panel.act import carry_out
 from workers.panel.calls import CallOutcome
-from workers.panel.chord import Dispatcher, call_record, cast_vote, json_mode, land
-from workers.panel.state import PanelSpec
+from workers.panel.chord import call_record, cast_vote, json_mode, land
+from workers.panel.ports import Dispatcher
+from workers.panel.route import realtime_margin_s, route
+from workers.panel.state import PanelRun
 from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
 from workers.runtime import Runtime
 
@@ -58,7 +61,7 @@ class FlushPolicy:
     max_items: int = field(default_factory=lambda: int(_env("PANEL_BATCH_MAX_ITEMS", 50_000)))
     max_age_s: float = field(default_factory=lambda: _env("PANEL_BATCH_MAX_AGE_S", 30))
     # a line this close to its job's deadline is made in real time instead of another batch
-    realtime_margin_s: float = field(default_factory=lambda: _env("PANEL_BATCH_REALTIME_MARGIN_S", 120))
+    realtime_margin_s: float = field(default_factory=realtime_margin_s)
     # a poll lock outlives a killed worker by at most this long
     lock_s: float = field(default_factory=lambda: _env("PANEL_BATCH_LOCK_S", 60))
     # a flush's claim on lines older than this lost its worker (uploads time out after 300 s)
@@ -74,9 +77,9 @@ class FlushPolicy:
             )
 
 
-def too_late(spec: PanelSpec, policy: FlushPolicy | None = None) -> bool:
+def too_late(spec: PanelRun, policy: FlushPolicy) -> bool:
     """True when another batch could not be trusted to finish before the job's deadline."""
-    return spec.deadline - time.time() < (policy or FlushPolicy()).realtime_margin_s
+    return route(spec, policy.realtime_margin_s) == "batch_realtime"
 
 
 # --- enqueue ---------------------------------------------------------------------------------
@@ -91,7 +94,7 @@ def enqueue_member(rt: Runtime, panel_id: str, member_id: str, d: Dispatcher | N
         return "gone"
     if rt.store.decided(panel_id):
         rt.store.put_call(
-            panel_id, member_id, call_record(spec, spec.member(member_id), rt, "cancelled"), only_if_absent=True
+            panel_id, member_id, call_record(rt.registry, spec, spec.member(member_id), "cancelled"), only_if_absent=True
         )
         return "cancelled"
     cid = Line.open(rt, panel_id, member_id)
@@ -100,9 +103,11 @@ def enqueue_member(rt: Runtime, panel_id: str, member_id: str, d: Dispatcher | N
     refused = holds.reserve_line(rt, cid, spec, member_id)
     if refused is not None:
         m = spec.member(member_id)
-        rt.store.put_call(panel_id, member_id, call_record(spec, m, rt, "failed", error=refused), only_if_absent=True)
+        rt.store.put_call(panel_id, member_id, call_record(rt.registry, spec, m, "failed", error=refused),
+                          only_if_absent=True)  # fmt: skip
         if d is not None:
-            cast_vote(rt, d, spec, rt.store.call(panel_id, member_id) or {"member": member_id, "status": "failed"})
+            rec = rt.store.call(panel_id, member_id) or {"member": member_id, "status": "failed"}
+            carry_out(rt.store, d, cast_vote(rt.store, spec, rec))
         return "refused"
     _push(rt, spec.member(member_id).model, [cid])
     return "queued"
@@ -112,10 +117,12 @@ def enqueue_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
     """Queue the arbiter's call for the arbiter model's next batch, or make it now when the
     deadline is too near for one."""
     spec = rt.store.spec(panel_id)
-    if spec is None or not needs_arbiter(rt, panel_id):
+    if spec is None or not needs_arbiter(rt.store, panel_id):
         return "not needed"
-    if too_late(spec):
-        return run_arbiter_now(rt, d, panel_id)
+    if route(spec) == "batch_realtime":
+        turn = run_arbiter_now(rt.chord, panel_id)
+        carry_out(rt.store, d, turn)
+        return turn.status
     cid = Line.open(rt, panel_id, "arbiter")
     if cid is None:
         return "already queued"
@@ -208,21 +215,19 @@ def _script(rt: Runtime, name: str) -> Any:
 
 def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
     """The line's request, or None when it is no longer needed (panel decided or gone)."""
-    from workers.jobs import load_job
-
     line = Line.get(rt, cid)
     spec = rt.store.spec(line.panel_id) if line else None
     if line is None or spec is None:
         return None
     mspec = rt.registry.model(model)
-    job = load_job(rt, spec.job_id)
+    job = rt.jobs.load(spec.job_id)
     if line.is_arbiter:
-        if not needs_arbiter(rt, spec.panel_id):
+        if not needs_arbiter(rt.store, spec.panel_id):
             return None
-        return ChatRequest(model=mspec.wire_model, messages=arbiter_messages_for(rt, spec, job),
+        return ChatRequest(model=mspec.wire_model, messages=arbiter_messages_for(rt.store, spec, job),
                            max_tokens=mspec.max_output_tokens, json_mode=True)  # fmt: skip
     if rt.store.decided(spec.panel_id):  # decided while queued: the line costs nothing
-        rt.store.put_call(spec.panel_id, line.member, call_record(spec, spec.member(line.member), rt, "cancelled"),
+        rt.store.put_call(spec.panel_id, line.member, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return None
     return ChatRequest(model=mspec.wire_model, messages=job.chat(), max_tokens=mspec.max_output_tokens,
@@ -296,8 +301,6 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
 
 def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completion | ProviderError,
                policy: FlushPolicy) -> None:  # fmt: skip
-    from workers.jobs import load_job
-
     line = Line.get(rt, cid)
     spec = rt.store.spec(line.panel_id) if line else None
     if line is None or spec is None:
@@ -312,38 +315,38 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
     if not line.is_arbiter:
         model = spec.member(line.member).model
         holds.settle_line(rt, cid, rt.registry.cost(model, outcome.tokens_in, outcome.tokens_out, True))
-    job = load_job(rt, spec.job_id)
+    job = rt.jobs.load(spec.job_id)
     if line.is_arbiter:
-        if land_arbiter(rt, d, spec, job, CallOutcome(spec.arbiter, outcome), batch=True) == "retry":
+        turn = land_arbiter(rt.chord, spec, job, CallOutcome(spec.arbiter, outcome), batch=True)
+        if turn.status == "retry":
             _send_again(rt, d, spec, line, policy)
+        carry_out(rt.store, d, turn)
         return
     m = spec.member(line.member)
-    land(rt, d, spec, m, job, CallOutcome(m.model, outcome), outcome.latency_ms)
+    carry_out(rt.store, d, land(rt.chord, spec, m, job, CallOutcome(m.model, outcome), outcome.latency_ms))
 
 
 def _repeat_follow_ups(
-    rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, prior: dict[str, object] | None
+    rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, prior: dict[str, Any] | None
 ) -> None:
     """Re-vote (idempotent) so a decision whose follow-up was lost with its worker is acted on."""
     if line.is_arbiter:
         if rt.store.decided(spec.panel_id) == "arbiter":
             d.conclude(spec.panel_id)
     elif prior and prior.get("status") in ("answered", "failed", "late"):
-        cast_vote(rt, d, spec, prior)
+        carry_out(rt.store, d, cast_vote(rt.store, spec, prior))
 
 
-def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, error: ProviderError,
+def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, error: ProviderError,
                  policy: FlushPolicy) -> None:  # fmt: skip
     """An errored, expired or cancelled line: a later batch, real time, or a failed call. A line
     the provider refused as bad input (not retryable) fails at once: no retry can fix it."""
-    from workers.jobs import load_job
-
     attempts = line.failed_once_more(rt) if error.retryable else MAX_ATTEMPTS
-    if line.is_arbiter and not needs_arbiter(rt, spec.panel_id):
+    if line.is_arbiter and not needs_arbiter(rt.store, spec.panel_id):
         return
     if not line.is_arbiter and rt.store.decided(spec.panel_id):
         holds.settle_line(rt, line.cid, 0.0)
-        rt.store.put_call(spec.panel_id, line.member, call_record(spec, spec.member(line.member), rt, "cancelled"),
+        rt.store.put_call(spec.panel_id, line.member, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return
     if attempts < MAX_ATTEMPTS or (too_late(spec, policy) and error.retryable):
@@ -352,21 +355,21 @@ def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, error:
     holds.settle_line(rt, line.cid, 0.0)  # failed for good: nothing billed
     why = f"batch line failed in {attempts} batches; last: {error}"
     log.info("panel %s %s: %s", spec.panel_id, line.member, why)
-    job = load_job(rt, spec.job_id)
+    job = rt.jobs.load(spec.job_id)
     if line.is_arbiter:
-        land_arbiter(rt, d, spec, job, CallOutcome(spec.arbiter, None, why), batch=True)
+        carry_out(rt.store, d, land_arbiter(rt.chord, spec, job, CallOutcome(spec.arbiter, None, why), batch=True))
     else:
         m = spec.member(line.member)
-        land(rt, d, spec, m, job, CallOutcome(m.model, None, why), 0.0)
+        carry_out(rt.store, d, land(rt.chord, spec, m, job, CallOutcome(m.model, None, why), 0.0))
 
 
-def _send_again(rt: Runtime, d: Dispatcher, spec: PanelSpec, line: Line, policy: FlushPolicy) -> None:
+def _send_again(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, policy: FlushPolicy) -> None:
     """The line once more: in the model's next batch, or in real time near the deadline."""
     if too_late(spec, policy):
         holds.settle_line(rt, line.cid, 0.0)  # real time reserves its own hold
-        if line.is_arbiter:
-            d.arbiter(spec.panel_id)  # a batch panel's arbiter near its deadline runs in real time
+        if line.is_arbiter:  # a batch panel's arbiter near its deadline runs in real time
+            d.arbiter(spec, "batch_realtime")
         else:
-            d.realtime_member(spec, spec.member(line.member))
+            d.member(spec, spec.member(line.member), "batch_realtime")
         return
     _push(rt, spec.arbiter if line.is_arbiter else spec.member(line.member).model, [line.cid])

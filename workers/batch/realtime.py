@@ -1,8 +1,9 @@
-"""A batch panel's call made in real time, because its deadline is too near for another batch
-(a batch may take up to 24 h). It pays the real-time price and its receipt line says so.
+"""A batch panel's arbiter made in real time, because its deadline is too near for another batch
+(a batch may take up to 24 h; workers/panel/route.py decides). It pays the real-time price and its
+receipt line says so. A batch panel's member made in real time is an ordinary member turn priced
+at the real-time list (`run_member(chord, panel_id, member_id, batch=False)`).
 
-    run_member_now(rt, d, panel_id, "m2")     # panel.batch_realtime on the member's tier queue
-    run_arbiter_now(rt, d, panel_id)          # panel.batch_arbiter when the deadline is near
+    turn = run_arbiter_now(chord, panel_id)          # panel.batch_arbiter when the deadline is near
 """
 
 from __future__ import annotations
@@ -10,28 +11,20 @@ from __future__ import annotations
 import time
 
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
-from workers.panel.calls import call_model
-from workers.panel.chord import Dispatcher, run_member
-from workers.runtime import Runtime
+from workers.panel.chord import Turn
+from workers.panel.ports import Chord
 
 
-def run_member_now(rt: Runtime, d: Dispatcher, panel_id: str, member_id: str) -> str:
-    """One member's call at the real-time price; the panel's later stages stay on the batch lane
-    unless they, too, are near the deadline. Returns the call's status."""
-    return run_member(rt, d, panel_id, member_id, batch=False)
-
-
-def run_arbiter_now(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
+def run_arbiter_now(chord: Chord, panel_id: str) -> Turn:
     """The arbiter (and its one retry on an unusable verdict) at the real-time price."""
-    from workers.jobs import load_job, spend_of
-
-    spec = rt.store.spec(panel_id)
-    if spec is None or not needs_arbiter(rt, panel_id):
-        return "not needed"
-    job = load_job(rt, spec.job_id)
-    outcome = "retry"
-    while outcome == "retry":
-        res = call_model(rt, None, spec.arbiter, arbiter_messages_for(rt, spec, job), max(spec.deadline, time.time() + 60),
-                         json_mode=True, spend=spend_of(rt, job, batch=False))  # fmt: skip
-        outcome = land_arbiter(rt, d, spec, job, res, batch=False)
-    return outcome
+    spec = chord.store.spec(panel_id)
+    if spec is None or not needs_arbiter(chord.store, panel_id):
+        return Turn("not needed", spec)
+    job = chord.jobs.load(spec.job_id)
+    turn = Turn("retry", spec)
+    while turn.status == "retry":
+        res = chord.caller(None, spec.arbiter, arbiter_messages_for(chord.store, spec, job),
+                           max(spec.deadline, time.time() + 60), json_mode=True,
+                           spend=chord.jobs.spend(job, batch=False))  # fmt: skip
+        turn = land_arbiter(chord, spec, job, res, batch=False)
+    return turn

@@ -25,6 +25,8 @@ _ANSWER_LINE = re.compile(r"(?im)^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$")
 
 class Rule(Protocol):
     name: str
+    # does `key` match against the keys already voted? Only then does a member read them first
+    reads_existing: bool
 
     def key(self, text: str, existing: list[str]) -> str | None: ...
 
@@ -39,6 +41,7 @@ class Exact:
     """Case-, whitespace- and trailing-punctuation-insensitive equality of the answer part."""
 
     name = "exact"
+    reads_existing = False
 
     def key(self, text: str, existing: list[str]) -> str | None:
         norm = re.sub(r"\s+", " ", answer_part(text)).strip().strip(".!\"'`").strip().lower()
@@ -49,6 +52,7 @@ class Choice:
     """An option label: a letter (A-J) by default, or one of `options` (e.g. APPROVE)."""
 
     name = "choice"
+    reads_existing = False
     _LETTER_PATTERNS = [
         re.compile(r"(?i)answer\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])"),
         re.compile(r"\(([A-J])\)"),
@@ -79,6 +83,7 @@ class Numeric:
     by `tolerance` so 16, 16.0 and $16 agree."""
 
     name = "numeric"
+    reads_existing = False
     _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
     def __init__(self, tolerance: float = 1e-6):
@@ -104,6 +109,7 @@ class JsonFields:
     strings compared trimmed and case-folded."""
 
     name = "json"
+    reads_existing = False
 
     def __init__(self, fields: list[str] | None = None):
         self.fields = fields
@@ -121,6 +127,7 @@ class JaccardSet:
     """A set of findings (one per line or comma); joins an existing key whose Jaccard ≥ threshold."""
 
     name = "set"
+    reads_existing = True
 
     def __init__(self, threshold: float = 0.6):
         self.threshold = threshold

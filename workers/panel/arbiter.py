@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from producer import keys
 from producer.contract import Job, Verdict
 from workers.panel.agreement import make_rule
-from workers.panel.calls import call_model
-from workers.panel.chord import Dispatcher, observe_call
-from workers.panel.state import PanelSpec
-from workers.runtime import Runtime
+from workers.panel.chord import Turn, observe_call
+from workers.panel.decision import Conclude
+from workers.panel.ports import Chord
+from workers.panel.state import PanelRun, PanelStore
 
 log = logging.getLogger("panel.arbiter")
 
@@ -94,15 +94,17 @@ def parse_verdict(text: str, members: set[str]) -> Verdict | None:
     return v
 
 
-def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
-    spec = rt.store.spec(panel_id)
-    if spec is None or rt.store.decided(panel_id) not in ("exhausted",):
-        return "not needed"
-    from workers.jobs import load_job, spend_of
-
-    job = load_job(rt, spec.job_id)
-    calls = rt.store.calls(panel_id)
-    answers = member_answers(rt, panel_id, calls)
+def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
+    """The arbiter's call (and its one retry on an unusable verdict), then the panel decided by
+    the verdict or the flagged majority. `batch` prices it (default: the panel's lane)."""
+    store = chord.store
+    spec = store.spec(panel_id)
+    if spec is None or store.decided(panel_id) not in ("exhausted",):
+        return Turn("not needed", spec)
+    batch = spec.batch if batch is None else batch
+    job = chord.jobs.load(spec.job_id)
+    calls = store.calls(panel_id)
+    answers = member_answers(store, panel_id, calls)
     prior = calls.get("arbiter")
     verdict: Verdict | None = None
     record: dict[str, Any] = {}
@@ -115,8 +117,8 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
         model = spec.arbiter
         error = None
         for _ in range(2):  # one retry on an unusable verdict
-            res = call_model(rt, None, spec.arbiter, messages, max(spec.deadline, time.time() + 60), json_mode=True,
-                             spend=spend_of(rt, job, spec.batch))  # fmt: skip
+            res = chord.caller(None, spec.arbiter, messages, max(spec.deadline, time.time() + 60), json_mode=True,
+                               spend=chord.jobs.spend(job, batch))  # fmt: skip
             model = res.model
             if res.completion is None:
                 error = res.error
@@ -124,44 +126,43 @@ def run_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
             c = res.completion
             replies += 1
             tokens_in, tokens_out, latency = tokens_in + c.tokens_in, tokens_out + c.tokens_out, latency + c.latency_ms
-            cost += rt.registry.cost(res.model, c.tokens_in, c.tokens_out, spec.batch)
+            cost += chord.registry.cost(res.model, c.tokens_in, c.tokens_out, batch)
             verdict = parse_verdict(c.text, set(answers))
             if verdict is not None:
                 break
             error = "verdict unusable: not exactly one JSON verdict of the verdict's shape, or a member not offered"
-        mspec = rt.registry.model(model)
+        mspec = chord.registry.model(model)
         record = {"member": "arbiter", "role": "arbiter", "model": model, "provider": mspec.provider, "tier": mspec.tier,
                   "status": "answered" if replies else "failed", "tokens_in": tokens_in, "tokens_out": tokens_out,
-                  "latency_ms": latency, "cost_usd": cost, "batch": spec.batch, "error": None if verdict else error,
+                  "latency_ms": latency, "cost_usd": cost, "batch": batch, "error": None if verdict else error,
                   "verdict": verdict.model_dump() if verdict else None}  # fmt: skip
-        rt.store.put_call(panel_id, "arbiter", record)
+        store.put_call(panel_id, "arbiter", record)
         observe_call(record)
-    return decide_by_verdict(rt, d, spec, job, verdict, answers)
+    return decide_by_verdict(store, spec, job, verdict, answers)
 
 
-def member_answers(rt: Runtime, panel_id: str, calls: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+def member_answers(store: PanelStore, panel_id: str, calls: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """What each member answered (answered or late calls), as the arbiter is shown it."""
-    calls = rt.store.calls(panel_id) if calls is None else calls
+    calls = store.calls(panel_id) if calls is None else calls
     return {m: str(c["text"]) for m, c in calls.items() if m != "arbiter" and c["status"] in ("answered", "late")}
 
 
-def decide_by_verdict(rt: Runtime, d: Dispatcher, spec: PanelSpec, job: Job, verdict: Verdict | None,
-                      answers: dict[str, str]) -> str:  # fmt: skip
-    """Decide the panel by the verdict, or by the flagged majority when there is none. Shared by
-    the real-time and the batch arbiter."""
+def decide_by_verdict(store: PanelStore, spec: PanelRun, job: Job, verdict: Verdict | None,
+                      answers: dict[str, str]) -> Turn:  # fmt: skip
+    """Decide the panel by the verdict, or by the flagged majority when there is none, and ask
+    for its conclusion. Shared by the real-time and the batch arbiter."""
     if verdict is None:
-        verdict = majority_verdict(rt, spec.panel_id, answers)
+        verdict = majority_verdict(store, spec.panel_id, answers)
     rule = make_rule(spec.agreement_spec(), job.response_schema)
-    key = rule.key(verdict.final_answer, list(rt.store.tally(spec.panel_id))) or verdict.final_answer
-    rt.redis.hset(keys.panel(spec.panel_id), "verdict", verdict.model_dump_json())
-    rt.store.decide(spec.panel_id, "arbiter", key, replace_exhausted=True)
-    d.conclude(spec.panel_id)
-    return "fallback" if verdict.fallback else "verdict"
+    key = rule.key(verdict.final_answer, list(store.tally(spec.panel_id))) or verdict.final_answer
+    store.r.hset(keys.panel(spec.panel_id), "verdict", verdict.model_dump_json())
+    store.decide(spec.panel_id, "arbiter", key, replace_exhausted=True)
+    return Turn("fallback" if verdict.fallback else "verdict", spec, (Conclude(),))
 
 
-def majority_verdict(rt: Runtime, panel_id: str, answers: dict[str, str]) -> Verdict:
-    tally = rt.store.tally(panel_id)
-    votes = rt.store.votes(panel_id)
+def majority_verdict(store: PanelStore, panel_id: str, answers: dict[str, str]) -> Verdict:
+    tally = store.tally(panel_id)
+    votes = store.votes(panel_id)
     best = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
     chosen = sorted(m for m, k in votes.items() if k == best)
     others = sorted(k for k in tally if k != best)

@@ -1,7 +1,8 @@
 """One model call as the fleet makes it: budget hold, breaker, fleet-wide limit, cancellable
 call, retries with jitter bounded by the deadline, failover to the registry's fallbacks.
 
-    outcome = call_model(rt, panel_id, "gpt-4o-mini", messages, deadline=time.time() + 60)
+    caller = ModelCaller(runtime)       # anything with the `CallIO` parts
+    outcome = caller(panel_id, "gpt-4o-mini", messages, deadline=time.time() + 60)
 """
 
 from __future__ import annotations
@@ -9,29 +10,43 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from workers import metrics
-from workers.errors import BudgetExceeded
-from workers.limits import BreakerOpen, Limit, RateLimitWait, TokensExceedLimit
+from workers.budget import Budget, Spend
+from workers.errors import BudgetExceeded, Cancelled
+from workers.limits import BreakerOpen, CircuitBreaker, Limit, RateLimiter, RateLimitWait, TokensExceedLimit
 from workers.panel import attempts
 from workers.panel.outage import through_redis_outage
-from workers.providers.base import ChatRequest, Completion, ProviderError, RateLimited
-from workers.runtime import Cancelled, Runtime
+from workers.providers.base import ChatRequest, Completion, Provider, ProviderError, RateLimited
+from workers.registry import Registry
 
 log = logging.getLogger("panel.calls")
 MAX_ATTEMPTS = 4
 EXPECTED_OUTPUT_TOKENS = 256  # reserved with the limiter up front; reconciled with the real usage
 
 
-@dataclass(frozen=True)
-class Spend:
-    """Whose budget a call draws on, and at which price list."""
+T = TypeVar("T")
+__all__ = ["CallIO", "CallOutcome", "ModelCaller", "Spend", "call_model", "estimate_tokens"]
 
-    job_id: str
-    tenant: str
-    cap_usd: float | None
-    batch: bool = False
+
+class CallIO(Protocol):
+    """What a call needs from its process (the runtime): prices and limits, the shared budget,
+    breaker and limiter, the provider clients, and the IO loop that races a call against its
+    panel's decision."""
+
+    registry: Registry
+    budget: Budget
+    breaker: CircuitBreaker
+    limiter: RateLimiter
+    settings: Any  # .call_timeout_s
+    redis: Any  # attempt records (workers/panel/attempts.py), when a member is named
+
+    def provider(self, name: str) -> Provider: ...
+
+    def call(self, panel_id: str | None, make: Callable[[], Awaitable[T]]) -> T: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,7 @@ def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTE
     return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + output_tokens
 
 
-def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest,
+def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
              messages: list[dict[str, str]], deadline: float, spend: Spend | None,
              member: str | None = None) -> Completion:  # fmt: skip
     """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
@@ -78,8 +93,9 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
             if aid is not None:
+                done = completion
                 through_redis_outage(lambda: attempts.end(rt.redis, panel_id, aid, "answered",  # type: ignore[arg-type]
-                                     tokens_in=completion.tokens_in, tokens_out=completion.tokens_out))  # type: ignore[union-attr]
+                                                          tokens_in=done.tokens_in, tokens_out=done.tokens_out))
         except Cancelled as c:
             if aid is not None:
                 attempts.end(rt.redis, panel_id, aid, "cancelled", sent=c.sent,  # type: ignore[arg-type]
@@ -115,7 +131,7 @@ def _attempt(rt: Runtime, panel_id: str | None, model: str, request: ChatRequest
                 rt.breaker.release(permit)
 
 
-def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
+def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]],
                deadline: float, json_mode: bool, spend: Spend | None,
                member: str | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
@@ -148,7 +164,7 @@ def _one_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
     return None, last_error, MAX_ATTEMPTS
 
 
-def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dict[str, str]],
+def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]],
                deadline: float, json_mode: bool = False, spend: Spend | None = None,
                member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
@@ -176,3 +192,15 @@ def call_model(rt: Runtime, panel_id: str | None, model: str, messages: list[dic
     dup = (f"; fallback {', '.join(passed_over)} already in the panel: vote given up (a model never counts "
            "twice in a quorum)") if passed_over else "; no fallback available"  # fmt: skip
     return CallOutcome(model, None, f"circuit open for {', '.join(tried)}{dup}{after}")
+
+
+class ModelCaller:
+    """`call_model` bound to a process's `CallIO`: the `Caller` the panel path is given."""
+
+    def __init__(self, io: CallIO) -> None:
+        self.io = io
+
+    def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+                 json_mode: bool = False, spend: Spend | None = None, member: str | None = None,
+                 in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, member, in_panel)

@@ -6,6 +6,7 @@ can pick up any step after a crash.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from typing import Any, Literal
@@ -28,7 +29,11 @@ class Member:
 
 
 @dataclass(frozen=True)
-class PanelSpec:
+class PanelRun:
+    """One panel of a job, as planned: immutable once stored (its progress lives beside it in
+    the panel hash), so every process reads it from Redis once. Not `policy.PanelSpec`, which
+    is the policy's shape of a panel."""
+
     panel_id: str
     job_id: str
     stage: Stage
@@ -57,7 +62,7 @@ class PanelSpec:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, raw: bytes) -> PanelSpec:
+    def from_json(cls, raw: bytes) -> PanelRun:
         d = orjson.loads(raw)
         d["members"] = [Member(**m) for m in d["members"]]
         return cls(**d)
@@ -71,18 +76,24 @@ class VoteOutcome:
     outcome: str = ""  # for 'decided': what decided it
     send_from: int = 0  # for 'next': members[send_from:send_to] are owed
     send_to: int = 0
+    distinct: int = 0  # for 'exhausted' (and 'decided'): distinct usable answers in the tally
+
+
+SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
 
 
 class PanelStore:
-    """Reads and writes panels; scripts are loaded once per process."""
+    """Reads and writes panels; scripts are loaded once per process, and a panel's spec (never
+    changed once created) is read from Redis once per process."""
 
     def __init__(self, r: redis.Redis):
         self.r = r
+        self._specs: OrderedDict[str, PanelRun] = OrderedDict()
         here = files("workers.panel")
         self._vote = r.register_script(here.joinpath("vote.lua").read_text())
         self._decide = r.register_script(here.joinpath("decide.lua").read_text())
 
-    def create(self, spec: PanelSpec, ttl_s: int) -> None:
+    def create(self, spec: PanelRun, ttl_s: int) -> None:
         key = keys.panel(spec.panel_id)
         pipe = self.r.pipeline()
         pipe.hset(key, mapping={
@@ -93,10 +104,35 @@ class PanelStore:
             pipe.expire(k, ttl_s)
         pipe.zadd(keys.PANEL_DEADLINES, {spec.panel_id: spec.deadline})
         pipe.execute()
+        self._remember(spec)
 
-    def spec(self, panel_id: str) -> PanelSpec | None:
+    def spec(self, panel_id: str, fresh: bool = False) -> PanelRun | None:
+        """The panel's spec; `fresh` reads Redis even when this process has it (the sweep does,
+        so a spec damaged in Redis is found and quarantined rather than masked by a cache)."""
+        cached = None if fresh else self._specs.get(panel_id)
+        if cached is not None:
+            return cached
         raw = self.r.hget(keys.panel(panel_id), "spec")
-        return PanelSpec.from_json(raw) if raw else None
+        return self._remember(PanelRun.from_json(raw)) if raw else None
+
+    def _remember(self, spec: PanelRun) -> PanelRun:
+        self._specs[spec.panel_id] = spec
+        if len(self._specs) > SPEC_CACHE:
+            self._specs.popitem(last=False)
+        return spec
+
+    def turn(self, panel_id: str, member: str) -> tuple[dict[str, Any] | None, bool]:
+        """A member's start, one round trip: its recorded call (a redelivery re-uses a paid
+        answer) and whether the panel is decided already."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(keys.calls(panel_id), member)
+        pipe.hexists(keys.panel(panel_id), "decided")
+        raw, decided = pipe.execute()
+        return (orjson.loads(raw) if raw else None), bool(decided)
+
+    def publish_decided(self, panel_id: str) -> None:
+        """Tell every process's in-flight calls of this panel to stop (runtime's watcher)."""
+        self.r.publish(keys.DECIDED_CHANNEL, panel_id)
 
     def state(self, panel_id: str) -> dict[str, str]:
         raw = self.r.hgetall(keys.panel(panel_id))
@@ -114,11 +150,14 @@ class PanelStore:
         status = res[0].decode()
         answer = res[1].decode()
         dup = bool(res[2])
+        distinct = int(res[5]) if len(res) > 5 else 0
         if status == "decided":
-            return VoteOutcome("decided", answer, dup, outcome=res[3].decode())
+            return VoteOutcome("decided", answer, dup, outcome=res[3].decode(), distinct=distinct)
         if status == "next":
             return VoteOutcome("next", answer, dup, send_from=int(res[3]), send_to=int(res[4]))
-        return VoteOutcome(status, answer, dup)  # type: ignore[arg-type]
+        if status not in ("quorum", "exhausted", "pending"):
+            raise ValueError(f"vote.lua returned an unknown status {status!r}")
+        return VoteOutcome(status, answer, dup, distinct=distinct)  # type: ignore[arg-type]
 
     def decide(self, panel_id: str, outcome: str, answer: str = "", replace_exhausted: bool = False) -> tuple[bool, str, str]:
         won, out, ans = self._decide(
@@ -151,8 +190,10 @@ class PanelStore:
     def calls(self, panel_id: str) -> dict[str, dict[str, Any]]:
         return {k.decode(): orjson.loads(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
 
-    def set_task_id(self, panel_id: str, member: str, task_id: str) -> None:
-        self.r.hset(keys.panel(panel_id), f"task:{member}", task_id)
+    def set_task_ids(self, panel_id: str, task_ids: dict[str, str]) -> None:
+        """member -> task id of the members just sent (one round trip)."""
+        if task_ids:
+            self.r.hset(keys.panel(panel_id), mapping={f"task:{m}": t for m, t in task_ids.items()})
 
     def task_ids(self, panel_id: str) -> dict[str, str]:
         st = self.state(panel_id)

@@ -7,12 +7,14 @@
 -- ARGV[2] answer key ('' for none)
 -- ARGV[3] stage step: how many more members a staged panel sends when the sent ones disagree
 --
--- Returns {status, leading answer, duplicate (0|1), outcome-or-from, to}:
+-- Returns {status, leading answer, duplicate (0|1), outcome-or-from, to, distinct}:
 --   'quorum'    this call reached the quorum and won the decision (answer = the winner)
 --   'exhausted' every member voted, no quorum: this call won the decision and owes one arbiter
 --   'next'      staged: every sent member voted without quorum; this call owes members from..to-1
 --   'pending'   wait for more votes
 --   'decided'   already decided (4th item = the outcome): a late or redelivered vote
+-- `distinct` (for 'exhausted' and 'decided'): how many distinct usable answers were voted, so
+-- the caller knows without another read whether there is anything for an arbiter to settle.
 -- Invariants: a member's vote counts once (HSETNX); `decided` is written once, by the single
 -- call that returns 'quorum' or 'exhausted'; 'next' is returned once per stage.
 local member, answer, step = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -25,7 +27,7 @@ end
 
 local decided = redis.call('HGET', KEYS[1], 'decided')
 if decided then
-  return {'decided', redis.call('HGET', KEYS[1], 'answer') or '', dup, decided}
+  return {'decided', redis.call('HGET', KEYS[1], 'answer') or '', dup, decided, 0, redis.call('HLEN', KEYS[3])}
 end
 
 local quorum = tonumber(redis.call('HGET', KEYS[1], 'quorum'))
@@ -55,4 +57,4 @@ if dispatched < n then
   return {'next', best, dup, dispatched, upto}
 end
 redis.call('HSET', KEYS[1], 'decided', 'exhausted', 'answer', best)
-return {'exhausted', best, dup}
+return {'exhausted', best, dup, '', 0, #tally / 2}

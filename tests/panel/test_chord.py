@@ -1,0 +1,300 @@
+"""The chord as a specification: a member's turn, the vote's actions, the arbiter, a job's start
+and conclusion, driven directly on fakeredis with a fake caller and a recording dispatcher (as
+dramatiq tests actors on its stub broker). The real vote.lua/decide.lua run; no Celery, no HTTP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import fakeredis
+import orjson
+import pytest
+
+from producer import keys
+from producer.contract import Job
+from producer.settings import Settings
+from workers.budget import Spend
+from workers.jobs import conclude_panel, start_job
+from workers.jobstore import JobStore
+from workers.panel.act import carry_out, dispatch
+from workers.panel.arbiter import run_arbiter
+from workers.panel.calls import CallOutcome
+from workers.panel.chord import cast_vote, run_member
+from workers.panel.decision import CallArbiter, Cancel, Conclude, NextStage, Nothing, after_vote
+from workers.panel.ports import Chord
+from workers.panel.route import Route, route
+from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
+from workers.policy import PolicyTable
+from workers.providers.base import Completion
+from workers.registry import Registry
+
+REGISTRY = Registry.load()
+POLICIES = PolicyTable.load(REGISTRY)
+MODELS = ["qwen2.5-72b-instruct", "qwen2.5-32b-coder-instruct", "llama3.1-70b"]  # multiple_choice's panel
+ARBITER = "llama3.1-405b"
+
+
+@dataclass
+class FakeCaller:
+    """Answers per model from a table; counts calls. A model mapped to None fails its call."""
+
+    answers: dict[str, str | None]
+    calls: list[tuple[str | None, str]] = field(default_factory=list)
+
+    def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+                 json_mode: bool = False, spend: Spend | None = None, member: str | None = None,
+                 in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+        self.calls.append((panel_id, model))
+        text = self.answers[model]
+        if text is None:
+            return CallOutcome(model, None, "HTTP 503: upstream unavailable", attempts=4)
+        return CallOutcome(model, Completion(text, 40, 3, 12.0, model, "sim", "stop"), attempts=1)
+
+
+@dataclass
+class Recorder:
+    """A Dispatcher that records what the chord asked for."""
+
+    sent: list[tuple[str, str, Route]] = field(default_factory=list)
+    arbiters: list[tuple[str, Route]] = field(default_factory=list)
+    concluded: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+
+    def member(self, spec: PanelRun, member: Member, route: Route) -> str:
+        self.sent.append((spec.panel_id, member.member, route))
+        return f"task-{spec.panel_id}-{member.member}"
+
+    def arbiter(self, spec: PanelRun, route: Route) -> None:
+        self.arbiters.append((spec.panel_id, route))
+
+    def conclude(self, panel_id: str) -> None:
+        self.concluded.append(panel_id)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        self.revoked.extend(task_ids)
+
+
+def _store_job(r: fakeredis.FakeRedis, job_id: str, **extra: Any) -> Job:
+    job = Job.model_validate({"id": job_id, "task_class": "multiple_choice", "prompt": "pick\nA) x\nB) y", **extra})
+    r.hset(keys.job(job_id), mapping={"spec": job.model_dump_json(), "status": "queued", "submitted_at": time.time()})
+    return job
+
+
+def _panel(store: PanelStore, job_id: str = "j1", dispatch_: str = "parallel", batch: bool = False,
+           deadline_in: float = 60.0) -> PanelRun:  # fmt: skip
+    spec = PanelRun(panel_id=f"{job_id}.1", job_id=job_id, stage="panel", attempt=1,
+                    members=[Member(f"m{i}", m, REGISTRY.model(m).tier) for i, m in enumerate(MODELS)], quorum=2,
+                    dispatch=dispatch_, agreement={"rule": "choice"}, arbiter=ARBITER, rubric=["be right"],  # type: ignore[arg-type]
+                    deadline=time.time() + deadline_in, batch=batch)  # fmt: skip
+    store.create(spec, 60)
+    return spec
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+def _chord(r: fakeredis.FakeRedis, caller: FakeCaller) -> Chord:
+    return Chord(store=PanelStore(r), registry=REGISTRY, jobs=JobStore(r, POLICIES, 60), caller=caller)
+
+
+# --- the decision core alone: plain values in, plain values out
+
+
+def test_a_pending_vote_asks_for_nothing() -> None:
+    spec = PanelRun("p", "j", "panel", 1, [], 2, "parallel", {}, ARBITER, [], time.time())
+    assert after_vote(spec, VoteOutcome("pending", "a", False)) == Nothing
+
+
+def test_a_redelivered_vote_after_the_quorum_repeats_the_conclusion_and_the_cancel() -> None:
+    spec = PanelRun("p", "j", "panel", 1, [], 2, "parallel", {}, ARBITER, [], time.time())
+    dup = VoteOutcome("decided", "a", True, outcome="quorum")
+    assert after_vote(spec, dup) == (Conclude(), Cancel())
+    # a first vote that arrives after the decision without an answer changes nothing but the cancel guard
+    assert after_vote(spec, VoteOutcome("decided", "a", False, outcome="quorum")) == (Cancel(),)
+
+
+def test_a_batch_panel_near_its_deadline_is_routed_to_real_time(r: fakeredis.FakeRedis) -> None:
+    store = PanelStore(r)
+    assert route(_panel(store, "far", batch=True, deadline_in=3600), margin_s=120) == "batch"
+    assert route(_panel(store, "near", batch=True, deadline_in=60), margin_s=120) == "batch_realtime"
+    assert route(_panel(store, "rt", batch=False, deadline_in=60), margin_s=120) == "realtime"
+
+
+# --- a member's turn on fakeredis
+
+
+def test_quorum_of_two_cancels_third(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "ANSWER: B", MODELS[1]: "B", MODELS[2]: "A"})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    dispatch(chord.store, d, spec, spec.members)
+    first = run_member(chord, spec.panel_id, "m0")
+    assert (first.status, first.actions) == ("answered", Nothing)
+    second = run_member(chord, spec.panel_id, "m1")
+    assert (second.status, second.actions) == ("answered", (Conclude(), Cancel()))
+    pubsub = r.pubsub()
+    pubsub.subscribe(keys.DECIDED_CHANNEL)
+    carry_out(chord.store, d, second)
+    assert d.concluded == [spec.panel_id]
+    assert d.revoked == [f"task-{spec.panel_id}-m2"]  # only the member with no recorded call
+    messages = [m for m in iter(lambda: pubsub.get_message(timeout=0.2), None) if m["type"] == "message"]
+    assert [m["data"] for m in messages] == [spec.panel_id.encode()]  # in-flight calls are told to stop
+    third = run_member(chord, spec.panel_id, "m2")
+    assert third.status == "cancelled" and len(caller.calls) == 2  # the straggler made no call
+    carry_out(chord.store, d, second)
+    assert d.revoked == [f"task-{spec.panel_id}-m2"]  # the cancel happens once per panel
+
+
+def test_a_redelivered_member_reuses_its_paid_answer_and_votes_once(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "B"})
+    chord = _chord(r, caller)
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    assert run_member(chord, spec.panel_id, "m0").status == "answered"
+    again = run_member(chord, spec.panel_id, "m0")
+    assert again.status == "reused" and again.actions == Nothing
+    assert len(caller.calls) == 1 and chord.store.tally(spec.panel_id) == {"B": 1}
+
+
+def test_disagreement_calls_the_arbiter_once(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "C"})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    turns = [run_member(chord, spec.panel_id, m) for m in ("m0", "m1", "m2")]
+    assert [t.actions for t in turns] == [Nothing, Nothing, (CallArbiter(),)]
+    carry_out(chord.store, d, turns[-1])
+    carry_out(chord.store, d, turns[-1])  # a redelivered last member repeats its actions
+    assert d.arbiters == [(spec.panel_id, "realtime")]
+
+
+def test_an_exhausted_panel_with_one_answer_is_settled_without_an_arbiter(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: None, MODELS[1]: "B", MODELS[2]: None})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    turns = [run_member(chord, spec.panel_id, m) for m in ("m0", "m1", "m2")]
+    assert [t.status for t in turns] == ["failed", "answered", "failed"]
+    assert turns[-1].actions == (Conclude(settle="quorum"),)
+    carry_out(chord.store, d, turns[-1])
+    assert chord.store.decided(spec.panel_id) == "quorum" and d.concluded == [spec.panel_id] and d.arbiters == []
+
+
+def test_a_panel_where_every_member_failed_is_settled_as_failed(r: fakeredis.FakeRedis) -> None:
+    chord, d = _chord(r, FakeCaller(dict.fromkeys(MODELS))), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    last = [run_member(chord, spec.panel_id, m) for m in ("m0", "m1", "m2")][-1]
+    assert last.actions == (Conclude(settle="failed"),)
+    carry_out(chord.store, d, last)
+    assert chord.store.decided(spec.panel_id) == "failed"
+
+
+def test_a_staged_panel_sends_the_next_member_only_on_disagreement(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "B"})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store, dispatch_="staged")
+    run_member(chord, spec.panel_id, "m0")
+    turn = run_member(chord, spec.panel_id, "m1")
+    assert turn.actions == (NextStage(2, 3),)
+    carry_out(chord.store, d, turn)
+    carry_out(chord.store, d, turn)
+    assert d.sent == [(spec.panel_id, "m2", "realtime")]  # once per stage
+    assert run_member(chord, spec.panel_id, "m2").actions == (Conclude(), Cancel())
+
+
+def test_an_answer_after_the_decision_is_marked_late_and_the_receipt_is_rendered_again(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "B"})
+    chord = _chord(r, caller)
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    run_member(chord, spec.panel_id, "m0")
+    run_member(chord, spec.panel_id, "m1")
+    rec = {"member": "m2", "role": "member", "model": MODELS[2], "provider": "x", "tier": "economy",
+           "status": "answered", "answer_key": "B", "text": "B", "cost_usd": 0.001}  # fmt: skip
+    turn = cast_vote(chord.store, spec, rec)
+    assert turn.status == "late" and turn.actions == (Conclude(), Cancel())
+    stored = chord.store.call(spec.panel_id, "m2")
+    assert stored is not None and stored["status"] == "late"
+
+
+# --- the arbiter
+
+
+def test_the_arbiter_verdict_decides_the_panel(r: fakeredis.FakeRedis) -> None:
+    verdict = orjson.dumps({"final_answer": "B", "chosen_members": ["m1"], "disagreements": ["A or B or C"],
+                            "rationale": "B is right."}).decode()  # fmt: skip
+    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "C", ARBITER: verdict})
+    chord = _chord(r, caller)
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    for m in ("m0", "m1", "m2"):
+        run_member(chord, spec.panel_id, m)
+    turn = run_arbiter(chord, spec.panel_id)
+    assert (turn.status, turn.actions) == ("verdict", (Conclude(),))
+    assert chord.store.decided(spec.panel_id) == "arbiter" and chord.store.state(spec.panel_id)["answer"] == "B"
+    assert run_arbiter(chord, spec.panel_id).status == "not needed"  # a redelivered arbiter pays nothing
+    assert [m for _, m in caller.calls].count(ARBITER) == 1
+
+
+def test_an_unusable_verdict_is_asked_once_more_then_the_majority_is_taken(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "C", ARBITER: "I think B."})
+    chord = _chord(r, caller)
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    for m in ("m0", "m1", "m2"):
+        run_member(chord, spec.panel_id, m)
+    turn = run_arbiter(chord, spec.panel_id)
+    assert turn.status == "fallback" and [m for _, m in caller.calls].count(ARBITER) == 2
+    assert chord.store.decided(spec.panel_id) == "arbiter"
+
+
+# --- a job's start and conclusion (the task layer's plain functions)
+
+
+def _runtime(r: fakeredis.FakeRedis, caller: FakeCaller) -> SimpleNamespace:
+    chord = _chord(r, caller)
+    return SimpleNamespace(redis=r, store=chord.store, jobs=chord.jobs, policies=POLICIES, registry=REGISTRY,
+                           settings=Settings(), chord=chord)  # fmt: skip
+
+
+def test_start_job_plans_the_lane_and_sends_the_first_stage_once(r: fakeredis.FakeRedis) -> None:
+    rt, d = _runtime(r, FakeCaller({})), Recorder()
+    _store_job(r, "j1")
+    assert start_job(rt, d, "j1") == "panel"  # type: ignore[arg-type]
+    assert [m for _, m, _ in d.sent] == ["m0", "m1", "m2"]
+    assert start_job(rt, d, "j1") == "already started"  # type: ignore[arg-type]
+    assert len(d.sent) == 3  # a redelivered run sends nothing the first run recorded
+
+
+def test_a_job_of_an_unknown_task_class_fails_with_the_reason(r: fakeredis.FakeRedis) -> None:
+    rt, d = _runtime(r, FakeCaller({})), Recorder()
+    job = Job.model_validate({"id": "j2", "task_class": "no_such_class", "prompt": "x"})
+    r.hset(keys.job("j2"), mapping={"spec": job.model_dump_json(), "status": "queued"})
+    assert start_job(rt, d, "j2") == "failed"  # type: ignore[arg-type]
+    assert r.hget(keys.job("j2"), "status") == b"failed" and d.sent == []
+
+
+def test_conclude_panel_finalises_the_job_once_with_its_receipt(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "A"})
+    rt, d = _runtime(r, caller), Recorder()
+    _store_job(r, "j1")
+    start_job(rt, d, "j1")  # type: ignore[arg-type]
+    pid = "j1.1"
+    run_member(rt.chord, pid, "m0")
+    carry_out(rt.store, d, run_member(rt.chord, pid, "m1"))
+    assert d.concluded == [pid]
+    conclude_panel(rt, d, pid)  # type: ignore[arg-type]
+    conclude_panel(rt, d, pid)  # type: ignore[arg-type]  # a repeat only re-renders
+    result = orjson.loads(r.hget(keys.job("j1"), "result") or b"{}")
+    assert result["status"] == "decided" and result["answer"] == "B"
+    assert result["receipt"]["decision"] == "quorum" and result["receipt"]["early_exit"] is True
+    assert r.lrange(keys.done_channel("j1"), 0, -1) == [b"decided"]  # the caller is told once
+    assert r.xlen(keys.LEDGER_STREAM) == 1

@@ -1,0 +1,70 @@
+"""Carrying out a vote's actions (workers/panel/decision.py) through a Dispatcher, each at most
+once per panel: the executor, kept apart from the decision so the decision stays plain logic.
+
+    carry_out(store, dispatcher, turn)          # after run_member / land / cast_vote
+
+Guards: `Cancel` and `CallArbiter` run once per panel and `NextStage` once per stage
+(`PanelStore.once`); `Conclude` is itself idempotent (a lease, and `once:concluded`), and its
+`settle` replaces an exhausted decision once at most (decide.lua).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from workers.panel import watchdog
+from workers.panel.decision import Action, CallArbiter, Cancel, Conclude, NextStage
+from workers.panel.ports import Dispatcher
+from workers.panel.route import route
+from workers.panel.state import Member, PanelRun, PanelStore
+
+
+class HasActions(Protocol):
+    @property
+    def spec(self) -> PanelRun | None: ...
+
+    @property
+    def actions(self) -> tuple[Action, ...]: ...
+
+
+def carry_out(store: PanelStore, d: Dispatcher, turn: HasActions) -> None:
+    if turn.spec is not None:
+        carry_out_actions(store, d, turn.spec, turn.actions)
+
+
+def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions: Sequence[Action]) -> None:
+    pid = spec.panel_id
+    for action in actions:
+        if isinstance(action, Conclude):
+            if action.settle:
+                store.decide(pid, action.settle, "", replace_exhausted=True)
+            d.conclude(pid)
+        elif isinstance(action, Cancel):
+            if store.once(pid, "cancel"):
+                cancel_stragglers(store, d, spec)
+        elif isinstance(action, CallArbiter):
+            if store.once(pid, "arbiter"):
+                d.arbiter(spec, route(spec))
+        elif isinstance(action, NextStage):
+            if store.once(pid, f"stage:{action.send_to}"):
+                dispatch(store, d, spec, spec.members[action.send_from : action.send_to])
+
+
+def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence[Member]) -> None:
+    """Send members on the panel's route (batch or real time, decided once for the lot) and
+    record their task ids, so a quorum can revoke the ones still queued."""
+    r = route(spec)
+    store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
+    if r != "batch":  # a queued member that never starts is sent again (workers/panel/watchdog.py)
+        watchdog.expect(store.r, spec.panel_id, [m.member for m in members])
+
+
+def cancel_stragglers(store: PanelStore, d: Dispatcher, spec: PanelRun) -> None:
+    """Decided: stop in-flight calls (pub/sub) and revoke queued members (best effort; a member
+    that still starts checks `decided` first and makes no provider call)."""
+    store.publish_decided(spec.panel_id)
+    done = set(store.calls(spec.panel_id))
+    pending = [tid for member, tid in store.task_ids(spec.panel_id).items() if member not in done]
+    if pending:
+        d.revoke(pending)

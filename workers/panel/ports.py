@@ -1,0 +1,61 @@
+"""The narrow things the panel path is given, as protocols: a `Caller` that makes one model call
+(budget, breaker, limiter, retries, failover, cancellation), a `Dispatcher` that sends work and
+concludes panels (Celery in production, plain recorders in tests), and `Chord`, what a member's
+turn reads and writes through. Nothing here imports Celery or the runtime.
+
+    chord = Chord(store=PanelStore(r), registry=registry, jobs=JobStore(r, policies, ttl), caller=caller)
+    turn = run_member(chord, panel_id, "m0")      # workers/panel/chord.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from producer.contract import Job
+from workers.budget import Spend
+from workers.panel.calls import CallOutcome
+from workers.panel.route import Route
+from workers.panel.state import Member, PanelRun, PanelStore
+from workers.registry import Registry
+
+
+class Caller(Protocol):
+    """One model call as the fleet makes it (workers/panel/calls.py `ModelCaller`). With a
+    panel id the call is cancelled (raises `Cancelled`) when the panel is decided first."""
+
+    def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+                 json_mode: bool = False, spend: Spend | None = None, member: str | None = None,
+                 in_panel: frozenset[str] = frozenset()) -> CallOutcome: ...  # fmt: skip
+
+
+class Jobs(Protocol):
+    """The stored jobs (workers/jobstore.py `JobStore`)."""
+
+    def load(self, job_id: str) -> Job: ...
+
+    def spend(self, job: Job, batch: bool) -> Spend: ...
+
+
+class Dispatcher(Protocol):
+    """How the chord's actions leave the process: Celery in production (workers/tasks.py)."""
+
+    def member(self, spec: PanelRun, member: Member, route: Route) -> str:
+        """Send one member's call on `route`; returns the task id (revoked if a quorum wins)."""
+        ...
+
+    def arbiter(self, spec: PanelRun, route: Route) -> None: ...
+
+    def conclude(self, panel_id: str) -> None: ...
+
+    def revoke(self, task_ids: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Chord:
+    """What a member's turn, the arbiter and the sweep use, and nothing more."""
+
+    store: PanelStore
+    registry: Registry
+    jobs: Jobs
+    caller: Caller
