@@ -99,7 +99,11 @@ def test_worker_killed_mid_member_decides_once_and_pays_each_answer_once(rel_fle
     # No answer paid twice: what the provider delivered is exactly what the receipt charges.
     m2 = sim_settled(rel_fleet)[M2]
     assert receipt_calls([res]) == sim_answered(rel_fleet)
-    # Every request the provider saw is a call in the receipt, call for call (the lost one too).
+    # Every request the provider saw is a call in the receipt, call for call (the lost one too),
+    # and the ledger holds that same receipt (re-rendered together when a late record lands).
+    res = rel_client.wait(job_id, timeout=5)
+    assert res.receipt is not None
+    assert [r for r in rel_client.ledger() if r["job_id"] == job_id] == [res.receipt.model_dump(mode="json")]
     assert receipt_requests([res]) == Counter({m: s["requests"] for m, s in sim_models(rel_fleet).items() if s["requests"]})
     if point == "during_call":  # the call lost with the worker was cut off, unanswered, and made again
         assert m2["requests"] == 2 and m2["answered"] == 1 and m2["by_status"].get("499") == 1, m2
