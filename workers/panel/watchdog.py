@@ -122,18 +122,23 @@ def resend_overdue(store: PanelStore, d: Dispatcher, now: float, bound_s: float,
 
 def resend_lost_runs(r: redis.Redis, now: float, bound_s: float, send_run: Callable[[str], None],
                      limit: int = 200) -> int:  # fmt: skip
-    """Re-send `panel.run` for jobs still `queued` `bound_s` after submit while `control` is empty."""
+    """Re-send `panel.run` for jobs that have no panel `bound_s` after submit while `control` is
+    empty: still `queued` (the message vanished), or `running` with no panel (the run raised in
+    a Redis outage and its retry was never published). A repeated run plans again."""
     due = r.zrangebyscore(keys.JOB_WATCH, 0, now - bound_s, start=0, num=limit)
     if not due:
         return 0
     pipe = r.pipeline(transaction=False)
     for raw in due:
         pipe.hget(keys.job(raw.decode()), "status")
-    statuses = pipe.execute()
-    moved_on = [raw for raw, st in zip(due, statuses, strict=True) if st != b"queued"]
+        pipe.exists(keys.job(raw.decode()) + ":panels")
+    got = pipe.execute()
+    stuck = {raw: st in (b"queued", b"running") and not has_panel
+             for raw, st, has_panel in zip(due, got[0::2], got[1::2], strict=True)}  # fmt: skip
+    moved_on = [raw for raw, s in stuck.items() if not s]
     if moved_on:
         r.zrem(keys.JOB_WATCH, *moved_on)
-    waiting = [raw.decode() for raw, st in zip(due, statuses, strict=True) if st == b"queued"]
+    waiting = [raw.decode() for raw, s in stuck.items() if s]
     if not waiting or sum(queued_list(r, "control")):
         return 0  # none lost, or they are behind other messages: waiting their turn
     for job_id in waiting:
@@ -145,7 +150,7 @@ def resend_lost_runs(r: redis.Redis, now: float, bound_s: float, send_run: Calla
             continue
         r.zadd(keys.JOB_WATCH, {job_id: now})
         send_run(job_id)
-        log.warning("watchdog: job %s still queued %.0f s after submit: panel.run sent again (%d/%d)",
+        log.warning("watchdog: job %s has no panel %.0f s after submit: panel.run sent again (%d/%d)",
                     job_id, bound_s, n, MAX_RESENDS)  # fmt: skip
     return len(waiting)
 
