@@ -9,6 +9,7 @@ eval's registry lifts every model's rpm/tpm: the run measures policies, not prov
 from __future__ import annotations
 
 import csv
+import random
 import tempfile
 import time
 import uuid
@@ -69,6 +70,8 @@ def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy], pric
                       "agreement": agreement_for(kind), "arbiter": p.arbiter or members[0]},
             "mode": p.mode,
         }  # fmt: skip
+        if p.cache_ttl_s is not None:
+            tasks[p.task_class]["cache"] = {"ttl_s": p.cache_ttl_s}
     (dest / "models.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
     (dest / "tasks.yaml").write_text(yaml.safe_dump({"task_classes": tasks}, sort_keys=False))
 
@@ -121,10 +124,16 @@ def score_result(s: Score, r: Row, res: Result, rule: Any) -> None:
             s.cost_estimated += c.status in ("answered", "late") and c.role == "member"
         s.arbiter_calls += c.role == "arbiter"
     s.arbiter_fallbacks += rc.decision == "majority" or bool(rc.verdict and rc.verdict.fallback)
+    if rc.served_from_cache:
+        s.cache_hits += 1
+        s.cache_saved_usd += rc.saved_usd
+    s.prompt_cache_saved_usd += sum(c.cache_saved_usd for c in rc.calls)
 
 
 def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: float = 1.0,
-        timeout_s: float = 1800.0, in_flight: int = 16) -> list[Score]:  # fmt: skip
+        timeout_s: float = 1800.0, in_flight: int = 16, repeat: int = 1) -> list[Score]:  # fmt: skip
+    """`repeat`: every question goes in that many times, shuffled (seeded), as repeats come in a
+    real queue; a policy with `cache_ttl_s` then serves repeats from its answer cache."""
     from workers.panel.agreement import make_rule  # scoring uses the fleet's own answer extraction
     from workers.policy import AgreementSpec
 
@@ -141,12 +150,14 @@ def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: 
         run_id = uuid.uuid4().hex[:6]
         rule = make_rule(AgreementSpec.model_validate(agreement_for(rows[0].kind)))
         for p in policies:
-            jobs = [{"id": f"{run_id}-{p.name}-{i}", "task_class": p.task_class, "messages": r.messages}
-                    for i, r in enumerate(rows)]  # fmt: skip
+            order = [i for i in range(len(rows)) for _ in range(repeat)]
+            random.Random(0).shuffle(order) if repeat > 1 else None
+            jobs = [{"id": f"{run_id}-{p.name}-{n}", "task_class": p.task_class, "messages": rows[i].messages}
+                    for n, i in enumerate(order)]  # fmt: skip
             s = Score(p.name, "fleet")
             t0 = time.monotonic()
-            for i, res in windowed(client, jobs, in_flight, timeout_s):
-                score_result(s, rows[i], res, rule)
+            for n, res in windowed(client, jobs, in_flight, timeout_s):
+                score_result(s, rows[order[n]], res, rule)
             s.wall_s = time.monotonic() - t0
             scores.append(s)
     finally:

@@ -14,7 +14,7 @@ COST_VS_STRONGEST_GOAL, COST_VS_FUSION_GOAL = 0.35, 0.50
 
 
 def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: float = 1.0,
-             limit: int | None = None, in_flight: int = 16) -> dict[str, object]:  # fmt: skip
+             limit: int | None = None, in_flight: int = 16, repeat: int = 1) -> dict[str, object]:  # fmt: skip
     """Reference latencies are the recorded ones times `latency_scale`, like the simulator's, so
     the table compares like with like; fleet latencies add the fleet's own overhead on top."""
     rows = load_rows(file)[:limit] if limit else load_rows(file)
@@ -33,9 +33,12 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
                for p in policies if p.lane == "panel"}  # fmt: skip
     for ref in [*singles, strongest, *fusions.values()]:
         ref.latencies_ms = [ms * latency_scale for ms in ref.latencies_ms]
+        if repeat > 1:  # a reference has no cache: it answers, and pays for, every repeat again
+            ref.questions, ref.correct, ref.calls = ref.questions * repeat, ref.correct * repeat, ref.calls * repeat
+            ref.cost_usd, ref.latencies_ms = ref.cost_usd * repeat, ref.latencies_ms * repeat
     print(f"running {len(policies)} policies x {len(rows)} questions through the fleet "
           f"(recorded latencies x {latency_scale}, {in_flight} questions in flight)", file=sys.stderr)
-    fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale, in_flight=in_flight)
+    fleet_scores = fleet_run.run(file, rows, policies, latency_scale=latency_scale, in_flight=in_flight, repeat=repeat)
     scores = [*fleet_scores, strongest, *fusions.values(), *singles]
     print(report.table(scores))
     unpriced = [m for m in available if m not in prices and any(r.models[m].cost_usd is None for r in rows)]

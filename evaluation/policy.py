@@ -23,6 +23,7 @@ class EvalPolicy(BaseModel):
     dispatch: Literal["parallel", "staged"] = "parallel"
     arbiter: str | None = None
     mode: Literal["realtime", "batch"] = "realtime"
+    cache_ttl_s: float | None = Field(default=None, gt=0, description="answer cache on, for this long (tasks.yaml `cache`)")
 
     @model_validator(mode="after")
     def _shape(self) -> EvalPolicy:

@@ -25,6 +25,9 @@ class Score:
     failed: int = 0
     cost_estimated: int = 0  # calls priced from tokens because no cost was recorded
     wall_s: float = 0.0  # fleet runs: how long the policy's questions took end to end
+    cache_hits: int = 0  # answered from the answer cache (or coalesced on an identical job)
+    cache_saved_usd: float = 0.0  # what the cached answers' source jobs had paid
+    prompt_cache_saved_usd: float = 0.0  # provider prompt caching against the uncached price
 
     @property
     def accuracy(self) -> float:
@@ -42,6 +45,8 @@ class Score:
             "early_exit_rate": self.early_exits / n, "arbiter_rate": self.arbiter_calls / n,
             "arbiter_fallbacks": self.arbiter_fallbacks, "failed": self.failed, "cost_estimated_calls": self.cost_estimated,
             "p50_latency_ms": self.pct(50), "p95_latency_ms": self.pct(95), "wall_s": round(self.wall_s, 1),
+            "cache_hit_rate": self.cache_hits / n, "cache_saved_usd": self.cache_saved_usd,
+            "prompt_cache_saved_usd": self.prompt_cache_saved_usd,
         }  # fmt: skip
 
 

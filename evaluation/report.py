@@ -12,14 +12,14 @@ from evaluation.reference import Score
 
 def table(scores: list[Score]) -> str:
     head = (f"{'policy':44} {'acc':>6} {'total $':>9} {'$/question':>11} {'calls/q':>7} {'early':>6} {'arbiter':>7} "
-            f"{'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")  # fmt: skip
+            f"{'p50 ms':>8} {'p95 ms':>8} {'failed':>6} {'cache hit':>9} {'cache saved $':>13} {'prompt saved $':>14}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for s in scores:
         d = s.as_dict()
         lines.append(
             f"{s.name[:44]:44} {s.accuracy:6.3f} {s.cost_usd:9.5f} {d['cost_per_question_usd']:11.3e} {d['calls_per_question']:7.2f} "
             f"{d['early_exit_rate']:6.0%} {d['arbiter_rate']:7.0%} {d['p50_latency_ms']:8.0f} {d['p95_latency_ms']:8.0f} "
-            f"{s.failed:6d}"
+            f"{s.failed:6d} {d['cache_hit_rate']:9.0%} {s.cache_saved_usd:13.6f} {s.prompt_cache_saved_usd:14.6f}"
         )
     return "\n".join(lines)
 

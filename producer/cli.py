@@ -114,7 +114,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.main import evaluate
 
     try:
-        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit)
+        evaluate(Path(args.file), args.policy, Path(args.out), latency_scale=args.latency_scale, limit=args.limit,
+                 repeat=args.repeat)  # fmt: skip
     except ValueError as e:
         print(f"panel eval: {e}", file=sys.stderr)
         return 2
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="eval-out", help="folder for the JSON and PNG")
     s.add_argument("--latency-scale", type=float, default=1.0, help="multiply recorded latencies (0.1: 10x faster)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.add_argument("--repeat", type=int, default=1,
+                   help="submit every question N times, shuffled (a policy with cache_ttl_s serves repeats from its cache)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="start redis, the simulator and workers; run examples/; stop all")

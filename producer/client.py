@@ -19,7 +19,7 @@ import orjson
 import redis
 from celery import Celery
 
-from producer import keys
+from producer import answer_cache, keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
@@ -55,7 +55,7 @@ class PanelClient:
         # A producer may share one client across many threads: wait for a free connection, never fail
         self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=self.settings.redis_max_connections, timeout=self.settings.redis_pool_timeout_s,
-            health_check_interval=30))  # fmt: skip
+            health_check_interval=30, client_name="pf-producer"))  # fmt: skip
         self.celery = Celery("panel_producer", broker=url, set_as_current=False)
         self.celery.conf.update(
             task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=self.settings.transport_options(),
@@ -81,14 +81,18 @@ class PanelClient:
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(jkey, mapping={"status": "queued", "submitted_at": now, "tenant": job.tenant})
-        pipe.expire(jkey, self.settings.result_ttl_s)
-        pipe.zadd(keys.JOB_WATCH, {job_id: now})  # the watchdog re-sends a `panel.run` that never starts
-        pipe.execute()
-        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}")
+        submitted_at = time.time()
+        self.redis.hset(jkey, mapping={"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant})
+        self.redis.expire(jkey, self.settings.result_ttl_s)
+        # a cached answer is served here; an identical job in flight is waited on (single flight)
+        if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in ("hit", "follower"):
+            return job_id
+        self._enqueue(job_id)
         return job_id
+
+    def _enqueue(self, job_id: str) -> None:
+        self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})  # the watchdog re-sends a `panel.run` that never starts
+        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}")
 
     def _check_task_class(self, job: Job) -> None:
         known = self.redis.smembers(keys.task_classes())
@@ -135,6 +139,10 @@ class PanelClient:
             res = self.result(job_id)
             if res is not None and res.status in ("decided", "failed"):
                 return res
+            if res is None and (ticket := answer_cache.rescue(self.redis, job_id)) is not None:
+                if ticket.role in ("leader", "bypass", "off"):  # its leader vanished: it runs itself
+                    self._enqueue(job_id)
+                continue
             left = end - time.monotonic()
             if left <= 0:
                 raise JobTimeout(f"job {job_id} not done after {timeout}s (status {self.status(job_id)})")

@@ -28,7 +28,8 @@ Mode = Literal["realtime", "batch"]
 Lane = Literal["single", "panel"]
 CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late", "lost"]  # lost: in flight with a dead worker
 JobStatus = Literal["queued", "running", "decided", "failed"]
-Decision = Literal["single", "quorum", "arbiter", "majority", "sweep", "failed"]
+Decision = Literal["single", "quorum", "arbiter", "majority", "sweep", "failed", "cache"]
+CacheUse = Literal["use", "bypass"]
 
 
 class _Strict(BaseModel):
@@ -58,6 +59,7 @@ class Job(_Strict):
     budget_usd: float | None = Field(default=None, gt=0, strict=True, allow_inf_nan=False)
     tenant: str = "default"
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    cache: CacheUse = Field(default="use", description="`bypass`: compute afresh even if the class caches answers")
 
     @field_validator("id", "idempotency_key", "tenant", "task_class")
     @classmethod
@@ -150,8 +152,12 @@ class CallRecord(_Strict):
     status: CallStatus
     tokens_in: int = 0
     tokens_out: int = 0
+    # of tokens_in: read from / written to the provider's prompt cache (priced at cache_read / cache_write)
+    tokens_cached: int = 0
+    tokens_cache_write: int = 0
     latency_ms: float = 0.0
     cost_usd: float = 0.0
+    cache_saved_usd: float = 0.0  # the same tokens at the uncached input price, minus cost_usd
     batch: bool = False  # True: priced at the registry's batch price (the call went through a batch)
     realtime_cost_usd: float | None = None  # batch calls: the same tokens at the real-time price
     answer_key: str | None = None  # the normalised answer this call voted for
@@ -192,6 +198,11 @@ class Receipt(_Strict):
     changed_vs_default: bool | None = None
     total_cost_usd: float = 0.0
     latency_ms: float = 0.0
+    # answer cache: served without a panel, from the decided answer of `cached_from_job`
+    served_from_cache: bool = False
+    cached_from_job: str | None = None
+    coalesced: bool = False  # waited on that job while it ran (single flight), not read afterwards
+    saved_usd: float = 0.0  # what `cached_from_job` had paid when it decided: the cost not repeated
 
     @property
     def lane(self) -> str:

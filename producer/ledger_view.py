@@ -1,4 +1,5 @@
-"""`panel ledger`: receipts summarised per task class (escalation, arbiter, panel value, cost)."""
+"""`panel ledger`: receipts summarised per task class (escalation, arbiter, panel value, cost,
+answer-cache hits and prompt-cache tokens with the money each saved)."""
 
 from __future__ import annotations
 
@@ -40,18 +41,38 @@ def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "batch_saving_usd": sum((c.get("realtime_cost_usd") or c["cost_usd"]) - c["cost_usd"] for c in batch_calls),
             "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95),
             "failed": sum(1 for r in rs if r["decision"] == "failed"),
+            **cache_figures(rs),
         })  # fmt: skip
     return rows
 
 
+def cache_figures(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Answer cache: the share of jobs served from it (coalesced ones included) and what their
+    source jobs had paid; prompt cache: the share of input tokens read from the providers' caches
+    and what that saved against the uncached price (cache writes' surcharge netted out)."""
+    served = [r for r in rs if r.get("served_from_cache")]
+    calls = [c for r in rs for c in r["calls"]]
+    tokens_in = sum(c.get("tokens_in", 0) for c in calls)
+    return {
+        "cache_hit_rate": len(served) / len(rs) if rs else 0.0,
+        "coalesced": sum(1 for r in served if r.get("coalesced")),
+        "answer_cache_saved_usd": sum(r.get("saved_usd", 0.0) for r in served),
+        "cached_token_share": sum(c.get("tokens_cached", 0) for c in calls) / tokens_in if tokens_in else 0.0,
+        "prompt_cache_saved_usd": sum(c.get("cache_saved_usd", 0.0) for c in calls),
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'task class':20} {'jobs':>5} {'escal':>6} {'arbiter':>7} {'early':>6} {'changed':>7} "
-            f"{'calls/job':>9} {'$/job':>10} {'batch saved $':>13} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")  # fmt: skip
+            f"{'calls/job':>9} {'$/job':>10} {'batch saved $':>13} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6} "
+            f"{'cache hit':>9} {'cache saved $':>13} {'cached tok':>10} {'prompt saved $':>14}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['task_class']:20} {r['jobs']:5d} {r['escalation_rate']:6.0%} {r['arbiter_rate']:7.0%} "
             f"{r['early_exit_rate']:6.0%} {r['changed_answer_rate']:7.0%} {r['calls_per_job']:9.2f} "
-            f"{r['cost_per_job_usd']:10.6f} {r['batch_saving_usd']:13.6f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['failed']:6d}"
+            f"{r['cost_per_job_usd']:10.6f} {r['batch_saving_usd']:13.6f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f} {r['failed']:6d} "
+            f"{r['cache_hit_rate']:9.0%} {r['answer_cache_saved_usd']:13.6f} {r['cached_token_share']:10.0%} "
+            f"{r['prompt_cache_saved_usd']:14.6f}"
         )
     return "\n".join(lines)

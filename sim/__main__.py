@@ -18,6 +18,7 @@ import yaml
 from sim.app import create_app
 from sim.calls import build
 from sim.knobs import ConfigError
+from sim.prompt_cache import DEFAULT_MIN_TOKENS, DEFAULT_TTL_S, PromptCache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="knobs as YAML or JSON: {default: {...}, models: {name: {...}}}")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault and jitter draws")
     p.add_argument("--latency-ms", type=float, help="default fixed latency of every model")
+    p.add_argument("--prompt-cache-ttl-s", type=float, default=DEFAULT_TTL_S, help="how long a cached prompt prefix lives")
+    p.add_argument("--prompt-cache-min-tokens", type=int, default=DEFAULT_MIN_TOKENS,
+                   help="shortest prefix the providers cache (1024 on OpenAI and Anthropic)")
     return p.parse_args(argv)
 
 
@@ -44,7 +48,8 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 async def serve(args: argparse.Namespace) -> None:
     sim = build(replay_files=args.replay, models_yaml=args.models, config=load_config(args.config),
-                seed=args.seed, latency_ms=args.latency_ms)  # fmt: skip
+                seed=args.seed, latency_ms=args.latency_ms,
+                prompt_cache=PromptCache(args.prompt_cache_ttl_s, args.prompt_cache_min_tokens))  # fmt: skip
     # Prompts must never reach a log: no access log, warnings and errors only.
     config = uvicorn.Config(create_app(sim), host=args.host, port=args.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=1, backlog=4096)  # fmt: skip

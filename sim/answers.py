@@ -23,6 +23,8 @@ class Reply:
     recorded_latency_ms: float | None
     source: Literal["scripted", "replay", "arbiter", "rule"]
     finish: Literal["stop", "length"] = "stop"
+    cached_read: int = 0  # of tokens_in: read from the prompt cache (sim.prompt_cache)
+    cache_write: int = 0  # of tokens_in: written to it (Anthropic bills these apart)
 
 
 class Answerer:

@@ -15,6 +15,7 @@ from sim.answers import Reply
 from sim.calls import CallSpec
 from sim.limits import Admission
 from sim.prompt import Prompt, PromptError
+from sim.prompt_cache import anthropic_prefix
 from sim.serve import BadRequest, Parsed, json_response, serve
 
 _ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -32,7 +33,10 @@ def message_body(wire_model: str, reply: Reply, rid: str, empty: bool = False) -
         "id": rid, "type": "message", "role": "assistant", "model": wire_model,
         "content": [] if empty else [{"type": "text", "text": reply.text}],
         "stop_reason": "max_tokens" if reply.finish == "length" else "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": reply.tokens_in, "output_tokens": reply.tokens_out},
+        # input_tokens is what follows the last cache breakpoint; reads and writes are apart
+        "usage": {"input_tokens": reply.tokens_in - reply.cached_read - reply.cache_write,
+                  "output_tokens": reply.tokens_out, "cache_creation_input_tokens": reply.cache_write,
+                  "cache_read_input_tokens": reply.cached_read},
     }  # fmt: skip
 
 
@@ -58,7 +62,7 @@ def parse_params(params: Any, resolve: Any) -> Parsed:
         prompt = Prompt.from_wire(messages, params.get("system"))
     except PromptError as e:
         raise BadRequest(400, str(e)) from None
-    return Parsed(model, CallSpec(resolve(model), prompt, False, max_tokens))
+    return Parsed(model, CallSpec(resolve(model), prompt, False, max_tokens, cache_prefix=anthropic_prefix(params.get("system"))))
 
 
 class AnthropicWire:

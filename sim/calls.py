@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from sim.faults import FaultDice
 from sim.knobs import Knobs, KnobStore
 from sim.limits import Admission, Limits
 from sim.prompt import Prompt
+from sim.prompt_cache import PromptCache
 from sim.replay import ReplayIndex
 from sim.stats import Stats
 
@@ -44,20 +45,23 @@ class CallSpec:
     prompt: Prompt
     json_mode: bool = False
     max_tokens: int | None = None
+    cache_prefix: str | None = None  # the prompt-cacheable prefix as the wire marks it (sim.prompt_cache)
 
 
 class Simulator:
     """All mutable state of one simulator process; `reset()` returns it to how it started."""
 
     def __init__(self, *, replay: ReplayIndex | None = None, aliases: Aliases | None = None,
-                 config: dict[str, Any] | None = None, seed: int = 0, base: Knobs | None = None) -> None:  # fmt: skip
+                 config: dict[str, Any] | None = None, seed: int = 0, base: Knobs | None = None,
+                 prompt_cache: PromptCache | None = None) -> None:  # fmt: skip
         self.aliases = aliases or Aliases()
         self.answerer = Answerer(replay or ReplayIndex())
         self.knobs = KnobStore(config or {}, base or Knobs(), self.aliases.resolve)
         self.dice = FaultDice(seed)
         self.limits = Limits()
         self.stats = Stats()
-        self.reset_hooks: list[Callable[[], None]] = []
+        self.prompt_cache = prompt_cache or PromptCache()
+        self.reset_hooks: list[Callable[[], None]] = [self.prompt_cache.clear]
 
     def reset(self) -> None:
         self.knobs.reset()
@@ -93,11 +97,15 @@ class Simulator:
             return Outcome(fault.status, fault.kind, retry_after_s=retry, admission=admission)
         if await sleep(self.dice.latency_s(spec.model, knobs, reply.recorded_latency_ms)):
             return Outcome(499, "disconnected", reply=reply)
+        split = self.prompt_cache.split(spec.model, spec.cache_prefix, reply.tokens_in)
+        if split.read or split.write:
+            reply = replace(reply, cached_read=split.read, cache_write=split.write)
         return Outcome(200, fault.kind if fault else "answered", reply=reply, admission=admission)
 
 
 def build(*, replay_files: list[Path], models_yaml: Path | None, config: dict[str, Any] | None,
-          seed: int, latency_ms: float | None) -> Simulator:  # fmt: skip
+          seed: int, latency_ms: float | None, prompt_cache: PromptCache | None = None) -> Simulator:  # fmt: skip
     aliases = Aliases.from_registry(models_yaml) if models_yaml else Aliases()
     base = Knobs(latency_ms=latency_ms) if latency_ms is not None else Knobs()
-    return Simulator(replay=ReplayIndex.load(replay_files), aliases=aliases, config=config, seed=seed, base=base)
+    return Simulator(replay=ReplayIndex.load(replay_files), aliases=aliases, config=config, seed=seed, base=base,
+                     prompt_cache=prompt_cache)  # fmt: skip

@@ -14,6 +14,7 @@ from sim.answers import Reply
 from sim.calls import CallSpec
 from sim.limits import Admission
 from sim.prompt import Prompt, PromptError
+from sim.prompt_cache import openai_prefix
 from sim.serve import BadRequest, Parsed, json_response, serve
 
 _ERROR_TYPES = {400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
@@ -37,7 +38,8 @@ def completion_body(wire_model: str, reply: Reply, rid: str, empty: bool = False
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": wire_model,
         "choices": choices, "system_fingerprint": "fp_panel_sim",
         "usage": {"prompt_tokens": reply.tokens_in, "completion_tokens": reply.tokens_out,
-                  "total_tokens": reply.tokens_in + reply.tokens_out},
+                  "total_tokens": reply.tokens_in + reply.tokens_out,
+                  "prompt_tokens_details": {"cached_tokens": reply.cached_read}},
     }  # fmt: skip
 
 
@@ -70,7 +72,8 @@ class OpenAIWire:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise BadRequest(400, "max_tokens must be a positive integer")
-        return Parsed(model, CallSpec(resolve(model), prompt, json_mode, max_tokens))
+        return Parsed(model, CallSpec(resolve(model), prompt, json_mode, max_tokens,
+                                      cache_prefix=openai_prefix(body.get("messages"))))  # fmt: skip
 
     def body(self, wire_model: str, reply: Reply, rid: str, empty: bool = False) -> dict[str, Any]:
         return completion_body(wire_model, reply, rid, empty)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import redis
 
 from producer.embedded import RedisProcess
 
-REPLAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "replay"
+# ../shared beside the repo; PANEL_REPLAY_DIR points elsewhere (a git worktree sits deeper)
+REPLAY_DIR = Path(os.environ.get("PANEL_REPLAY_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "replay")
 
 
 @pytest.fixture(scope="session")

@@ -48,8 +48,11 @@ app.conf.update(
     # held (and run) by a busy worker; see FIELD-NOTES on revoke with the threads pool.
     worker_prefetch_multiplier=1,
     worker_disable_prefetch=True,
+    # Flower lists a task from its task-received event (name, args, worker) and settles it with
+    # task-succeeded; a task-sent event from a worker sending members is one more PUBLISH per
+    # member that nothing reads (the producer's client still sends one for panel.run).
     worker_send_task_events=True,
-    task_send_sent_event=True,
+    task_send_sent_event=False,
     task_track_started=True,
     worker_soft_shutdown_timeout=settings.soft_shutdown_s,
     broker_connection_retry_on_startup=True,
@@ -105,6 +108,7 @@ class PolicyCheck(bootsteps.Step):
 
         from producer import keys
         from producer.errors import PanelError
+        from workers import answer_cache
         from workers.runtime import Runtime
 
         try:
@@ -115,6 +119,7 @@ class PolicyCheck(bootsteps.Step):
         pipe = rt.redis.pipeline()  # MULTI: producers never see a half-written set
         pipe.delete(keys.task_classes())
         pipe.sadd(keys.task_classes(), *rt.policies.task_classes)
+        answer_cache.publish(pipe, rt.policies)  # policy versions: producers key the answer cache by them
         pipe.execute()
         super().__init__(worker, **kwargs)
 

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -19,14 +20,14 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import ledger, metrics
+from workers import answer_cache, ledger, metrics
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
-from workers.panel.state import Member, PanelRun, Stage
+from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
@@ -63,8 +64,8 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
         rt.jobs.fail(job_id, str(e))
         return "failed"
-    rt.redis.hset(jkey, mapping={"status": "running", "plan": orjson.dumps(plan.__dict__)})
-    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason)
+    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
+              job_fields={"status": "running", "plan": orjson.dumps(plan.__dict__)})  # fmt: skip
     return plan.lane
 
 
@@ -81,7 +82,10 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
-              attempt: int, triggers: list[str], reason: str) -> PanelRun:  # fmt: skip
+              attempt: int, triggers: list[str], reason: str,
+              job_fields: dict[str, Any] | None = None) -> PanelRun:  # fmt: skip
+    """Plan and send a panel of the job; stored with the job's record of it (and `job_fields`)
+    in one transaction."""
     n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
@@ -93,8 +97,10 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
         rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
-    rt.store.create(spec, rt.settings.result_ttl_s)
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = rt.redis.pipeline()
+    rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
+    if job_fields:
+        pipe.hset(keys.job(job_id), mapping=job_fields)
     pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
     pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
     pipe.execute()
@@ -102,13 +108,34 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
     return spec
 
 
-def final_text(rt: Runtime, panel_id: str) -> str | None:
+@dataclass(frozen=True)
+class JobView:
+    """What a conclusion reads of its job, in one round trip."""
+
+    panels: list[dict[str, Any]]
+    finalised: bool
+    submitted_at: float
+    schema_invalid: int
+    status: str
+
+
+def job_view(rt: Runtime, job_id: str) -> JobView:
+    pipe = rt.redis.pipeline()
+    pipe.lrange(keys.job(job_id) + ":panels", 0, -1)
+    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status")
+    panels, (finalised, submitted, invalid, status) = pipe.execute()
+    return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
+                   submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
+                   status=(status or b"").decode())  # fmt: skip
+
+
+def final_text(snap: PanelSnapshot) -> str | None:
     """The decided answer as text: the arbiter's, else the first answering member with the key."""
-    st = rt.store.state(panel_id)
+    st = snap.state
     if st.get("verdict"):
         return str(orjson.loads(st["verdict"])["final_answer"])
     key = st.get("answer")
-    answered = [c for c in rt.store.calls(panel_id).values() if c["status"] in ("answered", "late")]
+    answered = [c for c in snap.calls.values() if c["status"] in ("answered", "late")]
     for c in sorted(answered, key=lambda c: c["member"]):
         if key and c.get("answer_key") == key:
             return str(c["text"])
@@ -151,18 +178,18 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
         return
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
-    if not take(keys=[pkey + ":concluding", pkey], args=[os.getpid(), CONCLUDE_LEASE_S]):
+    taken, concluded = take(keys=[pkey + ":concluding", pkey], args=[os.getpid(), CONCLUDE_LEASE_S])
+    if not taken:
         return
     try:
-        if not rt.redis.hexists(pkey, "once:concluded"):
+        if not concluded:
             act_on_decision(rt, d, spec)
-            rt.redis.hset(pkey, "once:concluded", time.time())
-            if not release(keys=[pkey + ":concluding", pkey]):
+            if not release(keys=[pkey + ":concluding", pkey], args=[time.time()]):
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
-            if rt.redis.hget(keys.job(spec.job_id), "status") == b"decided":
+            if job_view(rt, spec.job_id).status == "decided":
                 finalise_job(rt, spec.job_id, rerender=True)
-            if not release(keys=[pkey + ":concluding", pkey]):
+            if not release(keys=[pkey + ":concluding", pkey], args=[""]):
                 return
     except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
         rt.redis.delete(pkey + ":concluding")
@@ -186,15 +213,16 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
-    if rt.jobs.panels(spec.job_id)[-1]["panel_id"] != panel_id:
+    view = job_view(rt, spec.job_id)
+    if view.panels[-1]["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
     rt.store.publish_decided(panel_id)
     job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
-    text = final_text(rt, panel_id)
+    snap = rt.store.snapshot(panel_id)
+    text = final_text(snap)
     if spec.stage == "single":
-        invalid_so_far = int(rt.redis.hget(keys.job(spec.job_id), "schema_invalid") or 0)
-        hits, invalid = output_triggers(job, policy, text, invalid_so_far)
+        hits, invalid = output_triggers(job, policy, text, view.schema_invalid)
         if invalid:
             rt.redis.hincrby(keys.job(spec.job_id), "schema_invalid", 1)
         if hits:
@@ -203,7 +231,7 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
         if invalid:  # below the escalation count: one more try on the default lane
             new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry")
             return
-    finalise_job(rt, spec.job_id)
+    finalise_job(rt, spec.job_id, view=view, snaps={panel_id: snap})
 
 
 NO_ANSWER = "no member answered before the deadline or all calls failed"
@@ -223,17 +251,23 @@ def failure_summary(receipt: Receipt, limit: int = 3) -> str:
     return f"{NO_ANSWER} ({shown}{more})"
 
 
-def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
+def finalise_job(rt: Runtime, job_id: str, rerender: bool = False, view: JobView | None = None,
+                 snaps: dict[str, PanelSnapshot] | None = None) -> Result:  # fmt: skip
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
-    a repeat after a crash finds `finalised` and only re-renders."""
+    a repeat after a crash finds `finalised` and only re-renders. `view` and `snaps` are what the
+    caller has just read (panels it lacks are read here, one round trip each)."""
     jkey = keys.job(job_id)
-    rerender = rerender or bool(rt.redis.hexists(jkey, "finalised"))
+    view = view or job_view(rt, job_id)
+    rerender = rerender or view.finalised
     job = rt.jobs.load(job_id)
-    panels = rt.jobs.panels(job_id)
-    last = panels[-1]["panel_id"]
-    text = final_text(rt, last)
-    receipt = render_receipt(rt, job_id, job, panels).model_copy(update={"final_answer": text})
+    panels = view.panels
+    snaps = dict(snaps or {})
+    for p in panels:
+        if p["panel_id"] not in snaps:
+            snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
+    text = final_text(snaps[panels[-1]["panel_id"]])
+    receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
     prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"]) if rerender else (None, None)
     if prior and (first := Result.model_validate_json(prior).receipt) is not None:
         receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
@@ -242,20 +276,23 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
-    if prior is not None and prior == result.model_dump_json().encode():
-        return result  # a re-render that changes nothing writes nothing
+    unchanged = prior is not None and prior == result.model_dump_json().encode()  # a re-render writes nothing then
     pipe = rt.redis.pipeline()
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
     entry_at = None
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
+        pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+        for p in panels:  # created after their panel, so without a TTL until now
+            for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
+                pipe.expire(k, rt.settings.result_ttl_s)
     if not rerender or ledger_id:  # a re-render replaces the ledger entry: one document per job
         entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    written = pipe.execute()
-    if entry_at is not None:
+    written = pipe.execute() if not unchanged else []
+    if entry_at is not None and not unchanged:
         rt.redis.hset(jkey, "ledger_id", written[entry_at])
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
@@ -265,7 +302,8 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False) -> Result:
         if any(c.role == "arbiter" for c in receipt.calls):
             metrics.ARBITER.labels(job.task_class).inc()
         metrics.announce_decision(receipt)
-        rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+    if rt.policies.get(job.task_class).cache is not None:  # idempotent, so a re-render after a crash finishes it
+        answer_cache.settle(rt.redis, job_id, result, rt.settings.result_ttl_s, answer_cache.lead_ttl(rt.policies))
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
     return result

@@ -75,6 +75,10 @@ class JobStore:
         pipe.rpush(keys.done_channel(job_id), "failed")
         pipe.expire(keys.done_channel(job_id), self.result_ttl_s)
         pipe.execute()
+        from workers import answer_cache  # (above workers/panel: imported when a job fails)
+
+        # a failed answer-cache leader hands the lead to a job waiting on it
+        answer_cache.settle(self.r, job_id, result, self.result_ttl_s, answer_cache.lead_ttl(self.policies))
         log.info("job %s failed: %s", job_id, reason)
 
     def dead_letter(self, job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:

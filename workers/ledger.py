@@ -12,6 +12,7 @@ import orjson
 from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
 from workers.panel import attempts
+from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000
@@ -26,7 +27,9 @@ def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
     return decided if decided in ("sweep", "failed") else "failed"
 
 
-def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, Any]]) -> Receipt:
+def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, Any]],
+                   snaps: dict[str, PanelSnapshot], submitted_at: float) -> Receipt:  # fmt: skip
+    """The job's receipt from its panels' snapshots (workers/panel/state.py), read by the caller."""
     policy = rt.policies.get(job.task_class)
     lanes: list[LaneStep] = []
     triggers: list[str] = []
@@ -39,8 +42,8 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         spec = rt.store.spec(p["panel_id"])
         if spec is None:
             continue
-        state = rt.store.state(spec.panel_id)
-        records = rt.store.calls(spec.panel_id)
+        snap = snaps[spec.panel_id]
+        state, records = snap.state, snap.calls
         lanes.append(LaneStep(lane="batch" if spec.batch else spec.stage, reason=p["reason"]))
         triggers += [t for t in spec.triggers if t not in triggers]
         dispatched = int(state.get("dispatched", len(spec.members)))
@@ -70,11 +73,11 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             verdict = Verdict.model_validate(orjson.loads(state["verdict"]))
         decision = _decision(spec.stage, state.get("decided", ""), verdict)
         final_key = state.get("answer") or None
-        voted = len(rt.store.votes(spec.panel_id))
+        voted = len(snap.votes)
         early_exit = state.get("decided") == "quorum" and voted < len(spec.members)
-    disagreement = _disagreement(rt, panels[-1]["panel_id"], verdict)
+    disagreement = _disagreement(snaps[panels[-1]["panel_id"]], verdict)
     changed = None if default_key is None or final_key is None else default_key != final_key
-    submitted = float(rt.redis.hget(keys.job(job_id), "submitted_at") or time.time())
+    submitted = submitted_at
     return Receipt(
         job_id=job_id, task_class=job.task_class, tenant=job.tenant, lanes=lanes, triggers=triggers,
         calls=calls, decision=decision, early_exit=early_exit, calls_saved=saved, verdict=verdict,  # type: ignore[arg-type]
@@ -87,25 +90,25 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
 def _attempt_record(rt: Runtime, a: attempts.Attempt, member: str, cut_off: bool = False) -> CallRecord:
     """A provider attempt no member record stands for: a failed retry, a call cut off, or one lost
     in flight (charged at its input estimate, or its real usage if the answer had come back).
-    `cut_off`: in flight when the panel was decided, its cancellation not yet recorded."""
+    `cut_off`: in flight when the panel was decided, its cancellation not yet recorded (no charge yet)."""
     mspec = rt.registry.model(a.model)
     status, error = attempts.receipt_status(a)
-    if cut_off:
-        status, error = "cancelled", "in flight at the decision: cut off; input charge estimated until it lands"
     tokens_in = 0 if status == "failed" else a.tokens_in
+    if cut_off:  # charged when its own record lands (re-rendered): a receipt's cost only ever grows
+        status, error, tokens_in = "cancelled", "in flight at the decision: cut off; its charge lands with its record", 0
     return CallRecord(member=member, model=a.model, provider=mspec.provider, tier=mspec.tier, status=status,  # type: ignore[arg-type]
                       tokens_in=tokens_in, tokens_out=a.tokens_out, latency_ms=round(a.latency_ms, 1), batch=a.batch,
                       cost_usd=rt.registry.cost(a.model, tokens_in, a.tokens_out, a.batch), error=error)  # fmt: skip
 
 
-def _disagreement(rt: Runtime, panel_id: str, verdict: Verdict | None) -> str | None:
+def _disagreement(snap: PanelSnapshot, verdict: Verdict | None) -> str | None:
     if verdict and verdict.disagreements:
         return "; ".join(verdict.disagreements)
-    tally = rt.store.tally(panel_id)
+    tally = snap.tally
     if len(tally) <= 1:
         return None
-    votes = rt.store.votes(panel_id)
-    answer = rt.store.state(panel_id).get("answer")
+    votes = snap.votes
+    answer = snap.state.get("answer")
     dissent = sorted(m for m, k in votes.items() if k and k != answer)
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"
 
@@ -121,4 +124,3 @@ def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | None = None) -> i
     pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
               maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
     return at
-

@@ -79,6 +79,14 @@ class Triggers(_Strict):
     output: OutputTriggers = OutputTriggers()
 
 
+class CacheSpec(_Strict):
+    """The answer cache of a task class (off when absent): a decided answer is served again for
+    the same input under the same policy for `ttl_s` seconds (workers/answer_cache.py)."""
+
+    enabled: bool = True
+    ttl_s: float = Field(gt=0, description="seconds a decided answer is served again")
+
+
 class TaskPolicy(_Strict):
     description: str = ""
     default_lane: Literal["single", "panel"]
@@ -89,6 +97,7 @@ class TaskPolicy(_Strict):
     budget_usd: float | None = Field(default=None, gt=0)
     mode: Literal["realtime", "batch"] = "realtime"
     deadline_s: float | None = Field(default=None, gt=0)
+    cache: CacheSpec | None = None
 
     @cached_property
     def keyword_patterns(self) -> list[re.Pattern[str]]:

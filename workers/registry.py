@@ -1,6 +1,6 @@
 """The model registry (policies/models.yaml): providers, prices, limits and fallbacks.
 
-A price lives here and nowhere in code. `Registry.cost(model, tokens_in, tokens_out, batch)`
+A price lives here and nowhere in code. `Registry.cost(model, tokens_in, tokens_out, batch, cached=...)`
 is the one place a call is priced.
 """
 
@@ -32,6 +32,25 @@ class _Strict(BaseModel):
 class Price(_Strict):
     input: float = Field(ge=0, description="USD per 1M input tokens")
     output: float = Field(ge=0, description="USD per 1M output tokens")
+    # prompt caching: absent means the provider gives no discount (cached tokens at `input`)
+    cache_read: float | None = Field(default=None, ge=0, description="USD per 1M input tokens read from the cache")
+    cache_write: float | None = Field(default=None, ge=0, description="USD per 1M input tokens written to the cache")
+
+    @model_validator(mode="after")
+    def _cache_prices(self) -> Price:
+        if self.cache_read is not None and self.cache_read > self.input:
+            raise ValueError(f"cache_read: {self.cache_read} is above the input price {self.input}; "
+                             "a cache read is billed at a fraction of input, check the digits")  # fmt: skip
+        return self
+
+    def input_cost(self, tokens_in: int, cached: int = 0, cache_write: int = 0) -> float:
+        """USD per 1M for `tokens_in` input tokens of which `cached` were read from and
+        `cache_write` written to the provider's prompt cache."""
+        cached, cache_write = min(cached, tokens_in), min(cache_write, max(0, tokens_in - cached))
+        plain = tokens_in - cached - cache_write
+        read_p = self.input if self.cache_read is None else self.cache_read
+        write_p = self.input if self.cache_write is None else self.cache_write
+        return plain * self.input + cached * read_p + cache_write * write_p
 
 
 class ProviderSpec(_Strict):
@@ -101,10 +120,13 @@ class Registry(_Strict):
     def provider_of(self, name: str) -> ProviderSpec:
         return self.providers[self.model(name).provider]
 
-    def cost(self, name: str, tokens_in: int, tokens_out: int, batch: bool = False) -> float:
+    def cost(self, name: str, tokens_in: int, tokens_out: int, batch: bool = False,
+             cached: int = 0, cache_write: int = 0) -> float:  # fmt: skip
+        """`tokens_in` is the whole prompt; `cached`/`cache_write` the parts the provider read
+        from / wrote to its prompt cache, each priced at its own rate."""
         m = self.model(name)
         p = m.batch_price if batch else m.price
-        return (tokens_in * p.input + tokens_out * p.output) / 1_000_000
+        return (p.input_cost(tokens_in, cached, cache_write) + tokens_out * p.output) / 1_000_000
 
     @classmethod
     def load(cls, path: Path | None = None) -> Registry:

@@ -64,7 +64,7 @@ class Runtime:
         # redis-py 8 pools raise MaxConnectionsError past 100 connections; 256 task threads would
         # hit it under load and fail their tasks. A blocking pool makes a thread wait its turn.
         self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections,
+            settings.redis_url, max_connections=settings.redis_max_connections, client_name="pf-worker",
             timeout=settings.redis_pool_timeout_s, health_check_interval=30, socket_keepalive=True))  # fmt: skip
         self.store = PanelStore(self.redis)
         self.jobs = JobStore(self.redis, self.policies, settings.result_ttl_s)
@@ -82,7 +82,7 @@ class Runtime:
         self._thread.start()
         self._http: httpx.AsyncClient = self.run(self._make_http())
         self._aredis: aredis.Redis = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections,
+            settings.redis_url, max_connections=settings.redis_max_connections, client_name="pf-worker-io",
             timeout=settings.redis_pool_timeout_s))  # fmt: skip
         asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
         from workers import metrics

@@ -19,7 +19,7 @@ import yaml
 from tests.limits.conftest import Clock
 from workers.budget import Budget
 from workers.errors import BudgetExceeded
-from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter, RateLimitWait
+from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter, RateLimitWait, Reservation
 from workers.panel import calls
 from workers.providers.base import ChatRequest, Completion, ProviderUnavailable
 from workers.registry import Registry
@@ -54,10 +54,14 @@ def _answer() -> Completion:
 
 
 class RefusingLimiter(RateLimiter):
-    """The real limiter, but every acquire fails as one past the deadline would."""
+    """The real limiter, but every grant comes back as a 42 s wait, past any deadline here
+    (what the script granted is returned by the caller's give-back, as for a real refusal)."""
 
-    def acquire(self, *args: Any, **kwargs: Any) -> Any:
-        raise RateLimitWait(KEY, 42.0)
+    def reservation_from(self, limits: Any, tokens: int, result: list[Any]) -> Reservation:
+        real = super().reservation_from(limits, tokens, result)
+        if real.granted:
+            self.reconcile(real, 0)
+        return Reservation(False, 42.0, tokens, tuple(limits), blocker=KEY)
 
 
 def _runtime(r: redis.Redis, clock: Clock, provider: ScriptedProvider, limiter: RateLimiter | None = None,
@@ -164,9 +168,9 @@ class RecordingLimiter(RateLimiter):
 
     reserved: list[int]
 
-    def acquire(self, limits: Any, tokens: int, **kwargs: Any) -> Any:
+    def acquire_step(self, limits: Any, tokens: int) -> Any:
         self.reserved = [*getattr(self, "reserved", []), tokens]
-        return super().acquire(limits, tokens, **kwargs)
+        return super().acquire_step(limits, tokens)
 
 
 def test_the_limiter_reserves_no_more_output_than_the_model_may_write(r: redis.Redis, clock: Clock) -> None:

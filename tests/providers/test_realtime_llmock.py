@@ -66,7 +66,8 @@ async def test_anthropic_messages_lift_system_and_parse_usage(llmock: Llmock) ->
     assert completion.finish_reason in ("stop", "length")
     [sent] = llmock.requests()
     assert sent["path"] == "/anthropic/v1/messages"
-    assert sent["body"]["system"] == "Be terse."
+    # the stable prefix (system) goes as one text block marked for Anthropic's prompt cache
+    assert sent["body"]["system"] == [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}]
     assert [m["role"] for m in sent["body"]["messages"]] == ["user"]
 
 

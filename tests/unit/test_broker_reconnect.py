@@ -13,8 +13,9 @@ from workers import broker_reconnect
 
 
 def test_installed_by_the_app() -> None:
-    import workers.app  # noqa: F401
     from kombu.transport import redis as kombu_redis
+
+    import workers.app  # noqa: F401
 
     assert kombu_redis.Channel._connparams is broker_reconnect._connparams
 

@@ -20,6 +20,7 @@ from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude, Nothing
 from workers.panel.ports import Chord
 from workers.panel.state import PanelRun, PanelStore
+from workers.providers.caching import price
 from workers.registry import Registry
 
 VERDICT_TRIES = 2  # the first verdict, and one retry when it is unusable
@@ -67,10 +68,10 @@ def _accumulate(registry: Registry, prior: dict[str, Any], res: CallOutcome, bat
     tokens_in = int(prior.get("tokens_in", 0)) + (c.tokens_in if c else 0)
     tokens_out = int(prior.get("tokens_out", 0)) + (c.tokens_out if c else 0)
     cost = float(prior.get("cost_usd", 0.0)) + (
-        registry.cost(res.model, c.tokens_in, c.tokens_out, batch) if c else 0.0
+        price(registry, res.model, c, batch) if c else 0.0
     )
     realtime = float(prior.get("realtime_cost_usd") or prior.get("cost_usd", 0.0)) + (
-        registry.cost(res.model, c.tokens_in, c.tokens_out) if c else 0.0
+        price(registry, res.model, c) if c else 0.0
     )
     mspec = registry.model(res.model)
     replied = c is not None or prior.get("status") == "answered"  # a reply came, usable or not

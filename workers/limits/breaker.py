@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from workers.limits.errors import BreakerOpen
+from workers.limits.steps import ScriptStep
 
 US = 1_000_000
 
@@ -75,15 +76,26 @@ class CircuitBreaker:
         self._script = redis.register_script(files("workers.limits").joinpath("breaker.lua").read_text())
 
     def _run(self, op: str, key: str, extra: tuple[Any, ...] = ()) -> Any:
+        return self._step(op, key, extra).run()
+
+    def _step(self, op: str, key: str, extra: tuple[Any, ...] = ()) -> ScriptStep:
         c = self.config
         now = "" if self._clock is None else str(round(self._clock() * US))
         args = [op, now, round(c.window_s * US), c.min_calls, repr(c.failure_rate), round(c.open_s * US), c.probes,
                 round(c.probe_lease_s * US), *extra]  # fmt: skip
-        return self._script(keys=[self.prefix + key, self.prefix + key + ":probes"], args=args)
+        return ScriptStep(self._script, [self.prefix + key, self.prefix + key + ":probes"], args)
 
     def allow(self, key: str) -> Permit:
         """A permit to call `key`, or BreakerOpen (with retry_in_s) while it is open or its probes are out."""
-        granted, gen_or_wait, *lease = self._run("allow", key)
+        return self.permit_from(key, self.allow_step(key).run())
+
+    def allow_step(self, key: str) -> ScriptStep:
+        """`allow` as a step to send with others in one round trip; read it with `permit_from`."""
+        return self._step("allow", key)
+
+    def permit_from(self, key: str, result: list[Any]) -> Permit:
+        """The Permit an `allow_step` returned. Raises BreakerOpen."""
+        granted, gen_or_wait, *lease = result
         if not granted:
             raise BreakerOpen(key, int(gen_or_wait) / US)
         lease_id = lease[0].decode() if isinstance(lease[0], bytes) else str(lease[0])
@@ -92,7 +104,11 @@ class CircuitBreaker:
     def record(self, permit: Permit, ok: bool) -> None:
         """The outcome of a permitted call. Count as failures only what says the provider is
         unwell (5xx, timeouts, 429s the limiter could not prevent), never a caller's 4xx."""
-        self._run("record", permit.key, (permit.generation, permit.lease, 1 if ok else 0))
+        self.record_step(permit, ok).run()
+
+    def record_step(self, permit: Permit, ok: bool) -> ScriptStep:
+        """`record` as a step to send with others in one round trip (workers/limits/steps.py)."""
+        return self._step("record", permit.key, (permit.generation, permit.lease, 1 if ok else 0))
 
     def release(self, permit: Permit) -> None:
         """Give back a permit whose call was never made or never finished (the budget or the

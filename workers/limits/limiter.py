@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from workers.limits.errors import RateLimitWait, TokensExceedLimit
+from workers.limits.steps import ScriptStep
 
 US = 1_000_000
 MAX_JITTER_S = 0.05  # spreads waiters that were told the same wait so they do not all collide
@@ -87,8 +88,11 @@ class RateLimiter:
         self._script = redis.register_script(files("workers.limits").joinpath("reserve.lua").read_text())
 
     def _run(self, op: str, keys: list[str], args: list[Any]) -> Any:
+        return self._script(keys=keys, args=self._argv(op, args))
+
+    def _argv(self, op: str, args: list[Any]) -> list[Any]:
         now = "" if self._clock is None else str(round(self._clock() * US))
-        return self._script(keys=keys, args=[op, now, *args])
+        return [op, now, *args]
 
     def try_acquire(self, limits: Sequence[Limit], tokens: int) -> Reservation:
         """One round trip: take a request and `tokens` from every limit, or nothing and a wait."""
@@ -102,10 +106,21 @@ class RateLimiter:
                 raise TokensExceedLimit(lim.key, tokens, lim.tpm)
         if not limits:
             return Reservation(True, 0.0, tokens, limits)
+        return self.reservation_from(limits, tokens, self.acquire_step(limits, tokens).run())
+
+    def acquire_step(self, limits: Sequence[Limit], tokens: int) -> ScriptStep:
+        """One `try_acquire` as a step to send with others in one round trip; read its result
+        with `reservation_from`. Checks nothing `try_acquire` checks: give it one or more
+        distinct limits and tokens within each tpm."""
         args: list[Any] = [tokens]
         for lim in limits:
             args += [lim.rpm, lim.tpm, lim.burst_us]
-        status, at_or_index, wait_us, *tats = self._run("acquire", [self.prefix + lim.key for lim in limits], args)
+        return ScriptStep(self._script, [self.prefix + lim.key for lim in limits], self._argv("acquire", args))
+
+    def reservation_from(self, limits: Sequence[Limit], tokens: int, result: list[Any]) -> Reservation:
+        """The Reservation an `acquire_step` returned. Raises TokensExceedLimit."""
+        limits = tuple(limits)
+        status, at_or_index, wait_us, *tats = result
         if status == 1:
             return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats))
         blocker = limits[int(at_or_index) - 1]
@@ -136,13 +151,21 @@ class RateLimiter:
         """Charge or refund the difference between the real usage and the reservation. A refund
         gives back only capacity that has not already come back with time, so it can never let
         more than the limit through."""
+        step = self.reconcile_step(reservation, actual_tokens)
+        if step is not None:
+            step.run()
+
+    def reconcile_step(self, reservation: Reservation, actual_tokens: int) -> ScriptStep | None:
+        """`reconcile` as a step to send with others in one round trip (workers/limits/steps.py);
+        None when there is nothing to reconcile."""
         delta = actual_tokens - reservation.tokens
         if not reservation.granted or delta == 0 or not reservation.limits:
-            return
+            return None
         args: list[Any] = [delta, reservation.granted_at_us]
         for lim, tat in zip(reservation.limits, reservation.token_tats, strict=True):
             args += [lim.tpm, repr(tat)]
-        self._run("reconcile", [self.prefix + lim.key for lim in reservation.limits], args)
+        return ScriptStep(self._script, [self.prefix + lim.key for lim in reservation.limits],
+                          self._argv("reconcile", args))  # fmt: skip
 
     def pause(self, key: str, seconds: float) -> None:
         """No grant on `key` anywhere in the fleet for `seconds` from now (Redis time); a pause

@@ -41,8 +41,9 @@ def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions:
                 store.decide(pid, action.settle, "", replace_exhausted=True)
             d.conclude(pid)
         elif isinstance(action, Cancel):
-            if store.once(pid, "cancel"):
-                cancel_stragglers(store, d, spec)
+            first, pending = store.cancel(spec)
+            if first and pending:
+                d.revoke(pending)
         elif isinstance(action, CallArbiter):
             if store.once(pid, "arbiter"):
                 d.arbiter(spec, route(spec))
@@ -55,16 +56,15 @@ def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence
     """Send members on the panel's route (batch or real time, decided once for the lot) and
     record their task ids, so a quorum can revoke the ones still queued."""
     r = route(spec)
-    store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
-    if r != "batch":  # a queued member that never starts is sent again (workers/panel/watchdog.py)
+    if r != "batch":  # before sending: a member whose send failed (Redis went down mid-dispatch) or
+        # that never starts is sent again (workers/panel/watchdog.py)
         watchdog.expect(store.r, spec.panel_id, [m.member for m in members])
+    store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
 
 
 def cancel_stragglers(store: PanelStore, d: Dispatcher, spec: PanelRun) -> None:
     """Decided: stop in-flight calls (pub/sub) and revoke queued members (best effort; a member
     that still starts checks `decided` first and makes no provider call)."""
-    store.publish_decided(spec.panel_id)
-    done = set(store.calls(spec.panel_id))
-    pending = [tid for member, tid in store.task_ids(spec.panel_id).items() if member not in done]
+    _, pending = store.cancel(spec)
     if pending:
         d.revoke(pending)

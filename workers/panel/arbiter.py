@@ -21,6 +21,7 @@ from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude
 from workers.panel.ports import Chord
 from workers.panel.state import PanelRun, PanelStore
+from workers.providers.caching import price, record_fields
 
 log = logging.getLogger("panel.arbiter")
 
@@ -112,8 +113,8 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
         verdict = Verdict.model_validate(prior["verdict"])  # redelivered: the verdict was paid for
     else:
         messages = arbiter_messages(job.chat(), answers, spec.rubric)
-        tokens_in = tokens_out = replies = 0
-        cost = latency = 0.0
+        tokens_in = tokens_out = replies = cached = cache_write = 0
+        cost = latency = saved = 0.0
         model = spec.arbiter
         error = None
         for _ in range(2):  # one retry on an unusable verdict
@@ -126,7 +127,9 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
             c = res.completion
             replies += 1
             tokens_in, tokens_out, latency = tokens_in + c.tokens_in, tokens_out + c.tokens_out, latency + c.latency_ms
-            cost += chord.registry.cost(res.model, c.tokens_in, c.tokens_out, batch)
+            cached, cache_write = cached + c.tokens_cached, cache_write + c.tokens_cache_write
+            cost += price(chord.registry, res.model, c, batch)
+            saved += record_fields(chord.registry, res.model, c, batch).get("cache_saved_usd", 0.0)
             verdict = parse_verdict(c.text, set(answers))
             if verdict is not None:
                 break
@@ -135,7 +138,8 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
         record = {"member": "arbiter", "role": "arbiter", "model": model, "provider": mspec.provider, "tier": mspec.tier,
                   "status": "answered" if replies else "failed", "tokens_in": tokens_in, "tokens_out": tokens_out,
                   "latency_ms": latency, "cost_usd": cost, "batch": batch, "error": None if verdict else error,
-                  "verdict": verdict.model_dump() if verdict else None}  # fmt: skip
+                  "verdict": verdict.model_dump() if verdict else None,
+                  "tokens_cached": cached, "tokens_cache_write": cache_write, "cache_saved_usd": saved}  # fmt: skip
         store.put_call(panel_id, "arbiter", record)
         observe_call(record)
     return decide_by_verdict(store, spec, job, verdict, answers)

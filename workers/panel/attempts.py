@@ -14,7 +14,7 @@ with its outcome; the receipt shows every attempt the member record does not alr
   estimate of its input (or at its real usage when the answer had come back).
 
     aid = begin(r, "job-1.1", "m0", "gpt-4o", tokens_in=120, batch=False)
-    end(r, "job-1.1", aid, "failed", error="HTTP 503")
+    end(r, "job-1.1", aid, "failed", error="HTTP 503")  # an answer is not closed here: its record is
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ LOST = "lost in flight with its worker (or the answer lost before it was recorde
 
 
 def key(panel_id: str) -> str:
-    """Hash: "member#n" -> JSON attempt; shares the panel's key prefix (and its lifetime)."""
+    """Hash: "member#<ns>" -> JSON attempt; shares the panel's key prefix (and its lifetime)."""
     return f"{keys.calls(panel_id)}:attempts"
 
 
 def begin(r: redis.Redis, panel_id: str, member: str, model: str, tokens_in: int, batch: bool,
           ttl_s: int = 7 * 24 * 3600) -> str:  # fmt: skip
-    """Record an attempt as in flight, before its request is sent; returns its id."""
+    """Record an attempt as in flight, before its request is sent (one round trip); returns its
+    id, which sorts in the order the attempts were made."""
     k = key(panel_id)
-    n = int(r.hincrby(k, f"{member}#n", 1))
-    aid = f"{member}#{n:03d}"
+    aid = f"{member}#{time.time_ns():020d}"
     pipe = r.pipeline(transaction=False)
     pipe.hset(k, aid, orjson.dumps({"member": member, "model": model, "status": "in_flight", "tokens_in": tokens_in,
                                     "batch": batch, "started": time.time()}))  # fmt: skip
@@ -76,8 +76,6 @@ def of_panel(r: redis.Redis, panel_id: str) -> dict[str, list[Attempt]]:
     """Attempts per member, in the order they were made."""
     out: dict[str, list[Attempt]] = {}
     for field, raw in sorted(r.hgetall(key(panel_id)).items()):
-        if field.endswith(b"#n"):
-            continue
         d = orjson.loads(raw)
         ended = d.get("ended")
         out.setdefault(d["member"], []).append(Attempt(
@@ -88,7 +86,10 @@ def of_panel(r: redis.Redis, panel_id: str) -> dict[str, list[Attempt]]:
     return out
 
 
-_STANDS_FOR = {"answered": "answered", "late": "answered", "failed": "failed", "cancelled": "cancelled"}
+# A recorded answer stands for its attempt whether or not the attempt was closed: an answered
+# attempt is not written again (the member's record is that write).
+_STANDS_FOR = {"answered": ("answered", "in_flight"), "late": ("answered", "in_flight"), "failed": ("failed",),
+               "cancelled": ("cancelled",)}  # fmt: skip
 
 
 def unrepresented(attempts: list[Attempt], record_status: str | None) -> list[Attempt]:
@@ -99,7 +100,7 @@ def unrepresented(attempts: list[Attempt], record_status: str | None) -> list[At
     if not attempts:
         return []
     last = attempts[-1]
-    if record_status is not None and _STANDS_FOR.get(record_status) == last.status:
+    if record_status is not None and last.status in _STANDS_FOR.get(record_status, ()):
         return attempts[:-1]
     return list(attempts)
 

@@ -15,12 +15,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from workers import metrics
-from workers.budget import Budget, Spend
+from workers.budget import Budget, Hold, Spend
 from workers.errors import BudgetExceeded, Cancelled
-from workers.limits import BreakerOpen, CircuitBreaker, Limit, RateLimiter, RateLimitWait, TokensExceedLimit
+from workers.limits import (
+    BreakerOpen,
+    CircuitBreaker,
+    Limit,
+    Permit,
+    RateLimiter,
+    RateLimitWait,
+    Reservation,
+    TokensExceedLimit,
+)
+from workers.limits.steps import run_steps
 from workers.panel import attempts
 from workers.panel.outage import through_redis_outage
 from workers.providers.base import ChatRequest, Completion, Provider, ProviderError, RateLimited
+from workers.providers.caching import limited_tokens, price
 from workers.registry import Registry
 
 log = logging.getLogger("panel.calls")
@@ -63,6 +74,58 @@ def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTE
     return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + output_tokens
 
 
+def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: float,
+           spend: Spend | None) -> tuple[Permit, Hold | None, Reservation]:  # fmt: skip
+    """Breaker permit, budget hold and limiter grant, asked for together in one round trip. A
+    refusal by any gives back what the others granted (a budget hold is refunded, limiter tokens
+    returned, a probe slot released; an ordinary permit holds nothing), then raises BreakerOpen,
+    BudgetExceeded or TokensExceedLimit, in that order; a limiter that asks to wait is waited
+    for, holding nothing, and asked again (RateLimitWait if the wait would pass `deadline`)."""
+    spec = rt.registry.model(model)
+    key = f"{spec.provider}:{model}"
+    limits = [Limit(key, spec.rpm, spec.tpm, spec.burst_s)]
+    # a model cannot answer past its max_tokens: reserving more only idles capacity, and a
+    # refund comes back only while the reservation is still ahead of the clock
+    tokens = estimate_tokens(messages, output_tokens=min(EXPECTED_OUTPUT_TOKENS, spec.max_output_tokens))
+    if tokens > spec.tpm:
+        raise TokensExceedLimit(key, tokens, spec.tpm)
+    want: Hold | None = None
+    if spend is not None:  # worst case: estimated input plus the model's whole output budget
+        worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
+        want = rt.budget.reserve_hold(spend.job_id, spend.tenant, spend.cap_usd, worst)
+    while True:
+        got = run_steps(rt.budget.r, [rt.breaker.allow_step(key), rt.budget.reserve_step(want) if want else None,
+                                      rt.limiter.acquire_step(limits, tokens)])  # fmt: skip
+        refusal: Exception | None = None
+        permit = hold = reservation = None
+        try:
+            permit = rt.breaker.permit_from(key, got[0])
+        except BreakerOpen as e:
+            refusal = e
+        try:
+            hold = rt.budget.hold_from(want, got[1]) if want else None
+        except BudgetExceeded as e:
+            refusal = refusal or e
+        try:
+            reservation = rt.limiter.reservation_from(limits, tokens, got[2])
+        except TokensExceedLimit as e:
+            refusal = refusal or e
+        if refusal is None and reservation is not None and reservation.granted and permit is not None:
+            return permit, hold, reservation
+        if reservation is not None and reservation.granted:
+            rt.limiter.reconcile(reservation, 0)
+        if hold is not None:
+            rt.budget.settle(hold, 0.0)
+        if permit is not None:
+            rt.breaker.release(permit)
+        if refusal is not None:
+            raise refusal
+        assert reservation is not None
+        if time.time() + reservation.wait_s > deadline:
+            raise RateLimitWait(reservation.blocker, reservation.wait_s)
+        time.sleep(reservation.wait_s + random.uniform(0, min(0.05, reservation.wait_s / 10)))
+
+
 def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
              messages: list[dict[str, str]], deadline: float, spend: Spend | None,
              member: str | None = None) -> Completion:  # fmt: skip
@@ -74,28 +137,17 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     half-open probe left unreleased would block every other probe until its lease expired."""
     spec = rt.registry.model(model)
     key = f"{spec.provider}:{model}"
-    permit = rt.breaker.allow(key)
-    recorded = False
-    hold = None
-    completion: Completion | None = None
+    permit: Permit | None
+    hold: Hold | None
+    reservation: Reservation | None
+    permit, hold, reservation = _admit(rt, model, messages, deadline, spend)
     try:
-        if spend is not None:  # worst case: estimated input plus the model's whole output budget
-            worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
-            hold = rt.budget.reserve(spend.job_id, spend.tenant, spend.cap_usd, worst)
-        # a model cannot answer past its max_tokens: reserving more only idles capacity, and a
-        # refund comes back only while the reservation is still ahead of the clock
-        tokens = estimate_tokens(messages, output_tokens=min(EXPECTED_OUTPUT_TOKENS, spec.max_output_tokens))
-        reservation = rt.limiter.acquire([Limit(key, spec.rpm, spec.tpm, spec.burst_s)], tokens, deadline=deadline)
         aid = None
         if panel_id is not None and member is not None:  # written before the request leaves (attempts.py)
             aid = attempts.begin(rt.redis, panel_id, member, model, estimate_tokens(messages, output_tokens=0),
                                  bool(spend and spend.batch))  # fmt: skip
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
-            if aid is not None:
-                done = completion
-                through_redis_outage(lambda: attempts.end(rt.redis, panel_id, aid, "answered",  # type: ignore[arg-type]
-                                                          tokens_in=done.tokens_in, tokens_out=done.tokens_out))
         except Cancelled as c:
             if aid is not None:
                 attempts.end(rt.redis, panel_id, aid, "cancelled", sent=c.sent,  # type: ignore[arg-type]
@@ -104,30 +156,31 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
         except ProviderError as e:
             if aid is not None:
                 attempts.end(rt.redis, panel_id, aid, "failed", error=str(e)[:300], tokens_in=0)  # type: ignore[arg-type]
-            recorded = True
+            assert permit is not None
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
+            permit = None  # recorded
             if isinstance(e, RateLimited):
                 metrics.RATE_LIMITED.labels(spec.provider, model).inc()
                 rt.limiter.pause(key, e.retry_after or 1.0)
             raise
-        finally:
-            used = completion.tokens_in + completion.tokens_out if completion else 0
-            # a paid answer must not be dropped by a Redis restart (it would be bought again)
-            through_redis_outage(lambda: rt.limiter.reconcile(reservation, used))
-        recorded = True
-        through_redis_outage(lambda: rt.breaker.record(permit, ok=True))
+        # answered: reconcile the tokens, record the success, settle the spend, in one round trip;
+        # a paid answer must not be dropped by a Redis restart (it would be bought again). Both use
+        # the cached/uncached split the provider reported.
+        actual = price(rt.registry, model, completion, spend.batch) if spend else 0.0
+        used = limited_tokens(rt.registry.provider_of(model).api, completion)
+        steps = [rt.limiter.reconcile_step(reservation, used),
+                 rt.breaker.record_step(permit, ok=True), rt.budget.settle_step(hold, actual) if hold else None]  # fmt: skip
+        permit = hold = reservation = None  # settled, whatever happens below
+        through_redis_outage(lambda: run_steps(rt.budget.r, steps))
         return completion
-    finally:
+    finally:  # no answer (refused, failed, cancelled, Redis gone): give back what is still held
         try:
+            if reservation is not None:
+                through_redis_outage(lambda: rt.limiter.reconcile(reservation, 0))
             if hold is not None:
-                actual = (
-                    rt.registry.cost(model, completion.tokens_in, completion.tokens_out, spend.batch)
-                    if completion and spend
-                    else 0.0
-                )
-                through_redis_outage(lambda: rt.budget.settle(hold, actual))
+                through_redis_outage(lambda: rt.budget.settle(hold, 0.0))
         finally:
-            if not recorded:
+            if permit is not None:
                 rt.breaker.release(permit)
 
 

@@ -27,7 +27,8 @@ from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, estimate_to
 from workers.panel.decision import Action, Conclude, Nothing, after_vote
 from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
+from workers.providers.caching import price, record_fields
 from workers.registry import Registry
 
 log = logging.getLogger("panel.chord")
@@ -55,13 +56,12 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     """One member's whole turn. `batch` prices the call (default: the panel's lane); a batch
     panel's member made in real time (workers/panel/route.py) passes False."""
     store = chord.store
-    spec = store.spec(panel_id)
+    spec, prior, decided = store.turn(panel_id, member_id)
     if spec is None:
         return Turn("gone", None)
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
-    watchdog.started(store.r, panel_id, member_id)  # its bound now covers a whole call
-    prior, decided = store.turn(panel_id, member_id)
+    watchdog.started(store.r, panel_id, member_id)  # its watchdog bound now covers a whole call
     if prior and prior["status"] in REUSABLE:
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
         fault_point(store, "after_answer", panel_id, member_id)
@@ -129,9 +129,12 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
             key = f"raw:{raw}" if raw else None
         rec = call_record(reg, spec, m, "answered", model=res.model, failed_over_from=res.failed_over_from,
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms, batch=batch,
-                          cost_usd=reg.cost(res.model, c.tokens_in, c.tokens_out, batch),
-                          realtime_cost_usd=reg.cost(res.model, c.tokens_in, c.tokens_out) if batch else None,
-                          answer_key=key, text=c.text)  # fmt: skip
+                          cost_usd=price(reg, res.model, c, batch),
+                          realtime_cost_usd=price(reg, res.model, c) if batch else None,
+                          answer_key=key, text=c.text, **record_fields(reg, res.model, c, batch))  # fmt: skip
+    # recorded before the vote, in its own step: a worker lost between the two (or a member slow to
+    # vote past the visibility timeout) is redelivered and re-uses the paid answer. A paid answer
+    # must not be dropped by a Redis restart either: the redelivered member would buy it again.
     through_redis_outage(lambda: chord.store.put_call(panel_id, m.member, rec))
     observe_call(rec)
     fault_point(chord.store, "after_answer", panel_id, m.member)
@@ -141,7 +144,10 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
 def cast_vote(store: PanelStore, spec: PanelRun, rec: dict[str, Any]) -> Turn:
     """Vote a recorded call (fresh, or re-used by a redelivered task); the vote's follow-ups come
     back as actions. The first vote of a call that arrives after the decision marks it `late`."""
-    outcome = store.vote(spec.panel_id, rec["member"], rec.get("answer_key"), stage_step(spec))
+    return _after(store, spec, rec, store.vote(spec.panel_id, rec["member"], rec.get("answer_key"), stage_step(spec)))
+
+
+def _after(store: PanelStore, spec: PanelRun, rec: dict[str, Any], outcome: VoteOutcome) -> Turn:
     late = outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered"
     if late:
         rec["status"] = "late"  # paid for, but the panel was decided without it

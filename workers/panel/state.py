@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import orjson
 import redis
+from redis.client import Pipeline
 
 from producer import keys
 from workers.policy import AgreementSpec
@@ -79,6 +80,16 @@ class VoteOutcome:
     distinct: int = 0  # for 'exhausted' (and 'decided'): distinct usable answers in the tally
 
 
+@dataclass(frozen=True)
+class PanelSnapshot:
+    """Everything recorded about a panel, read in one round trip (for its conclusion and receipt)."""
+
+    state: dict[str, str]  # the panel hash without its spec
+    calls: dict[str, dict[str, Any]]  # member (or "arbiter") -> call record
+    votes: dict[str, str]  # member -> answer key ('' = no usable answer)
+    tally: dict[str, int]  # answer key -> votes
+
+
 SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
 
 
@@ -93,17 +104,20 @@ class PanelStore:
         self._vote = r.register_script(here.joinpath("vote.lua").read_text())
         self._decide = r.register_script(here.joinpath("decide.lua").read_text())
 
-    def create(self, spec: PanelRun, ttl_s: int) -> None:
+    def create(self, spec: PanelRun, ttl_s: int, pipe: Pipeline | None = None) -> None:
+        """Store a new panel. With `pipe`, the writes are queued on it for the caller to execute
+        with its own (one round trip for the panel and the job's record of it)."""
         key = keys.panel(spec.panel_id)
-        pipe = self.r.pipeline()
+        own = pipe is None
+        pipe = self.r.pipeline() if pipe is None else pipe
         pipe.hset(key, mapping={
             "spec": spec.to_json(), "job_id": spec.job_id, "n": len(spec.members), "quorum": spec.quorum,
             "dispatched": spec.first_stage_size, "created_at": time.time(),
         })  # fmt: skip
-        for k in (key, keys.votes(spec.panel_id), keys.tally(spec.panel_id), keys.calls(spec.panel_id)):
-            pipe.expire(k, ttl_s)
+        pipe.expire(key, ttl_s)  # votes, tally and calls get theirs when the job is finalised (they do not exist yet)
         pipe.zadd(keys.PANEL_DEADLINES, {spec.panel_id: spec.deadline})
-        pipe.execute()
+        if own:
+            pipe.execute()
         self._remember(spec)
 
     def spec(self, panel_id: str, fresh: bool = False) -> PanelRun | None:
@@ -121,14 +135,44 @@ class PanelStore:
             self._specs.popitem(last=False)
         return spec
 
-    def turn(self, panel_id: str, member: str) -> tuple[dict[str, Any] | None, bool]:
-        """A member's start, one round trip: its recorded call (a redelivery re-uses a paid
-        answer) and whether the panel is decided already."""
-        pipe = self.r.pipeline(transaction=False)
+    def snapshot(self, panel_id: str) -> PanelSnapshot:
+        pipe = self.r.pipeline()
+        for k in (keys.panel(panel_id), keys.calls(panel_id), keys.votes(panel_id), keys.tally(panel_id)):
+            pipe.hgetall(k)
+        state, calls, votes, tally = pipe.execute()
+        return PanelSnapshot(
+            state={k.decode(): v.decode() for k, v in state.items() if k != b"spec"},
+            calls={k.decode(): orjson.loads(v) for k, v in calls.items()},
+            votes={k.decode(): v.decode() for k, v in votes.items()},
+            tally={k.decode(): int(v) for k, v in tally.items()},
+        )
+
+    def turn(self, panel_id: str, member: str) -> tuple[PanelRun | None, dict[str, Any] | None, bool]:
+        """A member's start, one round trip: the panel's spec (unless this process has it), the
+        member's recorded call (a redelivery re-uses a paid answer) and whether the panel is
+        decided already."""
+        spec = self._specs.get(panel_id)
+        pipe = self.r.pipeline()
         pipe.hget(keys.calls(panel_id), member)
-        pipe.hexists(keys.panel(panel_id), "decided")
-        raw, decided = pipe.execute()
-        return (orjson.loads(raw) if raw else None), bool(decided)
+        pipe.hmget(keys.panel(panel_id), "decided", "spec" if spec is None else "decided")
+        raw, (decided, raw_spec) = pipe.execute()
+        if spec is None and raw_spec:
+            spec = self._remember(PanelRun.from_json(raw_spec))
+        return spec, (orjson.loads(raw) if raw else None), bool(decided)
+
+    def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
+        """Decided: tell in-flight calls to stop (the decided channel), and return (first to
+        cancel this panel, task ids of members with no call recorded): one round trip."""
+        pid = spec.panel_id
+        pipe = self.r.pipeline()
+        pipe.hsetnx(keys.panel(pid), "once:cancel", time.time())
+        pipe.hkeys(keys.calls(pid))
+        pipe.hmget(keys.panel(pid), [f"task:{m.member}" for m in spec.members])
+        pipe.publish(keys.DECIDED_CHANNEL, pid)
+        first, done, tids, _ = pipe.execute()
+        called = {d.decode() for d in done}
+        pending = [t.decode() for m, t in zip(spec.members, tids, strict=True) if t and m.member not in called]
+        return bool(first), pending
 
     def publish_decided(self, panel_id: str) -> None:
         """Tell every process's in-flight calls of this panel to stop (runtime's watcher)."""
@@ -147,6 +191,10 @@ class PanelStore:
             keys=[keys.panel(panel_id), keys.votes(panel_id), keys.tally(panel_id)],
             args=[member, answer_key or "", step],
         )
+        return self._outcome(res)
+
+    @staticmethod
+    def _outcome(res: list[Any]) -> VoteOutcome:
         status = res[0].decode()
         answer = res[1].decode()
         dup = bool(res[2])

@@ -94,8 +94,7 @@ def resend_overdue(store: PanelStore, d: Dispatcher, now: float, bound_s: float,
     for raw in due:
         entry = raw.decode()
         panel_id, member_id = entry.rsplit("|", 1)
-        spec = store.spec(panel_id)
-        prior, decided = store.turn(panel_id, member_id) if spec is not None else (None, True)
+        spec, prior, decided = store.turn(panel_id, member_id)
         if spec is None or decided or prior:
             forget(r, entry)  # gone, decided, or already called
             continue

@@ -12,6 +12,7 @@ from typing import Any
 
 from workers.providers._http import HTTPClient, json_object, token_count
 from workers.providers.base import ChatRequest, Completion, MalformedResponse
+from workers.providers.caching import mark_stable_prefix
 
 API_VERSION = "2023-06-01"
 # Messages has no JSON mode (no response_format): the ask goes in the system prompt instead.
@@ -36,7 +37,7 @@ class AnthropicMessages(HTTPClient):
             "POST",
             f"{self.base_url}/v1/messages",
             headers=self.headers(),
-            body=request_body(request),
+            body=mark_stable_prefix(request_body(request)),
             timeout_s=request.timeout_s,
         )
         latency_ms = (time.perf_counter() - started) * 1000
@@ -75,9 +76,14 @@ def parse_message(provider: str, body: dict[str, Any], latency_ms: float, model:
     usage = body.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     stop = str(body.get("stop_reason") or "unknown")
+    # input_tokens counts only what is after the last cache breakpoint; the prompt is all three
+    cache_read = token_count(usage.get("cache_read_input_tokens"))
+    cache_write = token_count(usage.get("cache_creation_input_tokens"))
     return Completion(
         text="".join(texts),
-        tokens_in=token_count(usage.get("input_tokens")),
+        tokens_in=token_count(usage.get("input_tokens")) + cache_read + cache_write,
+        tokens_cached=cache_read,
+        tokens_cache_write=cache_write,
         tokens_out=token_count(usage.get("output_tokens")),
         latency_ms=latency_ms,
         model=str(body.get("model") or model),

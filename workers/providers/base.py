@@ -36,6 +36,9 @@ class Completion:
     model: str
     provider: str
     finish_reason: str
+    # of tokens_in (always the whole prompt): read from the provider's prompt cache / written to it
+    tokens_cached: int = 0
+    tokens_cache_write: int = 0
 
 
 class ProviderError(PanelError):

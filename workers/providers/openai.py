@@ -15,6 +15,7 @@ import httpx
 
 from workers.providers._http import HTTPClient, error_message, json_object, token_count
 from workers.providers.base import ChatRequest, Completion, MalformedResponse
+from workers.providers.caching import openai_cached_tokens
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -76,6 +77,7 @@ def parse_completion(provider: str, body: dict[str, Any], latency_ms: float, mod
         model=str(body.get("model") or model),
         provider=provider,
         finish_reason=str(choice.get("finish_reason") or "unknown"),
+        tokens_cached=openai_cached_tokens(usage),
     )
 
 

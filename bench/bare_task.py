@@ -1,0 +1,37 @@
+"""A bare Celery task making one member's provider call: the floor the fleet's member task is
+measured against in `bench.hotpath`. Same broker, pool, Celery settings (copied from
+workers/app.py) and HTTP client library as the fleet; no panel logic, no Redis of its own beyond
+one INCR that tells the benchmark it finished.
+
+Run as a worker: `celery -A bench.bare_task worker -Q bench.bare --pool threads -c 128`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import redis
+from celery import Celery
+
+from workers.app import app as fleet_app
+
+SAME = ("task_serializer", "result_serializer", "accept_content", "event_serializer", "task_ignore_result",
+        "task_store_errors_even_if_ignored", "task_acks_late", "task_reject_on_worker_lost",
+        "worker_prefetch_multiplier", "worker_disable_prefetch", "worker_send_task_events", "task_send_sent_event",
+        "task_track_started", "broker_transport_options", "broker_connection_retry_on_startup",
+        "worker_hijack_root_logger")  # fmt: skip
+url = os.environ.get("PANEL_REDIS_URL", "redis://127.0.0.1:6379/0")
+app = Celery("bare", broker=url)
+app.conf.update({k: fleet_app.conf[k] for k in SAME}, task_default_queue="bench.bare")
+_http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
+_done = redis.Redis.from_url(url, client_name="bench-bare")
+KEY = os.environ.get("SIM_KEY", "sim-local-key-not-a-secret")
+
+
+@app.task(name="bench.bare", bind=True, acks_late=True)
+def bare(self: object, base_url: str, model: str, prompt: str) -> None:
+    r = _http.post(f"{base_url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   json={"model": model, "messages": [{"role": "user", "content": prompt}]})  # fmt: skip
+    r.raise_for_status()
+    _done.incr("bench:bare:done")

@@ -1,0 +1,282 @@
+"""The hot path at the floor: a member call in the fleet against a bare Celery task and the ideal,
+side by side in one run on one machine.
+
+    python3 -m bench.hotpath                          # short: ~2 min
+    python3 -m bench.hotpath --duration 60 --rates 20,30,45,60
+
+Prints, for the ideal (one asyncio process, httpx), a bare Celery task (bench/bare_task.py: same
+broker, pool, Celery settings and HTTP library, no panel logic) and the fleet (agreeing 3-member
+panels, quorum 2, the slow member cancelled):
+1. CPU ms per member call by process at `--rate` panels/s, and the fleet / bare-task ratio;
+2. Redis round trips per member call, from the server's `total_reads_processed` (one per request
+   a client sends; a pipeline or a script is one), and split by client from MONITOR: Celery's
+   (kombu: unnamed connections), ours (connections named pf-*), the benchmark's own (bench-*);
+   commands inside MULTI..EXEC count as one round trip, commands run by Lua as none;
+3. decision latency at `--rate` panels/s against the ideal's (p50, p99);
+4. the highest of `--rates` at which the fleet's p99 stays within 100 ms of the ideal's.
+The machine is shared: the load average is printed, and every figure is a ratio to a path
+measured in the same minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import redis
+import yaml
+
+from bench.overhead import MEMBERS, cpu_seconds, ideal_panel, pct
+from producer.client import PanelClient
+from producer.embedded import child_env, stop_process
+from producer.fleet import Fleet, default_workers
+
+P99_MARGIN_MS = 100.0
+
+
+def own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def reads(r: redis.Redis) -> int:
+    return int(r.info("stats")["total_reads_processed"])
+
+
+class Monitor:
+    """MONITOR on the bench's own redis-server, in a thread: every command with its client."""
+
+    def __init__(self, url: str) -> None:
+        self.r = redis.Redis.from_url(url, socket_timeout=0.5)
+        self.lines: list[tuple[str, str]] = []  # (client "ip:port" or "lua", command)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.r.monitor() as m:
+            while not self._stop.is_set():
+                try:
+                    c = m.next_command()
+                except (redis.TimeoutError, TimeoutError):
+                    continue
+                except Exception:
+                    return
+                who = "lua" if c.get("client_type") == "lua" else f"{c['client_address']}:{c['client_port']}"
+                self.lines.append((who, str(c["command"]).split(" ", 1)[0].upper()))
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def client_names(r: redis.Redis) -> dict[str, str]:
+    return {c["addr"]: c.get("name", "") for c in r.client_list()}
+
+
+def split(lines: list[tuple[str, str]], names: dict[str, str]) -> dict[str, Counter[str]]:
+    """Round trips and commands per kind of client; MULTI..EXEC is one round trip."""
+    out: dict[str, Counter[str]] = {k: Counter() for k in ("celery", "ours", "bench", "lua")}
+    in_multi: set[str] = set()
+    for who, cmd in lines:
+        if who == "lua":
+            out["lua"]["commands"] += 1
+            continue
+        name = names.get(who, "")
+        kind = "ours" if name.startswith("pf-") else "bench" if name.startswith("bench") or cmd == "MONITOR" else "celery"
+        out[kind]["commands"] += 1
+        if cmd == "MULTI":
+            in_multi.add(who)
+            out[kind]["round_trips"] += 1
+        elif cmd == "EXEC":
+            in_multi.discard(who)
+        elif who not in in_multi:
+            out[kind]["round_trips"] += 1
+        out[kind][cmd] += 1
+    return out
+
+
+def run_ideal(base: str, panels: int, rate: float) -> list[float]:
+    async def go() -> list[float]:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=2000)) as client:
+            jobs = []
+            for _ in range(panels):
+                jobs.append(asyncio.create_task(ideal_panel(client, base, f"ideal {uuid.uuid4().hex} A) x B) y")))
+                await asyncio.sleep(1 / rate)
+            return list(await asyncio.gather(*jobs))
+
+    return asyncio.run(go())
+
+
+def run_bare(fleet: Fleet, r: redis.Redis, panels: int, rate: float) -> None:
+    from bench import bare_task
+
+    bare_task.app.conf.broker_url = fleet.redis_url
+    r.delete("bench:bare:done")
+    for _ in range(panels):
+        t = time.perf_counter()
+        prompt = f"bare {uuid.uuid4().hex} A) x B) y"
+        for m in MEMBERS:
+            bare_task.bare.apply_async(args=[fleet.sim_url, m, prompt], queue="bench.bare")
+        time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
+    end = time.time() + 120
+    while int(r.get("bench:bare:done") or 0) < panels * len(MEMBERS) and time.time() < end:
+        time.sleep(0.1)
+
+
+def run_fleet(client: PanelClient, panels: int, rate: float) -> tuple[list[float], int]:
+    ids = []
+    for _ in range(panels):
+        t = time.perf_counter()
+        ids.append(client.submit({"task_class": "multiple_choice", "prompt": f"fleet {uuid.uuid4().hex} A) x B) y"}))
+        time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
+    out, undecided = [], 0
+    for jid in ids:
+        res = client.wait(jid, timeout=120)
+        if res.receipt is None or res.status != "decided":
+            undecided += 1
+            continue
+        out.append(res.receipt.latency_ms / 1000)
+    return out, undecided
+
+
+def measured(pids: dict[str, int], step: object, calls: int) -> dict[str, float]:
+    """CPU ms per member call of each process while `step()` runs."""
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    own = own_cpu()
+    step()  # type: ignore[operator]
+    cpu = {k: (cpu_seconds(p) - before[k]) * 1000 / calls for k, p in pids.items()}
+    cpu["bench (producer)"] = (own_cpu() - own) * 1000 / calls
+    return cpu
+
+
+def bench_policies() -> Path:
+    """The shipped policies with limits far above the load: measure overhead, not the limiter."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-policies-"))
+    shipped = Path(__file__).resolve().parent.parent / "policies"
+    reg = yaml.safe_load((shipped / "models.yaml").read_text())
+    for m in reg["models"].values():
+        m["rpm"], m["tpm"] = 1_000_000, 1_000_000_000
+    (tmp / "models.yaml").write_text(yaml.safe_dump(reg))
+    shutil.copy(shipped / "tasks.yaml", tmp / "tasks.yaml")
+    return tmp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=10.0, help="panels/s for CPU, round trips and latency")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured step (60 for the full run)")
+    ap.add_argument("--rates", default="20,30,45", help="panels/s tried for the highest sustained rate")
+    ap.add_argument("--threads", type=int, default=128, help="threads in the bare worker")
+    ap.add_argument("--tier-processes", type=int, default=0, help="fleet tier processes (default: one per core)")
+    args = ap.parse_args()
+    fleet = Fleet(env={"PANEL_POLICIES": str(bench_policies())}, workers=default_workers(args.tier_processes or None))
+    fleet.start()
+    bare = None
+    try:
+        fleet.sim("/_sim/config", {"models": {m: {"latency_ms": ms, "answer": "B"} for m, ms in MEMBERS.items()}})
+        bare = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.bare_task", "worker", "-Q", "bench.bare",
+                                 "--pool", "threads", "-c", str(args.threads), "--without-mingle", "--without-gossip",
+                                 "-E", "--loglevel", "INFO", "-n", "bare@%h"],
+                                env=child_env({"PANEL_REDIS_URL": fleet.redis_url}), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        r = redis.Redis.from_url(fleet.redis_url, client_name="bench-main")
+        client = PanelClient(fleet.redis_url)
+        time.sleep(4)
+        run_bare(fleet, r, 5, 5)  # warm-up: imports, connections, the sim's caches
+        run_fleet(client, 5, 5)
+        n = max(10, int(args.rate * args.duration))
+        calls = n * len(MEMBERS)
+        workers = {name: p.pid for name, p in fleet.procs.items()}
+        assert fleet.redis is not None
+        shared = {"redis": fleet.redis.proc.pid}
+        print(f"machine: {os.cpu_count()} cores; load average at start {os.getloadavg()}")
+        print(f"command: python3 -m bench.hotpath --rate {args.rate:g} --duration {args.duration:g} --rates {args.rates}"
+              f"{f' --tier-processes {args.tier_processes}' if args.tier_processes else ''}")
+        print(f"fleet processes: {', '.join(workers)}; members (latency ms) {MEMBERS}; {n} panels = {calls} member calls per path\n")
+
+        holder: dict[str, object] = {}
+        cpu_ideal = measured({}, lambda: holder.update(ideal=run_ideal(fleet.sim_url, n, args.rate)), calls)
+        rt0 = reads(r)
+        cpu_bare = measured({"bare worker": bare.pid, **shared}, lambda: run_bare(fleet, r, n, args.rate), calls)
+        rt_bare = (reads(r) - rt0) / calls
+        rt0 = reads(r)
+        cpu_fleet = measured({**workers, **shared}, lambda: holder.update(fleet=run_fleet(client, n, args.rate)), calls)
+        rt_fleet = (reads(r) - rt0) / calls
+        ideal: list[float] = holder["ideal"]  # type: ignore[assignment]
+        fl, undecided = holder["fleet"]  # type: ignore[misc]
+
+        print("1. CPU ms per member call, by process")
+        for name, cpu in (("ideal", cpu_ideal), ("bare task", cpu_bare), ("fleet", cpu_fleet)):
+            print(f"   {name:10} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+        w_bare = cpu_bare["bare worker"]
+        w_fleet = sum(v for k, v in cpu_fleet.items() if k in workers)
+        a_bare, a_fleet = sum(cpu_bare.values()), sum(cpu_fleet.values())
+        print(f"   workers: fleet {w_fleet:.2f} / bare {w_bare:.2f} = {w_fleet / w_bare:.2f}x;  all processes: "
+              f"fleet {a_fleet:.2f} / bare {a_bare:.2f} = {a_fleet / a_bare:.2f}x;  ideal {sum(cpu_ideal.values()):.2f}")
+
+        print("\n2. Redis round trips per member call (server total_reads_processed)")
+        print(f"   bare task {rt_bare:.1f};  fleet {rt_fleet:.1f}")
+        k = max(10, n // 4)
+        with Monitor(fleet.redis_url) as mon_b:
+            run_bare(fleet, r, k, args.rate)
+        sb = split(mon_b.lines, client_names(r))
+        with Monitor(fleet.redis_url) as mon_f:
+            run_fleet(client, k, args.rate)
+        sf = split(mon_f.lines, client_names(r))
+        c = k * len(MEMBERS)
+        for name, s in (("bare task", sb), ("fleet", sf)):
+            print(f"   {name:10} (MONITOR, {k} panels) Celery {s['celery']['round_trips'] / c:.1f} round trips "
+                  f"({s['celery']['commands'] / c:.1f} commands); ours {s['ours']['round_trips'] / c:.1f} round trips "
+                  f"({s['ours']['commands'] / c:.1f} commands, {s['lua']['commands'] / c:.1f} more inside Lua); "
+                  f"benchmark's own {s['bench']['round_trips'] / c:.1f}")
+            for kind in ("celery", "ours"):
+                top = [(cmd, v) for cmd, v in s[kind].most_common() if cmd not in ("commands", "round_trips")]
+                print(f"   {'':10} {kind} commands per call: " + ", ".join(f"{cmd} {v / c:.2f}" for cmd, v in top[:12]))
+
+        print(f"\n3. Decision latency at {args.rate:g} panels/s ({len(fl)} decided, {undecided} not)")
+        i50, i99, f50, f99 = pct(ideal, 0.5), pct(ideal, 0.99), pct(fl, 0.5), pct(fl, 0.99)
+        print(f"   ideal p50 {i50 * 1000:.0f} ms p99 {i99 * 1000:.0f} ms; fleet p50 {f50 * 1000:.0f} ms p99 {f99 * 1000:.0f} ms"
+              f"  -> +{(f50 - i50) * 1000:.0f} / +{(f99 - i99) * 1000:.0f} ms")
+
+        print(f"\n4. Highest sustained rate with fleet p99 <= ideal p99 + {P99_MARGIN_MS:.0f} ms ({args.duration:g} s each)")
+        best = 0.0
+        for rate in [float(x) for x in args.rates.split(",")]:
+            m = max(10, int(rate * args.duration))
+            idl = run_ideal(fleet.sim_url, m, rate)
+            load = os.getloadavg()[0]
+            got, lost = run_fleet(client, m, rate)
+            ok = bool(got) and not lost and (pct(got, 0.99) - pct(idl, 0.99)) * 1000 <= P99_MARGIN_MS
+            print(f"   {rate:5.0f}/s: ideal p99 {pct(idl, 0.99) * 1000:.0f} ms, fleet p50 {pct(got, 0.5) * 1000 if got else 0:.0f} "
+                  f"p99 {pct(got, 0.99) * 1000 if got else 0:.0f} ms, {lost} undecided, load {load:.1f}: {'ok' if ok else 'over'}")  # fmt: skip
+            if not ok:
+                break
+            best = rate
+        print(f"   highest sustained: {best:g} panels/s;  load average at end {os.getloadavg()}")
+    finally:
+        if bare:
+            stop_process(bare)
+        fleet.stop()
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)

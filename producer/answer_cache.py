@@ -1,0 +1,237 @@
+"""The answer cache, producer side: the key, the lookup at submit, and single flight.
+
+A task class opts in with `cache: {ttl_s: ..}` in tasks.yaml. Workers publish each such class's
+policy version (a hash of the class's policy entry and its models' registry entries) in
+`pf:policy:cache`, so a producer computes keys without importing workers:
+
+    key = cache_key(job, version)   # tenant, class, policy version, normalised input, schema, flags, lane
+
+At submit (`admit`), in order: a valid entry under the key is served at once (receipt
+`served_from_cache`, the original job id, cost 0); an entry of the wrong shape is deleted and
+recomputed; else the first job takes the leader key (SET NX, the leader's job id) and runs, and
+every identical job meanwhile is recorded as its follower and enqueues nothing. The worker that
+decides the leader writes the entry and resolves the followers (workers/answer_cache.py); a
+leader that fails hands the lead to its first follower. A follower whose leader vanished (its
+lead key expired) is re-admitted by its own `wait` (`rescue`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from producer import keys
+from producer.contract import Job, Receipt, Result
+
+log = logging.getLogger("panel.answer_cache")
+POLICY_CACHE = f"{keys.PREFIX}policy:cache"  # hash: task class -> ClassCache JSON (workers publish)
+Admission = Literal["hit", "leader", "follower", "bypass", "off"]
+
+
+def entry_key(key: str) -> str:
+    """String: the decided answer (CacheEntry JSON), expiring after the class's ttl_s."""
+    return f"{keys.PREFIX}acache:{key}"
+
+
+def lead_key(key: str) -> str:
+    """String: the job id of the job computing this key (single flight)."""
+    return f"{keys.PREFIX}acache:{key}:lead"
+
+
+def followers_key(key: str, leader: str) -> str:
+    """List: the job ids waiting on `leader`'s decision."""
+    return f"{keys.PREFIX}acache:{key}:f:{leader}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ClassCache(_Strict):
+    """What workers publish per cache-enabled task class."""
+
+    version: str = Field(min_length=16)
+    ttl_s: float = Field(gt=0)
+    lead_ttl_s: float = Field(gt=0)
+
+
+class CacheEntry(_Strict):
+    """A decided answer as cached. Any other shape is poison: ignored, deleted, recomputed."""
+
+    job_id: str = Field(min_length=1)
+    answer: str
+    parsed: Any = None
+    disagreement: str | None = None
+    cost_usd: float = Field(ge=0)
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Where a submitted job stands with the cache: `role` and, when it has one, its key."""
+
+    role: Admission
+    key: str | None = None
+    leader: str | None = None
+
+
+def text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def published(r: redis.Redis, task_class: str) -> ClassCache | None:
+    raw = r.hget(POLICY_CACHE, task_class)
+    if raw is None:
+        return None
+    try:
+        return ClassCache.model_validate_json(raw)
+    except ValidationError:
+        log.warning("pf:policy:cache[%s] is not a ClassCache; caching off for it", task_class)
+        return None
+
+
+def normalise(text: str) -> str:
+    """Unicode NFC, LF line ends, no trailing blanks on a line, no blank lines around the text.
+    Indentation and inner spacing stay: they can change an answer (code, tables)."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+
+
+def cache_key(job: Job, version: str) -> str:
+    """Everything that can change the answer: the tenant (answers never cross tenants), the class
+    and its policy version, the input as the models see it, the response schema, the flags and a
+    forced lane (both choose the lane)."""
+    material = {
+        "tenant": job.tenant,
+        "task_class": job.task_class,
+        "version": version,
+        "input": [[m["role"], normalise(m["content"])] for m in job.chat()],
+        "schema": job.response_schema,
+        "flags": job.flags,
+        "lane": job.lane,
+    }
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def read_entry(r: redis.Redis, key: str) -> CacheEntry | None:
+    """The cached answer; an entry of the wrong shape is deleted (if unchanged) and not served."""
+    raw = r.get(entry_key(key))
+    if raw is None:
+        return None
+    try:
+        return CacheEntry.model_validate_json(raw)
+    except ValidationError as e:
+        log.warning("answer cache entry %s is malformed (%d errors); ignored and recomputed", key[:12], e.error_count())
+        r.eval(_DELETE_IF_SAME, 1, entry_key(key), raw)
+        return None
+
+
+def served_result(job_id: str, job: Job, entry: CacheEntry, coalesced: bool, submitted_at: float) -> Result:
+    receipt = Receipt(
+        job_id=job_id, task_class=job.task_class, tenant=job.tenant, decision="cache", final_answer=entry.answer,
+        disagreement=entry.disagreement, served_from_cache=True, cached_from_job=entry.job_id, coalesced=coalesced,
+        saved_usd=entry.cost_usd, total_cost_usd=0.0, latency_ms=round((time.time() - submitted_at) * 1000, 1),
+    )  # fmt: skip
+    return Result(job_id=job_id, status="decided", answer=entry.answer, parsed=entry.parsed,
+                  disagreement=entry.disagreement, receipt=receipt)  # fmt: skip
+
+
+def write_served(r: redis.Redis, job_id: str, job: Job, entry: CacheEntry, coalesced: bool, submitted_at: float,
+                 ttl_s: int, ledger_maxlen: int = 200_000) -> Result:  # fmt: skip
+    """Write a served result, signal done and append the receipt to the ledger in one MULTI.
+    The caller has claimed the job (`finalised` set), so this happens once."""
+    result = served_result(job_id, job, entry, coalesced, submitted_at)
+    assert result.receipt is not None
+    jkey = keys.job(job_id)
+    pipe = r.pipeline()
+    pipe.hset(jkey, mapping={"status": "decided", "result": result.model_dump_json(), "finalised": time.time()})
+    pipe.rpush(keys.done_channel(job_id), "decided")
+    pipe.xadd(keys.LEDGER_STREAM, {"task_class": job.task_class, "receipt": result.receipt.model_dump_json()},
+              maxlen=ledger_maxlen, approximate=True)  # fmt: skip
+    for k in (jkey, keys.done_channel(job_id)):
+        pipe.expire(k, ttl_s)
+    pipe.execute()
+    return result
+
+
+def admit(r: redis.Redis, job: Job, job_id: str, submitted_at: float, ttl_s: int) -> Ticket:
+    """Decide a stored, not yet enqueued job against the cache. `hit`: served and done. `leader`
+    or `bypass`: enqueue it (the worker writes the entry when it decides). `follower`: enqueue
+    nothing; the leader's decision resolves it. `off`: the class does not cache."""
+    meta = published(r, job.task_class)
+    if meta is None:
+        return Ticket("off")
+    key = cache_key(job, meta.version)
+    jkey = keys.job(job_id)
+    if job.cache == "bypass":  # computes afresh; its answer still refreshes the entry
+        r.hset(jkey, mapping={"acache_key": key, "acache_role": "bypass", "acache_ttl_s": meta.ttl_s})
+        return Ticket("bypass", key)
+    for _ in range(8):  # each turn ends unless the leader decided between our two steps
+        entry = read_entry(r, key)
+        if entry is not None:
+            if r.hsetnx(jkey, "finalised", time.time()):
+                write_served(r, job_id, job, entry, False, submitted_at, ttl_s)
+            return Ticket("hit", key, entry.job_id)
+        r.hset(jkey, mapping={"acache_key": key, "acache_role": "leader", "acache_ttl_s": meta.ttl_s})
+        if r.set(lead_key(key), job_id, nx=True, ex=max(1, int(meta.lead_ttl_s))):
+            return Ticket("leader", key, job_id)
+        raw_leader = r.get(lead_key(key))
+        if raw_leader is None:
+            continue  # the leader just finished
+        leader = text(raw_leader)
+        if r.eval(_FOLLOW, 3, lead_key(key), followers_key(key, leader), jkey, leader, job_id,
+                  max(1, int(meta.lead_ttl_s)) + ttl_s):  # fmt: skip
+            return Ticket("follower", key, leader)
+    # A storm of leaders finishing under us: compute it ourselves rather than loop on
+    r.hset(jkey, "acache_role", "bypass")
+    return Ticket("bypass", key)
+
+
+def rescue(r: redis.Redis, job_id: str) -> Ticket | None:
+    """A follower whose leader is gone (its lead key expired or passed to a job that does not
+    know this follower) is taken back and admitted again. None: nothing to do."""
+    jkey = keys.job(job_id)
+    leader, key = r.hmget(jkey, ["coalesced_with", "acache_key"])
+    if leader is None or key is None:
+        return None
+    if not r.eval(_RESCUE, 2, jkey, lead_key(text(key)), leader):
+        return None
+    raw = r.hmget(jkey, ["spec", "submitted_at"])
+    if raw[0] is None:
+        return None
+    data = orjson.loads(raw[0])
+    data.pop("deadline", None)  # checked at submit; it may have passed while the job waited
+    job = Job.model_validate(data)
+    log.info("job %s: its leader %s is gone; admitted again", job_id, text(leader))
+    return admit(r, job, job_id, float(raw[1] or time.time()), int(r.ttl(jkey) or 3600))
+
+
+_DELETE_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS lead, followers of the leader, follower's job hash; ARGV leader, follower, ttl.
+# Joins only while the leader still leads: else its decision (and the drain) already happened.
+_FOLLOW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], 'coalesced_with', ARGV[1], 'acache_role', 'follower')
+return 1
+"""
+# KEYS job hash, lead; ARGV leader. Take a follower back when its leader no longer leads.
+_RESCUE = """
+if redis.call('HGET', KEYS[1], 'coalesced_with') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'finalised') == 1 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'coalesced_with')
+return 1
+"""

@@ -1,0 +1,63 @@
+"""Several Lua steps (limiter, breaker, budget) sent to Redis in one round trip.
+
+    run_steps(r, [limiter.reconcile_step(res, used), breaker.record_step(permit, True), budget.settle_step(hold, usd)])
+
+Each step is one script call, atomic on its own; together they are one pipeline (not one
+transaction: each keeps its own invariant, none depends on another's result). EVALSHA is sent
+directly, since a registered Script in a pipeline costs a SCRIPT EXISTS round trip first; a
+script Redis lost (a restart) is loaded and the steps sent once more, which the callers allow:
+they are sent again only when none ran (NOSCRIPT fails the step before it runs) or are
+idempotent for what ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+
+@dataclass(frozen=True)
+class ScriptStep:
+    script: Script
+    keys: list[str]
+    args: list[Any]
+
+    def run(self) -> Any:
+        return self.script(keys=self.keys, args=self.args)
+
+
+def run_steps(r: redis.Redis, steps: Sequence[ScriptStep | None]) -> list[Any]:
+    """Run the steps given (None: nothing to do) in one round trip; their results in the same
+    order (None for None). Raises the first error a step returned."""
+    results: list[Any] = [None] * len(steps)
+    todo = [i for i, s in enumerate(steps) if s is not None]
+    for attempt in (1, 2):
+        if len(todo) <= 1:
+            for i in todo:  # a registered Script loads itself on NOSCRIPT
+                results[i] = steps[i].run()  # type: ignore[union-attr]
+            return results
+        pipe = r.pipeline(transaction=False)
+        for i in todo:
+            s = steps[i]
+            assert s is not None
+            pipe.evalsha(s.script.sha, len(s.keys), *s.keys, *s.args)
+        missing = []
+        for i, res in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(res, redis.exceptions.NoScriptError):
+                missing.append(i)
+            elif isinstance(res, Exception):
+                raise res
+            else:
+                results[i] = res
+        if not missing:
+            return results
+        if attempt == 2:
+            raise redis.exceptions.NoScriptError(f"{len(missing)} script(s) still missing after loading them")
+        for script in {steps[i].script.sha: steps[i].script for i in missing}.values():  # type: ignore[union-attr]
+            r.script_load(script.script)
+        todo = missing  # the others ran: only the steps Redis refused go again
+    return results
