@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import orjson
 import redis
 
 from producer import keys
@@ -121,19 +122,26 @@ def resend_overdue(store: PanelStore, d: Dispatcher, now: float, bound_s: float,
 
 def resend_lost_runs(r: redis.Redis, now: float, bound_s: float, send_run: Callable[[str], None],
                      limit: int = 200) -> int:  # fmt: skip
-    """Re-send `panel.run` for jobs that have no panel `bound_s` after submit while `control` is
-    empty: still `queued` (the message vanished), or `running` with no panel (the run raised in
-    a Redis outage and its retry was never published). A repeated run plans again."""
+    """Re-send `panel.run` for jobs that have no dispatched panel `bound_s` after submit while
+    `control` is empty: still `queued` (the message vanished), or `running` with no panel, or a
+    panel none of whose members was sent (the run raised in a Redis outage and its retry was
+    never published). A repeated run plans again, or sends what its panel lacks."""
     due = r.zrangebyscore(keys.JOB_WATCH, 0, now - bound_s, start=0, num=limit)
     if not due:
         return 0
     pipe = r.pipeline(transaction=False)
     for raw in due:
         pipe.hget(keys.job(raw.decode()), "status")
-        pipe.exists(keys.job(raw.decode()) + ":panels")
+        pipe.lindex(keys.job(raw.decode()) + ":panels", -1)
     got = pipe.execute()
-    stuck = {raw: st in (b"queued", b"running") and not has_panel
-             for raw, st, has_panel in zip(due, got[0::2], got[1::2], strict=True)}  # fmt: skip
+    statuses, lasts = got[0::2], got[1::2]
+    pipe = r.pipeline(transaction=False)
+    for last in lasts:  # a panel created but never dispatched (the run raised before any send)
+        pipe.hkeys(keys.panel(orjson.loads(last)["panel_id"])) if last else pipe.echo(b"")
+    fields = pipe.execute()
+    stuck = {raw: st in (b"queued", b"running") and (
+                 not last or not any(f.startswith(b"task:") or f == b"decided" for f in (fl or [])))
+             for raw, st, last, fl in zip(due, statuses, lasts, fields, strict=True)}  # fmt: skip
     moved_on = [raw for raw, s in stuck.items() if not s]
     if moved_on:
         r.zrem(keys.JOB_WATCH, *moved_on)
