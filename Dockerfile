@@ -16,6 +16,7 @@ COPY producer ./producer
 COPY workers ./workers
 COPY sim ./sim
 COPY evaluation ./evaluation
+COPY gateway ./gateway
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --wheel-dir /wheels .
 
@@ -48,7 +49,7 @@ COPY deploy/docker/panel-entrypoint deploy/docker/panel-heartbeat-ok /usr/local/
 
 USER 10001:10001
 # 9808: a worker's Prometheus exporter; 5555: Flower; 8900: the simulator.
-EXPOSE 9808 5555 8900
+EXPOSE 9808 5555 8900 8080
 # No HEALTHCHECK: the right check differs by role (heartbeat file for workers, HTTP for Flower and
 # the simulator), so docker-compose.yml and the Kubernetes probes define it per service.
 ENTRYPOINT ["panel-entrypoint"]

@@ -40,8 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 # The oldest Kubernetes we support and the newest the validator knows: an object must be valid
 # on both (a field removed or added between them shows up here).
 K8S_VERSIONS = ("1.30.0", "1.37.0")
+# ../shared beside the clone (PANEL_SHARED_DIR elsewhere, e.g. from a git worktree), or PANEL_KEDA_SCHEMA
 KEDA_SCALEDOBJECT_SCHEMA = Path(
-    os.environ.get("PANEL_KEDA_SCHEMA", REPO.parent / "shared" / "schemas" / "keda-scaledobject.schema.json")
+    os.environ.get("PANEL_KEDA_SCHEMA")
+    or Path(os.environ.get("PANEL_SHARED_DIR") or REPO.parent / "shared") / "schemas" / "keda-scaledobject.schema.json"
 )
 KEDA_TRIGGERAUTH_SCHEMA = REPO / "deploy" / "schemas" / "keda-triggerauthentication.schema.json"
 KEDA_KINDS = {"ScaledObject": KEDA_SCALEDOBJECT_SCHEMA, "TriggerAuthentication": KEDA_TRIGGERAUTH_SCHEMA}

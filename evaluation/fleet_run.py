@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -26,6 +27,7 @@ from producer import keys
 from producer.client import PanelClient
 from producer.contract import Result
 from producer.fleet import SIM_KEY, Fleet
+from producer.progress import progress
 
 UNLIMITED_RPM, UNLIMITED_TPM = 1_000_000, 1_000_000_000
 
@@ -156,10 +158,13 @@ def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: 
                     for n, i in enumerate(order)]  # fmt: skip
             s = Score(p.name, "fleet")
             t0 = time.monotonic()
-            for n, res in windowed(client, jobs, in_flight, timeout_s):
-                score_result(s, rows[order[n]], res, rule)
+            with progress(p.name, len(jobs)) as tick:  # a bar on stderr when it is a terminal
+                for n, res in windowed(client, jobs, in_flight, timeout_s):
+                    score_result(s, rows[order[n]], res, rule)
+                    tick(s.questions, f"{s.correct} correct")
             s.wall_s = time.monotonic() - t0
             scores.append(s)
     finally:
         fleet.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return scores

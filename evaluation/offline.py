@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from evaluation.reference import Score, recorded_cost
-from evaluation.replay import Row, is_correct
+from evaluation.replay import Row, credit, is_correct
 
 ARBITER_TOKENS_OUT = 80  # a verdict JSON: final answer, chosen ids, one disagreement, a rationale
 ARBITER_PROMPT_CHARS = 1300  # the arbiter system prompt and wrapper around the task and answers
@@ -31,7 +31,7 @@ class PanelShape:
     members: tuple[str, ...]
     quorum: int
     dispatch: str  # "parallel" | "staged"
-    arbiter: str
+    arbiter: str | None  # None: a split is not arbitrated (a cascade stage that escalates instead)
 
     @property
     def name(self) -> str:
@@ -46,6 +46,8 @@ class Decision:
     arbiter: bool
     early_exit: bool
     latency_ms: float
+    winner: str | None = None  # the model whose answer was taken (the judge's when it decided)
+    quorum_reached: bool = False  # members agreed without the arbiter: a cascade's `agreement` check
 
 
 def vote_key(kind: str, answer: str | None) -> str | None:
@@ -60,9 +62,15 @@ def vote_key(kind: str, answer: str | None) -> str | None:
 
 
 def arbiter_cost(row: Row, judge: str, answered: list[str], prices: Prices) -> float:
-    p_in, p_out = prices.get(judge, (0.0, 0.0))
     chars = ARBITER_PROMPT_CHARS + sum(len(m["content"]) for m in row.messages)
     chars += sum(len(row.models[m].text or row.models[m].answer or "") for m in answered)
+    recorded = row.models[judge].cost_usd
+    if judge not in prices and recorded is not None:
+        # no price list (RouterBench records cost only): the judge's own recorded call on this
+        # question, scaled by how much longer the arbiter prompt is than the question's
+        own = sum(len(m["content"]) for m in row.messages) + len(row.models[judge].text or "")
+        return recorded * chars / max(own, 1)
+    p_in, p_out = prices.get(judge, (0.0, 0.0))
     return (chars / 4 * p_in + ARBITER_TOKENS_OUT * p_out) / 1e6
 
 
@@ -90,8 +98,9 @@ def _parallel(row: Row, shape: PanelShape, prices: Prices) -> Decision:
             if tally[key] >= shape.quorum:
                 late = order[i + 1 :]
                 cost += sum(cancelled_cost(row, x, prices) for x in late)
+                winner = next(x for x in order if vote_key(row.kind, row.models[x].answer) == key)
                 return Decision(row.models[m].answer, cost, len(order), False, bool(late),
-                                row.models[m].latency_ms or 0.0)  # fmt: skip
+                                row.models[m].latency_ms or 0.0, winner, True)  # fmt: skip
     slowest = max(row.models[m].latency_ms or 0.0 for m in order)
     return _exhausted(row, shape, prices, list(order), tally, cost, slowest)
 
@@ -112,19 +121,22 @@ def _staged(row: Row, shape: PanelShape, prices: Prices) -> Decision:
         top = tally.most_common(1)
         if top and top[0][1] >= shape.quorum:
             winner = next(m for m in shape.members[:sent] if vote_key(row.kind, row.models[m].answer) == top[0][0])
-            return Decision(row.models[winner].answer, cost, sent, False, sent < len(shape.members), latency)
+            return Decision(row.models[winner].answer, cost, sent, False, sent < len(shape.members), latency,
+                            winner, True)  # fmt: skip
         stage = list(shape.members[sent : sent + 1])
     return _exhausted(row, shape, prices, list(shape.members), tally, cost, latency)
 
 
 def _exhausted(row: Row, shape: PanelShape, prices: Prices, answered: list[str], tally: Counter[str],
                cost: float, latency: float) -> Decision:  # fmt: skip
-    if len(tally) <= 1:  # nothing to arbitrate
-        answer = next((row.models[m].answer for m in answered if row.models[m].answer is not None), None)
-        return Decision(answer, cost, len(answered), False, False, latency)
+    if len(tally) <= 1 or shape.arbiter is None:  # nothing to arbitrate, or no arbiter: plurality
+        top = tally.most_common(1)[0][0] if tally else None
+        winner = next((m for m in answered if vote_key(row.kind, row.models[m].answer) == top), answered[0])
+        return Decision(row.models[winner].answer, cost, len(answered), False, False, latency, winner)
     cost += arbiter_cost(row, shape.arbiter, answered, prices)
     judge = row.models[shape.arbiter]
-    return Decision(judge.answer, cost, len(answered) + 1, True, False, latency + (judge.latency_ms or 0.0))
+    return Decision(judge.answer, cost, len(answered) + 1, True, False, latency + (judge.latency_ms or 0.0),
+                    shape.arbiter)  # fmt: skip
 
 
 def score(rows: list[Row], shape: PanelShape, prices: Prices) -> Score:
@@ -132,7 +144,7 @@ def score(rows: list[Row], shape: PanelShape, prices: Prices) -> Score:
     for r in rows:
         d = decide(r, shape, prices)
         s.questions += 1
-        s.correct += is_correct(r.kind, d.answer, r.gold)
+        s.correct += credit(r, d.winner) if d.winner else is_correct(r.kind, d.answer, r.gold)
         s.cost_usd += d.cost_usd
         s.calls += d.calls
         s.arbiter_calls += d.arbiter

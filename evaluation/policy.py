@@ -1,13 +1,18 @@
 """Evaluation policies: a panel (or one model) to replay through the fleet, as a small YAML file.
-`--policy NAME` finds policies/eval/NAME.yaml; `--policy PATH` reads that file."""
+`--policy NAME` finds policies/eval/NAME.yaml; `--policy PATH` reads that file; a tasks.yaml-style
+file with `cascade:` stages (what `panel tune --write` writes) is a `CascadePolicy`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evaluation.cascade import CascadeSpec, Stage, StagePanel
+from evaluation.replay import agreement_for
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "policies" / "eval"
 
@@ -55,3 +60,46 @@ def load(ref: str) -> EvalPolicy:
     except ValidationError as e:
         err = e.errors()[0]
         raise ValueError(f"{path}: {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}") from None
+
+
+@dataclass(frozen=True)
+class CascadePolicy:
+    """A tasks.yaml-style entry with `cascade:` stages (what `panel tune --write` writes), replayed
+    offline by the cascade lane's rules (`evaluation.cascade`)."""
+
+    name: str
+    spec: CascadeSpec
+    path: Path
+
+    @property
+    def models(self) -> list[str]:
+        return self.spec.models
+
+
+def load_any(ref: str) -> list[EvalPolicy | CascadePolicy]:
+    """`--policy` for `panel eval`: an eval policy (policies/eval/NAME or its YAML), or a tasks.yaml
+    file whose task classes have `cascade:` stages (every such class is evaluated)."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        raw = yaml.safe_load(path.read_text())
+        if isinstance(raw, dict) and ("task_classes" in raw or "cascade" in raw):
+            classes = raw.get("task_classes") or {path.stem: raw}
+            out: list[EvalPolicy | CascadePolicy] = []
+            for name, entry in classes.items():
+                if isinstance(entry, dict) and "cascade" in entry:
+                    where = f"{path}: task_classes.{name}.cascade"
+                    out.append(CascadePolicy(str(name), CascadeSpec.from_entry(entry["cascade"], where), path))
+            if not out:
+                raise ValueError(f"{path}: no task class has `cascade:` stages (write one with `panel tune FILE --write {path}`)")
+            return out
+    return [load(ref)]
+
+
+def as_cascade(p: EvalPolicy | CascadePolicy, kind: str) -> CascadeSpec:
+    """Any evaluated policy as cascade stages: one model, one arbitrated panel, or the stages."""
+    if isinstance(p, CascadePolicy):
+        return p.spec
+    if p.lane == "single":
+        return CascadeSpec(stages=[Stage(model=p.model)])
+    panel = StagePanel(members=p.members, quorum=p.quorum, dispatch=p.dispatch, agreement=agreement_for(kind), arbiter=p.arbiter)
+    return CascadeSpec(stages=[Stage(panel=panel)])

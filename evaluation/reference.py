@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from statistics import quantiles
 
-from evaluation.replay import Row, is_correct
+from evaluation.replay import Row, credit
 
 
 @dataclass
@@ -66,7 +66,7 @@ def single(rows: list[Row], model: str, prices: dict[str, tuple[float, float]]) 
         rec = r.models[model]
         cost, est = recorded_cost(r, model, prices.get(model))
         s.questions += 1
-        s.correct += is_correct(r.kind, rec.answer, r.gold)
+        s.correct += credit(r, model)
         s.cost_usd += cost
         s.cost_estimated += est
         s.calls += 1
@@ -78,20 +78,45 @@ def fusion(rows: list[Row], members: list[str], judge: str, prices: dict[str, tu
            label: str | None = None) -> Score:
     """Every member, then the judge, always (OpenRouter Fusion's shape). Its answer: the members'
     answer when they all agree (a judge keeps a unanimous answer), else the judge's own recorded
-    answer; its latency: the slowest member plus the judge."""
-    s = Score(f"fusion:{label or '+'.join(members) + '>' + judge}", "reference")
+    answer (it overrides 2-1 majorities too); its latency: the slowest member plus the judge."""
+    s = Score(f"fusion:judge-always:{label or '+'.join(members) + '>' + judge}", "reference")
     for r in rows:
         answers = [r.models[m].answer for m in members]
         costs = [recorded_cost(r, m, prices.get(m)) for m in [*members, judge]]
         top, count = Counter(answers).most_common(1)[0]
-        answer = top if count == len(members) and top is not None else r.models[judge].answer
+        winner = members[0] if count == len(members) and top is not None else judge
         s.questions += 1
-        s.correct += is_correct(r.kind, answer, r.gold)
+        s.correct += credit(r, winner)
         s.cost_usd += sum(c for c, _ in costs)
         s.cost_estimated += sum(e for _, e in costs)
         s.calls += len(members) + 1
         s.arbiter_calls += 1
         s.latencies_ms.append(max(r.models[m].latency_ms or 0.0 for m in members) + (r.models[judge].latency_ms or 0.0))
+    return s
+
+
+def majority_first(rows: list[Row], members: list[str], judge: str, prices: dict[str, tuple[float, float]],
+                   label: str | None = None) -> Score:
+    """Every member, waiting for all; a majority (2 of 3) decides, the judge only on a split: Fusion
+    with majority first, and the fair baseline of early exit (same answers, nothing cancelled)."""
+    from evaluation.offline import arbiter_cost, vote_key
+
+    s = Score(f"fusion:majority-first:{label or '+'.join(members) + '>' + judge}", "reference")
+    for r in rows:
+        keys = [vote_key(r.kind, r.models[m].answer) for m in members]
+        tally = Counter(k for k in keys if k is not None)
+        top, count = tally.most_common(1)[0] if tally else (None, 0)
+        costs = [recorded_cost(r, m, prices.get(m)) for m in members]
+        split = count < 2 and len(tally) > 1
+        winner = judge if split else next((m for m, k in zip(members, keys, strict=True) if k == top), members[0])
+        s.questions += 1
+        s.correct += credit(r, winner)
+        s.cost_usd += sum(c for c, _ in costs) + (arbiter_cost(r, judge, members, prices) if split else 0.0)
+        s.cost_estimated += sum(e for _, e in costs)
+        s.calls += len(members) + split
+        s.arbiter_calls += split
+        slowest = max(r.models[m].latency_ms or 0.0 for m in members)
+        s.latencies_ms.append(slowest + ((r.models[judge].latency_ms or 0.0) if split else 0.0))
     return s
 
 

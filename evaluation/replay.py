@@ -1,14 +1,16 @@
 """Replay files (shared/data/replay format): one question per line with every model's recorded
-answer, correctness, tokens, cost and latency. Any file of that format is accepted."""
+answer, correctness, tokens, cost, latency and confidence. Any file of that format is accepted; a
+bad line is refused with the file, the line and the field (`x.jsonl:7: models.gpt-4o.cost_usd: ...`)."""
 
 from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 KINDS = ("choice", "number", "label", "text")
 
@@ -22,6 +24,7 @@ class Recorded:
     tokens_out: int | None
     cost_usd: float | None
     latency_ms: float | None
+    conf: float | None = None  # the answer's log-probability (zellinger); null where not recorded
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,27 @@ class ReplayFormatError(ValueError):
     pass
 
 
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    answer: str | None = None
+    text: str | None = None
+    correct: bool | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+    conf: float | None = None
+
+
+class _Line(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | int
+    kind: Literal["choice", "number", "label", "text"]
+    messages: list[dict[str, str]]
+    gold: str | int | float
+    models: dict[str, _Model]
+
+
 def open_text(path: Path) -> bytes:
     raw = path.read_bytes()
     return gzip.decompress(raw) if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b" else raw
@@ -48,14 +72,18 @@ def load(path: Path) -> list[Row]:
         if not line.strip():
             continue
         try:
-            d: dict[str, Any] = orjson.loads(line)
-            kind = d["kind"]
-            if kind not in KINDS:
-                raise ReplayFormatError(f"{path}:{n}: kind: {kind!r} is not one of {KINDS}")
-            models = {m: Recorded(**{k: v.get(k) for k in Recorded.__dataclass_fields__}) for m, v in d["models"].items()}
-            rows.append(Row(str(d["id"]), kind, list(d["messages"]), str(d["gold"]), models))
-        except (KeyError, TypeError, orjson.JSONDecodeError) as e:
-            raise ReplayFormatError(f"{path}:{n}: not a replay row ({type(e).__name__}: {e})") from None
+            d: Any = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise ReplayFormatError(f"{path}:{n}: not JSON ({e}); each line is one question object") from None
+        try:
+            v = _Line.model_validate(d)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(map(str, err["loc"])) or "(line)"
+            raise ReplayFormatError(f"{path}:{n}: {field}: {err['msg']} (got {str(err.get('input'))[:60]!r}); "
+                                    "see shared/data/replay/README.md for the format") from None  # fmt: skip
+        models = {m: Recorded(**r.model_dump()) for m, r in v.models.items()}
+        rows.append(Row(str(v.id), v.kind, v.messages, str(v.gold), models))
     if not rows:
         raise ReplayFormatError(f"{path}: no rows")
     return rows
@@ -73,6 +101,13 @@ def is_correct(kind: str, answer: str | None, gold: str) -> bool:
     if kind == "choice":
         return answer.strip().upper() == gold.strip().upper()
     return " ".join(answer.split()).casefold() == " ".join(gold.split()).casefold()
+
+
+def credit(row: Row, model: str) -> bool:
+    """Whether `model`'s recorded answer counts as right: the file's own `correct` verdict where it
+    records one (a free-text answer is judged, not string-matched to gold), else `is_correct`."""
+    rec = row.models[model]
+    return rec.correct if rec.correct is not None else is_correct(row.kind, rec.answer, row.gold)
 
 
 def agreement_for(kind: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -23,6 +23,7 @@ from producer import answer_cache, keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
+from producer.tracing import submit_span
 from producer.wire import NAME as CODEC
 
 RUN_TASK = "panel.run"
@@ -46,6 +47,23 @@ class SubmitReport:
     @property
     def total(self) -> int:
         return len(self.submitted) + len(self.errors)
+
+
+def policy_file_classes() -> tuple[set[str], str]:
+    """Task classes in tasks.yaml of PANEL_POLICIES or the shipped policies/ (empty if unreadable)."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(os.environ.get("PANEL_POLICIES") or Path(__file__).resolve().parent.parent / "policies")
+    path = folder / "tasks.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return set(), str(path)
+    classes = data.get("task_classes") if isinstance(data, dict) else None
+    return (set(classes) if isinstance(classes, dict) else set()), f"{path}; no worker has published its classes yet"
 
 
 class PanelClient:
@@ -81,24 +99,32 @@ class PanelClient:
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
-        submitted_at = time.time()
-        self.redis.hset(jkey, mapping={"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant})
-        self.redis.expire(jkey, self.settings.result_ttl_s)
-        # a cached answer is served here; an identical job in flight is waited on (single flight)
-        if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in ("hit", "follower"):
-            return job_id
-        self._enqueue(job_id)
+        with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
+            submitted_at = time.time()
+            fields: dict[str, str | float] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
+            # the worker that decides the job (any of them) parents its spans on the submit span
+            fields.update(trace_headers)
+            self.redis.hset(jkey, mapping=fields)
+            self.redis.expire(jkey, self.settings.result_ttl_s)
+            # a cached answer is served here; an identical job in flight is waited on (single flight)
+            if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in ("hit", "follower"):
+                return job_id
+            self._enqueue(job_id, trace_headers)
         return job_id
 
-    def _enqueue(self, job_id: str) -> None:
+    def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None) -> None:
         self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})  # the watchdog re-sends a `panel.run` that never starts
-        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}")
+        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
+                              headers=trace_headers or None)  # fmt: skip
 
     def _check_task_class(self, job: Job) -> None:
-        known = self.redis.smembers(keys.task_classes())
-        if known and job.task_class.encode() not in known:
-            names = ", ".join(sorted(k.decode() for k in known))
-            raise ContractError([("task_class", f"unknown task class {job.task_class!r}; known: {names}")])
+        """Against the classes the workers published; before any worker has, against the policy
+        files a worker started here would load (PANEL_POLICIES, else the shipped policies/)."""
+        published = {k.decode() for k in self.redis.smembers(keys.task_classes())}
+        known, where = (published, "published by the workers") if published else policy_file_classes()
+        if known and job.task_class not in known:
+            names = ", ".join(sorted(known))
+            raise ContractError([("task_class", f"unknown task class {job.task_class!r}; known ({where}): {names}")])
 
     def submit_many(self, lines: Iterable[bytes], progress: Callable[[int, int], None] | None = None) -> SubmitReport:
         """Submit every good line of a JSONL stream; report every bad one. Nothing is dropped:
@@ -160,6 +186,11 @@ class PanelClient:
         """Receipts from the ledger stream, oldest first."""
         entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
         return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
+
+    def ledger_entries(self, count: int = 100_000) -> list[tuple[float, dict[str, Any]]]:
+        """(appended at, unix seconds from the stream id; receipt), oldest first."""
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(keys.LEDGER_STREAM, count=count))
+        return [(int(eid.split(b"-")[0]) / 1000, orjson.loads(fields[b"receipt"])) for eid, fields in entries]
 
     def close(self) -> None:
         self.redis.close()

@@ -20,6 +20,7 @@ def run_demo(examples: Path, keep: bool = False) -> int:
     fleet = Fleet(sim_args=["--config", str(sim_config)] if sim_config.exists() else [])
     print(f"starting redis-server, the simulator and {len(fleet.workers)} worker processes (logs: {fleet.log_dir})")
     t0 = time.monotonic()
+    ok = False
     fleet.start()
     try:
         print(f"fleet ready in {time.monotonic() - t0:.1f}s; submitting {jobs}")
@@ -54,13 +55,17 @@ def run_demo(examples: Path, keep: bool = False) -> int:
         print(table(summarise(client.ledger())))
         stats = fleet.sim("/_sim/stats")
         print(f"\nsimulator saw {stats.get('totals', {}).get('requests', '?')} provider requests")
+        ok = not failed
         if keep:
             print(f"\nfleet running: PANEL_REDIS_URL={fleet.redis_url}  (Ctrl-C to stop)")
             while True:
                 time.sleep(3600)
         return 1 if failed else 0
     except KeyboardInterrupt:
+        ok = True  # stopped on purpose: nothing to look into
         return 130
     finally:
-        fleet.stop()
+        fleet.stop(keep_logs=not ok)  # logs stay (and are named) only when something failed
+        if not ok:
+            print(f"worker logs kept in {fleet.log_dir}", file=sys.stderr)
         print("stopped redis-server, simulator and workers", file=sys.stderr)

@@ -89,9 +89,15 @@ class RedisProcess:
         return self
 
     def stop(self) -> None:
+        """Stop the server and keep its data dir (restart() replays the AOF from it)."""
         if self.proc is not None:
             stop_process(self.proc, timeout=10)
         self.proc = None
+
+    def close(self) -> None:
+        """Stop the server and remove its data dir (AOF files grow to tens of MB under load)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def restart(self) -> None:
         """Stop and start on the same port and data dir (AOF replays what was written)."""

@@ -53,3 +53,7 @@ class UnknownJob(PanelError, KeyError):
 
 class JobTimeout(PanelError, TimeoutError):
     pass
+
+
+class NoWorker(PanelError):
+    """Jobs wait in a queue that no worker consumes: nothing will ever decide them."""

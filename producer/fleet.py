@@ -7,6 +7,7 @@ Used by `panel demo`, `panel eval`, the integration tests and the benchmarks. Wo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,9 +59,14 @@ class Fleet:
     sim_proc: subprocess.Popen[bytes] | None = None
     sim_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # False: no simulator; workers keep the provider keys and base URLs of the environment
+    use_sim: bool = True
+    external_redis_url: str | None = None  # a Redis this fleet did not start (never stopped by it)
 
     @property
     def redis_url(self) -> str:
+        if self.external_redis_url:
+            return self.external_redis_url
         assert self.redis is not None
         return self.redis.url
 
@@ -69,21 +75,27 @@ class Fleet:
         return f"http://127.0.0.1:{self.sim_port}"
 
     def worker_env(self) -> dict[str, str]:
-        env = {
-            "PANEL_REDIS_URL": self.redis_url,
-            "OPENAI_BASE_URL": f"{self.sim_url}/v1", "OPENAI_API_KEY": SIM_KEY,
-            "FIREWORKS_BASE_URL": f"{self.sim_url}/v1", "FIREWORKS_API_KEY": SIM_KEY,
-            "ANTHROPIC_BASE_URL": self.sim_url, "ANTHROPIC_API_KEY": SIM_KEY,
-            "PANEL_SWEEP_INTERVAL_S": "0.5",
-        }  # fmt: skip
+        env = {"PANEL_REDIS_URL": self.redis_url, "PANEL_SWEEP_INTERVAL_S": "0.5"}
+        if self.use_sim:
+            env.update({
+                "OPENAI_BASE_URL": f"{self.sim_url}/v1", "OPENAI_API_KEY": SIM_KEY,
+                "FIREWORKS_BASE_URL": f"{self.sim_url}/v1", "FIREWORKS_API_KEY": SIM_KEY,
+                "ANTHROPIC_BASE_URL": self.sim_url, "ANTHROPIC_API_KEY": SIM_KEY,
+            })  # fmt: skip
         # "$SIM_URL" in a caller's value stands for the simulator's address (known only at start)
         env.update({k: v.replace("$SIM_URL", self.sim_url) for k, v in self.env.items()})
         return child_env(env)
 
-    def start(self, redis: RedisProcess | None = None, ready_timeout: float = 120.0) -> Fleet:
-        """`ready_timeout`: how long workers may take to attach (a loaded machine imports slowly)."""
-        self.redis = redis or RedisProcess().start()
-        self.start_sim()
+    def start(self, redis: RedisProcess | None = None, ready_timeout: float = 120.0,
+              redis_url: str | None = None) -> Fleet:  # fmt: skip
+        """`ready_timeout`: how long workers may take to attach (a loaded machine imports slowly).
+        `redis_url`: use that Redis instead of starting one."""
+        if redis_url:
+            self.external_redis_url = redis_url
+        else:
+            self.redis = redis or RedisProcess().start()
+        if self.use_sim:
+            self.start_sim()
         for w in self.workers:
             self.start_worker(w)
         self.wait_ready(ready_timeout)
@@ -138,7 +150,9 @@ class Fleet:
         resp.raise_for_status()
         return resp.json()  # type: ignore[no-any-return]
 
-    def stop(self, keep_redis: bool = False) -> None:
+    def stop(self, keep_redis: bool = False, keep_logs: bool = False) -> None:
+        """Stop every process; remove the log dir (unless `keep_logs`) and the embedded Redis's
+        data dir (unless `keep_redis`: the caller still uses it and closes it)."""
         for p in self.procs.values():
             stop_process(p, timeout=20)
         self.procs.clear()
@@ -146,7 +160,9 @@ class Fleet:
             stop_process(self.sim_proc, timeout=5)
             self.sim_proc = None
         if self.redis is not None and not keep_redis:
-            self.redis.stop()
+            self.redis.close()
+        if not keep_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> Fleet:
         return self.start()

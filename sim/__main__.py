@@ -17,6 +17,7 @@ import yaml
 
 from sim.app import create_app
 from sim.calls import build
+from sim.keyless import Keyless
 from sim.knobs import ConfigError
 from sim.prompt_cache import DEFAULT_MIN_TOKENS, DEFAULT_TTL_S, PromptCache
 
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="knobs as YAML or JSON: {default: {...}, models: {name: {...}}}")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault and jitter draws")
     p.add_argument("--latency-ms", type=float, help="default fixed latency of every model")
+    p.add_argument("--keyless", action="store_true",
+                   help="answer requests that carry no API key (compose's default); without it: 401 as a provider")
     p.add_argument("--prompt-cache-ttl-s", type=float, default=DEFAULT_TTL_S, help="how long a cached prompt prefix lives")
     p.add_argument("--prompt-cache-min-tokens", type=int, default=DEFAULT_MIN_TOKENS,
                    help="shortest prefix the providers cache (1024 on OpenAI and Anthropic)")
@@ -51,7 +54,8 @@ async def serve(args: argparse.Namespace) -> None:
                 seed=args.seed, latency_ms=args.latency_ms,
                 prompt_cache=PromptCache(args.prompt_cache_ttl_s, args.prompt_cache_min_tokens))  # fmt: skip
     # Prompts must never reach a log: no access log, warnings and errors only.
-    config = uvicorn.Config(create_app(sim), host=args.host, port=args.port, log_level="warning",
+    app = create_app(sim)
+    config = uvicorn.Config(Keyless(app) if args.keyless else app, host=args.host, port=args.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=1, backlog=4096)  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -11,15 +11,17 @@ import redis
 
 from producer.embedded import RedisProcess
 
-# ../shared beside the repo; PANEL_REPLAY_DIR points elsewhere (a git worktree sits deeper)
-REPLAY_DIR = Path(os.environ.get("PANEL_REPLAY_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "replay")
+# ../shared beside the checkout; PANEL_SHARED_DIR (or PANEL_REPLAY_DIR for the replay data alone) points
+# elsewhere: a git worktree's parent is not the clone's
+SHARED_DIR = Path(os.environ.get("PANEL_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+REPLAY_DIR = Path(os.environ.get("PANEL_REPLAY_DIR") or SHARED_DIR / "data" / "replay")
 
 
 @pytest.fixture(scope="session")
 def redis_proc() -> Iterator[RedisProcess]:
     proc = RedisProcess().start()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="session")
@@ -39,5 +41,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def replay_dir() -> Path:
     if not (REPLAY_DIR / "mmlu_train.jsonl").exists():
-        pytest.skip(f"replay data not found at {REPLAY_DIR} (../shared is absent in a user's clone)")
+        pytest.skip(f"replay data not found at {REPLAY_DIR} (../shared is absent in a user's clone; "
+                    "PANEL_REPLAY_DIR names another folder)")
     return REPLAY_DIR

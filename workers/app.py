@@ -126,3 +126,7 @@ class PolicyCheck(bootsteps.Step):
 
 app.steps["worker"].add(Heartbeat)
 app.steps["worker"].add(PolicyCheck)
+
+from workers import tracing  # noqa: E402  (needs `app` above; connects nothing unless OTLP is configured)
+
+tracing.install(app)

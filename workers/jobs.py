@@ -20,7 +20,7 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import answer_cache, ledger, metrics
+from workers import answer_cache, ledger, metrics, tracing
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
@@ -302,6 +302,7 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False, view: JobView
         if any(c.role == "arbiter" for c in receipt.calls):
             metrics.ARBITER.labels(job.task_class).inc()
         metrics.announce_decision(receipt)
+        tracing.job_decided(rt, job_id, receipt, panels)
     if rt.policies.get(job.task_class).cache is not None:  # idempotent, so a re-render after a crash finishes it
         answer_cache.settle(rt.redis, job_id, result, rt.settings.result_ttl_s, answer_cache.lead_ttl(rt.policies))
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,

@@ -53,3 +53,12 @@ def test_env_example_documents_every_compose_variable() -> None:
     used = set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
     documented = set(re.findall(r"^#?\s*(\w+)=", (REPO / ".env.example").read_text(), re.M))
     assert used <= documented, sorted(used - documented)
+
+
+def test_compose_runs_the_gateway_on_loopback_with_a_healthcheck() -> None:
+    gw = compose()["services"]["gateway"]
+    assert gw["command"][:2] == ["panel", "serve"]
+    assert all(str(p).startswith("127.0.0.1:") for p in gw["ports"])
+    assert "/healthz" in " ".join(gw["healthcheck"]["test"])
+    assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert not any("API_KEY" in k for k in gw["environment"]), "the gateway calls no provider"

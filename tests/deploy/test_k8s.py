@@ -223,3 +223,21 @@ def test_a_name_prefix_renames_keda_references_too(tmp_path: Path) -> None:
     for so in by_kind(objs, "ScaledObject").values():
         assert so["spec"]["scaleTargetRef"]["name"] in deployments
         assert {t["authenticationRef"]["name"] for t in so["spec"]["triggers"]} <= auths
+
+
+def test_the_gateway_is_a_probed_service_with_a_disruption_budget(rendered: list[dict]) -> None:
+    d = by_kind(rendered, "Deployment")["panel-gateway"]
+    c = container(d, "gateway")
+    assert c["args"][:2] == ["panel", "serve"] and "0.0.0.0" in c["args"]
+    assert d["spec"]["replicas"] >= 2, "stateless: two replicas so a drain or a crash keeps it up"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+    assert "PANEL_REDIS_URL" in env_of(c)
+    assert not any("API_KEY" in e for e in env_of(c)), "the gateway calls no provider"
+    ann = d["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/path"] == "/metrics" and ann["prometheus.io/port"] == "8080"
+    svc = by_kind(rendered, "Service")["panel-gateway"]
+    assert svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    pdbs = [p for p in by_kind(rendered, "PodDisruptionBudget").values()
+            if p["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+    assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1

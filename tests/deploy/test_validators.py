@@ -21,6 +21,7 @@ from tests.deploy.artefacts import (
     assert_rejected,
     compose,
     container,
+    keda_schema,
     tool,  # fmt: skip
     validate,
 )
@@ -37,6 +38,7 @@ def test_compose_resolves_with_docker_compose_config() -> None:
 
 
 def test_overlay_validates_against_kubernetes_and_keda_schemas(rendered: list[dict]) -> None:
+    keda_schema()
     tool(validate.kubernetes_validate)
     tool(validate.check_jsonschema)
     results = validate.validate_objects(rendered, "overlay")
@@ -46,6 +48,7 @@ def test_overlay_validates_against_kubernetes_and_keda_schemas(rendered: list[di
 
 
 def test_base_renders_and_validates_on_its_own() -> None:
+    keda_schema()
     tool(validate.kubectl)
     tool(validate.kubernetes_validate)
     tool(validate.check_jsonschema)
@@ -53,6 +56,7 @@ def test_base_renders_and_validates_on_its_own() -> None:
 
 
 def test_validate_script_exits_zero() -> None:
+    keda_schema()
     tool(validate.kubectl)
     tool(validate.docker_compose)
     tool(validate.kubernetes_validate)
@@ -127,6 +131,7 @@ def test_unknown_api_version_of_a_core_kind_is_rejected(rendered: list[dict]) ->
 
 
 def test_scaledobject_with_a_bad_trigger_field_is_rejected(rendered: list[dict]) -> None:
+    keda_schema()
     tool(validate.check_jsonschema)
 
     def bad(so: dict) -> None:
@@ -139,6 +144,7 @@ def test_scaledobject_with_a_bad_trigger_field_is_rejected(rendered: list[dict])
 
 def test_scaledobject_with_a_numeric_list_length_is_rejected(rendered: list[dict]) -> None:
     """Trigger metadata is a map of strings: an unquoted number is a real, common mistake."""
+    keda_schema()
     tool(validate.check_jsonschema)
 
     def bad(so: dict) -> None:
@@ -148,6 +154,7 @@ def test_scaledobject_with_a_numeric_list_length_is_rejected(rendered: list[dict
 
 
 def test_scaledobject_with_a_misspelt_scaling_modifier_is_rejected(rendered: list[dict]) -> None:
+    keda_schema()
     tool(validate.check_jsonschema)
 
     def bad(so: dict) -> None:

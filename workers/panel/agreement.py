@@ -5,8 +5,13 @@
 
 A key of None means "no usable answer" (the member's vote counts as cast but tallies nothing).
 Rules are pluggable: `RULES[name] = factory`. Edge: `numeric` buckets by tolerance, so two values
-straddling a bucket edge by less than the tolerance still differ; `set` clusters by Jaccard
+straddling a bucket edge by less than the tolerance still differ; `set` and `similar` cluster
 against the keys already voted, so concurrent first votes may open two clusters.
+
+Free text: `extract_answer` finds the answer inside a long reply (a declared JSON field such as
+`answer`, a "final answer:" / "the answer is" / "####" line) and `similar` joins an existing key
+whose rapidfuzz token-set ratio with it is >= `threshold` (calibrated on recorded replies:
+`python3 -m evaluation.freetext`, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import orjson
 from workers.policy import AgreementSpec
 
 _ANSWER_LINE = re.compile(r"(?im)^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$")
+_ANSWER_IS = re.compile(r"(?i)\b(?:final answer|the answer)\s*(?:is|:)\s*[:\-]?\s*(.+?)\s*(?:$|\n|\.(?:\s|$))")
+_HASHES = re.compile(r"####\s*(.+?)\s*$", re.M)
+ANSWER_FIELDS = ("answer", "final_answer")
 
 
 class Rule(Protocol):
@@ -35,6 +43,32 @@ def answer_part(text: str) -> str:
     """The text of the last `ANSWER:` line if any, else the whole text."""
     found = _ANSWER_LINE.findall(text)
     return found[-1] if found else text
+
+
+def json_answer(text: str, fields: tuple[str, ...] = ANSWER_FIELDS) -> str | None:
+    """The declared answer field of the reply's JSON object (ZeroEval asks for
+    {"reasoning": ..., "answer": ...}), as text; None without one."""
+    if "{" not in text:
+        return None
+    obj = parse_json_object(text)
+    for f in fields:
+        if obj is not None and obj.get(f) is not None and not isinstance(obj[f], (dict, list)):
+            return str(obj[f]).strip()
+    return None
+
+
+def extract_answer(text: str, fields: tuple[str, ...] = ANSWER_FIELDS) -> str:
+    """The answer inside a reply, first found of: the declared JSON field, the last `####` line,
+    the last "final answer:"/"answer:" line, the last "the answer is ..." sentence; else the whole
+    text."""
+    declared = json_answer(text, fields)
+    if declared is not None:
+        return declared
+    for pattern in (_HASHES, _ANSWER_LINE, _ANSWER_IS):
+        found = pattern.findall(text)
+        if found:
+            return str(found[-1]).strip()
+    return text
 
 
 class Exact:
@@ -90,11 +124,18 @@ class Numeric:
         self.tolerance = Decimal(str(tolerance)) if tolerance > 0 else None
 
     def key(self, text: str, existing: list[str]) -> str | None:
-        part = text.rsplit("####", 1)[1] if "####" in text else answer_part(text)
-        numbers = self._NUMBER.findall(part.replace("$", "")) or self._NUMBER.findall(text.replace("$", ""))
-        if not numbers:
-            return None
-        raw = numbers[0] if "####" in text or _ANSWER_LINE.search(text) else numbers[-1]
+        declared = json_answer(text)
+        if declared is not None:  # the JSON answer field: its first number ("2:00 pm" is 2, not 00)
+            numbers = self._NUMBER.findall(declared.replace("$", ""))
+            if not numbers:
+                return None
+            raw = numbers[0]
+        else:
+            part = text.rsplit("####", 1)[1] if "####" in text else answer_part(text)
+            numbers = self._NUMBER.findall(part.replace("$", "")) or self._NUMBER.findall(text.replace("$", ""))
+            if not numbers:
+                return None
+            raw = numbers[0] if "####" in text or _ANSWER_LINE.search(text) else numbers[-1]
         try:
             value = Decimal(raw.replace(",", ""))
         except InvalidOperation:
@@ -150,6 +191,39 @@ class JaccardSet:
         return best or orjson.dumps(sorted(mine)).decode()
 
 
+class Similar:
+    """Free text: the extracted answer, normalised; joins an existing key whose token-set ratio
+    (rapidfuzz, 0-1: word order and repeated words ignored, a subset scores 1) is >= threshold."""
+
+    name = "similar"
+    reads_existing = True
+
+    def __init__(self, threshold: float = 0.9, fields: tuple[str, ...] = ANSWER_FIELDS):
+        self.threshold = threshold
+        self.fields = fields
+
+    @staticmethod
+    def normalise(answer: str) -> str:
+        """Case, punctuation and number spelling (1,200.50 / 1200.5) made alike."""
+        text = re.sub(r"(?<=\d),(?=\d{3})", "", answer)
+        text = re.sub(r"(\d+\.\d*?)0+\b", r"\1", text)
+        text = re.sub(r"(\d+)\.(?!\d)", r"\1", text)
+        return re.sub(r"\s+", " ", re.sub(r"[^\w\s.%/-]", " ", text)).strip().strip(".").casefold()
+
+    def key(self, text: str, existing: list[str]) -> str | None:
+        from rapidfuzz import fuzz
+
+        mine = self.normalise(extract_answer(text, self.fields))
+        if not mine:
+            return None
+        best, best_score = None, 0.0
+        for k in dict.fromkeys(existing):
+            score = fuzz.token_set_ratio(mine, k) / 100
+            if score >= self.threshold and score > best_score:
+                best, best_score = k, score
+        return best or mine
+
+
 def parse_json_object(text: str) -> dict[str, Any] | None:
     """The first JSON object in the text (models wrap JSON in prose or code fences)."""
     start = text.find("{")
@@ -186,6 +260,8 @@ RULES: dict[str, Callable[[AgreementSpec, dict[str, Any] | None], Rule]] = {
     "numeric": lambda s, schema: Numeric(s.tolerance),
     "json": lambda s, schema: JsonFields(sorted((schema or {}).get("properties", {})) or None),
     "set": lambda s, schema: JaccardSet(s.threshold),
+    # `rule: similar` needs workers/policy.py's RuleName to name it (the policy schema's owner adds it)
+    "similar": lambda s, schema: Similar(s.threshold),
 }
 
 

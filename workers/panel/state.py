@@ -229,7 +229,8 @@ class PanelStore:
         return orjson.loads(raw) if raw else None
 
     def put_call(self, panel_id: str, member: str, record: dict[str, Any], only_if_absent: bool = False) -> bool:
-        data = orjson.dumps(record)
+        # ended_at: when the call's outcome was known (with latency_ms, a trace span's extent)
+        data = orjson.dumps(record if "ended_at" in record else {**record, "ended_at": time.time()})
         if only_if_absent:
             return bool(self.r.hsetnx(keys.calls(panel_id), member, data))
         self.r.hset(keys.calls(panel_id), member, data)

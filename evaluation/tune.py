@@ -1,0 +1,157 @@
+"""`panel tune FILE`: choose a cascade (or panel) for a task class from recorded outcomes, with
+k-fold cross-validation, and write its tasks.yaml entry.
+
+    fit(train)        -> CascadeSpec    # sees ONLY the training fold's matrix
+    cross_validate()  -> every question answered by a policy fitted without it (out-of-fold)
+
+The rule `fit` applies (few free parameters, chosen for transfer rather than for the training rows):
+take the strongest single model's accuracy on the training rows as the bar; among all candidates
+cheaper than that model whose *smoothed* training accuracy (a gate's accuracy averaged with its
+neighbouring thresholds') reaches the bar minus `tolerance` (0.5 point), take the cheapest, a
+stage past the first counting 10% dearer (fewer thresholds to overfit). Nothing qualifies: the
+strongest single model. `inner_folds` instead scores candidates by a cross-validation inside the
+training rows; on the dev files it did not transfer better (bench/RESULTS.md), so it is off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from evaluation import space as search
+from evaluation.cascade import CascadeSpec, Stage, is_right, run_row
+from evaluation.matrix import Matrix
+from evaluation.offline import Prices
+from evaluation.replay import Row
+
+DEFAULT_TOLERANCE = 0.005  # training accuracy a policy may give up against the strongest model (0.5 point)
+DEFAULT_STAGE_PENALTY = 0.1  # a stage past the first must save 10% of cost to be worth its threshold
+
+
+@dataclass(frozen=True)
+class Rule:
+    tolerance: float = DEFAULT_TOLERANCE
+    max_stages: int = 3
+    stage_penalty: float = DEFAULT_STAGE_PENALTY  # each stage past the first must save this share of cost to be taken
+    inner_folds: int = 0  # >= 2: choose on scores cross-validated inside the training rows
+    z: float = 0.0  # > 0: also require the paired lower bound (diff - z*se) vs the strongest >= -margin
+    margin: float = 0.01
+
+
+@dataclass(frozen=True)
+class Fitted:
+    spec: CascadeSpec
+    train_accuracy: float
+    train_cost: float  # mean per question, in the matrix's unit
+
+
+def strongest(m: Matrix) -> int:
+    """Column of the most accurate model (the cheaper on a tie)."""
+    acc, cost = m.right.mean(axis=0), m.cost.mean(axis=0)
+    return int(np.lexsort((cost, -acc))[0])
+
+
+def choose(space: search.Space, bar: float, rule: Rule, max_cost: float = np.inf) -> int:
+    """Candidate index, or -1: the cheapest whose smoothed accuracy reaches `bar - tolerance` and
+    that costs less than `max_cost` in total (the strongest model's: never dearer than it)."""
+    correct, smooth, cost, stages = space.flat()
+    n = space.n
+    ok = (smooth / n >= bar - rule.tolerance - 1e-12) & (cost < max_cost)
+    if rule.z > 0 and space.wins:
+        w, lo = space.paired()
+        diff = (w - lo) / n
+        se = np.sqrt(np.maximum(w + lo - (w - lo) ** 2 / n, 0.0)) / n
+        ok &= diff - rule.z * se >= -rule.margin - 1e-12
+    eligible = np.flatnonzero(ok)
+    if eligible.size == 0:
+        return -1
+    order = np.lexsort((stages[eligible], cost[eligible] * (1 + rule.stage_penalty * (stages[eligible] - 1))))
+    return int(eligible[order[0]])
+
+
+def inner_scores(train: Matrix, agreement: dict[str, object], rule: Rule) -> search.Space:
+    """Every candidate scored out-of-fold *within* the training rows: thresholds set on inner
+    training folds, counted on the inner held-out fold, summed. A threshold that only fits the
+    rows it was set on scores what it would on new ones."""
+    total: search.Space | None = None
+    for part in folds(train.n, rule.inner_folds, seed=1):
+        inner_fit = train.take(np.setdiff1d(np.arange(train.n), part))
+        s = search.build(train.take(part), agreement, rule.max_stages, fit=inner_fit)
+        if total is None:
+            total = s
+            continue
+        for a, b in zip(total.correct, s.correct, strict=True):
+            a += b
+        for a, b in zip(total.cost, s.cost, strict=True):
+            a += b
+    assert total is not None
+    total.n = train.n
+    total.smooth = [c.astype(float) for c in total.correct]
+    return total
+
+
+def fit(train: Matrix, agreement: dict[str, object], rule: Rule = Rule()) -> Fitted:
+    """The policy for these rows. Receives the training matrix only: no test row can reach it."""
+    space = search.build(train, agreement, rule.max_stages)
+    s = strongest(train)
+    bar = float(train.right[:, s].mean())
+    scored = inner_scores(train, agreement, rule) if rule.inner_folds else space
+    i = choose(scored, bar, rule, float(train.cost[:, s].sum()))
+    if i < 0:  # nothing reaches the bar: the strongest model alone
+        spec = CascadeSpec(stages=[Stage(model=train.models[s])])
+        return Fitted(spec, bar, float(train.cost[:, s].mean()))
+    correct, _, cost, _ = space.flat()
+    return Fitted(space.spec(i), float(correct[i] / train.n), float(cost[i] / train.n))
+
+
+def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
+    """k disjoint test index sets covering 0..n-1 (shuffled with `seed`)."""
+    if not 2 <= k <= n:
+        raise ValueError(f"--folds: {k} folds need 2..{n} questions")
+    return [np.sort(part) for part in np.array_split(np.random.default_rng(seed).permutation(n), k)]
+
+
+def outcome(rows: list[Row], spec: CascadeSpec, prices: Prices, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per question: right? and cost (USD, or calls when the file has no costs), by the cascade
+    lane's rules on the recorded rows (`cascade.run_row`, what `panel eval` replays)."""
+    ds = [run_row(r, spec, prices) for r in rows]
+    right = np.array([is_right(r, d) for r, d in zip(rows, ds, strict=True)], dtype=bool)
+    cost = np.array([d.cost_usd if unit == "USD" else float(d.calls) for d in ds])
+    return right, cost
+
+
+@dataclass
+class CrossValidation:
+    policies: list[Fitted]  # one per fold
+    test_index: list[np.ndarray]
+    right: np.ndarray  # out-of-fold, per question
+    cost: np.ndarray
+
+
+def cross_validate(rows: list[Row], m: Matrix, prices: Prices, agreement: dict[str, object], k: int = 5,
+                   rule: Rule = Rule(), seed: int = 0) -> CrossValidation:  # fmt: skip
+    """Each fold's policy is fitted on the other folds' matrix (`m.take(train)`, a copy holding only
+    those rows) and scored on its own rows: every question's outcome comes from a policy that never
+    saw it."""
+    right, cost = np.zeros(m.n, dtype=bool), np.zeros(m.n)
+    parts = folds(m.n, k, seed)
+    policies = []
+    for test in parts:
+        train = np.setdiff1d(np.arange(m.n), test)
+        fitted = fit(m.take(train), agreement, rule)
+        policies.append(fitted)
+        r, c = outcome([rows[i] for i in test], fitted.spec, prices, m.unit)
+        right[test], cost[test] = r, c
+    return CrossValidation(policies, parts, right, cost)
+
+
+def hindsight(m: Matrix, agreement: dict[str, object], accuracy: float, rule: Rule = Rule()) -> Fitted | None:
+    """The cheapest policy of the same space that reaches `accuracy` on all rows (in sample)."""
+    space = search.build(m, agreement, rule.max_stages)
+    correct, _, cost, stages = space.flat()
+    ok = np.flatnonzero(correct / m.n >= accuracy - 1e-12)
+    if ok.size == 0:
+        return None
+    i = int(ok[np.lexsort((stages[ok], cost[ok]))[0]])
+    return Fitted(space.spec(i), float(correct[i] / m.n), float(cost[i] / m.n))

@@ -1,0 +1,98 @@
+"""What every route needs, made once per process: Redis clients, the producer's client, the
+admission script, the catalogue; plus the three steps every route starts with (admit the
+caller, read a bounded body, parse it as JSON)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import orjson
+import redis.asyncio as aredis
+from starlette.requests import Request
+
+from gateway.catalogue import Catalogue
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.settings import GatewaySettings
+from gateway.submission import Submitter
+from gateway.tenants import Admission, Caller
+from gateway.waiting import Jobs
+from producer.client import PanelClient
+
+T = TypeVar("T")
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    client: PanelClient  # blocking: used off the event loop (`blocking`)
+    redis: aredis.Redis
+    admission: Admission
+    submitter: Submitter
+    jobs: Jobs
+    catalogue: Catalogue
+
+    @classmethod
+    def make(cls, settings: GatewaySettings, redis_url: str | None = None) -> Gateway:
+        client = PanelClient(redis_url)
+        r = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
+            redis_url or client.settings.redis_url, max_connections=2048, timeout=30, health_check_interval=30))  # fmt: skip
+        return cls(settings, client, r, Admission(r, settings, client.settings.tenant_budget_usd),
+                   Submitter(client), Jobs(r), Catalogue.load())  # fmt: skip
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, short: bool = False) -> T:
+        """Run a blocking producer call (Redis + broker round trips) in a worker thread, so a slow
+        Redis stalls that request, not every request on this process. A `short` call (one job:
+        two pipelined round trips) runs on the loop itself when PANEL_GATEWAY_SUBMIT_INLINE is set."""
+        if short and self.settings.submit_inline:
+            return fn(*args)
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.client.close()
+
+
+def gw(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+async def admit(request: Request) -> Caller:
+    caller = await gw(request).admission.admit(request.headers.get("authorization"))
+    request.state.tenant = caller.tenant  # for the access log
+    return caller
+
+
+async def body(request: Request, limit: int, param: str = "body") -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"{param}: {declared} bytes is over this route's limit of {limit}; split the request",
+                              param=param, code="body_too_large")  # fmt: skip
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"{param}: over this route's limit of {limit} bytes; split the request",
+                                  param=param, code="body_too_large")  # fmt: skip
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", ""):
+        raise UnsupportedMediaType(f"content-type {ctype!r}: send application/json", param="content-type",
+                                   code="unsupported_media_type")  # fmt: skip
+    raw = await body(request, gw(request).settings.max_body_bytes)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"body: not UTF-8 at byte {e.start}; send UTF-8 JSON", param="body",
+                         code="invalid_encoding") from None  # fmt: skip
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"body: not JSON: {e}", param="body", code="invalid_json") from None

@@ -1,0 +1,150 @@
+"""`panel tune`: k-fold cross-validation whose folds cannot leak, intervals that refuse noise, and
+a written tasks.yaml entry that `panel eval` replays (on a synthetic file; fast)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from evaluation import matrix, stats, tune
+from evaluation.cascade import CascadeSpec
+from evaluation.replay import agreement_for, load
+from tests.eval import cascade_data
+
+REPO = Path(__file__).resolve().parents[2]
+AGREE = agreement_for("choice")
+
+
+def setup(tmp_path: Path, data: list[dict[str, object]]) -> tuple[list, matrix.Matrix]:
+    rows = load(cascade_data.write(tmp_path / "s.jsonl", data))
+    return rows, matrix.build(rows, {})
+
+
+def poison(data: list[dict[str, object]], index: set[int]) -> list[dict[str, object]]:
+    """Rows whose labels say the cheap model is always right and sure, and the others always
+    wrong: a policy that saw them would stop at the cheap model."""
+    out = []
+    for i, r in enumerate(data):
+        r = yaml.safe_load(yaml.safe_dump(r))
+        if i in index:
+            for name, rec in r["models"].items():  # type: ignore[attr-defined]
+                rec["correct"] = name == "cheap"
+                rec["conf"] = 0.0 if name == "cheap" else -3.0
+        out.append(r)
+    return out
+
+
+def test_a_held_out_row_cannot_change_its_own_folds_policy(tmp_path: Path) -> None:
+    data = cascade_data.rows(150)
+    rows, m = setup(tmp_path, data)
+    before = tune.cross_validate(rows, m, {}, AGREE, k=5)
+    held_out = {int(i) for i in before.test_index[0]}
+    rows2, m2 = setup(tmp_path, poison(data, held_out))
+    after = tune.cross_validate(rows2, m2, {}, AGREE, k=5)
+    assert after.policies[0].spec == before.policies[0].spec  # fold 0 never saw its own rows
+    # the poison is strong enough to move a policy that does see it: the test can fail
+    others = {int(i) for i in before.test_index[1]}
+    rows3, m3 = setup(tmp_path, poison(data, others))
+    moved = tune.cross_validate(rows3, m3, {}, AGREE, k=5)
+    assert moved.policies[0].spec != before.policies[0].spec
+
+
+def test_fit_receives_only_the_training_rows(tmp_path: Path) -> None:
+    rows, m = setup(tmp_path, cascade_data.rows(60))
+    seen: list[tuple[str, ...]] = []
+    real = tune.fit
+
+    def spy(train: matrix.Matrix, *a: object, **kw: object) -> tune.Fitted:
+        seen.append(train.ids)
+        return real(train, *a, **kw)  # type: ignore[arg-type]
+
+    tune.fit = spy  # type: ignore[assignment]
+    try:
+        cv = tune.cross_validate(rows, m, {}, AGREE, k=3)
+    finally:
+        tune.fit = real  # type: ignore[assignment]
+    for ids, test in zip(seen, cv.test_index, strict=True):
+        assert not set(ids) & {m.ids[i] for i in test} and len(ids) == m.n - len(test)
+
+
+def test_the_search_finds_the_confidence_gate_and_scores_it_as_the_replay_does(tmp_path: Path) -> None:
+    rows, m = setup(tmp_path, cascade_data.rows(200))
+    fitted = tune.fit(m, AGREE)
+    assert fitted.spec.stages[0].accept.check == "logprob" and len(fitted.spec.stages) >= 2
+    strong = m.right[:, m.col("strong")]
+    assert fitted.train_accuracy >= strong.mean() - 0.005
+    assert fitted.train_cost < 0.8 * m.cost[:, m.col("strong")].mean()
+    right, cost = tune.outcome(rows, fitted.spec, {}, m.unit)  # the lane's row-by-row rules agree with the search
+    assert right.mean() == pytest.approx(fitted.train_accuracy) and cost.mean() == pytest.approx(fitted.train_cost)
+
+
+def test_a_difference_inside_the_noise_is_not_called_a_gain() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random(300) < 0.85
+    b = a.copy()
+    right, wrong = np.flatnonzero(a), np.flatnonzero(~a)
+    b[right[:6]] = False  # b loses six questions a gets right and wins three a gets wrong: a is +1 point
+    b[wrong[:3]] = True
+    c = np.ones(300)
+    noisy = stats.paired(a, b, c, c)
+    assert 0 < noisy.diff < 0.02 and noisy.verdict == "no significant gain"
+    clear = stats.paired(np.ones(300, bool), rng.random(300) < 0.7, c, c)
+    assert clear.verdict == "significant gain"
+    lo, hi = stats.wilson(255, 300)
+    assert lo < 0.85 < hi and hi - lo < 0.09
+
+
+def test_tune_writes_an_entry_that_panel_eval_replays_on_other_rows(tmp_path: Path) -> None:
+    data = cascade_data.rows(240, seed=5)
+    train = cascade_data.write(tmp_path / "train.jsonl", data[:120])
+    test = cascade_data.write(tmp_path / "test.jsonl", data[120:])
+    policy = tmp_path / "policy.yaml"
+    run = [sys.executable, "-m", "producer"]
+    proc = subprocess.run([*run, "tune", str(train), "--write", str(policy), "--task-class", "qa_choice"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for row_name in ("tuned (out-of-fold)", "hindsight", "strongest=strong", "fusion:judge-always", "fusion:majority-first",
+                     "single:cheap", "targets:"):  # fmt: skip
+        assert row_name in proc.stdout
+    entry = yaml.safe_load(policy.read_text())["task_classes"]["qa_choice"]
+    assert entry["default_lane"] == "cascade" and {"single", "panel", "cascade"} <= set(entry)
+    CascadeSpec.from_entry(entry["cascade"])  # the shared schema (CASCADE-SCHEMA.md)
+    proc = subprocess.run([*run, "eval", str(test), "--policy", str(policy), "--out", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "qa_choice:" in proc.stdout and "goal >= 0.99x accuracy at <= 0.5x cost" in proc.stdout
+
+
+def test_a_bad_replay_line_names_file_line_and_field(tmp_path: Path) -> None:
+    data = cascade_data.rows(3)
+    data[1]["models"]["mid"]["cost_usd"] = "cheap"  # type: ignore[index]
+    path = cascade_data.write(tmp_path / "bad.jsonl", data)
+    proc = subprocess.run([sys.executable, "-m", "producer", "tune", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert "bad.jsonl:2: models.mid.cost_usd:" in proc.stderr
+
+
+def test_cascade_entries_are_range_checked() -> None:
+    with pytest.raises(ValueError, match=r"cascade.stages.0.accept.*log-probability"):
+        CascadeSpec.from_entry({"stages": [{"model": "a", "accept": {"check": "logprob", "min": 0.5}}, {"model": "b"}]})
+    with pytest.raises(ValueError, match="needs a check"):
+        CascadeSpec.from_entry({"stages": [{"model": "a"}, {"model": "b"}]})
+    with pytest.raises(ValueError, match="exactly one"):
+        CascadeSpec.from_entry({"stages": [{"model": "a", "panel": {"members": ["b"], "quorum": 1}}]})
+
+
+def test_a_file_without_costs_counts_calls(tmp_path: Path) -> None:
+    data = cascade_data.rows(60)
+    for r in data:
+        for rec in r["models"].values():  # type: ignore[attr-defined]
+            rec["cost_usd"] = rec["tokens_in"] = rec["tokens_out"] = None
+    rows, m = setup(tmp_path, data)
+    assert m.unit == "calls"
+    cv = tune.cross_validate(rows, m, {}, AGREE, k=3)
+    assert set(np.unique(cv.cost)) <= {1.0, 2.0, 3.0}  # whole calls per question, no dollars invented
