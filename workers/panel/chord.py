@@ -56,12 +56,14 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     """One member's whole turn. `batch` prices the call (default: the panel's lane); a batch
     panel's member made in real time (workers/panel/route.py) passes False."""
     store = chord.store
-    spec, prior, decided = store.turn(panel_id, member_id)
+    # a member that starts while Redis is away waits for it: raising would publish a retry, which
+    # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
+    spec, prior, decided = through_redis_outage(lambda: store.turn(panel_id, member_id))
     if spec is None:
         return Turn("gone", None)
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
-    watchdog.started(store.r, panel_id, member_id)  # its watchdog bound now covers a whole call
+    through_redis_outage(lambda: watchdog.started(store.r, panel_id, member_id))  # its bound now covers a whole call
     if prior and prior["status"] in REUSABLE:
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
         fault_point(store, "after_answer", panel_id, member_id)
