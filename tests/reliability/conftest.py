@@ -156,10 +156,11 @@ def receipt_calls(results: list[Result], status: tuple[str, ...] = ("answered", 
 
 def receipt_requests(results: list[Result]) -> Counter[str]:
     """Calls per model that reached the provider, by the receipts: answered, late, failed after a
-    request, lost in flight, and cancelled after sending (input tokens charged)."""
+    request, lost in flight, and cancelled after sending (input tokens charged, or cut off in
+    flight with its charge still to land)."""
     return Counter(c.model for r in results if r.receipt for c in r.receipt.calls
                    if c.status in ("answered", "late", "lost") or (c.status == "failed" and c.latency_ms > 0)
-                   or (c.status == "cancelled" and c.tokens_in > 0))  # fmt: skip
+                   or (c.status == "cancelled" and (c.tokens_in > 0 or "in flight" in (c.error or ""))))  # fmt: skip
 
 
 def sim_models(fleet: Fleet) -> dict[str, Any]:
