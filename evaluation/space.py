@@ -127,14 +127,14 @@ def single(m: Matrix, name: str) -> StageArr:
                     lambda v, last: Stage(model=name), False)  # fmt: skip
 
 
-def gate(m: Matrix, name: str, fit: Matrix | None = None) -> StageArr:
+def gate(m: Matrix, name: str, fit: Matrix | None = None, rates: np.ndarray = ACCEPT_RATES) -> StageArr:
     """`name` accepted when its log-probability >= a threshold: one variant per accept rate, the
     thresholds taken from `fit`'s rows (default: `m`'s own) and applied to `m`'s."""
     j = m.col(name)
     conf = m.conf[:, j]
     fitted = (fit or m).conf[:, j]
     seen = fitted[~np.isnan(fitted)]
-    mins = np.quantile(seen, 1 - ACCEPT_RATES) if seen.size else np.zeros(len(ACCEPT_RATES))
+    mins = np.quantile(seen, 1 - rates) if seen.size else np.zeros(len(rates))
     mins = np.minimum(np.floor(mins * 1e6) / 1e6, 0.0)  # round down: every training row at the quantile stays accepted
     accept = np.nan_to_num(conf, nan=-np.inf)[None, :] >= mins[:, None]
     v = len(mins)
@@ -183,15 +183,19 @@ def search_models(m: Matrix) -> list[str]:
     return top + cheap
 
 
-def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Matrix | None = None) -> Space:
+def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Matrix | None = None,
+          rates: np.ndarray = ACCEPT_RATES, last_models: list[str] | None = None) -> Space:  # fmt: skip
     """Score the whole space on `m` (one fold's training rows, or a whole file in hindsight).
     With `fit`: the models searched and the thresholds come from `fit`'s rows, the scores from
-    `m`'s (an inner validation fold), so candidate i is the same policy shape for every `m`."""
+    `m`'s (an inner validation fold), so candidate i is the same policy shape for every `m`.
+    `rates`: the gates' accept rates; `last_models`: the cascades' last-stage models (default: the most
+    accurate of `fit`'s rows)."""
     base = fit or m
     space = Space(m.n, reference=m.right[:, m.col(ranked(base)[0])].copy())
     names = search_models(base)
+    names += [x for x in last_models or [] if x not in names]
     singles = {x: single(m, x) for x in names}
-    gates = {x: gate(m, x, fit) for x in names if base.has_conf(x)}
+    gates = {x: gate(m, x, fit, rates) for x in names if base.has_conf(x)}
     pairs = {p: pair(m, *p, agreement) for p in itertools.combinations(names, 2)}
     strong = [x for x in ranked(base) if x in names][:PANEL_MODELS]
     for s in singles.values():
@@ -202,7 +206,7 @@ def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Mat
             if list(members) == sorted(members):
                 space.add((panel3(m, members, judge, "parallel", agreement),))
     firsts = [*gates.values(), *pairs.values()]
-    lasts = [singles[x] for x in strong[:LAST_MODELS]]
+    lasts = [singles[x] for x in (last_models or strong[:LAST_MODELS])]
     for f in firsts:
         for last in lasts:
             if not f.models & last.models:

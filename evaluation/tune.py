@@ -7,10 +7,14 @@ k-fold cross-validation, and write its tasks.yaml entry.
 The rule `fit` applies (few free parameters, chosen for transfer rather than for the training rows):
 take the strongest single model's accuracy on the training rows as the bar; among all candidates
 cheaper than that model whose *smoothed* training accuracy (a gate's accuracy averaged with its
-neighbouring thresholds') reaches the bar minus `tolerance` (0.5 point), take the cheapest, a
-stage past the first counting 10% dearer (fewer thresholds to overfit). Nothing qualifies: the
-strongest single model. `inner_folds` instead scores candidates by a cross-validation inside the
-training rows; on the dev files it did not transfer better (bench/RESULTS.md), so it is off.
+neighbouring thresholds') reaches the bar minus `tolerance` (0.5 point) AND whose paired lower
+bound against the strongest model (difference - 1 standard error, on the same rows) loses at most
+1% of its accuracy, with every gate accepting >= 30 training rows, take the cheapest, a stage past the first
+counting 10% dearer (fewer thresholds to overfit). Nothing qualifies: the strongest single model.
+The last two conditions were chosen leave-one-file-out with `evaluation.transfer` (random half
+splits, bench/RESULTS.md); `Rule(z=0, min_support=0)` is the earlier rule. `inner_folds` instead
+scores candidates by a cross-validation inside the training rows; on the dev files it did not
+transfer better, so it is off.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ from evaluation.replay import Row
 
 DEFAULT_TOLERANCE = 0.005  # training accuracy a policy may give up against the strongest model (0.5 point)
 DEFAULT_STAGE_PENALTY = 0.1  # a stage past the first must save 10% of cost to be worth its threshold
+# chosen leave-one-file-out by `python3 -m evaluation.transfer --lofo` (bench/RESULTS.md): the paired
+# lower bound (1 standard error) against the strongest model may lose at most 1% of its accuracy
+# (the 0.99x target), and a gate accepts at least 30 training rows at its threshold
+DEFAULT_Z = 1.0
+DEFAULT_MIN_SUPPORT = 30
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,17 @@ class Rule:
     max_stages: int = 3
     stage_penalty: float = DEFAULT_STAGE_PENALTY  # each stage past the first must save this share of cost to be taken
     inner_folds: int = 0  # >= 2: choose on scores cross-validated inside the training rows
-    z: float = 0.0  # > 0: also require the paired lower bound (diff - z*se) vs the strongest >= -margin
+    z: float = DEFAULT_Z  # > 0: also require the paired lower bound (diff - z*se) vs the strongest >= -margin
     margin: float = 0.01
+    relative_margin: bool = True  # the margin is a share of the strongest model's accuracy (0.01: the 0.99x target)
+    min_support: int = DEFAULT_MIN_SUPPORT  # a gate's accept region holds at least this many training rows
+    rate_step: float = 0.05  # the gates' accept rates: step, ..., 1 - step (a coarser grid has fewer thresholds to fit)
+    last: str = "strongest"  # "tied": cascades may also end in the cheapest model not significantly worse than the strongest
+    last_z: float = 1.0  # "not significantly worse": the paired difference's upper bound diff + last_z*se >= 0
+
+    def rates(self, n: int) -> np.ndarray:
+        r = np.round(np.arange(self.rate_step, 1 - self.rate_step / 2, self.rate_step), 4)
+        return r[r * n >= self.min_support]
 
 
 @dataclass(frozen=True)
@@ -62,7 +80,8 @@ def choose(space: search.Space, bar: float, rule: Rule, max_cost: float = np.inf
         w, lo = space.paired()
         diff = (w - lo) / n
         se = np.sqrt(np.maximum(w + lo - (w - lo) ** 2 / n, 0.0)) / n
-        ok &= diff - rule.z * se >= -rule.margin - 1e-12
+        margin = rule.margin * bar if rule.relative_margin else rule.margin
+        ok &= diff - rule.z * se >= -margin - 1e-12
     eligible = np.flatnonzero(ok)
     if eligible.size == 0:
         return -1
@@ -77,7 +96,7 @@ def inner_scores(train: Matrix, agreement: dict[str, object], rule: Rule) -> sea
     total: search.Space | None = None
     for part in folds(train.n, rule.inner_folds, seed=1):
         inner_fit = train.take(np.setdiff1d(np.arange(train.n), part))
-        s = search.build(train.take(part), agreement, rule.max_stages, fit=inner_fit)
+        s = build(train.take(part), agreement, rule, fit=inner_fit)
         if total is None:
             total = s
             continue
@@ -91,9 +110,27 @@ def inner_scores(train: Matrix, agreement: dict[str, object], rule: Rule) -> sea
     return total
 
 
+def last_models(train: Matrix, rule: Rule) -> list[str] | None:
+    """The cascades' possible last stages: the strongest model, and with `last="tied"` also the
+    cheapest model whose paired difference to it is not significantly negative on these rows."""
+    s = strongest(train)
+    if rule.last == "strongest":
+        return None
+    d = train.right.astype(float) - train.right[:, [s]].astype(float)
+    mean, se = d.mean(axis=0), d.std(axis=0, ddof=1) / np.sqrt(max(train.n, 2))
+    tied = np.flatnonzero(mean + rule.last_z * se >= 0)
+    cheap = int(tied[np.argmin(train.cost[:, tied].mean(axis=0))])
+    return [train.models[s]] + ([train.models[cheap]] if cheap != s else [])
+
+
+def build(train: Matrix, agreement: dict[str, object], rule: Rule, fit: Matrix | None = None) -> search.Space:
+    base = fit or train
+    return search.build(train, agreement, rule.max_stages, fit, rule.rates(base.n), last_models(base, rule))
+
+
 def fit(train: Matrix, agreement: dict[str, object], rule: Rule = Rule()) -> Fitted:
     """The policy for these rows. Receives the training matrix only: no test row can reach it."""
-    space = search.build(train, agreement, rule.max_stages)
+    space = build(train, agreement, rule)
     s = strongest(train)
     bar = float(train.right[:, s].mean())
     scored = inner_scores(train, agreement, rule) if rule.inner_folds else space
@@ -148,7 +185,7 @@ def cross_validate(rows: list[Row], m: Matrix, prices: Prices, agreement: dict[s
 
 def hindsight(m: Matrix, agreement: dict[str, object], accuracy: float, rule: Rule = Rule()) -> Fitted | None:
     """The cheapest policy of the same space that reaches `accuracy` on all rows (in sample)."""
-    space = search.build(m, agreement, rule.max_stages)
+    space = build(m, agreement, rule)
     correct, _, cost, stages = space.flat()
     ok = np.flatnonzero(correct / m.n >= accuracy - 1e-12)
     if ok.size == 0:

@@ -203,7 +203,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     command = "panel tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else f"panel tune {args.file}"
     try:
-        rule = Rule(tolerance=args.tolerance, max_stages=args.max_stages, inner_folds=args.inner_folds)
+        given = {"tolerance": args.tolerance, "max_stages": args.max_stages, "inner_folds": args.inner_folds,
+                 "min_support": args.min_support, "rate_step": args.rate_step, "last": args.last, "z": args.z, "margin": args.margin}
+        rule = Rule(**{k: v for k, v in given.items() if v is not None})  # unset: the default rule's constants
         return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
                          args.task_class, rule, command)  # fmt: skip
     except (ValueError, ReplayFormatError) as e:
@@ -311,9 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="fold assignment")
     s.add_argument("--write", help="write the chosen tasks.yaml entry to this YAML file")
     s.add_argument("--task-class", default="tuned", help="the task class name in the written entry")
-    s.add_argument("--tolerance", type=float, default=0.005, help="training accuracy a policy may give up vs the strongest model")
-    s.add_argument("--max-stages", type=int, default=3, choices=[1, 2, 3], help="most cascade stages considered")
-    s.add_argument("--inner-folds", type=int, default=0, help=">= 2: choose on scores cross-validated inside each training fold")
+    # every rule flag defaults to evaluation.tune.Rule()'s constant (chosen by evaluation.transfer; bench/RESULTS.md)
+    s.add_argument("--tolerance", type=float, help="training accuracy a policy may give up vs the strongest model")
+    s.add_argument("--max-stages", type=int, choices=[1, 2, 3], help="most cascade stages considered")
+    s.add_argument("--inner-folds", type=int, help=">= 2: choose on scores cross-validated inside each training fold")
+    s.add_argument("--min-support", type=int, help="a confidence gate's accept region holds at least this many training rows")
+    s.add_argument("--rate-step", type=float, help="gates' accept rates step, 2*step, ..., 1-step (0.05: 19 thresholds per model)")
+    s.add_argument("--last", choices=["strongest", "tied"], help="cascades end in the strongest model, or also the cheapest tied with it")
+    s.add_argument("--z", type=float, help="> 0: require the paired lower bound diff - z*se vs the strongest >= -margin")
+    s.add_argument("--margin", type=float, help="with --z: the share of the strongest model's accuracy a policy may lose on that lower bound (0.01)")
     s.set_defaults(func=cmd_tune)
 
     s = parser("demo", "start redis, the simulator and workers; run examples/; stop all")

@@ -148,3 +148,63 @@ def test_a_file_without_costs_counts_calls(tmp_path: Path) -> None:
     assert m.unit == "calls"
     cv = tune.cross_validate(rows, m, {}, AGREE, k=3)
     assert set(np.unique(cv.cost)) <= {1.0, 2.0, 3.0}  # whole calls per question, no dollars invented
+
+
+def noise_gate_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """A cheap model (70%) whose log-probability is pure noise, uniform on [-1, 0], and a strong one
+    (90%): the truth is known. A gate accepting share p of the cheap model's answers has accuracy
+    0.9 - 0.2p on new questions whatever its threshold, so every gate loses accuracy: the right policy
+    is the strong model alone (or a gate too small to matter)."""
+    data = cascade_data.rows(n, seed)
+    rnd = np.random.default_rng(seed)
+    for r in data:
+        models = r["models"]  # type: ignore[index]
+        gold = r["gold"]
+        for name, acc in (("cheap", 0.70), ("strong", 0.90)):
+            right = bool(rnd.random() < acc)
+            answer = gold if right else next(c for c in "ABCD" if c != gold)
+            models[name].update(answer=answer, text=answer, correct=right, conf=round(float(-rnd.random()), 4))
+        for name in ("mid", "other"):
+            del models[name]
+    return data
+
+
+def test_the_default_rule_refuses_a_gate_that_only_fits_its_training_rows(tmp_path: Path) -> None:
+    """On 20 training sets of 150 rows, the default rule's policy keeps >= 0.99x the strong model's
+    true accuracy every time; the old rule (point accuracy within 0.5 point, any accept region) is
+    fooled by a lucky threshold on some of them (the spec can fail)."""
+
+    def true_ratio(spec: CascadeSpec) -> float:
+        gate = spec.stages[0]
+        if gate.accept is None or gate.model != "cheap":
+            return 1.0 if spec.stages[-1].model == "strong" and len(spec.stages) == 1 else 0.0
+        p = min(1.0, max(0.0, 1.0 + float(gate.accept.min)))  # P(conf >= min) for conf ~ U[-1, 0]
+        return (0.9 - 0.2 * p) / 0.9
+
+    old = tune.Rule(z=0.0, min_support=0)
+    ratios: dict[str, list[float]] = {"default": [], "old": []}
+    for seed in range(20):
+        rows, m = setup(tmp_path, noise_gate_rows(150, seed))
+        ratios["default"].append(true_ratio(tune.fit(m, AGREE).spec))
+        ratios["old"].append(true_ratio(tune.fit(m, AGREE, old).spec))
+    assert min(ratios["default"]) >= 0.99
+    assert min(ratios["old"]) < 0.99
+
+
+def test_the_transfer_harness_tunes_on_one_half_and_scores_the_written_policy_on_the_other(tmp_path: Path) -> None:
+    from evaluation import transfer
+
+    a, b = transfer.halves(101, seed=4)
+    assert not set(a) & set(b) and len(a) + len(b) == 101
+    path = cascade_data.write(tmp_path / "t.jsonl", cascade_data.rows(240, seed=5))
+    rows = load(path)
+    res = transfer.run(path, tune.Rule(), splits=3)
+    for seed, r in enumerate(res):  # each split re-done by hand: fit on the train half, replay on the other
+        train, test = transfer.halves(len(rows), seed)
+        fitted = tune.fit(matrix.build([rows[j] for j in train], {}), AGREE)
+        right, _ = tune.outcome([rows[j] for j in test], fitted.spec, {}, "USD")
+        strong = np.array([rows[j].models["strong"].correct for j in test])  # the train half's strongest here
+        assert r.policy == fitted.spec.describe()
+        assert r.acc_vs_train_pick == pytest.approx(right.mean() / strong.mean())
+    s = transfer.summary(res)
+    assert 0 <= s["met"] <= s["acc_ok"] <= 1 and s["cost_median"] > 0

