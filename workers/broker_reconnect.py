@@ -39,7 +39,7 @@ class BrokerConnectionClosed(redis.exceptions.ConnectionError):
 def _connparams(self: Any, asynchronous: bool = False) -> Any:
     if self.connection is None or getattr(self.connection, "client", None) is None:
         raise BrokerConnectionClosed("broker connection already closed (kombu channel of a dropped connection)")
-    return _original(self, asynchronous=asynchronous)
+    return _original(self, asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
 
 def install() -> None:

@@ -12,11 +12,11 @@ import orjson
 from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
 from workers.panel import attempts
+from workers.panel.chord import call_record
 from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000
-_CALL_FIELDS = set(CallRecord.model_fields)
 
 
 def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
@@ -50,25 +50,21 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         tried = attempts.of_panel(rt.redis, spec.panel_id)
         for i, m in enumerate(spec.members):
             rec = records.get(m.member)
-            extra = attempts.unrepresented(tried.get(m.member, []), rec["status"] if rec else None)
+            extra = attempts.unrepresented(tried.get(m.member, []), rec.status if rec else None)
             pending = rec is None and bool(extra) and extra[-1].status == "in_flight"
             calls += [_attempt_record(rt, a, f"{n}.{m.member}", cut_off=pending and a is extra[-1]) for a in extra]
             if pending:
                 saved += 1  # in flight at the decision: being cut off; its own record re-renders this
                 continue
-            if rec is None:
-                status = "skipped" if i >= dispatched else "cancelled"
-                mspec = rt.registry.model(m.model)
-                rec = {"member": m.member, "model": m.model, "provider": mspec.provider, "tier": m.tier,
-                       "status": status, "batch": spec.batch}  # fmt: skip
-            if rec["status"] in ("skipped", "cancelled"):
+            if rec is None:  # never recorded: not sent (staged), or cancelled before it ran
+                rec = call_record(rt.registry, spec, m, "skipped" if i >= dispatched else "cancelled")
+            if rec.status in ("skipped", "cancelled"):
                 saved += 1
-            calls.append(CallRecord(**{k: v for k, v in rec.items() if k in _CALL_FIELDS} | {"member": f"{n}.{m.member}"}))
-            if default_key is None and rec["status"] == "answered" and m.model == policy.single.model:
-                default_key, default_text = rec.get("answer_key"), rec.get("text")
+            calls.append(CallRecord(**rec.receipt_fields() | {"member": f"{n}.{m.member}"}))
+            if default_key is None and rec.status == "answered" and m.model == policy.single.model:
+                default_key, default_text = rec.answer_key, rec.text
         if "arbiter" in records:
-            rec = records["arbiter"]
-            calls.append(CallRecord(**{k: v for k, v in rec.items() if k in _CALL_FIELDS} | {"member": f"{n}.arbiter"}))
+            calls.append(CallRecord(**records["arbiter"].receipt_fields() | {"member": f"{n}.arbiter"}))
         if state.get("verdict"):
             verdict = Verdict.model_validate(orjson.loads(state["verdict"]))
         decision = _decision(spec.stage, state.get("decided", ""), verdict)
@@ -113,7 +109,7 @@ def _disagreement(snap: PanelSnapshot, verdict: Verdict | None) -> str | None:
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"
 
 
-def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | None = None) -> int:
+def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | str | None = None) -> int:
     """Queue the receipt's ledger entry on `pipe` (a MULTI), deleting the entry it `replaces`, so
     the ledger holds one entry per job, the same document as the job's result even when a late
     record re-renders it. Returns the XADD's index in the pipeline's results (the entry id, to be

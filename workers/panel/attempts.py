@@ -27,6 +27,7 @@ import orjson
 import redis
 
 from producer import keys
+from producer.wire import text
 
 LOST = "lost in flight with its worker (or the answer lost before it was recorded): the provider may bill it"
 
@@ -79,7 +80,7 @@ def of_panel(r: redis.Redis, panel_id: str) -> dict[str, list[Attempt]]:
         d = orjson.loads(raw)
         ended = d.get("ended")
         out.setdefault(d["member"], []).append(Attempt(
-            aid=field.decode(), member=d["member"], model=d.get("model", ""), status=d.get("status", "in_flight"),
+            aid=text(field), member=d["member"], model=d.get("model", ""), status=d.get("status", "in_flight"),
             tokens_in=int(d.get("tokens_in", 0)), tokens_out=int(d.get("tokens_out", 0)), batch=bool(d.get("batch")),
             error=d.get("error"), latency_ms=(ended - d["started"]) * 1000 if ended and "started" in d else 0.0,
         ))  # fmt: skip

@@ -144,7 +144,7 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     try:
         aid = None
         if panel_id is not None and member is not None:  # written before the request leaves (attempts.py)
-            aid = through_redis_outage(lambda: attempts.begin(  # type: ignore[arg-type]
+            aid = through_redis_outage(lambda: attempts.begin(
                 rt.redis, panel_id, member, model, estimate_tokens(messages, output_tokens=0), bool(spend and spend.batch)))
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from producer import keys
+from producer.wire import text
 from workers.errors import failure_reason
 from workers.panel import watchdog
 from workers.panel.act import cancel_stragglers
@@ -44,8 +45,9 @@ def sweep(store: PanelStore, d: Dispatcher, dead_letter: DeadLetter, now: float 
             acted += watchdog.conclude_stranded(store.r, d, now, every_s=watchdog_s / 3, window_s=STALE_DECISION_S)
         except Exception as e:  # the watchdog never stops the sweep
             log.warning("sweep: watchdog failed: %s: %s", type(e).__name__, e)
-    for raw in store.r.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit):
-        pid = raw.decode()
+    due: list[bytes] = store.r.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit)  # type: ignore[assignment]
+    for raw in due:
+        pid = text(raw)
         try:
             acted += sweep_panel(store, d, pid, now)
         except Exception as e:

@@ -35,6 +35,7 @@ import orjson
 import redis
 
 from producer import keys
+from producer.wire import text
 
 if TYPE_CHECKING:
     from workers.panel.ports import Dispatcher
@@ -86,14 +87,14 @@ def resend_overdue(store: PanelStore, d: Dispatcher, now: float, bound_s: float,
 
     r = store.r
     resent = 0
-    due = r.zrangebyscore(WATCH, 0, now - bound_s, start=0, num=limit)
+    due: list[bytes] = r.zrangebyscore(WATCH, 0, now - bound_s, start=0, num=limit)  # type: ignore[assignment]
     if not due:
         return 0
     backlog = {tier: queued(r, tier) for tier in TIERS}
     if all(backlog.values()):
         return 0  # every tier has a backlog (overload): members are waiting their turn, none re-sent
     for raw in due:
-        entry = raw.decode()
+        entry = text(raw)
         panel_id, member_id = entry.rsplit("|", 1)
         spec, prior, decided = store.turn(panel_id, member_id)
         if spec is None or decided or prior:
@@ -126,13 +127,13 @@ def resend_lost_runs(r: redis.Redis, now: float, bound_s: float, send_run: Calla
     `control` is empty: still `queued` (the message vanished), or `running` with no panel, or a
     panel none of whose members was sent (the run raised in a Redis outage and its retry was
     never published). A repeated run plans again, or sends what its panel lacks."""
-    due = r.zrangebyscore(keys.JOB_WATCH, 0, now - bound_s, start=0, num=limit)
+    due: list[bytes] = r.zrangebyscore(keys.JOB_WATCH, 0, now - bound_s, start=0, num=limit)  # type: ignore[assignment]
     if not due:
         return 0
     pipe = r.pipeline(transaction=False)
     for raw in due:
-        pipe.hget(keys.job(raw.decode()), "status")
-        pipe.lindex(keys.job(raw.decode()) + ":panels", -1)
+        pipe.hget(keys.job(text(raw)), "status")
+        pipe.lindex(keys.job(text(raw)) + ":panels", -1)
     got = pipe.execute()
     statuses, lasts = got[0::2], got[1::2]
     pipe = r.pipeline(transaction=False)
@@ -144,9 +145,9 @@ def resend_lost_runs(r: redis.Redis, now: float, bound_s: float, send_run: Calla
              for raw, st, last, fl in zip(due, statuses, lasts, fields, strict=True)}  # fmt: skip
     moved_on = [raw for raw, s in stuck.items() if not s]
     if moved_on:
-        r.zrem(keys.JOB_WATCH, *moved_on)
-    waiting = [raw.decode() for raw, s in stuck.items() if s]
-    if not waiting or sum(queued_list(r, "control")):
+        r.zrem(keys.JOB_WATCH, *[text(raw) for raw in moved_on])
+    waiting = [text(raw) for raw, s in stuck.items() if s]
+    if not waiting or any(queued_list(r, "control")):
         return 0  # none lost, or they are behind other messages: waiting their turn
     for job_id in waiting:
         n = int(r.hincrby(RESENDS, job_id, 1))
@@ -174,8 +175,8 @@ def conclude_stranded(r: redis.Redis, d: Dispatcher, now: float, every_s: float,
     deadline. Runs at most once per `every_s` fleet-wide, over the `limit` nearest deadlines."""
     if not r.set(SCAN_LOCK, 1, nx=True, ex=max(1, round(every_s))):
         return 0
-    pids = [raw.decode() for raw in r.zrangebyscore(keys.PANEL_DEADLINES, now + window_s, "+inf",
-                                                    start=0, num=limit)]  # fmt: skip
+    raws: list[bytes] = r.zrangebyscore(keys.PANEL_DEADLINES, now + window_s, "+inf", start=0, num=limit)  # type: ignore[assignment]
+    pids = [text(raw) for raw in raws]
     pipe = r.pipeline(transaction=False)
     for pid in pids:
         pipe.hmget(keys.panel(pid), ["decided", "once:concluded"])
