@@ -25,7 +25,7 @@ MAX_METADATA_BYTES = 4_096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 Mode = Literal["realtime", "batch"]
-Lane = Literal["single", "panel"]
+Lane = Literal["single", "panel", "cascade"]
 CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late", "lost"]  # lost: in flight with a dead worker
 JobStatus = Literal["queued", "running", "decided", "failed"]
 Decision = Literal["single", "quorum", "arbiter", "majority", "sweep", "failed", "cache"]
@@ -161,8 +161,10 @@ class CallRecord(_Strict):
     batch: bool = False  # True: priced at the registry's batch price (the call went through a batch)
     realtime_cost_usd: float | None = None  # batch calls: the same tokens at the real-time price
     answer_key: str | None = None  # the normalised answer this call voted for
+    logprob: float | None = None  # the answer's sequence log-probability (OpenAI wire, when asked)
     failed_over_from: str | None = None
     error: str | None = None
+    anonymised: dict[str, str] | None = None  # the arbiter: label shown to the judge -> member id
 
 
 class Verdict(_Strict):
@@ -178,6 +180,13 @@ class Verdict(_Strict):
 class LaneStep(_Strict):
     lane: Literal["single", "panel", "batch"]
     reason: str
+    # a cascade stage (`stage` 1, 2, ...): its acceptance check, the measured value (None: no
+    # signal, e.g. a server without log-probabilities), the threshold, and whether it accepted
+    stage: int | None = None
+    check: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    accepted: bool | None = None
 
 
 class Receipt(_Strict):

@@ -20,7 +20,7 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import answer_cache, ledger, metrics, tracing
+from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
@@ -38,7 +38,7 @@ _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
 
-def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
+def job_deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
     if job.deadline is not None:
         return job.deadline.timestamp()
     return time.time() + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
@@ -64,8 +64,12 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
         rt.jobs.fail(job_id, str(e), d.run)
         return "failed"
-    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-              plan=orjson.dumps(plan.__dict__))  # fmt: skip
+    plan_json = orjson.dumps(plan.__dict__)
+    if plan.lane == "cascade":
+        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, plan=plan_json)
+    else:
+        new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
+                  plan=plan_json)  # fmt: skip
     return plan.lane
 
 
@@ -95,17 +99,33 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         quorum=1 if stage == "single" else policy.panel.quorum,
         dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
-        rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
+        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
+    return open_panel(rt, d, spec, reason, plan)
+
+
+def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: bytes | None = None,
+               **entry: Any) -> PanelRun:  # fmt: skip
+    """Store a new panel with the job's record of it (with `entry`, e.g. its cascade stage, and,
+    for its first panel, the job's `plan` and running status) in one transaction, and send its
+    first members."""
     pipe = rt.redis.pipeline()
     rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
     if plan is not None:
-        pipe.hset(keys.job(job_id), mapping={"status": "running", "plan": plan})
-    pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
-    pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
+        pipe.hset(keys.job(spec.job_id), mapping={"status": "running", "plan": plan})
+    pipe.rpush(keys.job(spec.job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
+    pipe.expire(keys.job(spec.job_id) + ":panels", rt.settings.result_ttl_s)
     pipe.execute()
-    dispatch(rt.store, d, spec, members[: spec.first_stage_size])
+    dispatch(rt.store, d, spec, spec.members[: spec.first_stage_size])
     return spec
+
+
+def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
+               triggers: list[str], reason: str, plan: bytes | None = None) -> PanelRun:  # fmt: skip
+    """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run)."""
+    assert policy.cascade is not None
+    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, job_deadline(rt, job, policy))
+    return open_panel(rt, d, spec, reason, plan, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
 @dataclass(frozen=True)
@@ -214,13 +234,22 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
     view = job_view(rt, spec.job_id)
-    if view.panels[-1]["panel_id"] != panel_id:
+    newest = view.panels[-1]
+    if newest["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
     rt.store.publish_decided(panel_id)
     job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
     snap = rt.store.snapshot(panel_id)
     text = final_text(snap)
+    if "cascade" in newest:  # a cascade stage: its acceptance check concludes or escalates
+        n = int(newest["cascade"]["stage"])
+        verdict = cascade_lane.judge_stage(rt, spec, job, policy, n, text, snap)
+        if cascade.goes_on(verdict):
+            open_stage(rt, d, spec.job_id, job, policy, n + 1, [*spec.triggers, verdict.reason()], verdict.reason())
+        else:
+            finalise_job(rt, d, spec.job_id)  # read afresh: the receipt shows the acceptance just written
+        return
     if spec.stage == "single":
         hits, invalid = output_triggers(job, policy, text, view.schema_invalid)
         if invalid:

@@ -13,6 +13,7 @@ from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
 from workers.panel import attempts
 from workers.panel.chord import call_record
+from workers.panel.record import Call
 from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
@@ -24,6 +25,8 @@ def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
         return "single" if stage == "single" else "quorum"
     if decided == "arbiter":
         return "majority" if verdict and verdict.fallback else "arbiter"
+    if decided == "split":  # a cascade's last stage without an arbiter: the plurality was taken
+        return "majority"
     return decided if decided in ("sweep", "failed") else "failed"
 
 
@@ -44,7 +47,9 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             continue
         snap = snaps[spec.panel_id]
         state, records = snap.state, snap.calls
-        lanes.append(LaneStep(lane="batch" if spec.batch else spec.stage, reason=p["reason"]))
+        lanes.append(LaneStep(lane="batch" if spec.batch else spec.stage, reason=p["reason"], **_stage_fields(p, state)))
+        if p.get("cascade", {}).get("stage") == 1:  # a cascade's default answer is its first stage's
+            default_key, default_text = state.get("answer") or None, _decided_text(state, records)
         triggers += [t for t in spec.triggers if t not in triggers]
         dispatched = int(state.get("dispatched", len(spec.members)))
         tried = attempts.of_panel(rt.redis, spec.panel_id)
@@ -61,7 +66,7 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             if rec.status in ("skipped", "cancelled"):
                 saved += 1
             calls.append(CallRecord(**rec.receipt_fields() | {"member": f"{n}.{m.member}"}))
-            if default_key is None and rec.status == "answered" and m.model == policy.single.model:
+            if default_key is None and "cascade" not in p and rec.status == "answered" and m.model == policy.single.model:
                 default_key, default_text = rec.answer_key, rec.text
         if "arbiter" in records:
             calls.append(CallRecord(**records["arbiter"].receipt_fields() | {"member": f"{n}.arbiter"}))
@@ -95,6 +100,26 @@ def _attempt_record(rt: Runtime, a: attempts.Attempt, member: str, cut_off: bool
     return CallRecord(member=member, model=a.model, provider=mspec.provider, tier=mspec.tier, status=status,  # type: ignore[arg-type]
                       tokens_in=tokens_in, tokens_out=a.tokens_out, latency_ms=round(a.latency_ms, 1), batch=a.batch,
                       cost_usd=rt.registry.cost(a.model, tokens_in, a.tokens_out, a.batch), error=error)  # fmt: skip
+
+
+def _stage_fields(entry: dict[str, Any], state: dict[str, str]) -> dict[str, Any]:
+    """A cascade stage's acceptance for its LaneStep: check, value, threshold, accepted."""
+    if "cascade" not in entry:
+        return {}
+    fields: dict[str, Any] = {"stage": entry["cascade"]["stage"]}
+    if state.get("cascade"):
+        a = orjson.loads(state["cascade"])
+        fields |= {k: a[k] for k in ("check", "value", "threshold", "accepted")}
+    return fields
+
+
+def _decided_text(state: dict[str, str], records: dict[str, Call]) -> str | None:
+    if state.get("verdict"):
+        return str(orjson.loads(state["verdict"])["final_answer"])
+    key = state.get("answer")
+    answered = sorted((c for m, c in records.items() if m != "arbiter" and c.status in ("answered", "late")),
+                      key=lambda c: c.member)  # fmt: skip
+    return next((c.text for c in answered if key and c.answer_key == key), None)
 
 
 def _disagreement(snap: PanelSnapshot, verdict: Verdict | None) -> str | None:

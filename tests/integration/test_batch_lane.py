@@ -31,6 +31,7 @@ from producer.ledger_view import summarise
 from sim.prompt import Prompt
 from sim.rules import rule_answer
 from workers.batch import lane
+from workers.panel.arbiter import anonymise
 from workers.registry import Registry
 
 REG = Registry.load()
@@ -131,11 +132,13 @@ def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_bat
     fleet: Fleet, client: PanelClient
 ) -> None:
     # stage 1 (m0, m1) disagrees → m2 alone in a later batch → still no quorum → arbiter line
+    jid = f"arb-{uuid.uuid4().hex[:8]}"  # the judge sees m1 under the label drawn from the panel id
+    m1 = next(label for label, m in anonymise(f"{jid}.1", ["m0", "m1", "m2"]).items() if m == "m1")
     configure(fleet, {"qwen2.5-72b-instruct": {"answer": "B"}, "qwen2.5-32b-coder-instruct": {"answer": "C"},
                       "llama3.1-70b": {"answer": "D"},
-                      "llama3.1-405b": {"answer": '{"final_answer": "C", "chosen_members": ["m1"], '
+                      "llama3.1-405b": {"answer": f'{{"chosen_members": ["{m1}"], '
                                                   '"disagreements": ["B or C or D"], "rationale": "C fits."}'}})  # fmt: skip
-    jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("arb")})
+    client.submit({"id": jid, "task_class": "multiple_choice", "mode": "batch", "prompt": question("arb")})
     res = client.wait(jid, timeout=60)
     assert res.status == "decided" and res.answer == "C"
     r = res.receipt

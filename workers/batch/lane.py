@@ -230,7 +230,7 @@ def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
                           only_if_absent=True)  # fmt: skip
         return None
     return ChatRequest(model=mspec.wire_model, messages=job.chat(), max_tokens=mspec.max_output_tokens,
-                       json_mode=json_mode(spec, job))  # fmt: skip
+                       json_mode=json_mode(spec, job), logprobs=spec.logprobs)  # fmt: skip
 
 
 def _record_open(rt: Runtime, model: str, provider: str, batch_ids: list[str], cids: list[str], group: str) -> None:

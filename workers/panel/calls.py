@@ -184,14 +184,14 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
                 rt.breaker.release(permit)
 
 
-def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool, spend: Spend | None,
+def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+               json_mode: bool, spend: Spend | None, logprobs: bool = False,
                member: str | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
     request = ChatRequest(model=spec.wire_model, messages=messages, max_tokens=spec.max_output_tokens,
-                          json_mode=json_mode, timeout_s=timeout)  # fmt: skip
+                          json_mode=json_mode, logprobs=logprobs, timeout_s=timeout)  # fmt: skip
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -217,8 +217,8 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
     return None, last_error, MAX_ATTEMPTS
 
 
-def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]],
-               deadline: float, json_mode: bool = False, spend: Spend | None = None,
+def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
+               json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
     With a `member`, every provider attempt is recorded (workers/panel/attempts.py). A fallback in
@@ -235,7 +235,8 @@ def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
             continue
         tried.append(candidate)
         try:
-            completion, error, n = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, member)
+            completion, error, n = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs,
+                                              member)  # fmt: skip
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])
@@ -254,6 +255,6 @@ class ModelCaller:
         self.io = io
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-                 json_mode: bool = False, spend: Spend | None = None, member: str | None = None,
-                 in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
-        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, member, in_panel)
+                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
+                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel)

@@ -78,7 +78,7 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     started = time.time()
     try:
         res = chord.caller(panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
-                           spend=chord.jobs.spend(job, batch), member=member_id,
+                           spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs, member=member_id,
                            in_panel=frozenset(x.model for x in spec.members if x.member != member_id))  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
@@ -134,7 +134,7 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
                           tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_ms=c.latency_ms, batch=batch,
                           cost_usd=price(reg, res.model, c, batch),
                           realtime_cost_usd=price(reg, res.model, c) if batch else None,
-                          answer_key=key, text=c.text, **record_fields(reg, res.model, c, batch))  # fmt: skip
+                          answer_key=key, text=c.text, logprob=c.logprob, **record_fields(reg, res.model, c, batch))  # fmt: skip
     # recorded before the vote, in its own step: a worker lost between the two (or a member slow to
     # vote past the visibility timeout) is redelivered and re-uses the paid answer. A paid answer
     # must not be dropped by a Redis restart either: the redelivered member would buy it again.

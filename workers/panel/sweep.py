@@ -77,7 +77,7 @@ def sweep_panel(store: PanelStore, d: Dispatcher, pid: str, now: float) -> int:
         if won:
             d.conclude(pid)
             return 1
-    elif decided in ("quorum", "sweep", "arbiter", "failed") and now - spec.deadline >= -STALE_DECISION_S:
+    elif decided in ("quorum", "sweep", "arbiter", "failed", "split") and now - spec.deadline >= -STALE_DECISION_S:
         d.conclude(pid)  # idempotent; recovers a conclusion lost with its worker
         return 1
     return 0
