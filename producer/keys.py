@@ -235,6 +235,10 @@ def task_classes() -> str:
 
 LEDGER_STREAM = f"{PREFIX}{{ledger}}"  # stream: one receipt per finalised job
 PANEL_DEADLINES = f"{PREFIX}{{deadlines}}"  # zset: panel id -> deadline (unix s)
+JOB_WATCH = f"{PREFIX}{{watchdog}}:jobs"  # zset: job id -> submitted (unix s), until its `panel.run` starts
+WATCH_MEMBERS = f"{PREFIX}{{watchdog}}:members"  # zset: "panel_id|member" -> time sent (unix s)
+WATCH_RESENDS = f"{PREFIX}{{watchdog}}:resends"  # hash: "panel_id|member" -> times re-sent
+WATCH_SCAN_LOCK = f"{PREFIX}{{watchdog}}:scan"
 DEAD_LETTER = f"{PREFIX}{{deadletter}}"  # list, newest first: what operators inspect and replay
 SWEEP_FAILURES = f"{PREFIX}{{sweep}}:failures"  # hash: panel id -> ticks it made the sweep raise
 PROVIDERS_SNAPSHOT = f"{PREFIX}{{providers}}"  # string: JSON breaker + headroom per provider:model

@@ -20,10 +20,10 @@ import redis
 
 from producer import connect, keys
 from producer.contract import Job, Receipt, Result
-from workers import answer_cache, cascade, cascade_lane, metrics, tracing
+from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
-from workers.ledger import LEDGER_MAXLEN, render_receipt
+from workers.ledger import render_receipt
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
@@ -138,17 +138,16 @@ class JobView:
     submitted_at: float
     schema_invalid: int
     status: str
-    ledgered: bool = False
 
 
 def job_view(rt: Runtime, job_id: str) -> JobView:
     pipe = rt.redis.pipeline(transaction=False)  # reads, one slot: the job's
     pipe.lrange(keys.job_panels(job_id), 0, -1)
-    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status", "ledgered")
-    panels, (finalised, submitted, invalid, status, ledgered) = pipe.execute()
+    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status")
+    panels, (finalised, submitted, invalid, status) = pipe.execute()
     return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
                    submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
-                   status=(status or b"").decode(), ledgered=ledgered is not None)  # fmt: skip
+                   status=(status or b"").decode())  # fmt: skip
 
 
 def final_text(snap: PanelSnapshot) -> str | None:
@@ -285,8 +284,7 @@ def failure_summary(receipt: Receipt, limit: int = 3) -> str:
 def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False, view: JobView | None = None,
                  snaps: dict[str, PanelSnapshot] | None = None) -> Result:  # fmt: skip
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
-    to the ledger, in one MULTI with the result on a single Redis (on a cluster: just before it),
-    so a crash never leaves a result without its receipt;
+    to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
     a repeat after a crash finds `finalised` and only re-renders. `view` and `snaps` are what the
     caller has just read (panels it lacks are read here, one round trip each)."""
     jkey = keys.job(job_id)
@@ -300,33 +298,41 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
     text = final_text(snaps[panels[-1]["panel_id"]])
     receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
+    prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"]) if rerender else (None, None)
+    if prior and (first := Result.model_validate_json(prior).receipt) is not None:
+        receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
     decided = receipt.decision != "failed" and text is not None
     parsed = parse_json_object(text) if (text and job.response_schema) else None
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
+    unchanged = prior is not None and prior == result.model_dump_json().encode()  # a re-render writes nothing then
     # One MULTI on a single Redis. On a cluster it keeps to the job's slot (its panels share it):
-    # the ledger receipt goes first (a crash before the MULTI appends it again on the re-run: at
-    # least once, summaries count a job once; `wait` still implies it is there) and the deadlines
-    # after (the sweep drops a deadline whose panel is concluded).
+    # the ledger entry goes first (a crash before the MULTI appends it again on the re-run: at
+    # least once, summaries count a job once; `wait` still implies it is there), the deadlines after.
     cluster = connect.is_cluster(rt.redis)
-    entry = {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()}
-    if cluster and not rerender and not view.ledgered:
-        rt.redis.xadd(keys.LEDGER_STREAM, entry, maxlen=LEDGER_MAXLEN, approximate=True)  # type: ignore[arg-type]
     pipe = rt.redis.pipeline(transaction=True)
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
+    entry_at = None
     if not rerender:
-        pipe.hset(jkey, mapping={"finalised": time.time(), "ledgered": 1})
+        pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
         if not cluster:
-            pipe.xadd(keys.LEDGER_STREAM, entry, maxlen=LEDGER_MAXLEN, approximate=True)  # type: ignore[arg-type]
             pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         for p in panels:  # created after their panel, so without a TTL until now
             for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
                 pipe.expire(k, rt.settings.result_ttl_s)
+    if (not rerender or ledger_id) and not cluster:  # a re-render replaces the ledger entry: one per job
+        entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
+    elif (not rerender or ledger_id) and not unchanged:  # a cluster: the ledger is another slot
+        lp = rt.redis.pipeline(transaction=False)
+        at = ledger.queue_entry(lp, receipt, replaces=ledger_id)
+        pipe.hset(jkey, "ledger_id", lp.execute()[at])
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    pipe.execute()
+    written = pipe.execute() if not unchanged else []
+    if entry_at is not None and not unchanged:
+        rt.redis.hset(jkey, "ledger_id", written[entry_at])
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
     if not rerender:

@@ -48,6 +48,7 @@ EVAL_CALL_SITES = {
     ("workers/limits/steps.py", "run_steps"): "sends ScriptStep keys as built by the wrappers the scenario runs",
     ("producer/answer_cache.py", "read_entry"): "one key",
     ("workers/answer_cache.py", "resolve"): "one key",
+    ("workers/batch/holds.py", "settle_line"): "one key",
     ("workers/answer_cache.py", "settle"): "one slot: {c:<cache key>}",
     ("producer/answer_cache.py", "admit"): "NOT cluster-safe: the cache key's lead and followers + the follower's job",
     ("producer/answer_cache.py", "rescue"): "NOT cluster-safe: a job hash + its cache key's lead",
