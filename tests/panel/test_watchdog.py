@@ -17,7 +17,7 @@ def seeded(statuses: dict[str, str], panels: tuple[str, ...] = (), dispatched: t
         r.hset(keys.job(job_id), "status", status)
         r.zadd(keys.JOB_WATCH, {job_id: NOW - 60})
     for job_id in panels:
-        r.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": f"{job_id}.1"}))
+        r.rpush(keys.job_panels(job_id), orjson.dumps({"panel_id": f"{job_id}.1"}))
         r.hset(keys.panel(f"{job_id}.1"), "spec", b"{}")
         if job_id in dispatched:
             r.hset(keys.panel(f"{job_id}.1"), "task:m0", b"t0")
