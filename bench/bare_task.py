@@ -1,5 +1,5 @@
 """A bare Celery task making one member's provider call: the floor the fleet's member task is
-measured against in `bench.hotpath`. Same broker, pool, Celery settings (copied from
+measured against in `bench.hotpath`. Same broker, pool, Celery settings and task class (from
 workers/app.py) and HTTP client library as the fleet; no panel logic, no Redis of its own beyond
 one INCR that tells the benchmark it finished.
 
@@ -14,6 +14,7 @@ import httpx
 import redis
 from celery import Celery
 
+from workers.app import PanelTask
 from workers.app import app as fleet_app
 
 SAME = ("task_serializer", "result_serializer", "accept_content", "event_serializer", "task_ignore_result",
@@ -22,7 +23,7 @@ SAME = ("task_serializer", "result_serializer", "accept_content", "event_seriali
         "task_track_started", "broker_transport_options", "broker_connection_retry_on_startup",
         "worker_hijack_root_logger")  # fmt: skip
 url = os.environ.get("PANEL_REDIS_URL", "redis://127.0.0.1:6379/0")
-app = Celery("bare", broker=url)
+app = Celery("bare", broker=url, task_cls=PanelTask)  # the fleet's task class too (no task-started event)
 app.conf.update({k: fleet_app.conf[k] for k in SAME}, task_default_queue="bench.bare")
 _http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
 _done = redis.Redis.from_url(url, client_name="bench-bare")

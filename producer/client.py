@@ -18,6 +18,7 @@ from typing import Any, cast
 import orjson
 import redis
 from celery import Celery
+from redis.typing import EncodableT
 
 from producer import answer_cache, keys
 from producer.contract import Job, Result
@@ -25,6 +26,7 @@ from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
 from producer.tracing import submit_span
 from producer.wire import NAME as CODEC
+from producer.wire import text
 
 RUN_TASK = "panel.run"
 
@@ -94,14 +96,15 @@ class PanelClient:
             if not self.redis.set(key, job_id, nx=True, ex=self.settings.result_ttl_s):
                 first = self.redis.get(key)
                 if first is not None:
-                    return str(first.decode())
+                    return text(first)
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
         jkey = keys.job(job_id)
         if not self.redis.hsetnx(jkey, "spec", spec):
             return job_id  # same job id resubmitted: the first one stands
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
             submitted_at = time.time()
-            fields: dict[str, str | float] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
+            fields: dict[EncodableT, EncodableT] = {"status": "queued", "submitted_at": submitted_at,
+                                                    "tenant": job.tenant}  # fmt: skip
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
             self.redis.hset(jkey, mapping=fields)
@@ -119,7 +122,7 @@ class PanelClient:
     def _check_task_class(self, job: Job) -> None:
         """Against the classes the workers published; before any worker has, against the policy
         files a worker started here would load (PANEL_POLICIES, else the shipped policies/)."""
-        published = {k.decode() for k in self.redis.smembers(keys.task_classes())}
+        published = {text(k) for k in self.redis.smembers(keys.task_classes())}
         known, where = (published, "published by the workers") if published else policy_file_classes()
         if known and job.task_class not in known:
             names = ", ".join(sorted(known))
@@ -150,7 +153,7 @@ class PanelClient:
         st = self.redis.hget(keys.job(job_id), "status")
         if st is None:
             raise UnknownJob(job_id)
-        return str(st.decode())
+        return text(st)
 
     def result(self, job_id: str) -> Result | None:
         raw = self.redis.hmget(keys.job(job_id), ["status", "result"])
@@ -183,7 +186,7 @@ class PanelClient:
 
     def ledger(self, count: int = 100_000) -> list[dict[str, Any]]:
         """Receipts from the ledger stream, oldest first."""
-        entries = self.redis.xrange(keys.LEDGER_STREAM, count=count)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(keys.LEDGER_STREAM, count=count)  # type: ignore[assignment]
         return [orjson.loads(fields[b"receipt"]) for _, fields in entries]
 
     def ledger_entries(self, count: int = 100_000) -> list[tuple[float, dict[str, Any]]]:

@@ -54,7 +54,9 @@ def run_demo(examples: Path, keep: bool = False) -> int:
         print("\nreceipt summary (panel ledger):")
         print(table(summarise(client.ledger())))
         stats = fleet.sim("/_sim/stats")
-        print(f"\nsimulator saw {stats.get('totals', {}).get('requests', '?')} provider requests")
+        totals = stats.get("totals")
+        requests = totals.get("requests", "?") if isinstance(totals, dict) else "?"
+        print(f"\nsimulator saw {requests} provider requests")
         ok = not failed
         if keep:
             print(f"\nfleet running: PANEL_REDIS_URL={fleet.redis_url}  (Ctrl-C to stop)")

@@ -37,10 +37,12 @@ TIER_THREADS = 128  # in-flight calls across the tier processes
 
 
 def default_workers(processes: int | None = None) -> list[WorkerSpec]:
-    """A control process and one tier process per core (`processes`, default os.cpu_count()),
-    the threads split between them: one process is bound by its GIL near ~85 member calls/s,
-    so a second core is used only by a second process (bench/hotpath.py measures both)."""
-    n = max(1, processes or os.cpu_count() or 1)
+    """A control process and `processes` tier processes (default: one per core beside the one
+    the control process, Redis and the producer share, at least one), the threads split between
+    them. One process is bound by its GIL, so more cores need more processes; on 2 cores a second
+    tier process measured ~1.2 ms more CPU per member call and a lower sustained rate than one
+    (bench/RESULTS.md, `python3 -m bench.hotpath --tier-processes N`)."""
+    n = max(1, processes or (os.cpu_count() or 2) - 1)
     tiers = [WorkerSpec("tiers" if i == 0 else f"tiers-{i + 1}", TIER_QUEUES, concurrency=max(16, TIER_THREADS // n))
              for i in range(n)]  # fmt: skip
     return [WorkerSpec("control", "control", concurrency=16, beat=True), *tiers]

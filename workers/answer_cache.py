@@ -76,7 +76,7 @@ def lead_ttl(table: PolicyTable) -> float:
 
 
 def settle(r: redis.Redis, job_id: str, result: Result, result_ttl_s: int, lead_ttl_s: float,
-           send: Callable[[str], None] | None = None) -> None:  # fmt: skip
+           send: Callable[[str], None]) -> None:  # fmt: skip
     """A job is finalised. A cache leader or bypass job writes its decided answer; a leader
     resolves its followers, or, having failed, hands the lead to the first of them. Safe to repeat
     (a re-render after a crash between the result and this): the followers list is drained or
@@ -123,9 +123,7 @@ def resolve(r: redis.Redis, leader: str, entry: pac.CacheEntry, followers: list[
     return n
 
 
-def promote(
-    r: redis.Redis, key: str, leader: str, lead_ttl_s: float, send: Callable[[str], None] | None = None
-) -> str | None:
+def promote(r: redis.Redis, key: str, leader: str, lead_ttl_s: float, send: Callable[[str], None]) -> str | None:
     """The leader failed: its first follower becomes the leader and runs (the rest now wait on
     it), so a failure never strands them and never fails them without a try of their own."""
     nxt = r.eval(_PROMOTE, 2, pac.lead_key(key), pac.followers_key(key, leader), leader, int(lead_ttl_s),
@@ -133,15 +131,9 @@ def promote(
     if nxt is None:
         return None
     fid = pac.text(nxt)
-    (send or send_run)(fid)
+    send(fid)  # the Dispatcher's `run` (workers/tasks.py): this module sends nothing itself
     log.info("job %s failed; coalesced job %s runs in its place", leader, fid)
     return fid
-
-
-def send_run(job_id: str) -> None:
-    from workers.app import app
-
-    app.send_task("panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}")
 
 
 def _spec(raw: str) -> dict[str, Any]:

@@ -7,8 +7,13 @@ and keys never enter a message.
 
 from __future__ import annotations
 
-from celery import Celery, bootsteps
-from kombu import Queue
+import logging
+from typing import Any
+
+from celery import Celery, Task, bootsteps
+from celery.signals import after_setup_logger
+from celery.worker.request import Request
+from kombu.entity import Queue
 
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings
@@ -17,7 +22,22 @@ QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch"
 
 settings = Settings.from_env()
 
-app = Celery("panel_fleet", broker=settings.redis_url, include=["workers.tasks"])
+class ReceivedIsStarted(Request):
+    """A task's request without the task-started event: with prefetch off a worker receives a
+    message only when a thread is free, so `received` already says it started (and on which
+    worker); the third event per task was one more PUBLISH per member call that Flower does not
+    need to list or settle the task (task-received and task-succeeded do that)."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type != "task-started":
+            super().send_event(type, **fields)
+
+
+class PanelTask(Task):
+    Request = ReceivedIsStarted
+
+
+app = Celery("panel_fleet", broker=settings.redis_url, include=["workers.tasks"], task_cls=PanelTask)
 app.conf.update(
     task_serializer="orjson",
     result_serializer="orjson",
@@ -50,7 +70,8 @@ app.conf.update(
     # member that nothing reads (the producer's client still sends one for panel.run).
     worker_send_task_events=True,
     task_send_sent_event=False,
-    task_track_started=True,
+    # no STARTED state in a result backend: there is none (task_ignore_result), so this was a no-op
+    task_track_started=False,
     worker_soft_shutdown_timeout=settings.soft_shutdown_s,
     broker_connection_retry_on_startup=True,
     broker_transport_options=settings.transport_options(),
@@ -63,6 +84,15 @@ app.conf.update(
     },
     worker_hijack_root_logger=False,
 )
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(**_: object) -> None:
+    """Celery logs two INFO lines per task ("received", "succeeded"): at fleet rates that is
+    log I/O and formatting on every member call that no one reads (Flower and our receipts carry
+    the same facts). Failures and retries still log at WARNING and above."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Heartbeat(bootsteps.StartStopStep):

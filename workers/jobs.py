@@ -62,10 +62,10 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     except redis.RedisError:
         raise  # not the job's fault: the task is retried
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
-        rt.jobs.fail(job_id, str(e))
+        rt.jobs.fail(job_id, str(e), d.run)
         return "failed"
     new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-              job_fields={"status": "running", "plan": orjson.dumps(plan.__dict__)})  # fmt: skip
+              plan=orjson.dumps(plan.__dict__))  # fmt: skip
     return plan.lane
 
 
@@ -83,9 +83,9 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
               attempt: int, triggers: list[str], reason: str,
-              job_fields: dict[str, Any] | None = None) -> PanelRun:  # fmt: skip
-    """Plan and send a panel of the job; stored with the job's record of it (and `job_fields`)
-    in one transaction."""
+              plan: bytes | None = None) -> PanelRun:  # fmt: skip
+    """Plan and send a panel of the job; stored with the job's record of it (and, for its first
+    panel, the job's `plan` and running status) in one transaction."""
     n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
@@ -99,8 +99,8 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
     )  # fmt: skip
     pipe = rt.redis.pipeline()
     rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
-    if job_fields:
-        pipe.hset(keys.job(job_id), mapping=job_fields)
+    if plan is not None:
+        pipe.hset(keys.job(job_id), mapping={"status": "running", "plan": plan})
     pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
     pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
     pipe.execute()
@@ -135,10 +135,10 @@ def final_text(snap: PanelSnapshot) -> str | None:
     if st.get("verdict"):
         return str(orjson.loads(st["verdict"])["final_answer"])
     key = st.get("answer")
-    answered = [c for c in snap.calls.values() if c["status"] in ("answered", "late")]
-    for c in sorted(answered, key=lambda c: c["member"]):
-        if key and c.get("answer_key") == key:
-            return str(c["text"])
+    answered = [c for c in snap.calls.values() if c.status in ("answered", "late")]
+    for c in sorted(answered, key=lambda c: c.member):
+        if key and c.answer_key == key:
+            return c.text
     return None
 
 
@@ -188,7 +188,7 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
             if job_view(rt, spec.job_id).status == "decided":
-                finalise_job(rt, spec.job_id, rerender=True)
+                finalise_job(rt, d, spec.job_id, rerender=True)
             if not release(keys=[pkey + ":concluding", pkey], args=[""]):
                 return
     except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
@@ -231,7 +231,7 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
         if invalid:  # below the escalation count: one more try on the default lane
             new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry")
             return
-    finalise_job(rt, spec.job_id, view=view, snaps={panel_id: snap})
+    finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap})
 
 
 NO_ANSWER = "no member answered before the deadline or all calls failed"
@@ -251,7 +251,7 @@ def failure_summary(receipt: Receipt, limit: int = 3) -> str:
     return f"{NO_ANSWER} ({shown}{more})"
 
 
-def finalise_job(rt: Runtime, job_id: str, rerender: bool = False, view: JobView | None = None,
+def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False, view: JobView | None = None,
                  snaps: dict[str, PanelSnapshot] | None = None) -> Result:  # fmt: skip
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
@@ -297,7 +297,8 @@ def finalise_job(rt: Runtime, job_id: str, rerender: bool = False, view: JobView
         metrics.announce_decision(receipt)
         tracing.job_decided(rt, job_id, receipt, panels)
     if rt.policies.get(job.task_class).cache is not None:  # idempotent, so a re-render after a crash finishes it
-        answer_cache.settle(rt.redis, job_id, result, rt.settings.result_ttl_s, answer_cache.lead_ttl(rt.policies))
+        answer_cache.settle(rt.redis, job_id, result, rt.settings.result_ttl_s, answer_cache.lead_ttl(rt.policies),
+                            d.run)  # fmt: skip
     log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
              len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Result
+from workers import answer_cache
 from workers.budget import Spend
 from workers.policy import PolicyTable
 
@@ -67,7 +69,9 @@ class JobStore:
     def panels(self, job_id: str) -> list[dict[str, Any]]:
         return [orjson.loads(x) for x in self.r.lrange(keys.job(job_id) + ":panels", 0, -1)]
 
-    def fail(self, job_id: str, reason: str) -> None:
+    def fail(self, job_id: str, reason: str, send: Callable[[str], None]) -> None:
+        """Fail the job with `reason`; `send` sends a job's panel.run (an answer-cache follower
+        that takes over a failed leader's lead)."""
         result = Result(job_id=job_id, status="failed", error=reason)
         jkey = keys.job(job_id)
         pipe = self.r.pipeline()
@@ -75,13 +79,12 @@ class JobStore:
         pipe.rpush(keys.done_channel(job_id), "failed")
         pipe.expire(keys.done_channel(job_id), self.result_ttl_s)
         pipe.execute()
-        from workers import answer_cache  # (above workers/panel: imported when a job fails)
-
         # a failed answer-cache leader hands the lead to a job waiting on it
-        answer_cache.settle(self.r, job_id, result, self.result_ttl_s, answer_cache.lead_ttl(self.policies))
+        answer_cache.settle(self.r, job_id, result, self.result_ttl_s, answer_cache.lead_ttl(self.policies), send)
         log.info("job %s failed: %s", job_id, reason)
 
-    def dead_letter(self, job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
+    def dead_letter(self, job_id: str, task: str, task_id: str, reason: str, attempts: int,
+                    send: Callable[[str], None]) -> bool:  # fmt: skip
         """Park a task that failed `attempts` times (raised, or lost its worker each time) and fail
         its job with the reason, so it stops taking workers and its caller stops waiting. True if
         this call failed the job (a job already decided or dead-lettered is left as it is)."""
@@ -96,7 +99,7 @@ class JobStore:
             jkey, "dead_letter", orjson.dumps(entry)
         ):
             return False
-        self.fail(job_id, f"dead-letter: {task} gave up after {attempts} attempts: {reason}")
+        self.fail(job_id, f"dead-letter: {task} gave up after {attempts} attempts: {reason}", send)
         panels = [p["panel_id"] for p in self.panels(job_id)]
         if panels:  # nothing is left for the deadline sweep to decide
             self.r.zrem(keys.PANEL_DEADLINES, *panels)

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
+from workers.panel.chord import call_record
 from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000
-_CALL_FIELDS = set(CallRecord.model_fields)
 
 
 def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
@@ -47,19 +47,15 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         dispatched = int(state.get("dispatched", len(spec.members)))
         for i, m in enumerate(spec.members):
             rec = records.get(m.member)
-            if rec is None:
-                status = "skipped" if i >= dispatched else "cancelled"
-                mspec = rt.registry.model(m.model)
-                rec = {"member": m.member, "model": m.model, "provider": mspec.provider, "tier": m.tier,
-                       "status": status, "batch": spec.batch}  # fmt: skip
-            if rec["status"] in ("skipped", "cancelled"):
+            if rec is None:  # never recorded: not sent (staged), or cancelled before it ran
+                rec = call_record(rt.registry, spec, m, "skipped" if i >= dispatched else "cancelled")
+            if rec.status in ("skipped", "cancelled"):
                 saved += 1
-            calls.append(CallRecord(**{k: v for k, v in rec.items() if k in _CALL_FIELDS} | {"member": f"{n}.{m.member}"}))
-            if default_key is None and rec["status"] == "answered" and m.model == policy.single.model:
-                default_key, default_text = rec.get("answer_key"), rec.get("text")
+            calls.append(CallRecord(**rec.receipt_fields() | {"member": f"{n}.{m.member}"}))
+            if default_key is None and rec.status == "answered" and m.model == policy.single.model:
+                default_key, default_text = rec.answer_key, rec.text
         if "arbiter" in records:
-            rec = records["arbiter"]
-            calls.append(CallRecord(**{k: v for k, v in rec.items() if k in _CALL_FIELDS} | {"member": f"{n}.arbiter"}))
+            calls.append(CallRecord(**records["arbiter"].receipt_fields() | {"member": f"{n}.arbiter"}))
         if state.get("verdict"):
             verdict = Verdict.model_validate(orjson.loads(state["verdict"]))
         decision = _decision(spec.stage, state.get("decided", ""), verdict)

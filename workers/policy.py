@@ -143,7 +143,7 @@ class PolicyTable:
 
     def plan(self, job: Job) -> Plan:
         policy = self.get(job.task_class)
-        mode = "batch" if job.mode == "batch" or policy.mode == "batch" else "realtime"
+        mode: Literal["realtime", "batch"] = "batch" if job.mode == "batch" or policy.mode == "batch" else "realtime"
         if job.lane is not None:
             return Plan(job.task_class, job.lane, f"requested by the job (lane={job.lane})",
                         [f"explicit:lane={job.lane}"], mode)  # fmt: skip

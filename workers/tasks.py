@@ -17,6 +17,7 @@ from collections.abc import Callable
 from celery import Task
 
 from producer import keys
+from producer.wire import text
 from workers import status
 from workers.app import app
 from workers.batch import lane as batch_lane
@@ -62,6 +63,9 @@ class CeleryDispatcher:
     def revoke(self, task_ids: list[str]) -> None:
         app.control.revoke(task_ids)
 
+    def run(self, job_id: str) -> None:
+        app.send_task("panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}")
+
 
 dispatcher = CeleryDispatcher()
 
@@ -90,7 +94,7 @@ def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[
         n = int(pipe.execute()[0]) + 1
     if n > MAX_ATTEMPTS:
         last = runtime().redis.hget(key, "reason")
-        reason = last.decode() if last else f"its worker was lost mid-task {n - 1} times"
+        reason = text(last) if last else f"its worker was lost mid-task {n - 1} times"
         return give_up(task, job_id, reason, n - 1, abandon)
     try:
         _test_poison(job_id)
@@ -119,7 +123,7 @@ def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callab
             return "abandoned"
         except Exception as e:  # the panel itself is unreadable: the job cannot go on
             log.warning("%s[%s] could not abandon its member (%s); failing the job", task.name, task.request.id, e)
-    rt.jobs.dead_letter(job_id, str(task.name), str(task.request.id), reason, attempts)
+    rt.jobs.dead_letter(job_id, str(task.name), str(task.request.id), reason, attempts, send=dispatcher.run)
     rt.redis.delete(f"{keys.PREFIX}attempts:{task.request.id}")
     return "dead-letter"
 
@@ -213,4 +217,7 @@ def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
 def deadline_sweep() -> int:
     rt = runtime()
     status.publish(rt)
-    return sweep(rt.store, dispatcher, rt.jobs.dead_letter)
+    def dead_letter(job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
+        return rt.jobs.dead_letter(job_id, task, task_id, reason, attempts, send=dispatcher.run)
+
+    return sweep(rt.store, dispatcher, dead_letter)

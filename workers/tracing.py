@@ -101,7 +101,7 @@ def _export_job(rt: Any, job_id: str, receipt: Receipt, panels: list[dict[str, A
         records = rt.store.calls(spec.panel_id)
         created = float(rt.store.state(spec.panel_id).get("created_at") or start)
         lane = "batch" if spec.batch else spec.stage
-        ends = [float(r["ended_at"]) for r in records.values() if r.get("ended_at")]
+        ends = [r.ended_at for r in records.values() if r.ended_at]
         span = t.start_span(f"panel.lane {lane}", context=jctx, start_time=_ns(created),
                             attributes={"panel.lane": lane, "panel.lane.reason": str(p.get("reason", ""))[:200],
                                         "panel.panel_id": spec.panel_id})  # fmt: skip
@@ -110,9 +110,9 @@ def _export_job(rt: Any, job_id: str, receipt: Receipt, panels: list[dict[str, A
             if not c.member.startswith(f"{n}."):
                 continue
             rec = records.get(c.member.split(".", 1)[1])
-            if rec is None or not rec.get("ended_at") or c.status == "skipped":
+            if rec is None or not rec.ended_at or c.status == "skipped":
                 continue  # never sent: no call to trace
-            end = float(rec["ended_at"])
+            end = rec.ended_at
             call = t.start_span(f"chat {c.model}", context=lctx, kind=SpanKind.CLIENT,
                                 start_time=_ns(end - c.latency_ms / 1000), attributes=_call_attributes(c))  # fmt: skip
             if c.status == "failed":

@@ -25,6 +25,7 @@ from workers.panel.calls import CallOutcome
 from workers.panel.chord import cast_vote, run_member
 from workers.panel.decision import CallArbiter, Cancel, Conclude, NextStage, Nothing, after_vote
 from workers.panel.ports import Chord
+from workers.panel.record import Call
 from workers.panel.route import Route, route
 from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
 from workers.policy import PolicyTable
@@ -61,6 +62,7 @@ class Recorder:
     arbiters: list[tuple[str, Route]] = field(default_factory=list)
     concluded: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
 
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
         self.sent.append((spec.panel_id, member.member, route))
@@ -74,6 +76,9 @@ class Recorder:
 
     def revoke(self, task_ids: list[str]) -> None:
         self.revoked.extend(task_ids)
+
+    def run(self, job_id: str) -> None:
+        self.ran.append(job_id)
 
 
 def _store_job(r: fakeredis.FakeRedis, job_id: str, **extra: Any) -> Job:
@@ -216,12 +221,12 @@ def test_an_answer_after_the_decision_is_marked_late_and_the_receipt_is_rendered
     spec = _panel(chord.store)
     run_member(chord, spec.panel_id, "m0")
     run_member(chord, spec.panel_id, "m1")
-    rec = {"member": "m2", "role": "member", "model": MODELS[2], "provider": "x", "tier": "economy",
-           "status": "answered", "answer_key": "B", "text": "B", "cost_usd": 0.001}  # fmt: skip
+    rec = Call(member="m2", model=MODELS[2], provider="x", tier="economy", status="answered", answer_key="B",
+               text="B", cost_usd=0.001)  # fmt: skip
     turn = cast_vote(chord.store, spec, rec)
     assert turn.status == "late" and turn.actions == (Conclude(), Cancel())
     stored = chord.store.call(spec.panel_id, "m2")
-    assert stored is not None and stored["status"] == "late"
+    assert stored is not None and stored.status == "late" and stored.cost_usd == 0.001
 
 
 # --- the arbiter
@@ -297,3 +302,12 @@ def test_conclude_panel_finalises_the_job_once_with_its_receipt(r: fakeredis.Fak
     assert result["receipt"]["decision"] == "quorum" and result["receipt"]["early_exit"] is True
     assert r.lrange(keys.done_channel("j1"), 0, -1) == [b"decided"]  # the caller is told once
     assert r.xlen(keys.LEDGER_STREAM) == 1
+
+
+def test_a_call_record_round_trips_and_keeps_fields_a_newer_version_wrote() -> None:
+    raw = orjson.dumps({"member": "m0", "model": "x", "provider": "p", "tier": "economy", "status": "answered",
+                        "answer_key": "B", "cost_usd": 0.5, "from_the_future": 1})  # fmt: skip
+    rec = Call.from_json(raw)
+    assert (rec.status, rec.answer_key, rec.cost_usd, rec.tokens_in) == ("answered", "B", 0.5, 0)
+    assert orjson.loads(rec.to_json())["from_the_future"] == 1
+    assert "text" not in orjson.loads(rec.to_json())  # None fields are not stored

@@ -50,7 +50,8 @@ def test_disagreement_exhausts_once_then_arbiter_replaces_it_once(store: PanelSt
     store.create(_spec("p"), 60)
     store.vote("p", "m0", "a", 3)
     store.vote("p", "m1", "b", 3)
-    assert store.vote("p", "m2", "c", 3).status == "exhausted"
+    out = store.vote("p", "m2", "c", 3)
+    assert (out.status, out.distinct) == ("exhausted", 3)
     assert store.decide("p", "sweep")[0] is False  # the sweep cannot decide it again
     assert store.decide("p", "arbiter", "b", replace_exhausted=True) == (True, "arbiter", "b")
     assert store.decide("p", "arbiter", "c", replace_exhausted=True)[0] is False
@@ -60,8 +61,10 @@ def test_failed_members_vote_nothing_and_panel_still_ends(store: PanelStore) -> 
     store.create(_spec("p"), 60)
     store.vote("p", "m0", None, 3)
     store.vote("p", "m1", "a", 3)
-    assert store.vote("p", "m2", None, 3).status == "exhausted"
+    out = store.vote("p", "m2", None, 3)
+    assert (out.status, out.distinct) == ("exhausted", 1)  # one answer: nothing for an arbiter to settle
     assert store.tally("p") == {"a": 1}
+    assert store.vote("p", "m2", None, 3).distinct == 1  # a redelivered vote is told the same
 
 
 def test_staged_sends_next_member_only_on_disagreement(store: PanelStore) -> None:

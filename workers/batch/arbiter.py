@@ -11,14 +11,13 @@ majority is taken and flagged, exactly as in real time.
 
 from __future__ import annotations
 
-from typing import Any
-
 from producer.contract import Job, Verdict
 from workers.panel.arbiter import arbiter_messages, decide_by_verdict, member_answers, parse_verdict
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude, Nothing
 from workers.panel.ports import Chord
+from workers.panel.record import Call
 from workers.panel.state import PanelRun, PanelStore
 from workers.providers.caching import price
 from workers.registry import Registry
@@ -45,38 +44,34 @@ def land_arbiter(chord: Chord, spec: PanelRun, job: Job, res: CallOutcome, batch
         # idempotent: recovers a conclusion lost with its worker
         return Turn("not needed", spec, (Conclude(),) if store.decided(pid) == "arbiter" else Nothing)
     answers = member_answers(store, pid)
-    prior: dict[str, Any] = store.call(pid, "arbiter") or {}
-    tries = int(prior.get("tries", 0)) + 1
+    prior = store.call(pid, "arbiter")
+    tries = (prior.tries if prior else 0) + 1
     verdict: Verdict | None = None
     error = res.error
     rec = _accumulate(chord.registry, prior, res, batch, tries)
     if res.completion is not None:
         verdict = parse_verdict(res.completion.text, set(answers))
         error = None if verdict else "verdict was not valid JSON of the verdict's shape"
-    rec.update(error=error, verdict=verdict.model_dump() if verdict else None)
-    store.put_call(pid, "arbiter", rec)
+    rec.error, rec.verdict = error, verdict.model_dump() if verdict else None
+    store.put_call(pid, rec)
     observe_call(rec)
     if verdict is None and res.completion is not None and tries < VERDICT_TRIES:
         return Turn("retry", spec)
     return decide_by_verdict(store, spec, job, verdict, answers)
 
 
-def _accumulate(registry: Registry, prior: dict[str, Any], res: CallOutcome, batch: bool,
-                tries: int) -> dict[str, Any]:  # fmt: skip
+def _accumulate(registry: Registry, prior: Call | None, res: CallOutcome, batch: bool, tries: int) -> Call:
     """The arbiter's one call record, summing every try (each is paid for)."""
     c = res.completion
-    tokens_in = int(prior.get("tokens_in", 0)) + (c.tokens_in if c else 0)
-    tokens_out = int(prior.get("tokens_out", 0)) + (c.tokens_out if c else 0)
-    cost = float(prior.get("cost_usd", 0.0)) + (
-        price(registry, res.model, c, batch) if c else 0.0
-    )
-    realtime = float(prior.get("realtime_cost_usd") or prior.get("cost_usd", 0.0)) + (
-        price(registry, res.model, c) if c else 0.0
-    )
+    tokens_in = (prior.tokens_in if prior else 0) + (c.tokens_in if c else 0)
+    tokens_out = (prior.tokens_out if prior else 0) + (c.tokens_out if c else 0)
+    cost = (prior.cost_usd if prior else 0.0) + (price(registry, res.model, c, batch) if c else 0.0)
+    before = (prior.realtime_cost_usd or prior.cost_usd) if prior else 0.0
+    realtime = before + (price(registry, res.model, c) if c else 0.0)
     mspec = registry.model(res.model)
-    replied = c is not None or prior.get("status") == "answered"  # a reply came, usable or not
-    return {"member": "arbiter", "role": "arbiter", "model": res.model, "provider": mspec.provider,
-            "tier": mspec.tier, "status": "answered" if replied else "failed", "tokens_in": tokens_in,
-            "tokens_out": tokens_out, "latency_ms": float(prior.get("latency_ms", 0.0)) + (c.latency_ms if c else 0.0),
-            "cost_usd": cost, "realtime_cost_usd": realtime if batch else None,
-            "batch": batch and bool(prior.get("batch", True)), "tries": tries}  # fmt: skip
+    replied = c is not None or (prior is not None and prior.status == "answered")  # a reply came, usable or not
+    return Call(member="arbiter", role="arbiter", model=res.model, provider=mspec.provider, tier=mspec.tier,
+                status="answered" if replied else "failed", tokens_in=tokens_in, tokens_out=tokens_out,
+                latency_ms=(prior.latency_ms if prior else 0.0) + (c.latency_ms if c else 0.0), cost_usd=cost,
+                realtime_cost_usd=realtime if batch else None, batch=batch and (prior.batch if prior else True),
+                tries=tries)  # fmt: skip

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from producer.wire import text
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
@@ -34,6 +35,7 @@ from workers.panel.act import carry_out
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import call_record, cast_vote, json_mode, land
 from workers.panel.ports import Dispatcher
+from workers.panel.record import Call
 from workers.panel.route import realtime_margin_s, route
 from workers.panel.state import PanelRun
 from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
@@ -91,9 +93,7 @@ def enqueue_member(rt: Runtime, panel_id: str, member_id: str) -> str:
     if spec is None:
         return "gone"
     if rt.store.decided(panel_id):
-        rt.store.put_call(
-            panel_id, member_id, call_record(rt.registry, spec, spec.member(member_id), "cancelled"), only_if_absent=True
-        )
+        rt.store.put_call(panel_id, call_record(rt.registry, spec, spec.member(member_id), "cancelled"), only_if_absent=True)
         return "cancelled"
     cid = Line.open(rt, panel_id, member_id)
     if cid is None:
@@ -137,8 +137,9 @@ def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -
     _reclaim_stale(rt, policy)
     created: list[str] = []
     now = time.time()
-    for raw_model, since in rt.redis.zrange(AGES, 0, -1, withscores=True):
-        model = raw_model.decode()
+    ages: list[tuple[bytes, float]] = rt.redis.zrange(AGES, 0, -1, withscores=True)  # type: ignore[assignment]
+    for raw_model, since in ages:
+        model = text(raw_model)
         size = int(rt.redis.llen(PENDING + model))
         if size == 0:
             rt.redis.zrem(AGES, model)
@@ -188,7 +189,7 @@ def _reclaim_stale(rt: Runtime, policy: FlushPolicy) -> None:
             model = str(info["model"])
             if _script(rt, "reclaim")(keys=[CLAIMS, PENDING + model], args=[claim]):
                 rt.redis.zadd(AGES, {model: float(info["at"])}, nx=True)
-                log.warning("batch claim %s of %s was stale; its lines are queued again", claim.decode(), model)
+                log.warning("batch claim %s of %s was stale; its lines are queued again", text(claim), model)
 
 
 _SCRIPTS: dict[tuple[int, str], Any] = {}
@@ -216,7 +217,7 @@ def _request(rt: Runtime, cid: str, model: str) -> ChatRequest | None:
         return ChatRequest(model=mspec.wire_model, messages=arbiter_messages_for(rt.store, spec, job),
                            max_tokens=mspec.max_output_tokens, json_mode=True)  # fmt: skip
     if rt.store.decided(spec.panel_id):  # decided while queued: the line costs nothing
-        rt.store.put_call(spec.panel_id, line.member, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
+        rt.store.put_call(spec.panel_id, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return None
     return ChatRequest(model=mspec.wire_model, messages=job.chat(), max_tokens=mspec.max_output_tokens,
@@ -247,7 +248,7 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
     policy = policy or FlushPolicy()
     landed = 0
     for raw_id, raw in rt.redis.hgetall(OPEN).items():
-        bid, info = raw_id.decode(), orjson.loads(raw)
+        bid, info = text(raw_id), orjson.loads(raw)
         lock = f"pf:batch:poll:{bid}"
         if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
             continue
@@ -279,7 +280,7 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
     pipe.decr(group + ":left")
     _, left = pipe.execute()
     if int(left) <= 0:
-        unanswered = [c.decode() for c in rt.redis.smembers(group)]
+        unanswered = [text(c) for c in rt.redis.smembers(group)]
         for cid in unanswered:
             reason = f"batch {bid} {status.raw_status} without a result for this line"
             _land_line(rt, d, bid, cid, ProviderUnavailable(str(info["provider"]), status.message or reason), policy)
@@ -295,7 +296,7 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
     if line is None or spec is None:
         return  # not ours, or its panel expired
     prior = rt.store.call(spec.panel_id, line.member)
-    if not line.first_landing(rt, bid) or (not line.is_arbiter and prior and prior["status"] in ("answered", "late")):
+    if not line.first_landing(rt, bid) or (not line.is_arbiter and prior and prior.status in ("answered", "late")):
         _repeat_follow_ups(rt, d, spec, line, prior)  # landed before: a poll re-run, or a line sent twice
         return
     if isinstance(outcome, ProviderError):
@@ -313,13 +314,13 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
 
 
 def _repeat_follow_ups(
-    rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, prior: dict[str, Any] | None
+    rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, prior: Call | None
 ) -> None:
     """Re-vote (idempotent) so a decision whose follow-up was lost with its worker is acted on."""
     if line.is_arbiter:
         if rt.store.decided(spec.panel_id) == "arbiter":
             d.conclude(spec.panel_id)
-    elif prior and prior.get("status") in ("answered", "failed", "late"):
+    elif prior and prior.status in ("answered", "failed", "late"):
         carry_out(rt.store, d, cast_vote(rt.store, spec, prior))
 
 
@@ -331,7 +332,7 @@ def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, error: 
     if line.is_arbiter and not needs_arbiter(rt.store, spec.panel_id):
         return
     if not line.is_arbiter and rt.store.decided(spec.panel_id):
-        rt.store.put_call(spec.panel_id, line.member, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
+        rt.store.put_call(spec.panel_id, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return
     if attempts < MAX_ATTEMPTS or (too_late(spec, policy) and error.retryable):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from producer.wire import text
 from workers.runtime import Runtime
 
 LINE = "pf:batch:line:"  # hash per line: panel, member, attempts (batches it was sent in)
@@ -53,7 +54,7 @@ class Line:
         raw = rt.redis.hgetall(LINE + cid)
         if b"panel" not in raw or b"member" not in raw:
             return None  # not ours, or expired with its panel
-        return cls(cid, raw[b"panel"].decode(), raw[b"member"].decode(), int(raw.get(b"attempts", 0)))
+        return cls(cid, text(raw[b"panel"]), text(raw[b"member"]), int(raw.get(b"attempts", 0)))
 
     def failed_once_more(self, rt: Runtime) -> int:
         """Count one more failed batch attempt; returns the new count."""

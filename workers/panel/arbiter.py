@@ -20,6 +20,7 @@ from workers.panel.agreement import make_rule
 from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude
 from workers.panel.ports import Chord
+from workers.panel.record import Call
 from workers.panel.state import PanelRun, PanelStore
 from workers.providers.caching import price, record_fields
 
@@ -108,9 +109,8 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
     answers = member_answers(store, panel_id, calls)
     prior = calls.get("arbiter")
     verdict: Verdict | None = None
-    record: dict[str, Any] = {}
-    if prior and prior.get("status") == "answered" and prior.get("verdict"):
-        verdict = Verdict.model_validate(prior["verdict"])  # redelivered: the verdict was paid for
+    if prior and prior.status == "answered" and prior.verdict:
+        verdict = Verdict.model_validate(prior.verdict)  # redelivered: the verdict was paid for
     else:
         messages = arbiter_messages(job.chat(), answers, spec.rubric)
         tokens_in = tokens_out = replies = cached = cache_write = 0
@@ -135,20 +135,20 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
                 break
             error = "verdict unusable: not exactly one JSON verdict of the verdict's shape, or a member not offered"
         mspec = chord.registry.model(model)
-        record = {"member": "arbiter", "role": "arbiter", "model": model, "provider": mspec.provider, "tier": mspec.tier,
-                  "status": "answered" if replies else "failed", "tokens_in": tokens_in, "tokens_out": tokens_out,
-                  "latency_ms": latency, "cost_usd": cost, "batch": batch, "error": None if verdict else error,
-                  "verdict": verdict.model_dump() if verdict else None,
-                  "tokens_cached": cached, "tokens_cache_write": cache_write, "cache_saved_usd": saved}  # fmt: skip
-        store.put_call(panel_id, "arbiter", record)
+        record = Call(member="arbiter", role="arbiter", model=model, provider=mspec.provider, tier=mspec.tier,
+                      status="answered" if replies else "failed", tokens_in=tokens_in, tokens_out=tokens_out,
+                      latency_ms=latency, cost_usd=cost, batch=batch, error=None if verdict else error,
+                      verdict=verdict.model_dump() if verdict else None, tokens_cached=cached,
+                      tokens_cache_write=cache_write, cache_saved_usd=saved)  # fmt: skip
+        store.put_call(panel_id, record)
         observe_call(record)
     return decide_by_verdict(store, spec, job, verdict, answers)
 
 
-def member_answers(store: PanelStore, panel_id: str, calls: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+def member_answers(store: PanelStore, panel_id: str, calls: dict[str, Call] | None = None) -> dict[str, str]:
     """What each member answered (answered or late calls), as the arbiter is shown it."""
     calls = store.calls(panel_id) if calls is None else calls
-    return {m: str(c["text"]) for m, c in calls.items() if m != "arbiter" and c["status"] in ("answered", "late")}
+    return {m: str(c.text) for m, c in calls.items() if m != "arbiter" and c.status in ("answered", "late")}
 
 
 def decide_by_verdict(store: PanelStore, spec: PanelRun, job: Job, verdict: Verdict | None,

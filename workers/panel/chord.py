@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from producer.contract import Job
@@ -25,7 +25,8 @@ from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, estimate_to
 from workers.panel.decision import Action, Nothing, after_vote
 from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
-from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
+from workers.panel.record import Call, Status
+from workers.panel.state import Member, PanelRun, PanelStore
 from workers.providers.caching import price, record_fields
 from workers.registry import Registry
 
@@ -42,12 +43,13 @@ class Turn:
     actions: tuple[Action, ...] = Nothing
 
 
-def call_record(registry: Registry, spec: PanelRun, m: Member, status: str, **extra: Any) -> dict[str, Any]:
-    """The one shape of a member's call record (stored as JSON, rendered into the receipt)."""
+def call_record(registry: Registry, spec: PanelRun, m: Member, status: Status, **extra: Any) -> Call:
+    """A member's call record (workers/panel/record.py), priced by the panel's lane unless
+    `batch` is given; `model` defaults to the member's (a failover names the model used)."""
     model = extra.pop("model", m.model)
     mspec = registry.model(model)
-    return {"member": m.member, "role": "member", "model": model, "provider": mspec.provider,
-            "tier": mspec.tier, "status": status, "batch": spec.batch, **extra}  # fmt: skip
+    return Call(member=m.member, model=model, provider=mspec.provider, tier=mspec.tier, status=status,
+                batch=extra.pop("batch", spec.batch), **extra)  # fmt: skip
 
 
 def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None = None) -> Turn:
@@ -59,13 +61,12 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
         return Turn("gone", None)
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
-    if prior and prior["status"] in REUSABLE:
+    if prior and prior.status in REUSABLE:
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
         fault_point(store, "after_answer", panel_id, member_id)
         return Turn("reused", spec, cast_vote(store, spec, prior).actions)
     if decided:
-        store.put_call(panel_id, member_id, call_record(chord.registry, spec, m, "cancelled", batch=batch),
-                       only_if_absent=True)  # fmt: skip
+        store.put_call(panel_id, call_record(chord.registry, spec, m, "cancelled", batch=batch), only_if_absent=True)
         return Turn("cancelled", spec)
     job = chord.jobs.load(spec.job_id)
     fault_point(store, "before_call", panel_id, member_id)
@@ -76,7 +77,7 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
-        store.put_call(panel_id, member_id, call_record(
+        store.put_call(panel_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
             latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
@@ -91,9 +92,9 @@ def abandon_member(chord: Chord, panel_id: str, member_id: str, reason: str) -> 
     if spec is None:
         return Turn("gone", None)
     m = spec.member(member_id)
-    chord.store.put_call(panel_id, member_id, call_record(chord.registry, spec, m, "failed", error=reason),
-                         only_if_absent=True)  # fmt: skip
-    return cast_vote(chord.store, spec, chord.store.call(panel_id, member_id) or {"member": member_id, "status": "failed"})
+    failed = call_record(chord.registry, spec, m, "failed", error=reason)
+    chord.store.put_call(panel_id, failed, only_if_absent=True)
+    return cast_vote(chord.store, spec, chord.store.call(panel_id, member_id) or failed)
 
 
 def json_mode(spec: PanelRun, job: Job) -> bool:
@@ -128,31 +129,28 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
     # recorded before the vote, in its own step: a worker lost between the two (or a member slow to
     # vote past the visibility timeout) is redelivered and re-uses the paid answer. A paid answer
     # must not be dropped by a Redis restart either: the redelivered member would buy it again.
-    through_redis_outage(lambda: chord.store.put_call(panel_id, m.member, rec))
+    through_redis_outage(lambda: chord.store.put_call(panel_id, rec))
     observe_call(rec)
     fault_point(chord.store, "after_answer", panel_id, m.member)
     return cast_vote(chord.store, spec, rec)
 
 
-def cast_vote(store: PanelStore, spec: PanelRun, rec: dict[str, Any]) -> Turn:
+def cast_vote(store: PanelStore, spec: PanelRun, rec: Call) -> Turn:
     """Vote a recorded call (fresh, or re-used by a redelivered task); the vote's follow-ups come
     back as actions. The first vote of a call that arrives after the decision marks it `late`."""
-    return _after(store, spec, rec, store.vote(spec.panel_id, rec["member"], rec.get("answer_key"), stage_step(spec)))
-
-
-def _after(store: PanelStore, spec: PanelRun, rec: dict[str, Any], outcome: VoteOutcome) -> Turn:
-    late = outcome.status == "decided" and not outcome.duplicate and rec["status"] == "answered"
+    outcome = store.vote(spec.panel_id, rec.member, rec.answer_key, stage_step(spec))
+    late = outcome.status == "decided" and not outcome.duplicate and rec.status == "answered"
     if late:
-        rec["status"] = "late"  # paid for, but the panel was decided without it
-        store.put_call(spec.panel_id, rec["member"], rec)
-    return Turn(str(rec["status"]), spec, after_vote(spec, outcome, late))
+        rec = replace(rec, status="late")  # paid for, but the panel was decided without it
+        store.put_call(spec.panel_id, rec)
+    return Turn(rec.status, spec, after_vote(spec, outcome, late))
 
 
-def observe_call(rec: dict[str, Any]) -> None:
-    metrics.CALLS.labels(rec["model"], rec["provider"], rec["status"], rec.get("role", "member")).inc()
-    metrics.TOKENS.labels(rec["model"], "in").inc(rec.get("tokens_in", 0))
-    metrics.TOKENS.labels(rec["model"], "out").inc(rec.get("tokens_out", 0))
-    metrics.COST.labels(rec["model"], str(bool(rec.get("batch")))).inc(rec.get("cost_usd", 0.0))
+def observe_call(rec: Call) -> None:
+    metrics.CALLS.labels(rec.model, rec.provider, rec.status, rec.role).inc()
+    metrics.TOKENS.labels(rec.model, "in").inc(rec.tokens_in)
+    metrics.TOKENS.labels(rec.model, "out").inc(rec.tokens_out)
+    metrics.COST.labels(rec.model, str(rec.batch)).inc(rec.cost_usd)
 
 
 def stage_step(spec: PanelRun) -> int:

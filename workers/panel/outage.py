@@ -17,7 +17,7 @@ REDIS_OUTAGE_S = 30.0  # how long a paid answer waits for Redis to come back bef
 def through_redis_outage(step: Callable[[], T], hold_s: float = REDIS_OUTAGE_S) -> T:
     """Run `step`, retrying with backoff while Redis is unreachable, for up to `hold_s`.
 
-    through_redis_outage(lambda: store.put_call(panel_id, member, record))
+    through_redis_outage(lambda: store.put_call(panel_id, record))
     """
     end = time.monotonic() + hold_s
     delay = 0.05

@@ -49,6 +49,10 @@ class Dispatcher(Protocol):
 
     def revoke(self, task_ids: list[str]) -> None: ...
 
+    def run(self, job_id: str) -> None:
+        """Send a job's `panel.run` (a coalesced job the answer cache promotes to leader)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Chord:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from importlib.resources import files
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ import redis
 from redis.client import Pipeline
 
 from producer import keys
+from producer.wire import text
+from workers.panel.record import Call
 from workers.policy import AgreementSpec
 
 VoteStatus = Literal["quorum", "exhausted", "next", "pending", "decided"]
@@ -56,14 +59,19 @@ class PanelRun:
     def member(self, member_id: str) -> Member:
         return next(m for m in self.members if m.member == member_id)
 
-    def agreement_spec(self) -> AgreementSpec:
+    @cached_property
+    def agreement_rule(self) -> AgreementSpec:
+        """The agreement spec, validated once per process (the spec is immutable and cached)."""
         return AgreementSpec.model_validate(self.agreement)
+
+    def agreement_spec(self) -> AgreementSpec:
+        return self.agreement_rule
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, raw: bytes) -> PanelRun:
+    def from_json(cls, raw: bytes | str) -> PanelRun:
         d = orjson.loads(raw)
         d["members"] = [Member(**m) for m in d["members"]]
         return cls(**d)
@@ -85,7 +93,7 @@ class PanelSnapshot:
     """Everything recorded about a panel, read in one round trip (for its conclusion and receipt)."""
 
     state: dict[str, str]  # the panel hash without its spec
-    calls: dict[str, dict[str, Any]]  # member (or "arbiter") -> call record
+    calls: dict[str, Call]  # member (or "arbiter") -> its call
     votes: dict[str, str]  # member -> answer key ('' = no usable answer)
     tally: dict[str, int]  # answer key -> votes
 
@@ -142,12 +150,12 @@ class PanelStore:
         state, calls, votes, tally = pipe.execute()
         return PanelSnapshot(
             state={k.decode(): v.decode() for k, v in state.items() if k != b"spec"},
-            calls={k.decode(): orjson.loads(v) for k, v in calls.items()},
+            calls={k.decode(): Call.from_json(v) for k, v in calls.items()},
             votes={k.decode(): v.decode() for k, v in votes.items()},
             tally={k.decode(): int(v) for k, v in tally.items()},
         )
 
-    def turn(self, panel_id: str, member: str) -> tuple[PanelRun | None, dict[str, Any] | None, bool]:
+    def turn(self, panel_id: str, member: str) -> tuple[PanelRun | None, Call | None, bool]:
         """A member's start, one round trip: the panel's spec (unless this process has it), the
         member's recorded call (a redelivery re-uses a paid answer) and whether the panel is
         decided already."""
@@ -158,7 +166,7 @@ class PanelStore:
         raw, (decided, raw_spec) = pipe.execute()
         if spec is None and raw_spec:
             spec = self._remember(PanelRun.from_json(raw_spec))
-        return spec, (orjson.loads(raw) if raw else None), bool(decided)
+        return spec, (Call.from_json(raw) if raw else None), bool(decided)
 
     def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to
@@ -180,11 +188,11 @@ class PanelStore:
 
     def state(self, panel_id: str) -> dict[str, str]:
         raw = self.r.hgetall(keys.panel(panel_id))
-        return {k.decode(): v.decode() for k, v in raw.items() if k != b"spec"}
+        return {text(k): text(v) for k, v in raw.items() if k != b"spec"}
 
     def decided(self, panel_id: str) -> str | None:
         v = self.r.hget(keys.panel(panel_id), "decided")
-        return v.decode() if v else None
+        return text(v) if v else None
 
     def vote(self, panel_id: str, member: str, answer_key: str | None, step: int) -> VoteOutcome:
         res = self._vote(
@@ -205,7 +213,7 @@ class PanelStore:
             return VoteOutcome("next", answer, dup, send_from=int(res[3]), send_to=int(res[4]))
         if status not in ("quorum", "exhausted", "pending"):
             raise ValueError(f"vote.lua returned an unknown status {status!r}")
-        return VoteOutcome(status, answer, dup, distinct=distinct)  # type: ignore[arg-type]
+        return VoteOutcome(status, answer, dup, distinct=distinct)
 
     def decide(self, panel_id: str, outcome: str, answer: str = "", replace_exhausted: bool = False) -> tuple[bool, str, str]:
         won, out, ans = self._decide(
@@ -218,26 +226,28 @@ class PanelStore:
         return bool(self.r.hsetnx(keys.panel(panel_id), f"once:{action}", time.time()))
 
     def votes(self, panel_id: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(keys.votes(panel_id)).items()}
+        return {text(k): text(v) for k, v in self.r.hgetall(keys.votes(panel_id)).items()}
 
     def tally(self, panel_id: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.r.hgetall(keys.tally(panel_id)).items()}
+        return {text(k): int(v) for k, v in self.r.hgetall(keys.tally(panel_id)).items()}
 
     # --- call records: written before the vote, so a redelivered member re-uses a paid answer
-    def call(self, panel_id: str, member: str) -> dict[str, Any] | None:
+    def call(self, panel_id: str, member: str) -> Call | None:
         raw = self.r.hget(keys.calls(panel_id), member)
-        return orjson.loads(raw) if raw else None
+        return Call.from_json(raw) if raw else None
 
-    def put_call(self, panel_id: str, member: str, record: dict[str, Any], only_if_absent: bool = False) -> bool:
+    def put_call(self, panel_id: str, record: Call, only_if_absent: bool = False) -> bool:
         # ended_at: when the call's outcome was known (with latency_ms, a trace span's extent)
-        data = orjson.dumps(record if "ended_at" in record else {**record, "ended_at": time.time()})
+        if record.ended_at is None:
+            record = replace(record, ended_at=time.time())
+        data = record.to_json()
         if only_if_absent:
-            return bool(self.r.hsetnx(keys.calls(panel_id), member, data))
-        self.r.hset(keys.calls(panel_id), member, data)
+            return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
+        self.r.hset(keys.calls(panel_id), record.member, data)
         return True
 
-    def calls(self, panel_id: str) -> dict[str, dict[str, Any]]:
-        return {k.decode(): orjson.loads(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
+    def calls(self, panel_id: str) -> dict[str, Call]:
+        return {text(k): Call.from_json(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
 
     def set_task_ids(self, panel_id: str, task_ids: dict[str, str]) -> None:
         """member -> task id of the members just sent (one round trip)."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from producer import keys
+from producer.wire import text
 from workers.errors import failure_reason
 from workers.panel.act import cancel_stragglers
 from workers.panel.ports import Dispatcher
@@ -32,8 +33,9 @@ def sweep(store: PanelStore, d: Dispatcher, dead_letter: DeadLetter, now: float 
     one poison panel never stops the sweep from deciding the others."""
     now = time.time() if now is None else now
     acted = 0
-    for raw in store.r.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit):
-        pid = raw.decode()
+    due: list[bytes] = store.r.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit)  # type: ignore[assignment]
+    for raw in due:
+        pid = text(raw)
         try:
             acted += sweep_panel(store, d, pid, now)
         except Exception as e:

@@ -1,0 +1,60 @@
+"""A model call's record: what a member (or the arbiter) paid for and voted, stored as JSON in the
+panel's calls hash before its vote, and rendered into the receipt's `CallRecord` lines.
+
+    rec = Call(member="m0", model="gpt-4o-mini", provider="openai", tier="economy", status="answered")
+    store.put_call(panel_id, rec)          # workers/panel/state.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import orjson
+
+Status = Literal["answered", "failed", "late", "cancelled", "skipped"]
+_RECEIPT_FIELDS = ("member", "role", "model", "provider", "tier", "status", "tokens_in", "tokens_out", "tokens_cached",
+                   "tokens_cache_write", "cache_saved_usd", "latency_ms", "cost_usd", "batch", "realtime_cost_usd",
+                   "answer_key", "failed_over_from", "error")  # fmt: skip
+
+
+@dataclass
+class Call:
+    member: str  # m0, m1, ... or "arbiter"
+    model: str
+    provider: str
+    tier: str
+    status: Status
+    role: Literal["member", "arbiter"] = "member"
+    batch: bool = False  # priced at the batch price list
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0  # of tokens_in: read from the provider's prompt cache
+    tokens_cache_write: int = 0  # of tokens_in: written to it
+    cache_saved_usd: float = 0.0  # the same tokens at the uncached price, minus cost_usd
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+    realtime_cost_usd: float | None = None  # batch calls: the same tokens at the real-time price
+    answer_key: str | None = None  # the normalised answer it voted for
+    text: str | None = None  # the answer (never logged)
+    error: str | None = None
+    failed_over_from: str | None = None
+    verdict: dict[str, Any] | None = None  # the arbiter's validated verdict
+    tries: int = 0  # the batch arbiter's verdict requests, each paid for
+    ended_at: float | None = None  # when its outcome was known (epoch s; set when first stored)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # fields of a newer version, kept
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return orjson.dumps({k: v for k, v in data.items() if v is not None})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Call:
+        data = orjson.loads(raw)
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})
+
+    def receipt_fields(self) -> dict[str, Any]:
+        """The fields producer.contract.CallRecord has (the receipt's line for this call)."""
+        return {k: getattr(self, k) for k in _RECEIPT_FIELDS}
