@@ -40,7 +40,9 @@ def store(r: redis.Redis, job_id: str, job: Job) -> None:
 
 
 def leader_decides(r: redis.Redis, decided: Result, settled: list[bool]) -> None:
-    answer_cache.settle(r, "L", decided, 3600, 600)
+    promoted: list[str] = []
+    answer_cache.settle(r, "L", decided, 3600, 600, send=promoted.append)
+    assert promoted == []  # a decided leader hands nothing over
     settled.append(True)
 
 
