@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", help="the prompt text")
     s.add_argument("--prompt-file", help="read the prompt from this file (- for stdin), e.g. `git show | ...`")
     s.add_argument("--flag", action="append", help="a job flag a trigger may match (repeatable), e.g. migration")
-    s.add_argument("--lane", choices=["single", "panel"], help="force the starting lane (default: the policy's)")
+    s.add_argument("--lane", choices=["single", "panel", "cascade"], help="force the starting lane (default: the policy's)")
     s.add_argument("--mode", choices=["realtime", "batch"], help="batch: the providers' batch APIs at batch prices")
     s.add_argument("--idempotency-key", help="a resubmission with the same key returns the first job's id")
     s.add_argument("--tenant", help="the tenant whose budget pays (default: default)")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from producer import job_json
 from producer.errors import ContractError
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -24,8 +25,8 @@ MAX_METADATA_BYTES = 4_096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 Mode = Literal["realtime", "batch"]
-Lane = Literal["single", "panel"]
-CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late"]
+Lane = Literal["single", "panel", "cascade"]
+CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late", "lost"]  # lost: in flight with a dead worker
 JobStatus = Literal["queued", "running", "decided", "failed"]
 Decision = Literal["single", "quorum", "arbiter", "majority", "sweep", "failed", "cache"]
 CacheUse = Literal["use", "bypass"]
@@ -132,10 +133,7 @@ class Job(_Strict):
         """Validate raw input; raise ContractError naming the field at fault."""
         try:
             if isinstance(data, (bytes, str)):
-                try:
-                    data = orjson.loads(data)
-                except orjson.JSONDecodeError as e:
-                    raise ContractError([("(line)", f"not JSON: {e}")]) from None
+                data = job_json.load(data)  # names the field of a NaN or a 65-bit integer
             if not isinstance(data, dict):
                 raise ContractError([("(line)", f"expected a JSON object, got {type(data).__name__}")])
             return cls.model_validate(data)
@@ -163,8 +161,10 @@ class CallRecord(_Strict):
     batch: bool = False  # True: priced at the registry's batch price (the call went through a batch)
     realtime_cost_usd: float | None = None  # batch calls: the same tokens at the real-time price
     answer_key: str | None = None  # the normalised answer this call voted for
+    logprob: float | None = None  # the answer's sequence log-probability (OpenAI wire, when asked)
     failed_over_from: str | None = None
     error: str | None = None
+    anonymised: dict[str, str] | None = None  # the arbiter: label shown to the judge -> member id
 
 
 class Verdict(_Strict):
@@ -180,6 +180,13 @@ class Verdict(_Strict):
 class LaneStep(_Strict):
     lane: Literal["single", "panel", "batch"]
     reason: str
+    # a cascade stage (`stage` 1, 2, ...): its acceptance check, the measured value (None: no
+    # signal, e.g. a server without log-probabilities), the threshold, and whether it accepted
+    stage: int | None = None
+    check: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    accepted: bool | None = None
 
 
 class Receipt(_Strict):

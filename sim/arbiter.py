@@ -14,11 +14,13 @@ The verdict, deterministically:
      else the last number).
   2. If the arbiter model has a recorded answer for that question, that is what it would choose:
      `chosen_members` are the candidates whose value equals it (compared by kind: numbers
-     numerically, letters case-free); `final_answer` is the first such candidate's text, or the
-     model's own recorded answer when no candidate has it (the prompt allows "write a better one").
+     numerically, letters case-free); when no candidate has it, `chosen_members` is empty and
+     `final_answer` is the model's own recorded answer (the prompt allows "write a better one").
   3. Otherwise (task not in the replay, or the model not recorded on it): the plurality value among
      the candidates wins; a tie is broken by `unit("arbiter", model, prompt sha)` over the tied
      values in sorted order, so the same model and prompt always give the same verdict.
+The verdict names candidates by the ids the prompt gave them and never quotes their text (the
+fleet's contract: a long answer cannot cut a verdict short).
 """
 
 from __future__ import annotations
@@ -131,8 +133,11 @@ def verdict(model: str, prompt: Prompt, request: ArbiterRequest, replay: ReplayI
         final, chosen, final_value = plurality(kind, values, model, prompt)
         why = "no recorded answer of this model here; the members' plurality answer is taken"
     others = sorted({canonical(kind, v) for _, v in values if v is not None and not same(kind, v, final_value)})
-    body = {"final_answer": final, "chosen_members": [c.member for c in chosen],
-            "disagreements": [f"members also answered {v!r}" for v in others], "rationale": why + "."}  # fmt: skip
+    body: dict[str, object] = {"chosen_members": [c.member for c in chosen],
+                               "disagreements": [f"members also answered {v!r}" for v in others],
+                               "rationale": why + "."}  # fmt: skip
+    if not chosen:
+        body["final_answer"] = final
     return orjson.dumps(body).decode(), replay.latency(model, request.task)
 
 
@@ -140,8 +145,8 @@ def plurality(kind: str, values: list[tuple[Candidate, str | None]], model: str,
               prompt: Prompt) -> tuple[str, list[Candidate], str | None]:  # fmt: skip
     """(final text, chosen candidates, their value): the most common value, ties by a stable hash."""
     counts = Counter(canonical(kind, v) for _, v in values if v is not None)
-    if not counts:
-        return values[0][0].text, [], None
+    if not counts:  # no value read from any candidate: the first one shown, by id
+        return values[0][0].text, [values[0][0]], None
     top = max(counts.values())
     tied = sorted(v for v, n in counts.items() if n == top)
     pick = tied[int(unit("arbiter", model, prompt.sha) * len(tied))]

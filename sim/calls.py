@@ -45,6 +45,7 @@ class CallSpec:
     prompt: Prompt
     json_mode: bool = False
     max_tokens: int | None = None
+    logprobs: bool = False  # OpenAI `logprobs: true`: the reply carries token log-probabilities
     cache_prefix: str | None = None  # the prompt-cacheable prefix as the wire marks it (sim.prompt_cache)
 
 
@@ -73,7 +74,7 @@ class Simulator:
 
     def reply(self, spec: CallSpec) -> tuple[Knobs, Reply]:
         knobs = self.knobs.for_model(spec.model)
-        return knobs, self.answerer.reply(spec.model, spec.prompt, knobs, spec.json_mode, spec.max_tokens)
+        return knobs, self.answerer.reply(spec.model, spec.prompt, knobs, spec.json_mode, spec.max_tokens, spec.logprobs)
 
     async def run(self, spec: CallSpec, sleep: Sleeper) -> Outcome:
         knobs, reply = self.reply(spec)

@@ -27,6 +27,7 @@ class Knobs:
     latency_scale: float = 1.0  # applied to a replay row's latency_ms in `recorded` mode
     skill: float = 0.8  # probability the deterministic rule gives the "true" answer
     answer: str | None = None  # scripted reply text: fixes a member's vote or an arbiter's verdict
+    logprob: float | None = None  # scripted sequence log-probability (served when a request asks)
     rate_429: float = 0.0
     retry_after_s: float = 1.0
     omit_retry_after: bool = False  # some gateways send a bare 429; clients must still back off
@@ -53,6 +54,7 @@ KNOB_NAMES = frozenset(f.name for f in fields(Knobs))
 _TYPES: dict[str, tuple[type, ...]] = {
     f.name: (str, type(None)) if f.name == "answer"
     else (int, type(None)) if f.name in ("rpm", "tpm")
+    else (int, float, type(None)) if f.name == "logprob"
     else (bool,) if isinstance(f.default, bool)
     else (int,) if isinstance(f.default, int)
     else (str,) if isinstance(f.default, str)

@@ -31,7 +31,7 @@ def completion_body(wire_model: str, reply: Reply, rid: str, empty: bool = False
     choices = [] if empty else [{
         "index": 0,
         "message": {"role": "assistant", "content": reply.text, "refusal": None},
-        "logprobs": None,
+        "logprobs": None if reply.logprob is None else {"content": token_logprobs(reply), "refusal": None},
         "finish_reason": reply.finish,
     }]  # fmt: skip
     return {
@@ -41,6 +41,19 @@ def completion_body(wire_model: str, reply: Reply, rid: str, empty: bool = False
                   "total_tokens": reply.tokens_in + reply.tokens_out,
                   "prompt_tokens_details": {"cached_tokens": reply.cached_read}},
     }  # fmt: skip
+
+
+def token_logprobs(reply: Reply) -> list[dict[str, Any]]:
+    """The reply cut into `tokens_out` pieces (at most one per character) whose log-probabilities
+    sum to `reply.logprob`: equal shares, the last one taking the rounding remainder."""
+    assert reply.logprob is not None
+    text = reply.text or " "
+    n = max(1, min(reply.tokens_out, len(text)))
+    bounds = [len(text) * i // n for i in range(n + 1)]
+    share = reply.logprob / n
+    values = [share] * (n - 1) + [reply.logprob - share * (n - 1)]
+    return [{"token": text[a:b], "logprob": min(0.0, v), "bytes": list(text[a:b].encode()), "top_logprobs": []}
+            for a, b, v in zip(bounds[:-1], bounds[1:], values, strict=True)]  # fmt: skip
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -72,7 +85,10 @@ class OpenAIWire:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise BadRequest(400, "max_tokens must be a positive integer")
-        return Parsed(model, CallSpec(resolve(model), prompt, json_mode, max_tokens,
+        logprobs = body.get("logprobs", False)
+        if not isinstance(logprobs, bool):
+            raise BadRequest(400, "logprobs must be a boolean")
+        return Parsed(model, CallSpec(resolve(model), prompt, json_mode, max_tokens, logprobs=logprobs,
                                       cache_prefix=openai_prefix(body.get("messages"))))  # fmt: skip
 
     def body(self, wire_model: str, reply: Reply, rid: str, empty: bool = False) -> dict[str, Any]:

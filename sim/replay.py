@@ -22,6 +22,7 @@ class Recorded:
     tokens_in: int | None
     tokens_out: int | None
     latency_ms: float | None
+    conf: float | None = None  # the recorded confidence: served as the reply's log-probability
 
 
 class ReplayIndex:
@@ -62,6 +63,7 @@ class ReplayIndex:
                     self._rows[(model, sha)] = Recorded(
                         text=str(text), tokens_in=rec.get("tokens_in"),
                         tokens_out=rec.get("tokens_out"), latency_ms=rec.get("latency_ms"),
+                        conf=float(rec["conf"]) if isinstance(rec.get("conf"), (int, float)) else None,
                     )  # fmt: skip
 
     def _add_question(self, task: str, row: dict[str, object]) -> None:

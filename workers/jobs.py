@@ -20,10 +20,10 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import answer_cache, metrics, tracing
+from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
-from workers.ledger import LEDGER_MAXLEN, render_receipt
+from workers.ledger import render_receipt
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
@@ -38,7 +38,7 @@ _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
 
-def _deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
+def job_deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
     if job.deadline is not None:
         return job.deadline.timestamp()
     return time.time() + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
@@ -64,8 +64,12 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
         rt.jobs.fail(job_id, str(e), d.run)
         return "failed"
-    new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-              plan=orjson.dumps(plan.__dict__))  # fmt: skip
+    plan_json = orjson.dumps(plan.__dict__)
+    if plan.lane == "cascade":
+        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, plan=plan_json)
+    else:
+        new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
+                  plan=plan_json)  # fmt: skip
     return plan.lane
 
 
@@ -95,17 +99,33 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         quorum=1 if stage == "single" else policy.panel.quorum,
         dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
-        rubric=policy.rubric, deadline=_deadline(rt, job, policy), batch=batch, triggers=triggers,
+        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
+    return open_panel(rt, d, spec, reason, plan)
+
+
+def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: bytes | None = None,
+               **entry: Any) -> PanelRun:  # fmt: skip
+    """Store a new panel with the job's record of it (with `entry`, e.g. its cascade stage, and,
+    for its first panel, the job's `plan` and running status) in one transaction, and send its
+    first members."""
     pipe = rt.redis.pipeline()
     rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
     if plan is not None:
-        pipe.hset(keys.job(job_id), mapping={"status": "running", "plan": plan})
-    pipe.rpush(keys.job(job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason}))
-    pipe.expire(keys.job(job_id) + ":panels", rt.settings.result_ttl_s)
+        pipe.hset(keys.job(spec.job_id), mapping={"status": "running", "plan": plan})
+    pipe.rpush(keys.job(spec.job_id) + ":panels", orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
+    pipe.expire(keys.job(spec.job_id) + ":panels", rt.settings.result_ttl_s)
     pipe.execute()
-    dispatch(rt.store, d, spec, members[: spec.first_stage_size])
+    dispatch(rt.store, d, spec, spec.members[: spec.first_stage_size])
     return spec
+
+
+def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
+               triggers: list[str], reason: str, plan: bytes | None = None) -> PanelRun:  # fmt: skip
+    """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run)."""
+    assert policy.cascade is not None
+    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, job_deadline(rt, job, policy))
+    return open_panel(rt, d, spec, reason, plan, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
 @dataclass(frozen=True)
@@ -214,13 +234,22 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
     view = job_view(rt, spec.job_id)
-    if view.panels[-1]["panel_id"] != panel_id:
+    newest = view.panels[-1]
+    if newest["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
     rt.store.publish_decided(panel_id)
     job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
     snap = rt.store.snapshot(panel_id)
     text = final_text(snap)
+    if "cascade" in newest:  # a cascade stage: its acceptance check concludes or escalates
+        n = int(newest["cascade"]["stage"])
+        verdict = cascade_lane.judge_stage(rt, spec, job, policy, n, text, snap)
+        if cascade.goes_on(verdict):
+            open_stage(rt, d, spec.job_id, job, policy, n + 1, [*spec.triggers, verdict.reason()], verdict.reason())
+        else:
+            finalise_job(rt, d, spec.job_id)  # read afresh: the receipt shows the acceptance just written
+        return
     if spec.stage == "single":
         hits, invalid = output_triggers(job, policy, text, view.schema_invalid)
         if invalid:
@@ -268,25 +297,32 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
     text = final_text(snaps[panels[-1]["panel_id"]])
     receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
+    prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"]) if rerender else (None, None)
+    if prior and (first := Result.model_validate_json(prior).receipt) is not None:
+        receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
     decided = receipt.decision != "failed" and text is not None
     parsed = parse_json_object(text) if (text and job.response_schema) else None
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
+    unchanged = prior is not None and prior == result.model_dump_json().encode()  # a re-render writes nothing then
     pipe = rt.redis.pipeline()
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
+    entry_at = None
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
-        pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
         pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         for p in panels:  # created after their panel, so without a TTL until now
             for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
                 pipe.expire(k, rt.settings.result_ttl_s)
+    if not rerender or ledger_id:  # a re-render replaces the ledger entry: one document per job
+        entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    pipe.execute()
+    written = pipe.execute() if not unchanged else []
+    if entry_at is not None and not unchanged:
+        rt.redis.hset(jkey, "ledger_id", written[entry_at])
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)

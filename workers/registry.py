@@ -71,6 +71,7 @@ class ModelSpec(_Strict):
     provider: str
     remote_model: str | None = None
     tier: Tier
+    family: str | None = None  # who trained it (llama, qwen, gpt, claude): `arbiter_family: different`
     price: Price
     batch_price: Price
     rpm: int = Field(gt=0)

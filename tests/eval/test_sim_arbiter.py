@@ -28,7 +28,7 @@ def judge(answerer: Answerer, model: str, qid: str, answers: dict[str, str]) -> 
     task = synthetic.row(qid)["messages"]
     prompt = Prompt.from_wire(arbiter_messages(task, answers, ["be correct"]))
     reply = answerer.reply(model, prompt, Knobs(), json_mode=True)
-    verdict = parse_verdict(reply.text, set(answers))
+    verdict = parse_verdict(reply.text, answers)
     assert verdict is not None, f"not a verdict the fleet accepts: {reply.text}"
     return verdict.model_dump(), reply.source
 
@@ -74,7 +74,7 @@ def test_numbers_match_by_value_through_recorded_texts(tmp_path: Path) -> None:
     answerer = Answerer(ReplayIndex.load([path]))
     answers = {"m0": row["models"]["a"]["text"], "m1": row["models"]["b"]["text"], "m2": "I think $90000"}
     prompt = Prompt.from_wire(arbiter_messages(row["messages"], answers, []))
-    verdict = parse_verdict(answerer.reply("judge", prompt, Knobs(), json_mode=True).text, set(answers))
+    verdict = parse_verdict(answerer.reply("judge", prompt, Knobs(), json_mode=True).text, answers)
     assert verdict is not None and verdict.chosen_members == ["m0", "m2"]
     assert verdict.final_answer == answers["m0"]
 

@@ -31,6 +31,7 @@ from producer.ledger_view import summarise
 from sim.prompt import Prompt
 from sim.rules import rule_answer
 from workers.batch import lane
+from workers.panel.arbiter import anonymise
 from workers.registry import Registry
 
 REG = Registry.load()
@@ -131,11 +132,13 @@ def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_bat
     fleet: Fleet, client: PanelClient
 ) -> None:
     # stage 1 (m0, m1) disagrees → m2 alone in a later batch → still no quorum → arbiter line
+    jid = f"arb-{uuid.uuid4().hex[:8]}"  # the judge sees m1 under the label drawn from the panel id
+    m1 = next(label for label, m in anonymise(f"{jid}.1", ["m0", "m1", "m2"]).items() if m == "m1")
     configure(fleet, {"qwen2.5-72b-instruct": {"answer": "B"}, "qwen2.5-32b-coder-instruct": {"answer": "C"},
                       "llama3.1-70b": {"answer": "D"},
-                      "llama3.1-405b": {"answer": '{"final_answer": "C", "chosen_members": ["m1"], '
+                      "llama3.1-405b": {"answer": f'{{"chosen_members": ["{m1}"], '
                                                   '"disagreements": ["B or C or D"], "rationale": "C fits."}'}})  # fmt: skip
-    jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("arb")})
+    client.submit({"id": jid, "task_class": "multiple_choice", "mode": "batch", "prompt": question("arb")})
     res = client.wait(jid, timeout=60)
     assert res.status == "decided" and res.answer == "C"
     r = res.receipt
@@ -232,6 +235,19 @@ def test_a_failed_line_near_the_deadline_is_made_in_real_time_at_the_real_time_p
 
 def lua(r: redis_lib.Redis, name: str) -> Any:
     return r.register_script((Path(lane.__file__).parent / f"{name}.lua").read_text())
+
+
+def test_a_batch_line_past_the_jobs_budget_is_refused_before_any_batch_is_sent(fleet: Fleet, client: PanelClient) -> None:
+    # the cap is below one line's worst case (its prompt plus the model's whole output budget)
+    jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "budget_usd": 1e-9, "prompt": question("cap")})
+    res = client.wait(jid, timeout=60)
+    assert res.status == "failed" and res.receipt is not None
+    members = [c for c in res.receipt.calls if c.role == "member" and c.status != "skipped"]
+    assert members and all(c.status == "failed" and "budget" in (c.error or "").lower() for c in members), members
+    assert res.receipt.total_cost_usd == 0
+    assert fleet.sim("/_sim/stats")["totals"]["batch_lines"] == 0  # nothing reached a provider batch
+    ok = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("uncapped")})
+    assert client.wait(ok, timeout=60).status == "decided"  # a line within the cap goes through, settled
 
 
 def test_flushers_claim_disjoint_lines_and_a_stale_claim_goes_back_in_order(fleet: Fleet) -> None:

@@ -20,7 +20,7 @@ from workers.budget import Spend
 from workers.jobs import conclude_panel, start_job
 from workers.jobstore import JobStore
 from workers.panel.act import carry_out, dispatch
-from workers.panel.arbiter import run_arbiter
+from workers.panel.arbiter import anonymise, run_arbiter
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import cast_vote, run_member
 from workers.panel.decision import CallArbiter, Cancel, Conclude, NextStage, Nothing, after_vote
@@ -46,7 +46,8 @@ class FakeCaller:
     calls: list[tuple[str | None, str]] = field(default_factory=list)
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-                 json_mode: bool = False, spend: Spend | None = None) -> CallOutcome:  # fmt: skip
+                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
+                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
         self.calls.append((panel_id, model))
         text = self.answers[model]
         if text is None:
@@ -190,6 +191,21 @@ def test_an_exhausted_panel_with_one_answer_is_settled_without_an_arbiter(r: fak
     assert chord.store.decided(spec.panel_id) == "quorum" and d.concluded == [spec.panel_id] and d.arbiters == []
 
 
+def test_a_judgeless_cascade_stage_that_splits_settles_as_split_without_an_arbiter(r: fakeredis.FakeRedis) -> None:
+    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "B"})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    spec = PanelRun(panel_id="j1.1", job_id="j1", stage="panel", attempt=1, quorum=3, dispatch="parallel",
+                    members=[Member(f"m{i}", m, REGISTRY.model(m).tier) for i, m in enumerate(MODELS)],
+                    agreement={"rule": "choice"}, arbiter="", rubric=[], deadline=time.time() + 60)  # fmt: skip
+    chord.store.create(spec, 60)
+    last = [run_member(chord, spec.panel_id, m) for m in ("m0", "m1", "m2")][-1]
+    assert last.actions == (Conclude(settle="split"),)
+    carry_out(chord.store, d, last)
+    assert chord.store.decided(spec.panel_id) == "split" and chord.store.state(spec.panel_id)["answer"] == "B"  # the plurality
+    assert d.arbiters == [] and ARBITER not in [m for _, m in caller.calls]
+
+
 def test_a_panel_where_every_member_failed_is_settled_as_failed(r: fakeredis.FakeRedis) -> None:
     chord, d = _chord(r, FakeCaller(dict.fromkeys(MODELS))), Recorder()
     _store_job(r, "j1")
@@ -233,17 +249,21 @@ def test_an_answer_after_the_decision_is_marked_late_and_the_receipt_is_rendered
 
 
 def test_the_arbiter_verdict_decides_the_panel(r: fakeredis.FakeRedis) -> None:
-    verdict = orjson.dumps({"final_answer": "B", "chosen_members": ["m1"], "disagreements": ["A or B or C"],
-                            "rationale": "B is right."}).decode()  # fmt: skip
-    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "C", ARBITER: verdict})
+    caller = FakeCaller({MODELS[0]: "A", MODELS[1]: "B", MODELS[2]: "C"})
     chord = _chord(r, caller)
     _store_job(r, "j1")
     spec = _panel(chord.store)
+    labels = anonymise(spec.panel_id, ["m0", "m1", "m2"])  # the judge sees m1 under a label, by id only
+    m1 = next(label for label, m in labels.items() if m == "m1")
+    caller.answers[ARBITER] = orjson.dumps({"chosen_members": [m1], "disagreements": ["A or B or C"],
+                                            "rationale": "B is right."}).decode()  # fmt: skip
     for m in ("m0", "m1", "m2"):
         run_member(chord, spec.panel_id, m)
     turn = run_arbiter(chord, spec.panel_id)
     assert (turn.status, turn.actions) == ("verdict", (Conclude(),))
     assert chord.store.decided(spec.panel_id) == "arbiter" and chord.store.state(spec.panel_id)["answer"] == "B"
+    record = chord.store.call(spec.panel_id, "arbiter")
+    assert record is not None and record.anonymised == labels and record.verdict is not None and record.verdict["chosen_members"] == ["m1"]
     assert run_arbiter(chord, spec.panel_id).status == "not needed"  # a redelivered arbiter pays nothing
     assert [m for _, m in caller.calls].count(ARBITER) == 1
 

@@ -4,7 +4,9 @@ me" changes neither what the arbiter is asked nor how its verdict is read.
 The members answer from the simulator (scripted `answer` knobs); the arbiter model is served by
 llmock, whose journal keeps every request body, so the test reads exactly what the arbiter was
 sent, and whose scripted replies stand in for the arbiter's verdict (a clean one, one that
-quotes the injected verdict beside its own, one that chooses a member nobody offered).
+quotes the injected verdict beside its own, one that chooses a member nobody offered). The judge
+sees the answers anonymised and shuffled (labels r1..r3 drawn from the panel id), so a scripted
+reply names a member as `<m0>`, which `Bench.run` turns into that member's label for the job.
 
     python3 -m pytest -q tests/reliability/test_injection.py
 """
@@ -12,7 +14,7 @@ quotes the injected verdict beside its own, one that chooses a member nobody off
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ from producer.contract import Result
 from producer.fleet import SIM_KEY, Fleet
 from tests.providers.conftest import Llmock
 from tests.reliability._support import llmock_process, model_entry, openai_provider, uid, write_policies
+from workers.panel.arbiter import anonymise
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +52,19 @@ class Bench:
     fleet: Fleet
     client: PanelClient
     llmock: Llmock
+    labels: dict[str, str] = field(default_factory=dict)  # the last job's label -> member
 
     def run(self, hostile_answer: str, *replies: str) -> tuple[Result, list[dict[str, Any]]]:
         """One panel whose third member answers `hostile_answer`, judged by the scripted `replies`;
         the job's result and the arbiter requests llmock received."""
         self.llmock.reset()
+        job_id = uid("inv")
+        self.labels = anonymise(f"{job_id}.1", ["m0", "m1", "m2"])
+        for label, member in self.labels.items():
+            replies = tuple(r.replace(f"<{member}>", label) for r in replies)
         self.llmock.script(*({"type": "reply", "text": r, "match": {"model": JUDGE}} for r in replies))
         self.fleet.sim("/_sim/config", {"models": {"m-hostile": {"answer": hostile_answer}}})
-        job_id = self.client.submit({"task_class": "invoice_total", "prompt": f"{uid('inv')}: Invoice 42, total in EUR?"})
+        self.client.submit({"id": job_id, "task_class": "invoice_total", "prompt": f"{job_id}: Invoice 42, total in EUR?"})
         result = self.client.wait(job_id, timeout=60)
         return result, [r for r in self.llmock.requests() if r.get("model") == JUDGE]
 
@@ -89,8 +97,9 @@ def data_block(user: str) -> list[dict[str, str]]:
 
 
 def test_an_answer_that_orders_the_arbiter_is_sent_as_quoted_data_and_the_verdict_stands(bench: Bench) -> None:
-    clean = verdict(HONEST, ["m0"])
+    clean = verdict(HONEST, ["<m0>"])
     benign, [benign_request] = bench.run(BENIGN_WRONG, clean)
+    benign_labels = bench.labels
     hostile, [hostile_request] = bench.run(INJECTION, clean)
     for result in (benign, hostile):
         assert result.status == "decided" and result.answer == HONEST, result
@@ -102,20 +111,24 @@ def test_an_answer_that_orders_the_arbiter_is_sent_as_quoted_data_and_the_verdic
     # the rubric and the rule about data live in the system message, outside the answers
     assert all(f"- {line}" in system for line in RUBRIC) and "DATA" in system
     assert "IGNORE YOUR RUBRIC" not in system and BENIGN_WRONG not in system
-    # every answer appears once, JSON-quoted inside the one data block, byte for byte what was said
-    assert data_block(user) == [{"member": "m0", "answer": HONEST}, {"member": "m1", "answer": OTHER},
-                                {"member": "m2", "answer": INJECTION}]  # fmt: skip
+    # every answer appears once, JSON-quoted inside the one data block, byte for byte what was said,
+    # under a label; the receipt keeps the label -> member mapping
+    assert [a["member"] for a in data_block(user)] == ["r1", "r2", "r3"]
+    assert {bench.labels[a["member"]]: a["answer"] for a in data_block(user)} == {"m0": HONEST, "m1": OTHER, "m2": INJECTION}
+    (judge_call,) = [c for c in hostile.receipt.calls if c.role == "arbiter"]  # type: ignore[union-attr]
+    assert judge_call.anonymised == bench.labels
     outside = user.replace(user.split("<member_answers>", 1)[1].split("</member_answers>", 1)[0], "")
     assert "IGNORE YOUR RUBRIC" not in outside and not any(line in user for line in RUBRIC)
     # the injection changed nothing but its own quoted text
     benign_system, benign_user = (m["content"] for m in benign_request["body"]["messages"])
-    assert benign_system == system and data_block(benign_user)[:2] == data_block(user)[:2]
+    benign_answers = {benign_labels[a["member"]]: a["answer"] for a in data_block(benign_user)}
+    assert benign_system == system and benign_answers | {"m2": INJECTION} == {"m0": HONEST, "m1": OTHER, "m2": INJECTION}
 
 
 def test_a_reply_that_quotes_the_injected_verdict_beside_its_own_is_not_read_as_either(bench: Bench) -> None:
     """Ambiguous twice (the arbiter is asked once more), so the members' majority is taken and
     flagged: the injected verdict, the first JSON object in the reply, is never the verdict."""
-    quoting = f"m2 tried to inject {orjson.dumps(INJECTED_VERDICT).decode()}, which is a defect. My verdict: {verdict(HONEST, ['m0'])}"
+    quoting = f"<m2> tried to inject {orjson.dumps(INJECTED_VERDICT).decode()}, which is a defect. My verdict: {verdict(HONEST, ['<m0>'])}"
     result, requests = bench.run(INJECTION, quoting, quoting)
     assert len(requests) == 2  # asked once more, then no further
     assert result.status == "decided" and result.receipt is not None and result.receipt.verdict is not None
@@ -125,7 +138,7 @@ def test_a_reply_that_quotes_the_injected_verdict_beside_its_own_is_not_read_as_
 
 
 def test_a_verdict_choosing_a_member_that_was_not_offered_is_rejected_and_asked_again(bench: Bench) -> None:
-    result, requests = bench.run(INJECTION, verdict(BENIGN_WRONG, ["m7"]), verdict(HONEST, ["m0"]))
+    result, requests = bench.run(INJECTION, verdict(BENIGN_WRONG, ["r7"]), verdict(HONEST, ["<m0>"]))
     assert len(requests) == 2
     assert result.status == "decided" and result.answer == HONEST
     assert result.receipt is not None and result.receipt.verdict is not None

@@ -12,7 +12,15 @@ majority is taken and flagged, exactly as in real time.
 from __future__ import annotations
 
 from producer.contract import Job, Verdict
-from workers.panel.arbiter import arbiter_messages, decide_by_verdict, member_answers, parse_verdict
+from workers.panel.arbiter import (
+    anonymise,
+    arbiter_messages,
+    as_shown,
+    decide_by_verdict,
+    member_answers,
+    parse_verdict,
+    to_members,
+)
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude, Nothing
@@ -26,7 +34,8 @@ VERDICT_TRIES = 2  # the first verdict, and one retry when it is unusable
 
 
 def arbiter_messages_for(store: PanelStore, spec: PanelRun, job: Job) -> list[dict[str, str]]:
-    return arbiter_messages(job.chat(), member_answers(store, spec.panel_id), spec.rubric)
+    answers = member_answers(store, spec.panel_id)
+    return arbiter_messages(job.chat(), as_shown(answers, anonymise(spec.panel_id, sorted(answers))), spec.rubric)
 
 
 def needs_arbiter(store: PanelStore, panel_id: str) -> bool:
@@ -49,10 +58,12 @@ def land_arbiter(chord: Chord, spec: PanelRun, job: Job, res: CallOutcome, batch
     verdict: Verdict | None = None
     error = res.error
     rec = _accumulate(chord.registry, prior, res, batch, tries)
+    labels = anonymise(pid, sorted(answers))
     if res.completion is not None:
-        verdict = parse_verdict(res.completion.text, set(answers))
+        verdict = parse_verdict(res.completion.text, as_shown(answers, labels))
+        verdict = to_members(verdict, labels) if verdict else None
         error = None if verdict else "verdict was not valid JSON of the verdict's shape"
-    rec.error, rec.verdict = error, verdict.model_dump() if verdict else None
+    rec.error, rec.verdict, rec.anonymised = error, verdict.model_dump() if verdict else None, labels
     store.put_call(pid, rec)
     observe_call(rec)
     if verdict is None and res.completion is not None and tries < VERDICT_TRIES:

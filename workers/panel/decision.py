@@ -16,7 +16,7 @@ from typing import Literal
 
 from workers.panel.state import PanelRun, VoteOutcome
 
-Settle = Literal["", "quorum", "failed"]
+Settle = Literal["", "quorum", "failed", "split"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Cancel:
 
 Action = Conclude | CallArbiter | NextStage | Cancel
 Nothing: tuple[Action, ...] = ()
-_DECISIONS = ("quorum", "sweep", "arbiter", "failed")
+_DECISIONS = ("quorum", "sweep", "arbiter", "failed", "split")
 
 
 def after_vote(spec: PanelRun, vote: VoteOutcome, late: bool = False) -> tuple[Action, ...]:
@@ -72,7 +72,10 @@ def after_vote(spec: PanelRun, vote: VoteOutcome, late: bool = False) -> tuple[A
 
 
 def arbiter_or_settle(spec: PanelRun, distinct: int) -> Action:
-    """An exhausted panel calls its arbiter only when there is something to arbitrate."""
+    """An exhausted panel calls its arbiter only when there is something to arbitrate, and has
+    one: a cascade stage without a judge settles as `split` (its plurality), which escalates."""
     if distinct <= 1 or len(spec.members) == 1:
         return Conclude(settle="quorum" if distinct else "failed")
+    if not spec.arbiter:
+        return Conclude(settle="split")
     return CallArbiter()

@@ -15,7 +15,7 @@ import orjson
 Status = Literal["answered", "failed", "late", "cancelled", "skipped"]
 _RECEIPT_FIELDS = ("member", "role", "model", "provider", "tier", "status", "tokens_in", "tokens_out", "tokens_cached",
                    "tokens_cache_write", "cache_saved_usd", "latency_ms", "cost_usd", "batch", "realtime_cost_usd",
-                   "answer_key", "failed_over_from", "error")  # fmt: skip
+                   "answer_key", "failed_over_from", "error", "logprob", "anonymised")  # fmt: skip
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Call:
     error: str | None = None
     failed_over_from: str | None = None
     verdict: dict[str, Any] | None = None  # the arbiter's validated verdict
+    anonymised: dict[str, str] | None = None  # the arbiter: label shown to the judge -> member id
+    logprob: float | None = None  # the answer's sequence log-probability (OpenAI wire, when asked)
     tries: int = 0  # the batch arbiter's verdict requests, each paid for
     ended_at: float | None = None  # when its outcome was known (epoch s; set when first stored)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # fields of a newer version, kept

@@ -51,6 +51,7 @@ class PanelRun:
     deadline: float  # epoch seconds
     batch: bool = False
     triggers: list[str] = field(default_factory=list)
+    logprobs: bool = False  # members ask for token log-probabilities (a cascade stage's logprob check)
 
     @property
     def first_stage_size(self) -> int:

@@ -1,6 +1,10 @@
 """Anthropic Messages: `POST {base_url}/v1/messages` with `x-api-key`, parsed into one `Completion`;
 system turns lifted to `system`, stop reasons in the OpenAI vocabulary.
 
+Anthropic Messages returns no log-probabilities: `ChatRequest.logprobs` is not sent and
+`Completion.logprob` stays None (a policy putting a cascade's `logprob` check on an Anthropic
+model is refused at load; use agreement or self_reported there).
+
     claude = AnthropicMessages("anthropic", "https://api.anthropic.com", key, client=http)
     completion = await claude.complete(ChatRequest(model="claude-sonnet-4-6", messages=[...]))
 """

@@ -23,6 +23,7 @@ class ChatRequest:
     max_tokens: int = 1024
     temperature: float = 0.0
     json_mode: bool = False
+    logprobs: bool = False  # ask for token log-probabilities (OpenAI wire only; a cascade's logprob check)
     timeout_s: float = 60.0
     metadata: dict[str, str] = field(default_factory=dict)  # never sent upstream; for logs by id
 
@@ -39,6 +40,7 @@ class Completion:
     # of tokens_in (always the whole prompt): read from the provider's prompt cache / written to it
     tokens_cached: int = 0
     tokens_cache_write: int = 0
+    logprob: float | None = None  # the completion's sequence log-probability, when asked and returned
 
 
 class ProviderError(PanelError):

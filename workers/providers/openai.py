@@ -1,5 +1,6 @@
 """OpenAI-compatible chat completions (OpenAI, Fireworks, OpenRouter, Together, Groq, vLLM, Ollama):
 `POST {base_url}/chat/completions` with Bearer auth, parsed into one `Completion`.
+A request with `logprobs=True` asks for token log-probabilities; their sum is `Completion.logprob`.
 
     chat = OpenAIChat("fireworks", "https://api.fireworks.ai/inference/v1", key, client=http)
     completion = await chat.complete(ChatRequest(model="accounts/fireworks/models/...", messages=[...]))
@@ -7,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -52,6 +54,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     }
     if request.json_mode:
         body["response_format"] = {"type": "json_object"}
+    if request.logprobs:
+        body["logprobs"] = True
     return body
 
 
@@ -77,8 +81,21 @@ def parse_completion(provider: str, body: dict[str, Any], latency_ms: float, mod
         model=str(body.get("model") or model),
         provider=provider,
         finish_reason=str(choice.get("finish_reason") or "unknown"),
+        logprob=sequence_logprob(choice.get("logprobs")),
         tokens_cached=openai_cached_tokens(usage),
     )
+
+
+def sequence_logprob(logprobs: Any) -> float | None:
+    """The sum of `logprobs.content[].logprob` (the completion's log-probability), or None when the
+    server returned none (not asked, or a server without them, such as llmock) or a malformed one."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    values = [t.get("logprob") if isinstance(t, dict) else None for t in content]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= 0 for v in values):
+        return None
+    return math.fsum(values)  # type: ignore[arg-type]
 
 
 def reset_hint(headers: httpx.Headers) -> float | None:

@@ -1,0 +1,203 @@
+"""The cascade lane end to end on real parts (redis-server, Celery workers, the simulator serving
+log-probabilities, and llmock, which serves none): a job accepted at stage 1, one escalated with
+the receipt naming the check, its value and threshold, an agreement stage that accepts and one
+that splits and escalates without its arbiter. One fleet for the module."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producer.client import PanelClient
+from producer.contract import Receipt
+from producer.fleet import Fleet
+from tests.providers.conftest import llmock_process
+
+BATCH_ENV = {"PANEL_BATCH_TICK_S": "0.2", "PANEL_BATCH_MAX_AGE_S": "0.3"}  # batches go out and come back fast
+SHIPPED = Path(__file__).resolve().parents[2] / "policies"
+QUESTION = "pick one\nA) w\nB) x\nC) y\nD) z"
+TASKS = """
+task_classes:
+  qa_cascade:
+    default_lane: cascade
+    single: {model: llama3.1-8b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - model: llama3.1-8b
+          accept: {check: logprob, min: -0.35}
+        - panel:
+            members: [llama3.1-70b, qwen2.5-72b-instruct]
+            quorum: 2
+            agreement: {rule: choice}
+            arbiter: claude-3-5-sonnet      # named, yet never called: this stage is not the last
+          accept: {check: agreement}
+        - model: llama3.1-405b
+  qa_selfreport:                            # a self-reported score, then a judge-less panel as the last stage
+    default_lane: cascade
+    single: {model: llama3.1-8b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - model: llama3.1-8b
+          accept: {check: self_reported, min: 0.8}
+        - panel:
+            members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+            quorum: 3
+            agreement: {rule: choice}
+  qa_llmock:                                # gpt-4o-mini is served by llmock (no log-probabilities)
+    default_lane: cascade
+    single: {model: gpt-4o-mini}
+    panel:
+      members: [gpt-4o-mini, llama3.1-70b]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - model: gpt-4o-mini
+          accept: {check: logprob, min: -5}
+        - model: llama3.1-70b
+"""
+
+
+REPLAYED = {"replayed-sure": -0.2107, "replayed-unsure": -0.9731}  # question -> llama3.1-8b's recorded conf
+
+
+def replay_row(question: str, conf: float) -> dict[str, object]:
+    """A row in the shared replay format: llama3.1-8b answers B with the recorded `conf`, the
+    panel members C (so an escalation shows in the answer)."""
+    rec = {"tokens_in": 30, "tokens_out": 1, "cost_usd": None, "latency_ms": 20.0}
+    return {"id": question, "source": "test", "task": "t", "kind": "choice", "gold": "C",
+            "messages": [{"role": "user", "content": f"{question}: {QUESTION}"}],
+            "models": {"llama3.1-8b": {"answer": "B", "text": "B", "correct": False, "conf": conf, **rec},
+                       "llama3.1-70b": {"answer": "C", "text": "C", "correct": True, "conf": -0.1, **rec},
+                       "qwen2.5-72b-instruct": {"answer": "C", "text": "C", "correct": True, "conf": -0.1, **rec}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    policies = tmp_path_factory.mktemp("policies")
+    shutil.copy(SHIPPED / "models.yaml", policies / "models.yaml")
+    (policies / "tasks.yaml").write_text(TASKS)
+    replay = policies / "replay.jsonl"
+    replay.write_bytes(b"".join(orjson.dumps(replay_row(q, conf)) + b"\n" for q, conf in REPLAYED.items()))
+    with llmock_process() as llmock:
+        f = Fleet(env={"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": llmock.openai_base, **BATCH_ENV},
+                  sim_args=["--replay", str(replay)])  # fmt: skip
+        f.start()
+        try:
+            yield f
+        finally:
+            f.stop()
+
+
+def run(fleet: Fleet, client: PanelClient, models: dict[str, dict[str, object]], task_class: str = "qa_cascade",
+        mode: str = "realtime") -> Receipt:  # fmt: skip
+    fleet.sim("/_sim/config", {"default": {"batch_delay_s": 0.4},
+                               "models": {m: {"latency_ms": 20, **k} for m, k in models.items()}})  # fmt: skip
+    job = {"task_class": task_class, "prompt": f"{uuid.uuid4().hex[:8]}: {QUESTION}", "mode": mode}
+    res = client.wait(client.submit(job), timeout=60)
+    assert res.status == "decided", res.error
+    assert res.receipt is not None and res.receipt.final_answer == res.answer
+    return res.receipt
+
+
+def test_a_confident_stage_one_answer_is_accepted_there(fleet: Fleet, client: PanelClient) -> None:
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "B", "logprob": -0.1}})
+    [stage] = r.lanes
+    assert (stage.lane, stage.stage, stage.check, stage.threshold, stage.accepted) == ("single", 1, "logprob", -0.35, True)
+    assert stage.value == pytest.approx(-0.1, abs=1e-9)
+    [call] = r.calls
+    assert call.model == "llama3.1-8b" and call.logprob == pytest.approx(-0.1, abs=1e-9)
+    assert r.decision == "single" and r.final_answer == "B" and r.changed_vs_default is False
+    [sent] = fleet.sim("/_sim/requests?model=llama3.1-8b")["requests"]  # type: ignore[misc]
+    assert sent["status"] == 200
+
+
+def test_an_unsure_stage_one_escalates_and_the_agreeing_panel_accepts(fleet: Fleet, client: PanelClient) -> None:
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -0.82},
+                            "llama3.1-70b": {"answer": "B"}, "qwen2.5-72b-instruct": {"answer": "B"}})  # fmt: skip
+    first, second = r.lanes
+    assert (first.stage, first.check, first.threshold, first.accepted) == (1, "logprob", -0.35, False)
+    assert first.value == pytest.approx(-0.82, abs=1e-9) and first.value < first.threshold  # type: ignore[operator]
+    assert second.reason == "cascade:stage1:logprob=-0.82<-0.35" and second.reason in r.triggers
+    assert (second.lane, second.stage, second.check, second.value, second.threshold, second.accepted) == (
+        "panel", 2, "agreement", 2.0, 2.0, True)
+    assert r.decision == "quorum" and r.final_answer == "B"
+    assert r.default_answer == "A" and r.changed_vs_default is True  # escalation changed stage 1's answer
+    assert [c.member for c in r.calls] == ["1.m0", "2.m0", "2.m1"]
+    assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))
+
+
+def test_a_split_agreement_stage_escalates_without_its_arbiter(fleet: Fleet, client: PanelClient) -> None:
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -2.5}, "llama3.1-70b": {"answer": "B"},
+                            "qwen2.5-72b-instruct": {"answer": "C"}, "llama3.1-405b": {"answer": "C"}})  # fmt: skip
+    assert [s.stage for s in r.lanes] == [1, 2, 3]
+    split, last = r.lanes[1], r.lanes[2]
+    assert (split.check, split.accepted, split.value, split.threshold) == ("agreement", False, 1.0, 2.0)
+    assert last.reason == "cascade:stage2:agreement=split" and (last.check, last.accepted) == ("always", True)
+    assert not any(c.role == "arbiter" for c in r.calls)
+    assert fleet.sim("/_sim/stats")["models"].get("claude-3-5-sonnet", {}).get("requests", 0) == 0  # type: ignore[union-attr]
+    assert r.final_answer == "C" and r.decision == "single" and r.changed_vs_default is True
+
+
+def test_a_server_without_logprobs_escalates_with_a_null_value(fleet: Fleet, client: PanelClient) -> None:
+    r = run(fleet, client, {"llama3.1-70b": {"answer": "D"}}, task_class="qa_llmock")
+    first, second = r.lanes
+    assert (first.check, first.value, first.threshold, first.accepted) == ("logprob", None, -5.0, False)
+    assert r.calls[0].model == "gpt-4o-mini" and r.calls[0].status == "answered" and r.calls[0].logprob is None
+    assert second.reason == "cascade:stage1:logprob=null" and r.final_answer == "D"
+
+
+def test_a_batch_job_runs_its_stages_through_the_batch_lane(fleet: Fleet, client: PanelClient) -> None:
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -0.82},
+                            "llama3.1-70b": {"answer": "B"}, "qwen2.5-72b-instruct": {"answer": "B"}}, mode="batch")  # fmt: skip
+    first, second = r.lanes
+    assert [s.lane for s in r.lanes] == ["batch", "batch"]
+    assert (first.check, first.accepted) == ("logprob", False) and first.value == pytest.approx(-0.82, abs=1e-9)
+    assert second.reason == "cascade:stage1:logprob=-0.82<-0.35" and (second.check, second.accepted) == ("agreement", True)
+    assert r.final_answer == "B" and all(c.batch for c in r.calls if c.status == "answered")
+    stats = fleet.sim("/_sim/stats")
+    assert stats["totals"]["requests"] == 0 and stats["totals"]["batch_creates"] >= 2  # type: ignore[index]
+
+
+def test_self_reported_confidence_accepts_and_a_judgeless_last_stage_takes_the_plurality(fleet: Fleet, client: PanelClient) -> None:
+    sure = run(fleet, client, {"llama3.1-8b": {"answer": "B\nconfidence: 0.9"}}, task_class="qa_selfreport")
+    [stage] = sure.lanes
+    assert (stage.check, stage.value, stage.threshold, stage.accepted) == ("self_reported", 0.9, 0.8, True)
+    unsure = run(fleet, client, {"llama3.1-8b": {"answer": "B\nConfidence: 55%"}, "llama3.1-70b": {"answer": "C"},
+                                 "qwen2.5-72b-instruct": {"answer": "C"}, "qwen2.5-32b-coder-instruct": {"answer": "D"}},
+                 task_class="qa_selfreport")  # fmt: skip
+    first, last = unsure.lanes
+    assert (first.value, first.accepted) == (0.55, False) and last.reason == "cascade:stage1:self_reported=0.55<0.8"
+    # 2 of 3 is short of the quorum of 3 and the stage names no arbiter: the plurality, flagged as such
+    assert unsure.final_answer == "C" and unsure.decision == "majority" and not any(c.role == "arbiter" for c in unsure.calls)
+    assert (last.check, last.accepted) == ("always", True) and unsure.disagreement
+
+
+def test_replayed_rows_gate_on_their_recorded_conf(fleet: Fleet, client: PanelClient) -> None:
+    """Offline equivalence: the fleet measures a replayed answer's log-probability as its `conf`."""
+    receipts = {}
+    for question in REPLAYED:
+        res = client.wait(client.submit({"task_class": "qa_cascade", "prompt": f"{question}: {QUESTION}"}), timeout=60)
+        assert res.status == "decided" and res.receipt is not None
+        receipts[question] = res.receipt
+    sure, unsure = receipts["replayed-sure"], receipts["replayed-unsure"]
+    assert sure.lanes[0].value == pytest.approx(REPLAYED["replayed-sure"], abs=1e-9) and sure.lanes[0].accepted
+    assert sure.final_answer == "B" and len(sure.lanes) == 1
+    assert unsure.lanes[0].value == pytest.approx(REPLAYED["replayed-unsure"], abs=1e-9) and not unsure.lanes[0].accepted
+    assert unsure.lanes[1].reason == "cascade:stage1:logprob=-0.9731<-0.35" and unsure.final_answer == "C"
