@@ -31,7 +31,8 @@ def job_result(gateway: GatewayProc, t: Tenant, job_id: str) -> dict[str, Any]:
 def test_chat_completion_on_a_panel_policy_carries_the_decided_answer_and_receipt(gateway: GatewayProc, tenant: Tenant) -> None:
     client = sdk(gateway, tenant)
     raw = client.chat.completions.with_raw_response.create(
-        model="panel/multiple_choice", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}])
+        model="panel/multiple_choice", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+        extra_body={"panel": {"lane": "panel"}})  # the class defaults to a cascade; this test is about the panel
     completion = raw.parse()
     assert isinstance(completion, ChatCompletion)
     job_id = raw.headers["x-panel-job-id"]

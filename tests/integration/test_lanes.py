@@ -55,7 +55,7 @@ def test_agreeing_panel_exits_at_quorum_and_cancels_the_slow_member(fleet: Fleet
         "llama3.1-70b": {"latency_ms": 5000, "answer": "B"},
     })  # fmt: skip
     t0 = time.monotonic()
-    jid = client.submit({"task_class": "multiple_choice", "prompt": f"{uid('q')}: pick one\nA) x\nB) y"})
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "prompt": f"{uid('q')}: pick one\nA) x\nB) y"})
     res = client.wait(jid, timeout=30)
     elapsed = time.monotonic() - t0
     assert res.status == "decided" and res.answer == "B"
@@ -77,7 +77,7 @@ def test_disagreeing_panel_calls_the_arbiter_exactly_once(fleet: Fleet, client: 
         "qwen2.5-32b-coder-instruct": {"latency_ms": 50, "answer": "C"},
         "llama3.1-70b": {"latency_ms": 50, "answer": "D"},
     })  # fmt: skip
-    jid = client.submit({"task_class": "multiple_choice", "prompt": f"{uid('q')}: pick one\nA) w\nB) x\nC) y\nD) z"})
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "prompt": f"{uid('q')}: pick one\nA) w\nB) x\nC) y\nD) z"})
     res = client.wait(jid, timeout=60)
     r = res.receipt
     assert res.status == "decided" and r is not None
