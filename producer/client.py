@@ -116,6 +116,7 @@ class PanelClient:
         return job_id
 
     def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None) -> None:
+        self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})  # the watchdog re-sends a `panel.run` that never starts
         self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
                               headers=trace_headers or None)  # fmt: skip
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from producer import job_json
 from producer.errors import ContractError
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -25,7 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 Mode = Literal["realtime", "batch"]
 Lane = Literal["single", "panel", "cascade"]
-CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late"]
+CallStatus = Literal["answered", "cancelled", "failed", "skipped", "late", "lost"]  # lost: in flight with a dead worker
 JobStatus = Literal["queued", "running", "decided", "failed"]
 Decision = Literal["single", "quorum", "arbiter", "majority", "sweep", "failed", "cache"]
 CacheUse = Literal["use", "bypass"]
@@ -132,10 +133,7 @@ class Job(_Strict):
         """Validate raw input; raise ContractError naming the field at fault."""
         try:
             if isinstance(data, (bytes, str)):
-                try:
-                    data = orjson.loads(data)
-                except orjson.JSONDecodeError as e:
-                    raise ContractError([("(line)", f"not JSON: {e}")]) from None
+                data = job_json.load(data)  # names the field of a NaN or a 65-bit integer
             if not isinstance(data, dict):
                 raise ContractError([("(line)", f"expected a JSON object, got {type(data).__name__}")])
             return cls.model_validate(data)

@@ -49,4 +49,5 @@ def task_classes() -> str:
 
 LEDGER_STREAM = f"{PREFIX}ledger"
 PANEL_DEADLINES = f"{PREFIX}panel:deadlines"  # zset: panel id -> deadline (unix s)
+JOB_WATCH = f"{PREFIX}watchdog:jobs"  # zset: job id -> submitted (unix s), until its `panel.run` starts
 DECIDED_CHANNEL = f"{PREFIX}panel:decided"  # pub/sub: panel id, for in-flight cancellation

@@ -14,7 +14,15 @@ class Settings(BaseModel):
     soft_shutdown_s: float = Field(default=60.0, ge=0)
     metrics_port: int = Field(default=0, ge=0, description="0: no exporter")
     heartbeat_file: str = "/tmp/panel-worker-heartbeat"
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    # workers/liveness.py: a consumer free to fetch that has not for liveness_stale_s pauses the
+    # heartbeat; after liveness_exit_s of that the worker exits for its supervisor (0: never)
+    liveness_stale_s: float = Field(default=30.0, gt=0)
+    liveness_exit_s: float = Field(default=90.0, ge=0)
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    # workers/panel/watchdog.py: a member not started this long after it was sent (its tier queue
+    # empty) is sent again
+    watchdog_s: float = Field(default=30.0, gt=0)
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
@@ -52,7 +60,11 @@ class Settings(BaseModel):
             "soft_shutdown_s": "PANEL_SOFT_SHUTDOWN_S",
             "metrics_port": "PANEL_METRICS_PORT",
             "heartbeat_file": "PANEL_HEARTBEAT_FILE",
+            "heartbeat_interval_s": "PANEL_HEARTBEAT_INTERVAL_S",
+            "liveness_stale_s": "PANEL_LIVENESS_STALE_S",
+            "liveness_exit_s": "PANEL_LIVENESS_EXIT_S",
             "sweep_interval_s": "PANEL_SWEEP_INTERVAL_S",
+            "watchdog_s": "PANEL_WATCHDOG_S",
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",

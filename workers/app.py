@@ -17,6 +17,9 @@ from kombu.entity import Queue
 
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings
+from workers import broker_reconnect
+
+broker_reconnect.install()  # kombu 5.7.0's reconnect crash after a Redis restart (see the module)
 
 QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
 
@@ -96,8 +99,10 @@ def _quiet_per_task_lines(**_: object) -> None:
 
 
 class Heartbeat(bootsteps.StartStopStep):
-    """Touches PANEL_HEARTBEAT_FILE every few seconds: the liveness probe reads its age
-    (a broker blip does not make every pod fail it, unlike `celery inspect ping`)."""
+    """Touches PANEL_HEARTBEAT_FILE every few seconds *while the consumer fetches* (see
+    workers/liveness.py): the liveness probe reads its age, so a worker alive but no longer
+    taking work fails it, while a broker blip shorter than the probe's max age does not make
+    every pod fail it at once (unlike `celery inspect ping`)."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -108,9 +113,15 @@ class Heartbeat(bootsteps.StartStopStep):
     def start(self, worker):  # type: ignore[no-untyped-def]
         from pathlib import Path
 
-        path = Path(settings.heartbeat_file)
-        self.tref = worker.timer.call_repeatedly(5.0, path.touch, (), priority=10)
-        path.touch()
+        from workers.liveness import Liveness
+
+        live = Liveness(settings.heartbeat_file, stale_s=settings.liveness_stale_s,
+                        exit_after_s=settings.liveness_exit_s,
+                        hard_exit_s=max(30.0, settings.soft_shutdown_s + 15.0))  # fmt: skip
+        self.tref = worker.timer.call_repeatedly(
+            settings.heartbeat_interval_s, lambda: live.tick(getattr(worker, "consumer", None)), (), priority=10
+        )
+        Path(settings.heartbeat_file).touch()  # starting: the startup probe waits for the first fetch after
 
     def stop(self, worker):  # type: ignore[no-untyped-def]
         if self.tref is not None:

@@ -20,10 +20,10 @@ import redis
 
 from producer import keys
 from producer.contract import Job, Receipt, Result
-from workers import answer_cache, cascade, cascade_lane, metrics, tracing
+from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
-from workers.ledger import LEDGER_MAXLEN, render_receipt
+from workers.ledger import render_receipt
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
@@ -297,25 +297,32 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
     text = final_text(snaps[panels[-1]["panel_id"]])
     receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
+    prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"]) if rerender else (None, None)
+    if prior and (first := Result.model_validate_json(prior).receipt) is not None:
+        receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
     decided = receipt.decision != "failed" and text is not None
     parsed = parse_json_object(text) if (text and job.response_schema) else None
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
+    unchanged = prior is not None and prior == result.model_dump_json().encode()  # a re-render writes nothing then
     pipe = rt.redis.pipeline()
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
+    entry_at = None
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
-        pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
-                  maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
         pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         for p in panels:  # created after their panel, so without a TTL until now
             for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
                 pipe.expire(k, rt.settings.result_ttl_s)
+    if not rerender or ledger_id:  # a re-render replaces the ledger entry: one document per job
+        entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    pipe.execute()
+    written = pipe.execute() if not unchanged else []
+    if entry_at is not None and not unchanged:
+        rt.redis.hset(jkey, "ledger_id", written[entry_at])
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)

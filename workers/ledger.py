@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 
+from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
+from workers.panel import attempts
 from workers.panel.chord import call_record
 from workers.panel.record import Call
 from workers.panel.state import PanelSnapshot
@@ -50,8 +52,15 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             default_key, default_text = state.get("answer") or None, _decided_text(state, records)
         triggers += [t for t in spec.triggers if t not in triggers]
         dispatched = int(state.get("dispatched", len(spec.members)))
+        tried = attempts.of_panel(rt.redis, spec.panel_id)
         for i, m in enumerate(spec.members):
             rec = records.get(m.member)
+            extra = attempts.unrepresented(tried.get(m.member, []), rec.status if rec else None)
+            pending = rec is None and bool(extra) and extra[-1].status == "in_flight"
+            calls += [_attempt_record(rt, a, f"{n}.{m.member}", cut_off=pending and a is extra[-1]) for a in extra]
+            if pending:
+                saved += 1  # in flight at the decision: being cut off; its own record re-renders this
+                continue
             if rec is None:  # never recorded: not sent (staged), or cancelled before it ran
                 rec = call_record(rt.registry, spec, m, "skipped" if i >= dispatched else "cancelled")
             if rec.status in ("skipped", "cancelled"):
@@ -77,6 +86,20 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         changed_vs_default=changed, total_cost_usd=round(sum(c.cost_usd for c in calls), 10),
         latency_ms=round((time.time() - submitted) * 1000, 1),
     )  # fmt: skip
+
+
+def _attempt_record(rt: Runtime, a: attempts.Attempt, member: str, cut_off: bool = False) -> CallRecord:
+    """A provider attempt no member record stands for: a failed retry, a call cut off, or one lost
+    in flight (charged at its input estimate, or its real usage if the answer had come back).
+    `cut_off`: in flight when the panel was decided, its cancellation not yet recorded (no charge yet)."""
+    mspec = rt.registry.model(a.model)
+    status, error = attempts.receipt_status(a)
+    tokens_in = 0 if status == "failed" else a.tokens_in
+    if cut_off:  # charged when its own record lands (re-rendered): a receipt's cost only ever grows
+        status, error, tokens_in = "cancelled", "in flight at the decision: cut off; its charge lands with its record", 0
+    return CallRecord(member=member, model=a.model, provider=mspec.provider, tier=mspec.tier, status=status,  # type: ignore[arg-type]
+                      tokens_in=tokens_in, tokens_out=a.tokens_out, latency_ms=round(a.latency_ms, 1), batch=a.batch,
+                      cost_usd=rt.registry.cost(a.model, tokens_in, a.tokens_out, a.batch), error=error)  # fmt: skip
 
 
 def _stage_fields(entry: dict[str, Any], state: dict[str, str]) -> dict[str, Any]:
@@ -109,3 +132,16 @@ def _disagreement(snap: PanelSnapshot, verdict: Verdict | None) -> str | None:
     answer = snap.state.get("answer")
     dissent = sorted(m for m, k in votes.items() if k and k != answer)
     return f"{', '.join(dissent)} answered otherwise ({len(tally)} distinct answers; decided: {answer!r})"
+
+
+def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | str | None = None) -> int:
+    """Queue the receipt's ledger entry on `pipe` (a MULTI), deleting the entry it `replaces`, so
+    the ledger holds one entry per job, the same document as the job's result even when a late
+    record re-renders it. Returns the XADD's index in the pipeline's results (the entry id, to be
+    kept in the job hash as `ledger_id`)."""
+    if replaces:
+        pipe.xdel(keys.LEDGER_STREAM, replaces)
+    at = len(pipe.command_stack)
+    pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
+              maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
+    return at

@@ -134,6 +134,8 @@ class Runtime:
             if call in done:
                 stop.cancel()
                 return call.result()
+            if call.done() and not call.cancelled() and call.exception() is None:
+                return call.result()  # the answer came back with the decision: it is paid, so keep it
             call.cancel()  # closes the HTTP request: the straggler is cancelled, not awaited
             try:
                 await call

@@ -186,7 +186,7 @@ def arbiter(self: Task, panel_id: str) -> str:
 @app.task(name="panel.batch_member", bind=True, acks_late=True)
 def batch_member(self: Task, panel_id: str, member_id: str) -> str:
     """Queue a member's call for its model's next provider batch (no provider call here)."""
-    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id),
+    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id, dispatcher),
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
@@ -220,4 +220,4 @@ def deadline_sweep() -> int:
     def dead_letter(job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
         return rt.jobs.dead_letter(job_id, task, task_id, reason, attempts, send=dispatcher.run)
 
-    return sweep(rt.store, dispatcher, dead_letter)
+    return sweep(rt.store, dispatcher, dead_letter, watchdog_s=rt.settings.watchdog_s, send_run=dispatcher.run)

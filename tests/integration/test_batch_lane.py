@@ -237,6 +237,19 @@ def lua(r: redis_lib.Redis, name: str) -> Any:
     return r.register_script((Path(lane.__file__).parent / f"{name}.lua").read_text())
 
 
+def test_a_batch_line_past_the_jobs_budget_is_refused_before_any_batch_is_sent(fleet: Fleet, client: PanelClient) -> None:
+    # the cap is below one line's worst case (its prompt plus the model's whole output budget)
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "budget_usd": 1e-9, "prompt": question("cap")})
+    res = client.wait(jid, timeout=60)
+    assert res.status == "failed" and res.receipt is not None
+    members = [c for c in res.receipt.calls if c.role == "member" and c.status != "skipped"]
+    assert members and all(c.status == "failed" and "budget" in (c.error or "").lower() for c in members), members
+    assert res.receipt.total_cost_usd == 0
+    assert fleet.sim("/_sim/stats")["totals"]["batch_lines"] == 0  # nothing reached a provider batch
+    ok = client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("uncapped")})
+    assert client.wait(ok, timeout=60).status == "decided"  # a line within the cap goes through, settled
+
+
 def test_flushers_claim_disjoint_lines_and_a_stale_claim_goes_back_in_order(fleet: Fleet) -> None:
     r = redis_lib.Redis.from_url(fleet.redis_url)
     pending, claims = f"spec:pending:{uid('m')}", f"spec:claims:{uid('c')}"  # outside the lane's keys

@@ -183,3 +183,22 @@ def test_the_limiter_reserves_no_more_output_than_the_model_may_write(r: redis.R
     rt.registry = Registry.model_validate(doc)
     calls._attempt(rt, None, MODEL, request, MESSAGES, time.time() + 5, None)
     assert limiter.reserved == [calls.estimate_tokens(MESSAGES), calls.estimate_tokens(MESSAGES, output_tokens=16)]
+
+
+def _open(rt: Any) -> None:
+    for _ in range(CONFIG.min_calls):
+        rt.breaker.record(rt.breaker.allow(KEY), ok=False)
+    assert rt.breaker.state(KEY) == "open"
+
+
+def test_a_fallback_already_in_the_panel_is_passed_over_and_the_member_gives_up_its_vote(r: redis.Redis,
+                                                                                       clock: Clock) -> None:  # fmt: skip
+    provider = ScriptedProvider([_answer()])
+    rt = _runtime(r, clock, provider)
+    _open(rt)
+    fallback = Registry.load().model(MODEL).fallbacks[0]
+    out = calls.call_model(rt, None, MODEL, MESSAGES, time.time() + 5, in_panel=frozenset({fallback}))
+    assert out.completion is None and provider.requests == []  # the panel's own member is not asked twice
+    assert out.error is not None and f"fallback {fallback} already in the panel: vote given up" in out.error
+    out = calls.call_model(rt, None, MODEL, MESSAGES, time.time() + 5)  # a panel without it: fail over
+    assert out.completion is not None and (out.model, out.failed_over_from) == (fallback, MODEL)

@@ -46,7 +46,8 @@ class FakeCaller:
     calls: list[tuple[str | None, str]] = field(default_factory=list)
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False) -> CallOutcome:  # fmt: skip
+                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
+                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
         self.calls.append((panel_id, model))
         text = self.answers[model]
         if text is None:

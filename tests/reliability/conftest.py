@@ -28,6 +28,7 @@ from producer import keys
 from producer.client import PanelClient
 from producer.contract import Result
 from producer.fleet import Fleet, WorkerSpec
+from tests.waiting import eventually, settled
 
 VISIBILITY_TIMEOUT_S = 4
 RELIABILITY_ENV = {
@@ -153,6 +154,15 @@ def receipt_calls(results: list[Result], status: tuple[str, ...] = ("answered", 
     return Counter(c.model for r in results if r.receipt for c in r.receipt.calls if c.status in status)
 
 
+def receipt_requests(results: list[Result]) -> Counter[str]:
+    """Calls per model that reached the provider, by the receipts: answered, late, failed after a
+    request, lost in flight, and cancelled after sending (input tokens charged, or cut off in
+    flight with its charge still to land)."""
+    return Counter(c.model for r in results if r.receipt for c in r.receipt.calls
+                   if c.status in ("answered", "late", "lost") or (c.status == "failed" and c.latency_ms > 0)
+                   or (c.status == "cancelled" and (c.tokens_in > 0 or "in flight" in (c.error or ""))))  # fmt: skip
+
+
 def sim_models(fleet: Fleet) -> dict[str, Any]:
     """The simulator's own per-model counts (requests, answered, by_status)."""
     return dict(fleet.sim("/_sim/stats")["models"])  # type: ignore[arg-type]
@@ -160,6 +170,21 @@ def sim_models(fleet: Fleet) -> dict[str, Any]:
 
 def sim_answered(fleet: Fleet) -> Counter[str]:
     return Counter({m: s["answered"] for m, s in sim_models(fleet).items() if s["answered"]})
+
+
+def sim_settled(fleet: Fleet, timeout: float = 60.0) -> dict[str, Any]:
+    """The simulator's per-model counts once nothing is in flight and the counts stop moving: what
+    a "no answer paid twice" check compares against (a call still running would be missed)."""
+    def read() -> tuple[str, dict[str, Any]] | None:
+        models = sim_models(fleet)
+        if any(s["in_flight"] for s in models.values()):
+            return None
+        return repr(sorted((m, s["requests"], s["answered"]) for m, s in models.items())), models
+
+    eventually(read, "no call in flight at the simulator", timeout)
+    last = settled(read, "the simulator's counts stop moving", timeout)
+    assert last is not None, "calls kept starting at the simulator"
+    return last[1]
 
 
 def queue_depth(

@@ -182,6 +182,9 @@ LINE_KINDS: dict[str, tuple[bytes, str | None]] = {
     "past_deadline": (b'{"task_class": "extraction", "prompt": "hi", "deadline": "2001-01-01T00:00:00Z"}', "deadline"),
     "wrong_type": (b'{"task_class": "extraction", "prompt": ["a", "list"]}', "prompt"),
     "unknown_field": (b'{"task_class": "extraction", "prompt": "hi", "promt": "typo"}', "promt"),
+    "nan_budget": (b'{"task_class": "extraction", "prompt": "hi", "budget_usd": NaN}', "budget_usd"),
+    "big_int_metadata": (b'{"task_class": "extraction", "prompt": "hi", "metadata": {"n": 1180591620717411303424}}',
+                         "metadata.n"),
 }
 
 

@@ -10,6 +10,7 @@ answered calls equal the simulator's own count of answers it delivered.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
 
@@ -22,9 +23,11 @@ from tests.reliability.conftest import (
     assert_decided_once,
     kill9,
     receipt_calls,
+    receipt_requests,
     restart_worker,
     sim_answered,
     sim_models,
+    sim_settled,
     uid,
     wait_parked,
 )  # fmt: skip
@@ -94,11 +97,19 @@ def test_worker_killed_mid_member_decides_once_and_pays_each_answer_once(rel_fle
     )
 
     # No answer paid twice: what the provider delivered is exactly what the receipt charges.
-    time.sleep(0.2)
+    m2 = sim_settled(rel_fleet)[M2]
     assert receipt_calls([res]) == sim_answered(rel_fleet)
-    m2 = sim_models(rel_fleet)[M2]
+    # Every request the provider saw is a call in the receipt, call for call (the lost one too),
+    # and the ledger holds that same receipt (re-rendered together when a late record lands).
+    res = rel_client.wait(job_id, timeout=5)
+    assert res.receipt is not None
+    assert [r for r in rel_client.ledger() if r["job_id"] == job_id] == [res.receipt.model_dump(mode="json")]
+    assert receipt_requests([res]) == Counter({m: s["requests"] for m, s in sim_models(rel_fleet).items() if s["requests"]})
     if point == "during_call":  # the call lost with the worker was cut off, unanswered, and made again
         assert m2["requests"] == 2 and m2["answered"] == 1 and m2["by_status"].get("499") == 1, m2
+        (lost,) = [c for c in res.receipt.calls if c.status == "lost"]
+        assert lost.member == "1.m2" and lost.tokens_in > 0 and "may bill" in (lost.error or "")
+        assert lost.cost_usd == pytest.approx(REG.cost(M2, lost.tokens_in, 0))  # its prompt, estimated
     else:  # parked before the call (none made) or after its answer (re-used on redelivery)
         assert m2["requests"] == 1 and m2["answered"] == 1, m2
     print(

@@ -230,8 +230,12 @@ def test_every_fault_ends_decided_or_failed_with_its_reason_and_pays_at_most_onc
         assert len(rows) == case.requests, rows
     if case.outcome == "decided":
         assert receipt is not None and result.answer
-        (call,) = receipt.calls  # the single lane: one call, answered after the retry
-        assert call.status == "answered" and call.model == case.model and call.failed_over_from is None
+        (call,) = [c for c in receipt.calls if c.status == "answered"]  # the single lane: one answer, after retries
+        assert call.model == case.model and call.failed_over_from is None
+        retries = [c for c in receipt.calls if c is not call]  # every failed attempt is in the receipt, unpaid
+        assert all(c.status == "failed" and c.cost_usd == 0 and c.error for c in retries), retries
+        if rows:  # call for call with what the provider saw
+            assert len(receipt.calls) == len(rows), (receipt.calls, rows)
         assert sum(r["status"] == 200 and not r.get("fault") for r in rows) == 1, rows  # one paid answer upstream
         if case.provider in ("sim", "simant"):
             stats = matrix.fleet.sim("/_sim/stats")["models"][case.model]  # type: ignore[index]

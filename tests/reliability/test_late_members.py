@@ -26,6 +26,7 @@ from tests.reliability.conftest import (
     receipt_calls,
     sim_answered,
     sim_models,
+    sim_settled,
     uid,
     wait_parked,
 )  # fmt: skip
@@ -90,7 +91,7 @@ def test_stuck_members_leave_the_decision_to_the_sweep_and_a_late_answer_changes
         calls["1.m0"].cost_usd + m2.cost_usd
     )  # the late call is paid and shown
     assert_decided_once(rel_client, job_id)
-    time.sleep(0.3)
+    sim_settled(rel_fleet)
     assert receipt_calls([res]) == sim_answered(rel_fleet)  # m0 and the late m2: each answer charged once
     assert sim_models(rel_fleet).get(M1, {}).get("requests", 0) == 0  # the stuck member never called
 
@@ -113,7 +114,7 @@ def test_member_answering_after_a_quorum_is_recorded_late_and_changes_nothing(re
     assert res.answer == "B" and res.receipt is not None and res.receipt.decision == "quorum"
     assert not any(c.role == "arbiter" for c in res.receipt.calls)  # the dissent arrived too late to matter
     assert_decided_once(rel_client, job_id)
-    time.sleep(0.3)
+    sim_settled(rel_fleet)
     assert receipt_calls([res]) == sim_answered(rel_fleet)
 
 

@@ -23,6 +23,7 @@ from tests.reliability.conftest import (
     running_fleet,
     sim_answered,
     sim_models,
+    sim_settled,
     uid,
     wait_all,
 )  # fmt: skip
@@ -66,7 +67,7 @@ def test_redis_restart_with_jobs_queued_and_in_flight_loses_none_and_everyone_re
             assert_decided_once(client, jid, ledger)
         assert {name: p.pid for name, p in fleet.procs.items()} == pids  # no worker was restarted
         assert all(p.poll() is None for p in fleet.procs.values())
-        time.sleep(0.3)
+        sim_settled(fleet)
         paid, charged = sim_answered(fleet)[SINGLE_MODEL], receipt_calls(list(results.values()))[SINGLE_MODEL]
         print(
             f"\nredis down {DOWN_S:.0f} s with {len(before)} jobs submitted, {queued_at_stop} messages queued at the stop: "

@@ -4,12 +4,12 @@ real concurrency, and the request log never holds prompt text."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 
 from sim.process import SimProcess
 from tests.sim.conftest import OPENAI_AUTH, chat, message
+from tests.waiting import eventually
 
 
 def test_every_request_is_counted_once_with_its_status(http: httpx.Client, sim: SimProcess) -> None:
@@ -46,7 +46,9 @@ def test_hundreds_of_slow_requests_are_in_flight_together() -> None:
     assert m["max_in_flight"] == n and m["answered"] == n and m["in_flight"] == 0
     # Server-side span (the client's own connection setup is not the simulator's to answer for)
     span = max(r["ended"] for r in log) - min(r["started"] for r in log)
-    assert 1.0 <= span < 2.0, f"{n} one-second calls spanned {span:.1f}s on the server: they were not concurrent"
+    # max_in_flight == n is the proof of concurrency; the span only rules out a serial server
+    # (n seconds) with room for a loaded machine
+    assert 1.0 <= span < n / 10, f"{n} one-second calls spanned {span:.1f}s on the server: they were not concurrent"
 
 
 def test_a_client_that_hangs_up_mid_call_is_logged_as_499(sim: SimProcess) -> None:
@@ -57,9 +59,9 @@ def test_a_client_that_hangs_up_mid_call_is_logged_as_499(sim: SimProcess) -> No
             chat(impatient, sim, "gpt-4o", "q")
         except httpx.ReadTimeout:
             pass
-    time.sleep(0.2)
-    m = sim.stats()["models"]["gpt-4o"]
-    assert m["by_status"] == {"499": 1} and m["in_flight"] == 0 and m["answered"] == 0
+    m = eventually(lambda: (s := sim.stats()["models"]["gpt-4o"])["in_flight"] == 0 and s,
+                   "the simulator notices the hang-up and closes the call")
+    assert m["by_status"] == {"499": 1} and m["answered"] == 0
 
 
 def test_request_log_has_timestamps_and_a_sha_but_never_the_prompt(http: httpx.Client, sim: SimProcess) -> None:

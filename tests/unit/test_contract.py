@@ -72,3 +72,33 @@ def test_flags_are_deduplicated_and_sorted() -> None:
 def test_result_round_trips_through_json() -> None:
     r = Result(job_id="j", status="decided", answer="B", receipt=Receipt(job_id="j", task_class="x"))
     assert Result.model_validate_json(r.model_dump_json()) == r
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_non_finite_budget_in_json_names_budget_usd_not_json(literal: str) -> None:
+    raw = '{"task_class": "extraction", "prompt": "hi", "budget_usd": ' + literal + "}"
+    with pytest.raises(ContractError) as caught:
+        Job.parse(raw.encode())
+    assert caught.value.field == "budget_usd" and "finite number" in str(caught.value)
+    assert "not JSON" not in str(caught.value)
+
+
+@pytest.mark.parametrize("n", [2**64, 2**70, -(2**63) - 1, 10**30])
+def test_a_metadata_integer_past_64_bits_is_refused_naming_its_field(n: int) -> None:
+    raw = '{"task_class": "extraction", "prompt": "order 12345678901234567890123", "metadata": {"order": ' + str(n) + "}}"
+    with pytest.raises(ContractError) as caught:
+        Job.parse(raw.encode())
+    assert caught.value.field == "metadata.order" and str(n) in str(caught.value) and "string" in str(caught.value)
+
+
+@pytest.mark.parametrize("n", [2**64 - 1, -(2**63), 2**53 + 1, 0])
+def test_a_metadata_integer_within_64_bits_is_kept_exact(n: int) -> None:
+    raw = '{"task_class": "extraction", "prompt": "hi", "metadata": {"order": ' + str(n) + "}}"
+    job = Job.parse(raw.encode())
+    assert job.metadata["order"] == n and type(job.metadata["order"]) is int
+    assert Job.model_validate_json(job.model_dump_json()).metadata["order"] == n
+
+
+def test_digits_inside_strings_are_never_mistaken_for_integers() -> None:
+    raw = '{"task_class": "extraction", "prompt": "card 123456789012345678901234567890", "metadata": {"ref": "99999999999999999999999"}}'
+    assert Job.parse(raw.encode()).metadata == {"ref": "99999999999999999999999"}

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from producer.wire import text
+from workers.batch import holds
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
@@ -86,9 +87,10 @@ def too_late(spec: PanelRun, policy: FlushPolicy) -> bool:
 # --- enqueue ---------------------------------------------------------------------------------
 
 
-def enqueue_member(rt: Runtime, panel_id: str, member_id: str) -> str:
+def enqueue_member(rt: Runtime, panel_id: str, member_id: str, d: Dispatcher | None = None) -> str:
     """Queue a member's call for its model's next batch; once per member (a redelivered task
-    finds its line registered and queues nothing)."""
+    finds its line registered and queues nothing). The line first takes a budget hold: refused,
+    the member fails with the budget's reason and (given `d`) casts its failed vote."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return "gone"
@@ -98,6 +100,13 @@ def enqueue_member(rt: Runtime, panel_id: str, member_id: str) -> str:
     cid = Line.open(rt, panel_id, member_id)
     if cid is None:
         return "already queued"
+    refused = holds.reserve_line(rt, cid, spec, member_id)
+    if refused is not None:
+        failed = call_record(rt.registry, spec, spec.member(member_id), "failed", error=refused)
+        rt.store.put_call(panel_id, failed, only_if_absent=True)
+        if d is not None:
+            carry_out(rt.store, d, cast_vote(rt.store, spec, rt.store.call(panel_id, member_id) or failed))
+        return "refused"
     _push(rt, spec.member(member_id).model, [cid])
     return "queued"
 
@@ -302,6 +311,9 @@ def _land_line(rt: Runtime, d: Dispatcher, bid: str, cid: str, outcome: Completi
     if isinstance(outcome, ProviderError):
         _line_failed(rt, d, spec, line, outcome, policy)
         return
+    if not line.is_arbiter:
+        model = spec.member(line.member).model
+        holds.settle_line(rt, cid, rt.registry.cost(model, outcome.tokens_in, outcome.tokens_out, True))
     job = rt.jobs.load(spec.job_id)
     if line.is_arbiter:
         turn = land_arbiter(rt.chord, spec, job, CallOutcome(spec.arbiter, outcome), batch=True)
@@ -332,12 +344,14 @@ def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, error: 
     if line.is_arbiter and not needs_arbiter(rt.store, spec.panel_id):
         return
     if not line.is_arbiter and rt.store.decided(spec.panel_id):
+        holds.settle_line(rt, line.cid, 0.0)
         rt.store.put_call(spec.panel_id, call_record(rt.registry, spec, spec.member(line.member), "cancelled"),
                           only_if_absent=True)  # fmt: skip
         return
     if attempts < MAX_ATTEMPTS or (too_late(spec, policy) and error.retryable):
         _send_again(rt, d, spec, line, policy)
         return
+    holds.settle_line(rt, line.cid, 0.0)  # failed for good: nothing billed
     why = f"batch line failed in {attempts} batches; last: {error}"
     log.info("panel %s %s: %s", spec.panel_id, line.member, why)
     job = rt.jobs.load(spec.job_id)
@@ -351,6 +365,7 @@ def _line_failed(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, error: 
 def _send_again(rt: Runtime, d: Dispatcher, spec: PanelRun, line: Line, policy: FlushPolicy) -> None:
     """The line once more: in the model's next batch, or in real time near the deadline."""
     if too_late(spec, policy):
+        holds.settle_line(rt, line.cid, 0.0)  # real time reserves its own hold
         if line.is_arbiter:  # a batch panel's arbiter near its deadline runs in real time
             d.arbiter(spec, "batch_realtime")
         else:

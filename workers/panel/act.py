@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from workers.panel import watchdog
 from workers.panel.decision import Action, CallArbiter, Cancel, Conclude, NextStage
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
@@ -55,6 +56,9 @@ def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence
     """Send members on the panel's route (batch or real time, decided once for the lot) and
     record their task ids, so a quorum can revoke the ones still queued."""
     r = route(spec)
+    if r != "batch":  # before sending: a member whose send failed (Redis went down mid-dispatch) or
+        # that never starts is sent again (workers/panel/watchdog.py)
+        watchdog.expect(store.r, spec.panel_id, [m.member for m in members])
     store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from workers import metrics
 from workers.budget import Budget, Hold, Spend
-from workers.errors import BudgetExceeded
+from workers.errors import BudgetExceeded, Cancelled
 from workers.limits import (
     BreakerOpen,
     CircuitBreaker,
@@ -28,6 +28,7 @@ from workers.limits import (
     TokensExceedLimit,
 )
 from workers.limits.steps import run_steps
+from workers.panel import attempts
 from workers.panel.outage import through_redis_outage
 from workers.providers.base import ChatRequest, Completion, Provider, ProviderError, RateLimited
 from workers.providers.caching import limited_tokens, price
@@ -52,6 +53,7 @@ class CallIO(Protocol):
     breaker: CircuitBreaker
     limiter: RateLimiter
     settings: Any  # .call_timeout_s
+    redis: Any  # attempt records (workers/panel/attempts.py), when a member is named
 
     def provider(self, name: str) -> Provider: ...
 
@@ -125,7 +127,8 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
 
 
 def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
-             messages: list[dict[str, str]], deadline: float, spend: Spend | None) -> Completion:  # fmt: skip
+             messages: list[dict[str, str]], deadline: float, spend: Spend | None,
+             member: str | None = None) -> Completion:  # fmt: skip
     """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
     settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled.
 
@@ -139,9 +142,20 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     reservation: Reservation | None
     permit, hold, reservation = _admit(rt, model, messages, deadline, spend)
     try:
+        aid = None
+        if panel_id is not None and member is not None:  # written before the request leaves (attempts.py)
+            aid = through_redis_outage(lambda: attempts.begin(
+                rt.redis, panel_id, member, model, estimate_tokens(messages, output_tokens=0), bool(spend and spend.batch)))
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
+        except Cancelled as c:
+            if aid is not None:
+                attempts.end(rt.redis, panel_id, aid, "cancelled", sent=c.sent,  # type: ignore[arg-type]
+                             **({} if c.sent else {"tokens_in": 0}))
+            raise
         except ProviderError as e:
+            if aid is not None:
+                attempts.end(rt.redis, panel_id, aid, "failed", error=str(e)[:300], tokens_in=0)  # type: ignore[arg-type]
             assert permit is not None
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
             permit = None  # recorded
@@ -171,7 +185,8 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
 
 
 def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-               json_mode: bool, spend: Spend | None, logprobs: bool = False) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+               json_mode: bool, spend: Spend | None, logprobs: bool = False,
+               member: str | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
@@ -180,7 +195,7 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return _attempt(rt, panel_id, model, request, messages, deadline, spend), None, attempt
+            return _attempt(rt, panel_id, model, request, messages, deadline, spend, member), None, attempt
         except BreakerOpen as e:
             if attempt > 1:  # it opened while this call retried: keep the call's last error in the reason
                 e.add_note(last_error)
@@ -203,23 +218,34 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
 
 
 def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-               json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False) -> CallOutcome:  # fmt: skip
-    """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled."""
+               json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
+               member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+    """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
+    With a `member`, every provider attempt is recorded (workers/panel/attempts.py). A fallback in
+    `in_panel` (the other members' models) is passed over: one model never votes twice in a
+    quorum; with no distinct fallback left the member gives up its vote, and its error says so."""
     tried: list[str] = []
     causes: list[str] = []
+    passed_over: list[str] = []
     for candidate in [model, *rt.registry.model(model).fallbacks]:
         if candidate in tried:
             continue
+        if candidate != model and candidate in in_panel:
+            passed_over.append(candidate)
+            continue
         tried.append(candidate)
         try:
-            completion, error, attempts = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs)
+            completion, error, n = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs,
+                                              member)  # fmt: skip
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])
             continue
-        return CallOutcome(candidate, completion, error, model if candidate != model else None, attempts)
+        return CallOutcome(candidate, completion, error, model if candidate != model else None, n)
     after = f" (last error: {'; '.join(causes)})" if causes else ""
-    return CallOutcome(model, None, f"circuit open for {', '.join(tried)}; no fallback available{after}")
+    dup = (f"; fallback {', '.join(passed_over)} already in the panel: vote given up (a model never counts "
+           "twice in a quorum)") if passed_over else "; no fallback available"  # fmt: skip
+    return CallOutcome(model, None, f"circuit open for {', '.join(tried)}{dup}{after}")
 
 
 class ModelCaller:
@@ -229,5 +255,6 @@ class ModelCaller:
         self.io = io
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False) -> CallOutcome:  # fmt: skip
-        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs)
+                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
+                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel)

@@ -17,12 +17,14 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from producer import keys
 from producer.contract import Job
 from workers import metrics
 from workers.errors import Cancelled
+from workers.panel import watchdog
 from workers.panel.agreement import Exact, make_rule
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, estimate_tokens
-from workers.panel.decision import Action, Nothing, after_vote
+from workers.panel.decision import Action, Conclude, Nothing, after_vote
 from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
 from workers.panel.record import Call, Status
@@ -56,11 +58,14 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     """One member's whole turn. `batch` prices the call (default: the panel's lane); a batch
     panel's member made in real time (workers/panel/route.py) passes False."""
     store = chord.store
-    spec, prior, decided = store.turn(panel_id, member_id)
+    # a member that starts while Redis is away waits for it: raising would publish a retry, which
+    # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
+    spec, prior, decided = through_redis_outage(lambda: store.turn(panel_id, member_id))
     if spec is None:
         return Turn("gone", None)
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
+    through_redis_outage(lambda: watchdog.started(store.r, panel_id, member_id))  # its bound now covers a whole call
     if prior and prior.status in REUSABLE:
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
         fault_point(store, "after_answer", panel_id, member_id)
@@ -73,7 +78,8 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     started = time.time()
     try:
         res = chord.caller(panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
-                           spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs)  # fmt: skip
+                           spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs, member=member_id,
+                           in_panel=frozenset(x.model for x in spec.members if x.member != member_id))  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
@@ -81,6 +87,8 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
             latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
+        if store.r.hexists(keys.job(spec.job_id), "finalised"):
+            return Turn("cancelled", spec, (Conclude(),))  # the charge landed after the receipt: re-render it
         return Turn("cancelled", spec)
     return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
 
@@ -116,7 +124,8 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
     else:
         c = res.completion
         rule = make_rule(spec.agreement_spec(), job.response_schema)
-        existing = [e for e in chord.store.votes(panel_id).values() if e] if rule.reads_existing else []
+        existing = ([e for e in through_redis_outage(lambda: chord.store.votes(panel_id)).values() if e]
+                    if rule.reads_existing else [])  # a paid answer is not dropped by a Redis blip  # fmt: skip
         key = rule.key(c.text, existing)
         if key is None:  # the rule found nothing to extract: identical raw answers still agree
             raw = Exact().key(c.text, existing)

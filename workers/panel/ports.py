@@ -25,7 +25,8 @@ class Caller(Protocol):
     panel id the call is cancelled (raises `Cancelled`) when the panel is decided first."""
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
-                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False) -> CallOutcome: ...  # fmt: skip
+                 json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
+                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome: ...  # fmt: skip
 
 
 class Jobs(Protocol):

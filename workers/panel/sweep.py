@@ -16,6 +16,7 @@ from collections.abc import Callable
 from producer import keys
 from producer.wire import text
 from workers.errors import failure_reason
+from workers.panel import watchdog
 from workers.panel.act import cancel_stragglers
 from workers.panel.ports import Dispatcher
 from workers.panel.state import PanelStore
@@ -27,12 +28,23 @@ log = logging.getLogger("panel.sweep")
 DeadLetter = Callable[[str, str, str, str, int], bool]  # (job_id, task, task_id, reason, attempts)
 
 
-def sweep(store: PanelStore, d: Dispatcher, dead_letter: DeadLetter, now: float | None = None, limit: int = 1000) -> int:
+def sweep(store: PanelStore, d: Dispatcher, dead_letter: DeadLetter, now: float | None = None, limit: int = 1000,
+          watchdog_s: float | None = None, send_run: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """Returns how many panels it decided or concluded. A panel that makes the sweep raise (its
     state unreadable) is skipped, and after MAX_PANEL_FAILURES ticks its job is dead-lettered, so
-    one poison panel never stops the sweep from deciding the others."""
+    one poison panel never stops the sweep from deciding the others. With `watchdog_s`, the
+    watchdog (workers/panel/watchdog.py) runs first: members and `panel.run`s whose message
+    vanished are sent again, and panels decided but never concluded are concluded."""
     now = time.time() if now is None else now
     acted = 0
+    if watchdog_s is not None:
+        try:
+            acted += watchdog.resend_overdue(store, d, now, watchdog_s)
+            if send_run is not None:
+                acted += watchdog.resend_lost_runs(store.r, now, watchdog_s, send_run)
+            acted += watchdog.conclude_stranded(store.r, d, now, every_s=watchdog_s / 3, window_s=STALE_DECISION_S)
+        except Exception as e:  # the watchdog never stops the sweep
+            log.warning("sweep: watchdog failed: %s: %s", type(e).__name__, e)
     due: list[bytes] = store.r.zrangebyscore(keys.PANEL_DEADLINES, 0, now + STALE_DECISION_S, start=0, num=limit)  # type: ignore[assignment]
     for raw in due:
         pid = text(raw)

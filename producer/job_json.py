@@ -1,0 +1,92 @@
+"""A job's JSON read with orjson, minus orjson's two surprises, each reported on the field it hit:
+
+- an integer literal beyond 64 bits is silently read as a float (`2**70` comes back inexact), so a
+  caller's order number would change in flight: refused, naming the field;
+- `NaN`, `Infinity` and a number too large for a double are refused as "not JSON" with only a
+  character offset: the error now names the field the literal belongs to.
+
+    >>> load(b'{"metadata": {"order": 123456789012345678901234567890}}')  # ContractError: metadata.order: ...
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import orjson
+
+from producer.errors import ContractError
+
+# What orjson keeps exact: signed 64-bit below zero, unsigned 64-bit above.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+# A JSON string (skipped whole, so digits inside prompts never count) or an integer literal.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?\d+(?![\d.eE])')
+_LONG_INT = re.compile(rb"\d{19}")
+_NON_FINITE = re.compile(rb"-?(?:NaN|Infinity|\d[\d.eE+-]*)")
+_KEY_BEFORE = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*$')
+
+
+def load(raw: bytes | str) -> Any:
+    """`raw` parsed by orjson; ContractError naming the field for the literals described above."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ContractError([_decode_problem(data, e)]) from None
+    if _LONG_INT.search(data):  # cheap pre-check: only a 19+ digit run can overflow 64 bits
+        for big in _big_integers(data):
+            path = _path_of(value, float(big)) or "(line)"
+            raise ContractError([(path, f"integer {big} does not fit in 64 bits and would lose digits; "
+                                        "send it as a string")])  # fmt: skip
+    return value
+
+
+def _big_integers(data: bytes) -> list[int]:
+    out = []
+    for m in _TOKEN.finditer(data):
+        tok = m.group()
+        if tok[:1] != b'"' and len(tok) >= 19:
+            n = int(tok)
+            if not INT_MIN <= n <= INT_MAX:
+                out.append(n)
+    return out
+
+
+def _path_of(value: Any, target: float, prefix: str = "") -> str | None:
+    """Dotted path of the first float equal to `target` (where orjson put the big integer)."""
+    if isinstance(value, float) and value == target:
+        return prefix or "(line)"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _path_of(v, target, f"{prefix}.{k}" if prefix else str(k))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _path_of(v, target, f"{prefix}.{i}" if prefix else str(i))
+            if found:
+                return found
+    return None
+
+
+def _decode_problem(data: bytes, err: orjson.JSONDecodeError) -> tuple[str, str]:
+    """(field, message): a non-finite number named by its key, anything else "not JSON"."""
+    start = err.pos - 1 if data[err.pos - 1 : err.pos] == b"-" else err.pos  # `-Infinity` fails after its sign
+    literal = _NON_FINITE.match(data, start)
+    key = _KEY_BEFORE.search(data[:start])
+    if literal and key and _non_finite(literal.group()):
+        name = key.group(1).decode("utf-8", "replace")
+        return name, (f"{literal.group().decode()} is not a finite number (JSON has no NaN or Infinity); "
+                      "give a finite number")  # fmt: skip
+    return "(line)", f"not JSON: {err}"
+
+
+def _non_finite(literal: bytes) -> bool:
+    if literal.lstrip(b"-") in (b"NaN", b"Infinity"):
+        return True
+    try:
+        return math.isinf(float(literal))
+    except ValueError:
+        return False
