@@ -95,6 +95,8 @@ def write_policies(dest: Path) -> None:
     shutil.copy(SHIPPED / "models.yaml", dest / "models.yaml")
     tasks = yaml.safe_load((SHIPPED / "tasks.yaml").read_text())
     for name in set(CLASS_OF.values()):
+        # this bench prices the panel lane (batch vs real time); the shipped classes default to a cascade
+        tasks["task_classes"][name]["default_lane"] = "panel"
         staged = dict(tasks["task_classes"][name])
         staged["panel"] = {**staged["panel"], "dispatch": "staged"}
         tasks["task_classes"][f"{name}_staged"] = staged

@@ -86,7 +86,7 @@ def run_fleet(client: PanelClient, n: int, rate: float) -> list[float]:
     ids = []
     for _ in range(n):
         t = time.perf_counter()
-        ids.append(client.submit({"task_class": "multiple_choice", "prompt": f"fleet {uuid.uuid4().hex} A) x B) y"}))
+        ids.append(client.submit({"task_class": "multiple_choice", "lane": "panel", "prompt": f"fleet {uuid.uuid4().hex} A) x B) y"}))
         time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
     out = []
     for jid in ids:

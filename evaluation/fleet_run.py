@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from evaluation.policy import EvalPolicy
+from evaluation.policy import CascadePolicy, EvalPolicy
 from evaluation.reference import Score
 from evaluation.replay import Row, agreement_for, is_correct
 from producer import keys
@@ -45,9 +45,11 @@ def prices_near(file: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy], prices: dict[str, tuple[float, float]]) -> None:
+def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy | CascadePolicy],
+                   prices: dict[str, tuple[float, float]]) -> None:  # fmt: skip
     """models.yaml = the shipped registry plus every replayed model it lacks; tasks.yaml = one
-    task class per evaluated policy."""
+    task class per evaluated policy (a cascade policy's entry exactly as its file has it, on the
+    fleet's cascade lane)."""
     registry = yaml.safe_load((SHIPPED / "models.yaml").read_text())
     registry["providers"]["replay"] = {"api": "openai", "base_url_env": "REPLAY_BASE_URL",
                                        "key_env": "REPLAY_API_KEY", "default_base_url": "http://127.0.0.1:9/v1"}  # fmt: skip
@@ -64,6 +66,9 @@ def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy], pric
     kind = rows[0].kind
     tasks: dict[str, Any] = {}
     for p in policies:
+        if isinstance(p, CascadePolicy):
+            tasks[p.task_class] = {**p.entry(), "default_lane": "cascade"}
+            continue
         members = p.members or [p.model]
         tasks[p.task_class] = {
             "default_lane": p.lane,
@@ -132,7 +137,7 @@ def score_result(s: Score, r: Row, res: Result, rule: Any) -> None:
     s.prompt_cache_saved_usd += sum(c.cache_saved_usd for c in rc.calls)
 
 
-def run(file: Path, rows: list[Row], policies: list[EvalPolicy], latency_scale: float = 1.0,
+def run(file: Path, rows: list[Row], policies: list[EvalPolicy | CascadePolicy], latency_scale: float = 1.0,
         timeout_s: float = 1800.0, in_flight: int = 16, repeat: int = 1) -> list[Score]:  # fmt: skip
     """`repeat`: every question goes in that many times, shuffled (seeded), as repeats come in a
     real queue; a policy with `cache_ttl_s` then serves repeats from its answer cache."""

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from evaluation import fleet_run, judging, offline_eval, reference, report
-from evaluation.policy import CascadePolicy, EvalPolicy, load_any
+from evaluation.policy import EvalPolicy, load_any
 from evaluation.replay import load as load_rows
 from evaluation.replay import models_in
 
@@ -17,8 +17,9 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
              limit: int | None = None, in_flight: int = 16, repeat: int = 1, offline: bool = False) -> dict[str, object]:  # fmt: skip
     """Reference latencies are the recorded ones times `latency_scale`, like the simulator's, so
     the table compares like with like; fleet latencies add the fleet's own overhead on top.
-    `offline` (and any cascade policy, which this fleet has no lane for yet) replays the policies
-    on the recorded rows instead (`evaluation.offline_eval`)."""
+    A cascade policy (a tasks.yaml entry with `cascade:` stages, as `panel tune --write` writes it)
+    runs on the fleet's cascade lane like any other. `offline` replays the policies on the
+    recorded rows instead (`evaluation.offline_eval`)."""
     rows = load_rows(file)[:limit] if limit else load_rows(file)
     loaded = [p for ref in policy_refs for p in load_any(ref)]
     available = models_in(rows)
@@ -27,18 +28,19 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
         if missing:
             raise ValueError(f"--policy {p.name}: {', '.join(missing)} not recorded in every row of {file.name} "
                              f"(recorded: {', '.join(available)})")  # fmt: skip
-    if offline or any(isinstance(p, CascadePolicy) for p in loaded):
+    if offline:
         return offline_eval.evaluate(file, rows, loaded, out_dir)
-    policies = [p for p in loaded if isinstance(p, EvalPolicy)]
+    policies = loaded
+    panels = [p for p in loaded if isinstance(p, EvalPolicy) and p.lane == "panel"]
     prices = fleet_run.prices_near(file)
     singles = [reference.single(rows, m, prices) for m in available]
     strongest = reference.strongest(singles)
     # named after the policy whose members and judge it always runs (the table has room for that)
     fusions = {p.name: reference.fusion(rows, p.members, p.arbiter or p.members[0], prices, label=p.name)
-               for p in policies if p.lane == "panel"}  # fmt: skip
+               for p in panels}  # fmt: skip
     # the fair baselines of early exit: every member, wait for all, majority first, the judge only on a split
     majorities = [reference.majority_first(rows, p.members, p.arbiter or p.members[0], prices, label=p.name)
-                  for p in policies if p.lane == "panel"]  # fmt: skip
+                  for p in panels]  # fmt: skip
     for ref in [*singles, strongest, *fusions.values(), *majorities]:
         ref.latencies_ms = [ms * latency_scale for ms in ref.latencies_ms]
         if repeat > 1:  # a reference has no cache: it answers, and pays for, every repeat again
@@ -50,8 +52,8 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     scores = [*fleet_scores, strongest, *fusions.values(), *majorities, *singles]
     print(report.table(scores))
     family = judging.families(file, available)
-    for p in policies:
-        if p.lane == "panel" and p.arbiter:  # the recorded judge's accuracy by position and member family
+    for p in panels:
+        if p.arbiter:  # the recorded judge's accuracy by position and member family
             print("\n".join(judging.judge_report(rows, p.members, p.arbiter, family)))
     unpriced = [m for m in available if m not in prices and any(r.models[m].cost_usd is None for r in rows)]
     if unpriced:

@@ -1,6 +1,5 @@
-"""`panel eval FILE --policy P --offline` (and always for cascade policies, which the fleet on this
-branch cannot run yet): every policy replayed on the recorded rows by the cascade lane's rules,
-beside the fair baselines, with 95% intervals and a paired verdict against the strongest model.
+"""`panel eval FILE --policy P --offline`: every policy (a cascade policy too) replayed on the
+recorded rows by the cascade lane's rules, beside the fair baselines, with 95% intervals and a paired verdict against the strongest model.
 
 Rows printed: each policy; the strongest single model; for each panel policy (else the three most
 accurate models) Fusion-style in both forms: the judge always deciding, and majority first with

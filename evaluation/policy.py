@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,8 +64,9 @@ def load(ref: str) -> EvalPolicy:
 
 @dataclass(frozen=True)
 class CascadePolicy:
-    """A tasks.yaml-style entry with `cascade:` stages (what `panel tune --write` writes), replayed
-    offline by the cascade lane's rules (`evaluation.cascade`)."""
+    """A tasks.yaml-style entry with `cascade:` stages (what `panel tune --write` writes): `panel
+    eval` runs it on the fleet's cascade lane, `--offline` replays it by the same rules
+    (`evaluation.cascade`)."""
 
     name: str
     spec: CascadeSpec
@@ -74,6 +75,16 @@ class CascadePolicy:
     @property
     def models(self) -> list[str]:
         return self.spec.models
+
+    @property
+    def task_class(self) -> str:
+        return f"eval_{self.name}".replace(".", "_")
+
+    def entry(self) -> dict[str, Any]:
+        """The task class's tasks.yaml entry as written in its file (what the fleet runs)."""
+        raw = yaml.safe_load(self.path.read_text())
+        entry: dict[str, Any] = (raw.get("task_classes") or {self.path.stem: raw})[self.name]
+        return entry
 
 
 def load_any(ref: str) -> list[EvalPolicy | CascadePolicy]:

@@ -44,7 +44,7 @@ class PanelOptions(_Strict):
     """Our extension (`extra_body={"panel": {...}}` in the SDKs)."""
 
     flags: list[StrictStr] = Field(default_factory=list)
-    lane: Literal["single", "panel"] | None = None
+    lane: Literal["single", "panel", "cascade"] | None = None
     budget_usd: float | None = None
     deadline: StrictStr | None = None
     callback_url: StrictStr | None = None
@@ -145,7 +145,7 @@ def to_job(req: ChatRequest, catalogue: Catalogue, mode: str = "realtime", prefi
         if not opts.get("flags"):
             opts.pop("flags", None)
         if route.lane and "lane" in opts and opts["lane"] != route.lane:
-            raise BadRequest(f"panel.lane: model {req.model!r} runs alone; name panel/<task_class> for a panel",
+            raise BadRequest(f"panel.lane: model {req.model!r} runs alone; name panel/<task_class> for a panel or cascade",
                              param=prefix + "panel.lane", code="invalid_value")  # fmt: skip
         job.update(opts)
     return job

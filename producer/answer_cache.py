@@ -9,7 +9,8 @@ policy version (a hash of the class's policy entry and its models' registry entr
 At submit (`admit`), in order: a valid entry under the key is served at once (receipt
 `served_from_cache`, the original job id, cost 0); an entry of the wrong shape is deleted and
 recomputed; else the first job takes the leader key (SET NX, the leader's job id) and runs, and
-every identical job meanwhile is recorded as its follower and enqueues nothing. The worker that
+every identical job meanwhile is recorded as its follower and enqueues nothing; the entry check,
+the lead and the follow are one script (`_ADMIT`), atomic with the leader's settle. The worker that
 decides the leader writes the entry and resolves the followers (workers/answer_cache.py); a
 leader that fails hands the lead to its first follower. A follower whose leader vanished (its
 lead key expired) is re-admitted by its own `wait` (`rescue`).
@@ -174,23 +175,23 @@ def admit(r: redis.Redis, job: Job, job_id: str, submitted_at: float, ttl_s: int
     if job.cache == "bypass":  # computes afresh; its answer still refreshes the entry
         r.hset(jkey, mapping={"acache_key": key, "acache_role": "bypass", "acache_ttl_s": meta.ttl_s})
         return Ticket("bypass", key)
-    for _ in range(8):  # each turn ends unless the leader decided between our two steps
+    lead_ex = max(1, int(meta.lead_ttl_s))
+    for _ in range(8):  # a turn repeats only when the entry it saw was poison or expired before the read
+        # one script: the entry check, the lead and the follow are atomic with the leader's settle
+        # (which writes the entry and frees the lead in one script), so no job sees "no entry"
+        # before a settle and takes the freed lead after it: one leader per input, ever.
+        role, leader = r.eval(_ADMIT, 3, entry_key(key), lead_key(key), jkey, job_id, key, meta.ttl_s, lead_ex,
+                              lead_ex + ttl_s, followers_key(key, ""))  # fmt: skip
+        if role == b"leader":
+            return Ticket("leader", key, job_id)
+        if role == b"follower":
+            return Ticket("follower", key, text(leader))
         entry = read_entry(r, key)
         if entry is not None:
             if r.hsetnx(jkey, "finalised", time.time()):
                 write_served(r, job_id, job, entry, False, submitted_at, ttl_s)
             return Ticket("hit", key, entry.job_id)
-        r.hset(jkey, mapping={"acache_key": key, "acache_role": "leader", "acache_ttl_s": meta.ttl_s})
-        if r.set(lead_key(key), job_id, nx=True, ex=max(1, int(meta.lead_ttl_s))):
-            return Ticket("leader", key, job_id)
-        raw_leader = r.get(lead_key(key))
-        if raw_leader is None:
-            continue  # the leader just finished
-        leader = text(raw_leader)
-        if r.eval(_FOLLOW, 3, lead_key(key), followers_key(key, leader), jkey, leader, job_id,
-                  max(1, int(meta.lead_ttl_s)) + ttl_s):  # fmt: skip
-            return Ticket("follower", key, leader)
-    # A storm of leaders finishing under us: compute it ourselves rather than loop on
+    # Entries poisoned or expiring under us turn after turn: compute it ourselves rather than loop on
     r.hset(jkey, "acache_role", "bypass")
     return Ticket("bypass", key)
 
@@ -218,14 +219,21 @@ _DELETE_IF_SAME = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS lead, followers of the leader, follower's job hash; ARGV leader, follower, ttl.
-# Joins only while the leader still leads: else its decision (and the drain) already happened.
-_FOLLOW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], 'coalesced_with', ARGV[1], 'acache_role', 'follower')
-return 1
+# KEYS entry, lead, job hash; ARGV job id, cache key, entry ttl s, lead ttl s, followers ttl s,
+# followers key prefix. An entry: the caller reads it. Else the job leads (the lead is free) or
+# joins the followers of the job that leads. Atomic with _SETTLE (workers/answer_cache.py).
+_ADMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'entry', ''} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[4]) then
+  redis.call('HSET', KEYS[3], 'acache_key', ARGV[2], 'acache_role', 'leader', 'acache_ttl_s', ARGV[3])
+  return {'leader', ARGV[1]}
+end
+local leader = redis.call('GET', KEYS[2])
+redis.call('RPUSH', ARGV[6] .. leader, ARGV[1])
+redis.call('EXPIRE', ARGV[6] .. leader, ARGV[5])
+redis.call('HSET', KEYS[3], 'acache_key', ARGV[2], 'acache_role', 'follower', 'acache_ttl_s', ARGV[3],
+           'coalesced_with', leader)
+return {'follower', leader}
 """
 # KEYS job hash, lead; ARGV leader. Take a follower back when its leader no longer leads.
 _RESCUE = """

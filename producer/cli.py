@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=1,
                    help="submit every question N times, shuffled (a policy with cache_ttl_s serves repeats from its cache)")
     s.add_argument("--offline", action="store_true", help="replay the policies on the recorded rows, no fleet "
-                   "(always so for cascade policies, e.g. a file `panel tune --write` wrote)")  # fmt: skip
+                   "(a cascade policy, e.g. a file `panel tune --write` wrote, runs on the fleet's cascade lane otherwise)")  # fmt: skip
     s.set_defaults(func=cmd_eval)
 
     s = parser("serve", "the HTTP gateway: jobs API, OpenAI-compatible chat and Batch API (gateway/)")

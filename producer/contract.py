@@ -136,9 +136,23 @@ class Job(_Strict):
                 data = job_json.load(data)  # names the field of a NaN or a 65-bit integer
             if not isinstance(data, dict):
                 raise ContractError([("(line)", f"expected a JSON object, got {type(data).__name__}")])
+            # pydantic-core cannot read a key that is not valid Unicode (a lone surrogate) and
+            # reports it without its name; no field is named so, so it is an unknown field
+            for k in data:
+                if isinstance(k, str) and not _encodable(k):
+                    raise ContractError([(k, "unknown field (its name is not valid Unicode); remove it "
+                                             "(see producer/contract.py for the fields a Job takes)")])  # fmt: skip
             return cls.model_validate(data)
         except ValidationError as e:
             raise ContractError.from_validation(e) from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class CallRecord(_Strict):

@@ -22,7 +22,7 @@ from workers import policy_files
 from workers.errors import PolicyError
 from workers.registry import Registry, policies_dir
 
-RuleName = Literal["exact", "choice", "json", "numeric", "set"]
+RuleName = Literal["exact", "choice", "json", "numeric", "set", "similar"]
 CheckName = Literal["logprob", "self_reported", "agreement", "schema", "always"]
 LaneName = Literal["single", "panel", "cascade"]
 MAX_STAGES = 4
@@ -37,7 +37,11 @@ class AgreementSpec(_Strict):
     rule: RuleName
     options: list[str] | None = None  # choice: allowed labels (default: letters A-J)
     tolerance: float = Field(default=1e-6, ge=0)  # numeric
-    threshold: float = Field(default=0.6, gt=0, le=1)  # set: Jaccard
+    # set: Jaccard (default 0.6); similar: rapidfuzz token-set ratio (default 0.9, the value
+    # `python3 -m evaluation.freetext` calibrated); both in (0, 1]
+    threshold: float | None = Field(default=None, gt=0, le=1)
+    # similar: the JSON fields a reply may declare its answer in (default: answer, final_answer)
+    answer_fields: list[str] | None = Field(default=None, min_length=1)
 
 
 class PanelSpec(_Strict):

@@ -73,3 +73,27 @@ def test_panel_eval_on_real_replay_rows_matches_the_offline_chord(replay_dir: Pa
         assert fleet["calls_per_question"] == pytest.approx(expected.calls / n), name
         assert fleet["arbiter_rate"] == pytest.approx(expected.arbiter_calls / n), name
         assert summary["rows"] == n
+
+
+def test_a_cascade_policy_runs_through_the_fleet_and_matches_its_offline_replay(replay_dir: Path, tmp_path: Path) -> None:
+    """`panel eval --policy tuned-mmlu.yaml` (a tasks.yaml entry with `cascade:` stages) runs on the
+    fleet's cascade lane: same accuracy and calls as the offline replay of the same stages, and the
+    rows do not all stop at one stage (the gates were exercised)."""
+    from evaluation.cascade import run_row
+    from evaluation.policy import load_any
+    from evaluation.replay import is_correct
+
+    name, n = "mmlu_train.jsonl", 30
+    file = replay_dir / name
+    rows = load(file)[:n]
+    [cascade] = load_any(str(REPO / "policies" / "eval" / "tuned-mmlu.yaml"))
+    decisions = [run_row(r, cascade.spec, prices_near(file)) for r in rows]  # type: ignore[union-attr]
+    expected_correct = sum(is_correct(r.kind, d.answer, r.gold) for r, d in zip(rows, decisions, strict=True))
+    assert len({d.stage for d in decisions}) > 1, "every row stopped at one stage: pick more rows"
+    evaluate(file, [str(REPO / "policies" / "eval" / "tuned-mmlu.yaml")], tmp_path, latency_scale=0.05, limit=n)
+    report = orjson.loads((tmp_path / f"eval-{name.split('.')[0]}.json").read_bytes())
+    fleet = next(p for p in report["policies"] if p["policy"] == "multiple_choice")
+    assert fleet["failed"] == 0, fleet
+    assert fleet["accuracy"] == round(expected_correct / n, 4), (fleet, expected_correct)
+    assert fleet["calls_per_question"] == pytest.approx(sum(d.calls for d in decisions) / n)
+    assert fleet["arbiter_rate"] == 0  # logprob stages only: no panel, no judge

@@ -114,7 +114,8 @@ def test_tune_writes_an_entry_that_panel_eval_replays_on_other_rows(tmp_path: Pa
     entry = yaml.safe_load(policy.read_text())["task_classes"]["qa_choice"]
     assert entry["default_lane"] == "cascade" and {"single", "panel", "cascade"} <= set(entry)
     CascadeSpec.from_entry(entry["cascade"])  # the shared schema (CASCADE-SCHEMA.md)
-    proc = subprocess.run([*run, "eval", str(test), "--policy", str(policy), "--out", str(tmp_path / "out")],
+    # --offline: the replay with intervals (through the fleet: tests/eval/test_eval_fleet.py)
+    proc = subprocess.run([*run, "eval", str(test), "--policy", str(policy), "--offline", "--out", str(tmp_path / "out")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "qa_choice:" in proc.stdout and "goal >= 0.99x accuracy at <= 0.5x cost" in proc.stdout

@@ -31,7 +31,8 @@ def job_result(gateway: GatewayProc, t: Tenant, job_id: str) -> dict[str, Any]:
 def test_chat_completion_on_a_panel_policy_carries_the_decided_answer_and_receipt(gateway: GatewayProc, tenant: Tenant) -> None:
     client = sdk(gateway, tenant)
     raw = client.chat.completions.with_raw_response.create(
-        model="panel/multiple_choice", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}])
+        model="panel/multiple_choice", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+        extra_body={"panel": {"lane": "panel"}})  # the class defaults to a cascade; this test is about the panel
     completion = raw.parse()
     assert isinstance(completion, ChatCompletion)
     job_id = raw.headers["x-panel-job-id"]
@@ -49,6 +50,21 @@ def test_chat_completion_on_a_panel_policy_carries_the_decided_answer_and_receip
     assert completion.usage.completion_tokens == sum(c["tokens_out"] for c in calls)
     later = {c["member"] for c in result["receipt"]["calls"] if c["status"] in ("answered", "late")}
     assert {c["member"] for c in calls if c["status"] == "answered"} <= later
+
+
+def test_a_cascade_class_runs_its_stages_by_default_and_on_request(gateway: GatewayProc, tenant: Tenant) -> None:
+    client = sdk(gateway, tenant)
+    default = client.chat.completions.create(model="panel/multiple_choice", messages=[{"role": "user", "content": QUESTION}])
+    first = default.model_extra["panel"]["receipt"]["lanes"][0]  # type: ignore[index]
+    assert (first["stage"], first["check"], first["threshold"]) == (1, "logprob", -1e-06)  # policies/tasks.yaml
+    asked = client.chat.completions.create(model="panel/math_word_problem", extra_body={"panel": {"lane": "cascade"}},
+                                           messages=[{"role": "user", "content": "6 boxes of 7 eggs: how many eggs?"}])  # fmt: skip
+    lanes = asked.model_extra["panel"]["receipt"]["lanes"]  # type: ignore[index]
+    assert (lanes[0]["lane"], lanes[0]["stage"], lanes[0]["check"]) == ("panel", 1, "agreement")
+    with pytest.raises(openai.BadRequestError) as e:  # a registry model runs alone: no cascade to ask for
+        client.chat.completions.create(model="qwen2.5-72b-instruct", extra_body={"panel": {"lane": "cascade"}},
+                                       messages=[{"role": "user", "content": QUESTION}])  # fmt: skip
+    assert "panel.lane" in str(e.value) and "panel or cascade" in str(e.value)
 
 
 def test_a_registry_model_runs_a_single_lane(gateway: GatewayProc, tenant: Tenant) -> None:

@@ -138,7 +138,7 @@ def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_bat
                       "llama3.1-70b": {"answer": "D"},
                       "llama3.1-405b": {"answer": f'{{"chosen_members": ["{m1}"], '
                                                   '"disagreements": ["B or C or D"], "rationale": "C fits."}'}})  # fmt: skip
-    client.submit({"id": jid, "task_class": "multiple_choice", "mode": "batch", "prompt": question("arb")})
+    client.submit({"id": jid, "task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("arb")})
     res = client.wait(jid, timeout=60)
     assert res.status == "decided" and res.answer == "C"
     r = res.receipt
@@ -156,7 +156,7 @@ def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_bat
 
     # the same panel where m2 sides with m0: quorum at stage 2, no arbiter line at all
     configure(fleet, {"llama3.1-70b": {"answer": "B"}})
-    jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("stage2")})
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("stage2")})
     res = client.wait(jid, timeout=60)
     assert res.status == "decided" and res.answer == "B" and res.receipt is not None
     assert res.receipt.decision == "quorum" and not any(c.role == "arbiter" for c in res.receipt.calls)
@@ -168,7 +168,7 @@ def test_results_in_any_order_land_on_their_own_member(fleet: Fleet, client: Pan
     # and every batch returns its lines shuffled
     fleet.sim("/_sim/config", {"default": {"batch_shuffle": True, "skill": 0.5}})
     prompts = [question("order") for _ in range(16)]
-    ids = [client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": p}) for p in prompts]
+    ids = [client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": p}) for p in prompts]
     results = wait_all(client, ids)
     for p, res in zip(prompts, results, strict=True):
         assert res.status == "decided" and res.receipt is not None
@@ -194,7 +194,7 @@ def test_line_errors_and_expired_batches_end_every_job_decided_or_failed_with_a_
     fleet.sim("/_sim/config", {"default": {"batch_line_error_rate": 0.25},
                                "models": {"qwen2.5-72b-instruct": {"batch_expire": True}}})  # fmt: skip
     ids = [
-        client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("err")}) for _ in range(12)
+        client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("err")}) for _ in range(12)
     ]
     results = wait_all(client, ids, timeout=90)  # the deadline is 600 s: nothing here waits for the sweep
     for res in results:
@@ -219,7 +219,7 @@ def test_a_failed_line_near_the_deadline_is_made_in_real_time_at_the_real_time_p
                                "models": {"qwen2.5-72b-instruct": {"answer": "A"},
                                           "qwen2.5-32b-coder-instruct": {"answer": "A"}}})  # fmt: skip
     deadline = datetime.now(UTC) + timedelta(seconds=MARGIN_S + 2.5)
-    jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("late"),
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("late"),
                          "deadline": deadline.isoformat()})  # fmt: skip
     res = client.wait(jid, timeout=30)
     assert res.status == "decided" and res.answer == "A"
@@ -239,14 +239,14 @@ def lua(r: redis_lib.Redis, name: str) -> Any:
 
 def test_a_batch_line_past_the_jobs_budget_is_refused_before_any_batch_is_sent(fleet: Fleet, client: PanelClient) -> None:
     # the cap is below one line's worst case (its prompt plus the model's whole output budget)
-    jid = client.submit({"task_class": "multiple_choice", "mode": "batch", "budget_usd": 1e-9, "prompt": question("cap")})
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "budget_usd": 1e-9, "prompt": question("cap")})
     res = client.wait(jid, timeout=60)
     assert res.status == "failed" and res.receipt is not None
     members = [c for c in res.receipt.calls if c.role == "member" and c.status != "skipped"]
     assert members and all(c.status == "failed" and "budget" in (c.error or "").lower() for c in members), members
     assert res.receipt.total_cost_usd == 0
     assert fleet.sim("/_sim/stats")["totals"]["batch_lines"] == 0  # nothing reached a provider batch
-    ok = client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("uncapped")})
+    ok = client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("uncapped")})
     assert client.wait(ok, timeout=60).status == "decided"  # a line within the cap goes through, settled
 
 
@@ -304,7 +304,7 @@ def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job
     fleet.sim("/_sim/config", {"default": {"batch_delay_s": 3.0}})
     r = redis_lib.Redis.from_url(fleet.redis_url)
     ids = [
-        client.submit({"task_class": "multiple_choice", "mode": "batch", "prompt": question("crash")})
+        client.submit({"task_class": "multiple_choice", "lane": "panel", "mode": "batch", "prompt": question("crash")})
         for _ in range(12)
     ]
     # wait until every first-stage line is inside an open batch at the provider

@@ -71,6 +71,14 @@ task_classes:
         - model: gpt-4o-mini
           accept: {check: logprob, min: -5}
         - model: llama3.1-70b
+  qa_freetext:                              # free text: members word one answer differently
+    default_lane: panel
+    single: {model: llama3.1-70b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct]
+      quorum: 2
+      agreement: {rule: similar, threshold: 0.85}
+      arbiter: llama3.1-405b
 """
 
 
@@ -201,3 +209,15 @@ def test_replayed_rows_gate_on_their_recorded_conf(fleet: Fleet, client: PanelCl
     assert sure.final_answer == "B" and len(sure.lanes) == 1
     assert unsure.lanes[0].value == pytest.approx(REPLAYED["replayed-unsure"], abs=1e-9) and not unsure.lanes[0].accepted
     assert unsure.lanes[1].reason == "cascade:stage1:logprob=-0.9731<-0.35" and unsure.final_answer == "C"
+
+
+def test_a_free_text_panel_agrees_by_similarity_where_exact_match_would_split(fleet: Fleet, client: PanelClient) -> None:
+    from workers.panel.agreement import Exact
+
+    a, b = "The answer is Paris, France.", "Final answer: paris france"
+    assert Exact().key(a, []) != Exact().key(b, [])  # `rule: exact` would split these and call the arbiter
+    r = run(fleet, client, {"llama3.1-70b": {"answer": a}, "qwen2.5-72b-instruct": {"answer": b},
+                            "llama3.1-405b": {"answer": "Lyon"}}, task_class="qa_freetext")  # fmt: skip
+    assert r.decision == "quorum" and not any(c.role == "arbiter" for c in r.calls)
+    assert r.final_answer in (a, b)
+    assert fleet.sim("/_sim/stats")["models"].get("llama3.1-405b", {}).get("requests", 0) == 0  # type: ignore[union-attr]

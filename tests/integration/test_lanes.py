@@ -56,7 +56,7 @@ def test_agreeing_panel_exits_at_quorum_and_cancels_the_slow_member(fleet: Fleet
         "qwen2.5-32b-coder-instruct": {"latency_ms": 200, "answer": "B"},
         "llama3.1-70b": {"latency_ms": 60_000, "answer": "B"},
     })  # fmt: skip
-    jid = client.submit({"task_class": "multiple_choice", "prompt": f"{uid('q')}: pick one\nA) x\nB) y"})
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "prompt": f"{uid('q')}: pick one\nA) x\nB) y"})
     res = client.wait(jid, timeout=45)
     assert res.status == "decided" and res.answer == "B"
     r = res.receipt
@@ -89,7 +89,7 @@ def test_disagreeing_panel_calls_the_arbiter_exactly_once(fleet: Fleet, client: 
         "qwen2.5-32b-coder-instruct": {"latency_ms": 50, "answer": "C"},
         "llama3.1-70b": {"latency_ms": 50, "answer": "D"},
     })  # fmt: skip
-    jid = client.submit({"task_class": "multiple_choice", "prompt": f"{uid('q')}: pick one\nA) w\nB) x\nC) y\nD) z"})
+    jid = client.submit({"task_class": "multiple_choice", "lane": "panel", "prompt": f"{uid('q')}: pick one\nA) w\nB) x\nC) y\nD) z"})
     res = client.wait(jid, timeout=60)
     r = res.receipt
     assert res.status == "decided" and r is not None

@@ -205,8 +205,8 @@ def finished_panels(ops_fleet: MeteredFleet, flower: Flower, ops_client: PanelCl
     tag = uuid.uuid4().hex[:10]
     prompts = [f"ops-secret-prompt-{tag}-math: 6 boxes of 7 eggs, how many eggs?",
                f"ops-secret-prompt-{tag}-mc: pick one\nA) w\nB) x\nC) y\nD) z"]  # fmt: skip
-    early_id = ops_client.submit({"task_class": "math_word_problem", "prompt": prompts[0]})
-    arb_id = ops_client.submit({"task_class": "multiple_choice", "prompt": prompts[1]})
+    early_id = ops_client.submit({"task_class": "math_word_problem", "lane": "panel", "prompt": prompts[0]})
+    arb_id = ops_client.submit({"task_class": "multiple_choice", "lane": "panel", "prompt": prompts[1]})
     early, arbitrated = ops_client.wait(early_id, timeout=60), ops_client.wait(arb_id, timeout=60)
     events = consumer.wait_for({early_id, arb_id})
     consumer.stop()

@@ -109,7 +109,7 @@ def test_one_panel_jobs_trace_arrives_over_otlp_http(traced: tuple[Fleet, Receiv
                                           "llama3.1-70b": {"latency_ms": 50, "answer": "D"}}})  # fmt: skip
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     sub = subprocess.run([sys.executable, "-m", "producer", "--redis-url", fleet.redis_url, "submit", "--task-class",
-                          "multiple_choice", "--prompt", f"{PROMPT_MARK}: pick one\nA) w\nB) x\nC) y\nD) z"],
+                          "multiple_choice", "--lane", "panel", "--prompt", f"{PROMPT_MARK}: pick one\nA) w\nB) x\nC) y\nD) z"],
                          cwd=REPO, env=env, capture_output=True, timeout=60, check=True)  # fmt: skip
     job_id = sub.stdout.decode().strip()
     client = PanelClient(fleet.redis_url)

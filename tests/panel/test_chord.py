@@ -83,7 +83,7 @@ class Recorder:
 
 
 def _store_job(r: fakeredis.FakeRedis, job_id: str, **extra: Any) -> Job:
-    job = Job.model_validate({"id": job_id, "task_class": "multiple_choice", "prompt": "pick\nA) x\nB) y", **extra})
+    job = Job.model_validate({"id": job_id, "task_class": "multiple_choice", "lane": "panel", "prompt": "pick\nA) x\nB) y", **extra})
     r.hset(keys.job(job_id), mapping={"spec": job.model_dump_json(), "status": "queued", "submitted_at": time.time()})
     return job
 

@@ -50,7 +50,7 @@ def configure(fleet: Fleet, m2_latency_ms: float) -> None:
 
 def submit(client: PanelClient, job_id: str) -> str:
     return client.submit(
-        {"id": job_id, "task_class": "multiple_choice", "prompt": f"{job_id}: pick one\nA) w\nB) x\nC) y"}
+        {"id": job_id, "task_class": "multiple_choice", "lane": "panel", "prompt": f"{job_id}: pick one\nA) w\nB) x\nC) y"}
     )
 
 

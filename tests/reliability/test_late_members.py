@@ -42,7 +42,7 @@ def in_seconds(s: float) -> str:
 
 
 def submit_panel(client: PanelClient, job_id: str) -> None:
-    client.submit({"id": job_id, "task_class": "multiple_choice", "prompt": f"{job_id}: pick\nA) w\nB) x\nC) y",
+    client.submit({"id": job_id, "task_class": "multiple_choice", "lane": "panel", "prompt": f"{job_id}: pick\nA) w\nB) x\nC) y",
                    "deadline": in_seconds(DEADLINE_S)})  # fmt: skip
 
 

@@ -66,7 +66,7 @@ def job(n: int, tag: str, deadline: str | None) -> dict[str, object]:
     """A job whose deadline lies past the whole run: this test is about nothing being dropped, not
     about deadlines (the policy's 600 s would fail jobs still queued after 10 minutes, by design)."""
     if n % PANEL_EVERY == 0:
-        body = {"task_class": "multiple_choice", "prompt": f"{tag} {n}: pick one\nA) x\nB) y"}
+        body = {"task_class": "multiple_choice", "lane": "panel", "prompt": f"{tag} {n}: pick one\nA) x\nB) y"}
     else:
         body = {"task_class": "code_review", "prompt": f"{tag} {n}:\n-teh\n+the"}
     return {"id": f"{tag}-{n}", **({"deadline": deadline} if deadline else {}), **body}

@@ -141,7 +141,7 @@ def test_unreadable_panel_never_stops_the_deadline_sweep(rel_fleet: Fleet, rel_c
         for m in ("m1", "m2")
     ]
     for jid in (bad, good):
-        rel_client.submit({"id": jid, "task_class": "multiple_choice", "prompt": f"{jid}: pick\nA) x\nB) y",
+        rel_client.submit({"id": jid, "task_class": "multiple_choice", "lane": "panel", "prompt": f"{jid}: pick\nA) x\nB) y",
                            "deadline": deadline})  # fmt: skip
     for key in parks:
         wait_parked(rel_client.redis, key)

@@ -49,7 +49,7 @@ MEMBERS = ("qwen2.5-72b-instruct", "qwen2.5-32b-coder-instruct", "llama3.1-70b")
 
 def submit(client: PanelClient, tag: str, n: int) -> list[str]:
     deadline = (datetime.now(UTC) + timedelta(seconds=DEADLINE_S)).isoformat()
-    return [client.submit({"id": f"{tag}-{i}", "task_class": "multiple_choice", "deadline": deadline,
+    return [client.submit({"id": f"{tag}-{i}", "task_class": "multiple_choice", "lane": "panel", "deadline": deadline,
                            "prompt": f"{tag} {i}: pick one\nA) x\nB) y"})  # fmt: skip
             for i in range(n)]  # fmt: skip
 

@@ -49,7 +49,7 @@ def test_a_member_message_deleted_from_the_broker_is_sent_again_within_the_watch
         client = PanelClient(fleet.redis_url)
         job_id = uid("lost-member")
         deadline = datetime.now(UTC) + timedelta(seconds=DEADLINE_S)
-        client.submit({"id": job_id, "task_class": "multiple_choice", "deadline": deadline.isoformat(),
+        client.submit({"id": job_id, "task_class": "multiple_choice", "lane": "panel", "deadline": deadline.isoformat(),
                        "prompt": f"{job_id}: pick one\nA) w\nB) x\nC) y"})  # fmt: skip
         pid = f"{job_id}.1"
         eventually(lambda: len(member_messages(client, "llm.workhorse")) == 3, "three member messages queued")

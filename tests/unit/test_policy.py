@@ -8,7 +8,7 @@ import pytest
 
 from producer.contract import Job
 from workers.errors import PolicyError
-from workers.policy import PolicyTable
+from workers.policy import AgreementSpec, PolicyTable
 from workers.registry import Registry, policies_dir
 
 SHIPPED = policies_dir()
@@ -90,3 +90,36 @@ def test_cost_comes_from_the_registry() -> None:
     reg = Registry.load()
     assert reg.cost("gpt-4o", 1_000_000, 0) == 2.5
     assert reg.cost("gpt-4o", 0, 1_000_000, batch=True) == 5.0
+
+
+SIMILAR = """
+task_classes:
+  free_text:
+    default_lane: panel
+    single: {model: llama3.1-8b}
+    panel:
+      members: [llama3.1-8b, llama3.1-70b]
+      quorum: 2
+      agreement: {rule: similar, threshold: 0.85, answer_fields: [result]}
+      arbiter: llama3.1-405b
+"""
+
+
+def test_similar_rule_loads_with_its_threshold_and_answer_fields(tmp_path: Path) -> None:
+    from workers.panel.agreement import Similar, make_rule
+
+    spec = PolicyTable.load(Registry.load(), _write(tmp_path, SIMILAR)).get("free_text").panel.agreement
+    rule = make_rule(spec)
+    assert isinstance(rule, Similar) and (rule.threshold, rule.fields) == (0.85, ("result",))
+    assert rule.key('{"result": "Paris, France"}', []) == "paris france"
+    default = make_rule(AgreementSpec(rule="similar"))
+    assert isinstance(default, Similar) and default.threshold == 0.9  # the calibrated default
+
+
+def test_similar_threshold_out_of_range_is_refused_with_its_line(tmp_path: Path) -> None:
+    for bad in ("threshold: 1.5", "threshold: 0", "answer_fields: []"):
+        text = SIMILAR.replace("threshold: 0.85, answer_fields: [result]", bad)
+        with pytest.raises(PolicyError) as e:
+            PolicyTable.load(Registry.load(), _write(tmp_path, text))
+        line = next(i for i, t in enumerate(text.splitlines(), 1) if "rule: similar" in t)
+        assert e.value.field.startswith("task_classes.free_text.panel.agreement") and e.value.line == line, str(e.value)

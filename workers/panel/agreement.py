@@ -259,9 +259,10 @@ RULES: dict[str, Callable[[AgreementSpec, dict[str, Any] | None], Rule]] = {
     "choice": lambda s, schema: Choice(s.options),
     "numeric": lambda s, schema: Numeric(s.tolerance),
     "json": lambda s, schema: JsonFields(sorted((schema or {}).get("properties", {})) or None),
-    "set": lambda s, schema: JaccardSet(s.threshold),
-    # `rule: similar` needs workers/policy.py's RuleName to name it (the policy schema's owner adds it)
-    "similar": lambda s, schema: Similar(s.threshold),
+    "set": lambda s, schema: JaccardSet(0.6 if s.threshold is None else s.threshold),
+    "similar": lambda s, schema: Similar(
+        0.9 if s.threshold is None else s.threshold, tuple(s.answer_fields) if s.answer_fields else ANSWER_FIELDS
+    ),
 }
 
 
