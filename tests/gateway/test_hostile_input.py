@@ -143,10 +143,10 @@ def test_every_hostile_request_is_a_4xx_naming_its_field_and_creates_no_job(gate
         hostile()
     finally:
         client.close()
-    owned = [k for k in gw_redis.scan_iter(match=f"{keys.PREFIX}job:*", count=5000)
-             if k.count(b":") == 2 and gw_redis.hget(k, "tenant") == fuzz_tenant.name.encode()]  # fmt: skip
+    owned = [k for k in gw_redis.scan_iter(match=keys.job("*"), count=5000)
+             if k.endswith(b"}:job") and gw_redis.hget(k, "tenant") == fuzz_tenant.name.encode()]  # fmt: skip
     assert owned == [], f"{len(owned)} jobs were created by hostile requests"
-    assert not gw_redis.exists(f"{keys.PREFIX}idem:{fuzz_tenant.name}:x")
+    assert not gw_redis.exists(keys.idempotency(fuzz_tenant.name, "x"))
 
 
 def test_a_batch_file_with_a_bad_line_fails_whole_naming_line_and_param(gateway: GatewayProc, tenant: Tenant) -> None:

@@ -65,7 +65,7 @@ def test_a_failed_send_leaves_no_job_behind(redis_url: str, redis_client: redis_
     monkeypatch.setattr(sub, "_send", broker_down)
     with pytest.raises(redis_lib.ConnectionError):
         sub.submit_many([(1, draft(dict(JOB, callback_url="http://127.0.0.1:9/h"), caller, private_ok=True))], caller)
-    assert not list(redis_client.scan_iter(match=f"{keys.PREFIX}job:*"))
+    assert not list(redis_client.scan_iter(match=keys.job("*")))
     assert not list(redis_client.scan_iter(match=callback_key("*")))
     client.close()
 

@@ -65,7 +65,7 @@ def test_a_revoked_key_gets_401_on_its_next_request(gateway: GatewayProc, tenant
 
 
 def job_count(r: redis_lib.Redis) -> int:
-    return sum(1 for k in r.scan_iter(match=f"{keys.PREFIX}job:*", count=1000) if k.count(b":") == 2)
+    return sum(1 for k in r.scan_iter(match=keys.job("*"), count=1000))
 
 
 def test_a_tenant_with_its_budget_spent_gets_402_and_nothing_is_queued(gateway: GatewayProc, make_tenant,  # type: ignore[no-untyped-def]
