@@ -63,7 +63,7 @@ def test_state_on_a_cluster_broker_on_plain_redis_decides_panel_jobs(redis_clust
         client = PanelClient(settings=fleet.client_settings())
         broker = redis.Redis.from_url(fleet.redis_url)
         start = time.monotonic()
-        ids = [client.submit({"id": f"cl-{i}", "task_class": "multiple_choice",
+        ids = [client.submit({"id": f"cl-{i}", "task_class": "multiple_choice", "lane": "panel",
                               "prompt": f"Q{i}: 2+{i % 3}=? A) {2 + i % 3} B) 9 C) 1 D) 0"}) for i in range(JOBS)]  # fmt: skip
         results = [client.wait(j, timeout=180) for j in ids]
         elapsed = time.monotonic() - start
