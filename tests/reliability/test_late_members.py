@@ -87,9 +87,9 @@ def test_stuck_members_leave_the_decision_to_the_sweep_and_a_late_answer_changes
     m2 = calls["1.m2"]
     assert m2.answer_key is not None and m2.tokens_out > 0
     assert m2.cost_usd == pytest.approx(REG.cost(M2, m2.tokens_in, m2.tokens_out))
-    assert res.receipt.total_cost_usd == pytest.approx(
-        calls["1.m0"].cost_usd + m2.cost_usd
-    )  # the late call is paid and shown
+    assert res.receipt.total_cost_usd == pytest.approx(calls["1.m0"].cost_usd + m2.cost_usd), [
+        (c.member, c.status, c.cost_usd, c.error) for c in res.receipt.calls
+    ]  # the late call is paid and shown
     assert_decided_once(rel_client, job_id)
     sim_settled(rel_fleet)
     assert receipt_calls([res]) == sim_answered(rel_fleet)  # m0 and the late m2: each answer charged once
