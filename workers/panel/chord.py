@@ -60,12 +60,14 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     store = chord.store
     # a member that starts while Redis is away waits for it: raising would publish a retry, which
     # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
-    spec, prior, decided = through_redis_outage(lambda: store.turn(panel_id, member_id))
+    # with the watchdog's started mark in the same round trip: its bound now covers a whole call
+    # (a gone panel's entry, if any, is only pushed on: the watchdog forgets it when it comes due)
+    spec, prior, decided = through_redis_outage(
+        lambda: store.turn(panel_id, member_id, also=lambda r: watchdog.started(r, panel_id, member_id)))
     if spec is None:
         return Turn("gone", None)
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
-    through_redis_outage(lambda: watchdog.started(store.r, panel_id, member_id))  # its bound now covers a whole call
     if prior and prior.status in REUSABLE:
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
         fault_point(store, "after_answer", panel_id, member_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from importlib.resources import files
@@ -158,15 +159,22 @@ class PanelStore:
             tally={k.decode(): int(v) for k, v in tally.items()},
         )
 
-    def turn(self, panel_id: str, member: str) -> tuple[PanelRun | None, Call | None, bool]:
+    def turn(self, panel_id: str, member: str,
+             also: Callable[[redis.Redis | Pipeline], object] | None = None) -> tuple[PanelRun | None, Call | None, bool]:  # fmt: skip
         """A member's start, one round trip: the panel's spec (unless this process has it), the
         member's recorded call (a redelivery re-uses a paid answer) and whether the panel is
-        decided already."""
+        decided already. `also` queues more writes after the reads (the watchdog's started mark),
+        in the same round trip on a single Redis; on a cluster (another slot) they go on their own."""
         spec = self._specs.get(panel_id)
+        cluster = connect.is_cluster(self.r)
         pipe = self.r.pipeline()
         pipe.hget(keys.calls(panel_id), member)
         pipe.hmget(keys.panel(panel_id), "decided", "spec" if spec is None else "decided")
-        raw, (decided, raw_spec) = pipe.execute()
+        if also is not None and not cluster:
+            also(pipe)
+        raw, (decided, raw_spec), *_ = pipe.execute()
+        if also is not None and cluster:
+            also(self.r)
         if spec is None and raw_spec:
             spec = self._remember(PanelRun.from_json(raw_spec))
         return spec, (Call.from_json(raw) if raw else None), bool(decided)
