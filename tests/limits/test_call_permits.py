@@ -20,7 +20,7 @@ from tests.limits.conftest import Clock
 from workers.budget import Budget
 from workers.errors import BudgetExceeded
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter, RateLimitWait, Reservation
-from workers.panel import calls
+from workers.panel import attempts, calls
 from workers.providers.base import ChatRequest, Completion, ProviderUnavailable
 from workers.registry import Registry
 from workers.runtime import Cancelled
@@ -79,6 +79,7 @@ def _runtime(r: redis.Redis, clock: Clock, provider: ScriptedProvider, limiter: 
         settings=SimpleNamespace(call_timeout_s=5.0),
         provider=lambda name: provider,
         call=call,
+        redis=r,
     )
 
 
@@ -202,3 +203,27 @@ def test_a_fallback_already_in_the_panel_is_passed_over_and_the_member_gives_up_
     assert out.error is not None and f"fallback {fallback} already in the panel: vote given up" in out.error
     out = calls.call_model(rt, None, MODEL, MESSAGES, time.time() + 5)  # a panel without it: fail over
     assert out.completion is not None and (out.model, out.failed_over_from) == (fallback, MODEL)
+
+
+def test_an_attempts_record_goes_with_its_admission_and_only_a_sent_request_keeps_it(r: redis.Redis,
+                                                                                    clock: Clock) -> None:  # fmt: skip
+    """The in_flight record rides in the admission's round trip: a refused admission (nothing
+    sent) leaves none; a sent request's record stays, closed with its outcome, its fields kept."""
+    request = ChatRequest(model=MODEL, messages=MESSAGES)
+    rt = _runtime(r, clock, ScriptedProvider([_answer()]), limiter=RefusingLimiter(r, clock=clock))
+    with pytest.raises(RateLimitWait):
+        calls._attempt(rt, "job-1.1", MODEL, request, MESSAGES, time.time() + 5, None, member="m0")
+    spend = calls.Spend(job_id="j1", tenant="t1", cap_usd=1e-9)
+    rt.limiter = RateLimiter(r, clock=clock)
+    with pytest.raises(BudgetExceeded):
+        calls._attempt(rt, "job-1.1", MODEL, request, MESSAGES, time.time() + 5, spend, member="m0")
+    assert attempts.of_panel(r, "job-1.1") == {}
+    scripted = ScriptedProvider([ProviderUnavailable("fireworks", "503 from upstream", status=503), _answer()])
+    rt.provider = lambda name: scripted
+    with pytest.raises(ProviderUnavailable):
+        calls._attempt(rt, "job-1.1", MODEL, request, MESSAGES, time.time() + 5, None, member="m0")
+    assert calls._attempt(rt, "job-1.1", MODEL, request, MESSAGES, time.time() + 5, None, member="m0").text == "yes"
+    got = attempts.of_panel(r, "job-1.1")["m0"]
+    assert [(a.status, a.model, a.member) for a in got] == [("failed", MODEL, "m0"), ("in_flight", MODEL, "m0")]
+    assert got[0].error is not None and "503" in got[0].error and got[0].latency_ms >= 0
+    assert got[1].tokens_in == calls.estimate_tokens(MESSAGES, output_tokens=0)

@@ -12,7 +12,7 @@ idempotent for what ran.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,17 +32,22 @@ class ScriptStep:
         return self.script(keys=self.keys, args=self.args)
 
 
-def run_steps(r: redis.Redis, steps: Sequence[ScriptStep | None]) -> list[Any]:
+def run_steps(r: redis.Redis, steps: Sequence[ScriptStep | None],
+              also: Callable[[Any], object] | None = None) -> list[Any]:  # fmt: skip
     """Run the steps given (None: nothing to do) in one round trip; their results in the same
-    order (None for None). Raises the first error a step returned."""
+    order (None for None). Raises the first error a step returned. `also` queues plain commands
+    (an attempt's record) after the steps, sent once with them; on a cluster it runs after them."""
     if connect.is_cluster(r):
         # redis-py's cluster pipeline refuses EVALSHA; each step keeps to one slot, so on a cluster
         # they go one by one (one round trip each, to the node holding the step's slot).
-        return [None if s is None else s.run() for s in steps]
+        out = [None if s is None else s.run() for s in steps]
+        if also is not None:
+            also(r)
+        return out
     results: list[Any] = [None] * len(steps)
     todo = [i for i, s in enumerate(steps) if s is not None]
     for attempt in (1, 2):
-        if len(todo) <= 1:
+        if len(todo) <= 1 and (also is None or attempt == 2):
             for i in todo:  # a registered Script loads itself on NOSCRIPT
                 results[i] = steps[i].run()  # type: ignore[union-attr]
             return results
@@ -51,8 +56,15 @@ def run_steps(r: redis.Redis, steps: Sequence[ScriptStep | None]) -> list[Any]:
             s = steps[i]
             assert s is not None
             pipe.evalsha(s.script.sha, len(s.keys), *s.keys, *s.args)
+        extra = len(pipe.command_stack)
+        if attempt == 1 and also is not None:  # sent once: a second send is only for scripts Redis lost
+            also(pipe)
+        sent = pipe.execute(raise_on_error=False)
+        for res in sent[extra:]:
+            if isinstance(res, Exception):
+                raise res
         missing = []
-        for i, res in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+        for i, res in zip(todo, sent[:extra], strict=True):
             if isinstance(res, redis.exceptions.NoScriptError):
                 missing.append(i)
             elif isinstance(res, Exception):

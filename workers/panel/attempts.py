@@ -37,25 +37,48 @@ def key(panel_id: str) -> str:
     return f"{keys.calls(panel_id)}:attempts"
 
 
-def begin(r: redis.Redis, panel_id: str, member: str, model: str, tokens_in: int, batch: bool,
-          ttl_s: int = 7 * 24 * 3600) -> str:  # fmt: skip
-    """Record an attempt as in flight, before its request is sent (one round trip); returns its
-    id, which sorts in the order the attempts were made."""
-    k = key(panel_id)
+TTL_S = 7 * 24 * 3600
+
+
+def opening(member: str, model: str, tokens_in: int, batch: bool) -> tuple[str, dict[str, Any]]:
+    """A new attempt's id (it sorts in the order the attempts were made) and its `in_flight` record."""
     aid = f"{member}#{time.time_ns():020d}"
-    pipe = r.pipeline(transaction=False)
-    pipe.hset(k, aid, orjson.dumps({"member": member, "model": model, "status": "in_flight", "tokens_in": tokens_in,
-                                    "batch": batch, "started": time.time()}))  # fmt: skip
+    return aid, {"member": member, "model": model, "status": "in_flight", "tokens_in": tokens_in, "batch": batch,
+                 "started": time.time()}  # fmt: skip
+
+
+def queue_begin(pipe: Any, panel_id: str, aid: str, rec: dict[str, Any], ttl_s: int = TTL_S) -> None:
+    """Queue an `opening` record on a pipeline (the call's admission sends it: workers/panel/calls.py)."""
+    k = key(panel_id)
+    pipe.hset(k, aid, orjson.dumps(rec))
     pipe.expire(k, ttl_s)
+
+
+def begin(r: redis.Redis, panel_id: str, member: str, model: str, tokens_in: int, batch: bool,
+          ttl_s: int = TTL_S) -> str:  # fmt: skip
+    """Record an attempt as in flight, before its request is sent (one round trip); returns its id."""
+    aid, rec = opening(member, model, tokens_in, batch)
+    pipe = r.pipeline(transaction=False)
+    queue_begin(pipe, panel_id, aid, rec, ttl_s)
     pipe.execute()
     return aid
 
 
-def end(r: redis.Redis, panel_id: str, aid: str, status: str, **fields: Any) -> None:
-    """Close an attempt: `answered` (tokens), `failed` (error), `cancelled` (sent or not)."""
+def drop(r: redis.Redis, panel_id: str, aid: str) -> None:
+    """Remove an attempt whose request was never sent (its admission was refused or must wait)."""
+    r.hdel(key(panel_id), aid)
+
+
+def end(r: redis.Redis, panel_id: str, aid: str, status: str, base: dict[str, Any] | None = None,
+        **fields: Any) -> None:  # fmt: skip
+    """Close an attempt: `answered` (tokens), `failed` (error), `cancelled` (sent or not). With
+    `base`, the record this process began (only it writes its attempts), it is not read back."""
     k = key(panel_id)
-    raw = r.hget(k, aid)
-    rec = orjson.loads(raw) if raw else {"member": aid.split("#")[0]}
+    if base is None:
+        raw = r.hget(k, aid)
+        rec = orjson.loads(raw) if raw else {"member": aid.split("#")[0]}
+    else:
+        rec = dict(base)
     rec.update(fields, status=status, ended=time.time())
     r.hset(k, aid, orjson.dumps(rec))
 

@@ -12,7 +12,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
+
+import redis
 
 from workers import metrics
 from workers.budget import Budget, Hold, Spend
@@ -74,13 +77,20 @@ def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTE
     return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + output_tokens
 
 
-def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: float,
-           spend: Spend | None) -> tuple[Permit, Hold | None, Reservation]:  # fmt: skip
+Opened = tuple[str, dict[str, Any]]  # an attempt's id and its in_flight record (attempts.py)
+
+
+def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: float, spend: Spend | None,
+           panel_id: str | None = None, member: str | None = None,
+           ) -> tuple[Permit, Hold | None, Reservation, Opened | None]:  # fmt: skip
     """Breaker permit, budget hold and limiter grant, asked for together in one round trip. A
     refusal by any gives back what the others granted (a budget hold is refunded, limiter tokens
     returned, a probe slot released; an ordinary permit holds nothing), then raises BreakerOpen,
     BudgetExceeded or TokensExceedLimit, in that order; a limiter that asks to wait is waited
-    for, holding nothing, and asked again (RateLimitWait if the wait would pass `deadline`)."""
+    for, holding nothing, and asked again (RateLimitWait if the wait would pass `deadline`).
+
+    With a `member`, the attempt's in_flight record (attempts.py) goes in the same round trip, so
+    it is written before the request leaves; a refusal or a wait removes it (nothing was sent)."""
     spec = rt.registry.model(model)
     key = f"{spec.provider}:{model}"
     limits = [Limit(key, spec.rpm, spec.tpm, spec.burst_s)]
@@ -94,8 +104,20 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
         worst = rt.registry.cost(model, estimate_tokens(messages), spec.max_output_tokens, spend.batch)
         want = rt.budget.reserve_hold(spend.job_id, spend.tenant, spend.cap_usd, worst)
     while True:
-        got = run_steps(rt.budget.r, [rt.breaker.allow_step(key), rt.budget.reserve_step(want) if want else None,
-                                      rt.limiter.acquire_step(limits, tokens)])  # fmt: skip
+        opened: Opened | None = None
+        if panel_id is not None and member is not None:
+            opened = attempts.opening(member, model, estimate_tokens(messages, output_tokens=0),
+                                      bool(spend and spend.batch))  # fmt: skip
+        pid = panel_id or ""
+        together = opened is not None and rt.redis is rt.budget.r  # the attempts and the limits share a Redis
+        try:
+            got = run_steps(rt.budget.r, [rt.breaker.allow_step(key), rt.budget.reserve_step(want) if want else None,
+                                          rt.limiter.acquire_step(limits, tokens)],
+                            also=_queue_opened(pid, opened) if together and opened else None)  # fmt: skip
+        except BaseException:
+            if together and opened is not None:  # the record may have been written: nothing was sent
+                _drop_attempt(rt, pid, opened[0])
+            raise
         refusal: Exception | None = None
         permit = hold = reservation = None
         try:
@@ -111,7 +133,18 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
         except TokensExceedLimit as e:
             refusal = refusal or e
         if refusal is None and reservation is not None and reservation.granted and permit is not None:
-            return permit, hold, reservation
+            if opened is not None and not together:
+                try:
+                    through_redis_outage(partial(_write_opened, rt, pid, opened))
+                except BaseException:
+                    rt.limiter.reconcile(reservation, 0)
+                    if hold is not None:
+                        rt.budget.settle(hold, 0.0)
+                    rt.breaker.release(permit)
+                    raise
+            return permit, hold, reservation, opened
+        if together and opened is not None:
+            _drop_attempt(rt, pid, opened[0])
         if reservation is not None and reservation.granted:
             rt.limiter.reconcile(reservation, 0)
         if hold is not None:
@@ -124,6 +157,25 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
         if time.time() + reservation.wait_s > deadline:
             raise RateLimitWait(reservation.blocker, reservation.wait_s)
         time.sleep(reservation.wait_s + random.uniform(0, min(0.05, reservation.wait_s / 10)))
+
+
+def _queue_opened(panel_id: str, opened: Opened) -> Callable[[Any], object]:
+    return lambda pipe: attempts.queue_begin(pipe, panel_id, *opened)
+
+
+def _write_opened(rt: CallIO, panel_id: str, opened: Opened) -> None:
+    pipe = rt.redis.pipeline(transaction=False)
+    attempts.queue_begin(pipe, panel_id, *opened)
+    pipe.execute()
+
+
+def _drop_attempt(rt: CallIO, panel_id: str, aid: str) -> None:
+    """Remove the record of an attempt never sent; left behind (Redis gone), the receipt shows it
+    as "lost in flight, may be billed": an overstatement, never a bill missed."""
+    try:
+        attempts.drop(rt.redis, panel_id, aid)
+    except redis.RedisError as e:
+        log.warning("attempt %s of panel %s never sent, its record left in flight: %s", aid, panel_id, e)
 
 
 def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
@@ -140,22 +192,19 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     permit: Permit | None
     hold: Hold | None
     reservation: Reservation | None
-    permit, hold, reservation = _admit(rt, model, messages, deadline, spend)
-    try:
-        aid = None
-        if panel_id is not None and member is not None:  # written before the request leaves (attempts.py)
-            aid = through_redis_outage(lambda: attempts.begin(
-                rt.redis, panel_id, member, model, estimate_tokens(messages, output_tokens=0), bool(spend and spend.batch)))
+    permit, hold, reservation, opened = _admit(rt, model, messages, deadline, spend, panel_id, member)
+    pid = panel_id or ""
+    try:  # the attempt's in_flight record went with the admission (attempts.py)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except Cancelled as c:
-            if aid is not None:
-                attempts.end(rt.redis, panel_id, aid, "cancelled", sent=c.sent,  # type: ignore[arg-type]
-                             **({} if c.sent else {"tokens_in": 0}))
+            if opened is not None:
+                attempts.end(rt.redis, pid, opened[0], "cancelled", base=opened[1], sent=c.sent,
+                             **({} if c.sent else {"tokens_in": 0}))  # fmt: skip
             raise
         except ProviderError as e:
-            if aid is not None:
-                attempts.end(rt.redis, panel_id, aid, "failed", error=str(e)[:300], tokens_in=0)  # type: ignore[arg-type]
+            if opened is not None:
+                attempts.end(rt.redis, pid, opened[0], "failed", base=opened[1], error=str(e)[:300], tokens_in=0)
             assert permit is not None
             rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
             permit = None  # recorded
