@@ -85,11 +85,11 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
         tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
-        store.put_call(panel_id, call_record(
+        _, finalised = store.put_call_if_absent_finalised(panel_id, spec.job_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
-            latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
-        if store.r.hexists(keys.job(spec.job_id), "finalised"):
+            latency_ms=(time.time() - started) * 1000))  # fmt: skip
+        if finalised:
             return Turn("cancelled", spec, (Conclude(),))  # the charge landed after the receipt: re-render it
         return Turn("cancelled", spec)
     return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
