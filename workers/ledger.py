@@ -52,7 +52,7 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             default_key, default_text = state.get("answer") or None, _decided_text(state, records)
         triggers += [t for t in spec.triggers if t not in triggers]
         dispatched = int(state.get("dispatched", len(spec.members)))
-        tried = attempts.of_panel(rt.redis, spec.panel_id)
+        tried = snap.attempts  # read with the panel's calls, in one MULTI
         for i, m in enumerate(spec.members):
             rec = records.get(m.member)
             extra = attempts.unrepresented(tried.get(m.member, []), rec.status if rec else None)

@@ -98,8 +98,14 @@ class Attempt:
 
 def of_panel(r: redis.Redis, panel_id: str) -> dict[str, list[Attempt]]:
     """Attempts per member, in the order they were made."""
+    return parse(r.hgetall(key(panel_id)))  # type: ignore[arg-type]
+
+
+def parse(fields: dict[bytes, bytes]) -> dict[str, list[Attempt]]:
+    """Attempts per member, in the order they were made, from the hash read whole (a panel's
+    snapshot reads it with the panel's calls: workers/panel/state.py)."""
     out: dict[str, list[Attempt]] = {}
-    for field, raw in sorted(r.hgetall(key(panel_id)).items()):
+    for field, raw in sorted(fields.items()):
         d = orjson.loads(raw)
         ended = d.get("ended")
         out.setdefault(d["member"], []).append(Attempt(

@@ -19,6 +19,8 @@ from redis.client import Pipeline
 
 from producer import connect, keys
 from producer.wire import text
+from workers.panel import attempts
+from workers.panel.attempts import Attempt
 from workers.panel.record import Call
 from workers.policy import AgreementSpec
 
@@ -98,6 +100,7 @@ class PanelSnapshot:
     calls: dict[str, Call]  # member (or "arbiter") -> its call
     votes: dict[str, str]  # member -> answer key ('' = no usable answer)
     tally: dict[str, int]  # answer key -> votes
+    attempts: dict[str, list[Attempt]] = field(default_factory=dict)  # member -> its provider attempts (attempts.py)
 
 
 SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
@@ -149,14 +152,16 @@ class PanelStore:
 
     def snapshot(self, panel_id: str) -> PanelSnapshot:
         pipe = self.r.pipeline()
-        for k in (keys.panel(panel_id), keys.calls(panel_id), keys.votes(panel_id), keys.tally(panel_id)):
+        for k in (keys.panel(panel_id), keys.calls(panel_id), keys.votes(panel_id), keys.tally(panel_id),
+                  attempts.key(panel_id)):  # fmt: skip
             pipe.hgetall(k)
-        state, calls, votes, tally = pipe.execute()
+        state, calls, votes, tally, tried = pipe.execute()
         return PanelSnapshot(
             state={k.decode(): v.decode() for k, v in state.items() if k != b"spec"},
             calls={k.decode(): Call.from_json(v) for k, v in calls.items()},
             votes={k.decode(): v.decode() for k, v in votes.items()},
             tally={k.decode(): int(v) for k, v in tally.items()},
+            attempts=attempts.parse(tried),
         )
 
     def turn(self, panel_id: str, member: str,
