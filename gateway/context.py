@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio.to_thread
-import orjson
 import redis.asyncio as aredis
 from starlette.requests import Request
 
 from gateway.catalogue import Catalogue
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, from_json
 from gateway.settings import GatewaySettings
 from gateway.submission import Submitter
 from gateway.tenants import Admission, Caller
 from gateway.waiting import Jobs
+from producer import job_json
 from producer.client import PanelClient
+from producer.errors import ContractError
 
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ async def json_body(request: Request) -> Any:
     except UnicodeDecodeError as e:
         raise BadRequest(f"body: not UTF-8 at byte {e.start}; send UTF-8 JSON", param="body",
                          code="invalid_encoding") from None  # fmt: skip
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"body: not JSON: {e}", param="body", code="invalid_json") from None
+    try:  # the producer's reader: a 65-bit integer is refused, not silently made a float
+        return job_json.load(raw)
+    except ContractError as e:
+        raise from_json(e, "body") from None

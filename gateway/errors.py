@@ -85,6 +85,17 @@ class Unavailable(ApiError):
     type = "api_error"
 
 
+def from_json(e: ContractError, where: str) -> BadRequest:
+    """A ContractError of `producer.job_json` (reading JSON, before any field is checked) as a 400:
+    not UTF-8 / not JSON stay the codes a client branches on; a NaN or a 65-bit integer names its
+    field. `where` is "body" or "line N"."""
+    msg = e.problems[0][1] if e.problems else str(e)
+    if e.field == "(line)":
+        code = "invalid_encoding" if msg.startswith("not UTF-8") else "invalid_json"
+        return BadRequest(f"{where}: {msg}", param="body" if where == "body" else "(line)", code=code)
+    return from_contract(e)
+
+
 def from_contract(e: ContractError, prefix: str = "") -> BadRequest:
     """A contract error naming `field` becomes a 400 whose param is that field (under `prefix`)."""
     field = e.field if e.field not in ("", "(job)", "(line)") else None

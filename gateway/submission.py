@@ -17,11 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 
-from gateway.errors import ApiError, BadRequest, Conflict, from_contract
+from gateway.errors import ApiError, BadRequest, Conflict, from_contract, from_json
 from gateway.tenants import Caller
-from producer import keys
+from producer import job_json, keys
 from producer.client import RUN_TASK, PanelClient
 from producer.contract import Job
 from producer.errors import ContractError
@@ -225,21 +224,11 @@ def parse_jsonl(body: bytes, caller: Caller, max_lines: int,
     if len(lines) > max_lines + 1:
         raise BadRequest(f"{len(lines)} lines: at most {max_lines} per request; split the file", param="body",
                          code="too_many_lines")  # fmt: skip
-    for n, raw in enumerate(lines, start=1):
-        text = raw.strip()
-        if not text:
-            continue
+    for n, line in job_json.jsonl(lines):
         try:
-            try:
-                text.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise BadRequest(f"line {n}: not UTF-8 at byte {e.start}; re-encode the file as UTF-8", param="(line)",
-                                 code="invalid_encoding") from None  # fmt: skip
-            try:
-                data = orjson.loads(text)
-            except orjson.JSONDecodeError as e:
-                raise BadRequest(f"line {n}: not JSON: {e}", param="(line)", code="invalid_json") from None
-            drafts.append((n, draft(data, caller, private_ok=private_ok)))
+            if isinstance(line, ContractError):
+                raise from_json(line, f"line {n}")
+            drafts.append((n, draft(line, caller, private_ok=private_ok)))
         except BadRequest as e:
             errors.append({"line": n, **e.body()["error"]})
     return drafts, errors

@@ -19,7 +19,7 @@ import orjson
 from celery import Celery
 from redis.typing import EncodableT
 
-from producer import answer_cache, keys
+from producer import answer_cache, job_json, keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
@@ -138,18 +138,13 @@ class PanelClient:
         """Submit every good line of a JSONL stream; report every bad one. Nothing is dropped:
         each line ends in `submitted` or `errors`."""
         report = SubmitReport()
-        for n, raw in enumerate(lines, start=1):
-            text = raw.strip()
-            if not text:
-                continue
+        for n, line in job_json.jsonl(lines):
             try:
-                try:
-                    text.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ContractError(
-                        [("(line)", f"not UTF-8 at byte {e.start}; re-encode the file as UTF-8")]
-                    ) from None
-                report.submitted.append((n, self.submit(text)))
+                if isinstance(line, ContractError):
+                    raise line
+                if not isinstance(line, dict):  # a JSON string line must not be read as JSON again
+                    raise ContractError([("(line)", f"expected a JSON object, got {type(line).__name__}")])
+                report.submitted.append((n, self.submit(line)))
             except ContractError as e:
                 report.errors.append(LineError(n, e.field, str(e).split(": ", 1)[-1]))
             if progress:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -41,6 +42,23 @@ def load(raw: bytes | str) -> Any:
             raise ContractError([(path, f"integer {big} does not fit in 64 bits and would lose digits; "
                                         "send it as a string")])  # fmt: skip
     return value
+
+
+def jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of a JSONL stream with its 1-based number: the value `load` reads, or
+    the ContractError saying why there is none (not UTF-8, not JSON, a NaN or a 65-bit integer).
+    The one line reader of `PanelClient.submit_many` and the gateway's `POST /v1/jobs:batch`."""
+    for n, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            text.decode("utf-8")
+            yield n, load(text)
+        except UnicodeDecodeError as e:
+            yield n, ContractError([("(line)", f"not UTF-8 at byte {e.start}; re-encode the file as UTF-8")])
+        except ContractError as e:
+            yield n, e
 
 
 def _big_integers(data: bytes) -> list[int]:

@@ -97,3 +97,19 @@ def test_openapi_metrics_and_an_access_log_without_prompts(gateway: GatewayProc,
     log = gateway.log.read_text()
     assert "POST /v1/jobs 202" in log and f"tenant={tenant.name}" in log
     assert canary not in log and job_id not in log  # route templates only: no body, no path ids
+
+
+def test_a_65_bit_integer_or_a_nan_is_refused_naming_its_field_in_a_body_and_in_a_jsonl_line(
+        gateway: GatewayProc, tenant: Tenant) -> None:  # fmt: skip
+    # the gateway reads JSON with the producer's reader: orjson alone turns 2**70 into a float
+    big = b'{"task_class": "extraction", "prompt": "x", "metadata": {"order": 1180591620717411303424}}'
+    nan = b'{"task_class": "extraction", "prompt": "x", "budget_usd": NaN}'
+    with httpx.Client(base_url=gateway.url, headers=auth(tenant), timeout=60) as h:
+        r = h.post("/v1/jobs", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.order", r.text
+        r = h.post("/v1/jobs", content=nan, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "budget_usd", r.text
+        r = h.post("/v1/jobs:batch", content=big + b"\n" + nan, headers={"content-type": "application/jsonl"})
+        out = r.json()
+        assert out["submitted"] == [] and [(e["line"], e["param"]) for e in out["errors"]] == [
+            (1, "metadata.order"), (2, "budget_usd")], out

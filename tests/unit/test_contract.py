@@ -102,3 +102,14 @@ def test_a_metadata_integer_within_64_bits_is_kept_exact(n: int) -> None:
 def test_digits_inside_strings_are_never_mistaken_for_integers() -> None:
     raw = '{"task_class": "extraction", "prompt": "card 123456789012345678901234567890", "metadata": {"ref": "99999999999999999999999"}}'
     assert Job.parse(raw.encode()).metadata == {"ref": "99999999999999999999999"}
+
+
+def test_jsonl_lines_are_numbered_blank_ones_skipped_and_each_bad_one_a_named_error() -> None:
+    from producer import job_json
+
+    got = list(job_json.jsonl([b'{"a": 1}', b"  ", b"\xff", b"nope", b'{"n": 1180591620717411303424}']))
+    assert [n for n, _ in got] == [1, 3, 4, 5] and got[0][1] == {"a": 1}
+    errors = [v for _, v in got[1:]]
+    assert all(isinstance(e, ContractError) for e in errors)
+    assert [(e.field, str(e).split(": ", 1)[1][:9]) for e in errors] == [
+        ("(line)", "not UTF-8"), ("(line)", "not JSON:"), ("n", "integer 1")]
