@@ -131,23 +131,57 @@ def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPo
 
 @dataclass(frozen=True)
 class JobView:
-    """What a conclusion reads of its job, in one round trip."""
+    """What a conclusion reads of its job, in one round trip. `prior` and `ledger_id` (the result
+    and ledger entry a re-render replaces) are read only when asked for (`has_prior`)."""
 
     panels: list[dict[str, Any]]
     finalised: bool
     submitted_at: float
     schema_invalid: int
     status: str
+    has_prior: bool = False
+    prior: bytes | None = None
+    ledger_id: bytes | None = None
 
 
 def job_view(rt: Runtime, job_id: str) -> JobView:
     pipe = rt.redis.pipeline(transaction=False)  # reads, one slot: the job's
+    queue_view(pipe, job_id)
+    return parse_view(pipe.execute())
+
+
+def queue_view(pipe: Any, job_id: str, prior: bool = False) -> int:
+    """Queue the view's two reads (with `prior`, the result and ledger id too); returns their index."""
+    at = len(pipe.command_stack)
     pipe.lrange(keys.job_panels(job_id), 0, -1)
-    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status")
-    panels, (finalised, submitted, invalid, status) = pipe.execute()
+    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status",
+               *(("result", "ledger_id") if prior else ()))  # fmt: skip
+    return at
+
+
+def parse_view(got: list[Any]) -> JobView:
+    panels, (finalised, submitted, invalid, status, *prior) = got[:2]
     return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
                    submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
-                   status=(status or b"").decode())  # fmt: skip
+                   status=(status or b"").decode(), has_prior=bool(prior),
+                   prior=prior[0] if prior else None, ledger_id=prior[1] if prior else None)  # fmt: skip
+
+
+def read_concluding(rt: Runtime, panel_id: str, job_id: str, prior: bool = False,
+                    publish: bool = False) -> tuple[JobView, PanelSnapshot]:
+    """A conclusion's reads in one MULTI (the job and its panels share a slot: producer/keys.py):
+    the job's view and the panel's snapshot; with `publish`, the decided message too (tells
+    in-flight calls of the panel to stop), in the same round trip on a single Redis."""
+    cluster = connect.is_cluster(rt.redis)
+    if publish and cluster:  # redis-py's cluster pipeline refuses PUBLISH: a round trip of its own there
+        rt.store.publish_decided(panel_id)
+    pipe = rt.redis.pipeline()  # a MULTI, as snapshot's own
+    v = queue_view(pipe, job_id, prior)
+    if publish and not cluster:
+        pipe.publish(keys.DECIDED_CHANNEL, panel_id)
+    s = rt.store.queue_snapshot(pipe, panel_id)
+    got = pipe.execute()
+    return parse_view(got[v:]), rt.store.parse_snapshot(got[s:])
 
 
 def final_text(snap: PanelSnapshot) -> str | None:
@@ -208,8 +242,9 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
             if not release(keys=[keys.concluding(panel_id), pkey], args=[time.time()]):
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
-            if job_view(rt, spec.job_id).status == "decided":
-                finalise_job(rt, d, spec.job_id, rerender=True)
+            view, snap = read_concluding(rt, panel_id, spec.job_id, prior=True)
+            if view.status == "decided":
+                finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap})
             if not release(keys=[keys.concluding(panel_id), pkey], args=[""]):
                 return
     except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
@@ -234,14 +269,12 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered)."""
     panel_id = spec.panel_id
-    view = job_view(rt, spec.job_id)
+    view, snap = read_concluding(rt, panel_id, spec.job_id, publish=True)
     newest = view.panels[-1]
     if newest["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
-    rt.store.publish_decided(panel_id)
     job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
-    snap = rt.store.snapshot(panel_id)
     text = final_text(snap)
     if "cascade" in newest:  # a cascade stage: its acceptance check concludes or escalates
         n = int(newest["cascade"]["stage"])
@@ -298,7 +331,14 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
     text = final_text(snaps[panels[-1]["panel_id"]])
     receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
-    prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"]) if rerender else (None, None)
+    prior: bytes | str | None
+    ledger_id: bytes | str | None
+    if not rerender:
+        prior, ledger_id = None, None
+    elif view.has_prior:
+        prior, ledger_id = view.prior, view.ledger_id
+    else:
+        prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"])
     if prior and (first := Result.model_validate_json(prior).receipt) is not None:
         receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
     decided = receipt.decision != "failed" and text is not None

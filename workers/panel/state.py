@@ -165,10 +165,22 @@ class PanelStore:
 
     def snapshot(self, panel_id: str) -> PanelSnapshot:
         pipe = self.r.pipeline()
+        self.queue_snapshot(pipe, panel_id)
+        return self.parse_snapshot(pipe.execute())
+
+    @staticmethod
+    def queue_snapshot(pipe: Pipeline, panel_id: str) -> int:
+        """Queue a snapshot's reads on `pipe` (the job's MULTI at a conclusion: one slot); returns
+        where its five replies start, for `parse_snapshot`."""
+        at = len(pipe.command_stack)
         for k in (keys.panel(panel_id), keys.calls(panel_id), keys.votes(panel_id), keys.tally(panel_id),
                   attempts.key(panel_id)):  # fmt: skip
             pipe.hgetall(k)
-        state, calls, votes, tally, tried = pipe.execute()
+        return at
+
+    @staticmethod
+    def parse_snapshot(got: list[Any]) -> PanelSnapshot:
+        state, calls, votes, tally, tried = got[:5]
         return PanelSnapshot(
             state={k.decode(): v.decode() for k, v in state.items() if k != b"spec"},
             calls={k.decode(): Call.from_json(v) for k, v in calls.items()},
@@ -285,6 +297,30 @@ class PanelStore:
             return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
         self.r.hset(keys.calls(panel_id), record.member, data)
         return True
+
+    def put_call_and_vote(self, panel_id: str, record: Call, step: int) -> VoteOutcome:
+        """`put_call`, then `vote` the record's answer, in one round trip on a single Redis: one
+        pipeline, not a transaction, so Redis runs the record's write before the vote as two
+        steps did (a vote never exists without its paid record; a record without its vote is
+        re-used by the redelivered member). On a cluster, or a vote script Redis lost (a
+        restart: the record is written), the vote goes on its own."""
+        if record.ended_at is None:
+            record = replace(record, ended_at=time.time())
+        if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
+            self.put_call(panel_id, record)
+            return self.vote(panel_id, record.member, record.answer_key, step)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(keys.calls(panel_id), record.member, record.to_json())
+        pipe.evalsha(self._vote.sha, 3, keys.panel(panel_id), keys.votes(panel_id), keys.tally(panel_id),
+                     record.member, record.answer_key or "", step)  # fmt: skip
+        written, res = pipe.execute(raise_on_error=False)
+        if isinstance(written, Exception):
+            raise written
+        if isinstance(res, redis.exceptions.NoScriptError):
+            return self.vote(panel_id, record.member, record.answer_key, step)  # loads the script
+        if isinstance(res, Exception):
+            raise res
+        return self._outcome(res)
 
     def put_call_if_absent_finalised(self, panel_id: str, job_id: str, record: Call) -> tuple[bool, bool]:
         """`put_call(only_if_absent=True)`, then whether the job was finalised by then: (written,
