@@ -49,14 +49,18 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     went away, the worker died) is finished by the next delivery, which sends what the first
     panel still lacks, or plans again if no panel was made."""
     jkey = keys.job(job_id)
-    if not rt.redis.hsetnx(jkey, "started", time.time()):
+    pipe = rt.redis.pipeline(transaction=False)  # one key: the started mark, and the spec it plans from
+    pipe.hsetnx(jkey, "started", time.time())
+    pipe.hget(jkey, "spec")
+    fresh, raw = pipe.execute()
+    if not fresh:
         panels = rt.jobs.panels(job_id)
         if panels or rt.redis.hget(jkey, "status") in (b"decided", b"failed"):
             if len(panels) == 1:
                 send_unsent_members(rt, d, panels[0]["panel_id"])
             return "already started"
     try:
-        job = rt.jobs.load(job_id)
+        job = rt.jobs.load(job_id, raw)
         policy = rt.policies.get(job.task_class)
         plan = rt.policies.plan(job)
     except redis.RedisError:
@@ -353,7 +357,6 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     cluster = connect.is_cluster(rt.redis)
     pipe = rt.redis.pipeline(transaction=True)
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
-    entry_at = None
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
@@ -363,16 +366,15 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
                 pipe.expire(k, rt.settings.result_ttl_s)
     if (not rerender or ledger_id) and not cluster:  # a re-render replaces the ledger entry: one per job
-        entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
+        ledger.queue_entry_with_id(pipe, receipt, jkey, replaces=ledger_id)  # and its id in the job hash
     elif (not rerender or ledger_id) and not unchanged:  # a cluster: the ledger is another slot
         lp = rt.redis.pipeline(transaction=False)
         at = ledger.queue_entry(lp, receipt, replaces=ledger_id)
         pipe.hset(jkey, "ledger_id", lp.execute()[at])
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    written = pipe.execute() if not unchanged else []
-    if entry_at is not None and not unchanged:
-        rt.redis.hset(jkey, "ledger_id", written[entry_at])
+    if not unchanged:
+        pipe.execute()
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
     if not rerender:

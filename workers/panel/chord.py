@@ -64,9 +64,12 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
     # with the watchdog's started mark in the same round trip: its bound now covers a whole call
     # (a gone panel's entry, if any, is only pushed on: the watchdog forgets it when it comes due)
+    # and the job's spec when this process lacks it (the job and its panels share a slot)
     token = store.leases.token()
+    job_id = panel_id.rsplit(".", 1)[0]  # panel ids are f"{job_id}.{n}" (workers/jobs.py new_panel)
     start = through_redis_outage(lambda: store.turn(
-        panel_id, member_id, lease=token, also=lambda r: watchdog.started(r, panel_id, member_id)))
+        panel_id, member_id, lease=token, also=lambda r: watchdog.started(r, panel_id, member_id),
+        job_spec_of=None if chord.jobs.has(job_id) else job_id))  # fmt: skip
     if start.spec is None:
         return Turn("gone", None)
     spec, prior = start.spec, start.prior
@@ -92,13 +95,13 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     if not start.held:
         return Turn(prior.status if prior else "cancelled", spec)  # the copy that held the lease recorded it
     with store.leases.holding(panel_id, member_id):
-        return _call(chord, spec, m, batch)
+        return _call(chord, spec, m, batch, start.job_spec)
 
 
-def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool) -> Turn:
+def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes | None = None) -> Turn:
     """The member's call, holding its lease, then its record and its vote."""
     store, panel_id, member_id = chord.store, spec.panel_id, m.member
-    job = chord.jobs.load(spec.job_id)
+    job = chord.jobs.load(spec.job_id, job_spec)
     fault_point(store, "before_call", panel_id, member_id)
     started = time.time()
     try:

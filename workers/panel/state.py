@@ -116,6 +116,7 @@ class Start:
     decided: bool
     held: bool  # this copy took the member's lease: it may call
     running: bool  # another copy holds the lease: it is calling now
+    job_spec: bytes | None = None  # the job's stored spec, when asked for (`turn(job_spec_of=...)`)
 
 
 class PanelStore:
@@ -190,12 +191,15 @@ class PanelStore:
         )
 
     def turn(self, panel_id: str, member: str, lease: str | None = None,
-             also: Callable[[redis.Redis | Pipeline], object] | None = None) -> Start:  # fmt: skip
+             also: Callable[[redis.Redis | Pipeline], object] | None = None,
+             job_spec_of: str | None = None) -> Start:  # fmt: skip
         """A member's start, one round trip: the panel's spec (unless this process has it), the
         member's recorded call (a redelivery re-uses a paid answer), whether the panel is decided
         already, and the member's lease (workers/panel/lease.py): taken with token `lease`, or
         just looked at. `also` queues more writes after the reads (the watchdog's started mark),
-        in the same round trip on a single Redis; on a cluster (another slot) they go on their own."""
+        in the same round trip on a single Redis; on a cluster (another slot) they go on their own.
+        `job_spec_of`: a job id whose stored spec this process lacks, read in the same MULTI (the
+        job and its panels share a slot)."""
         spec = self._specs.get(panel_id)
         cluster = connect.is_cluster(self.r)
         pipe = self.r.pipeline()
@@ -205,16 +209,19 @@ class PanelStore:
             pipe.exists(keys.member_lease(panel_id, member))
         else:
             self.leases.take_step(pipe, panel_id, member, lease)
+        if job_spec_of is not None:
+            pipe.hget(keys.job(job_spec_of), "spec")
         if also is not None and not cluster:
             also(pipe)
-        raw, (decided, raw_spec), leased, *_ = pipe.execute()
+        raw, (decided, raw_spec), leased, *more = pipe.execute()
+        job_spec = more[0] if job_spec_of is not None else None
         if also is not None and cluster:
             also(self.r)
         if spec is None and raw_spec:
             spec = self._remember(PanelRun.from_json(raw_spec))
         held = bool(leased) if lease is not None else False
         running = not leased if lease is not None else bool(leased)
-        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running)
+        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running, job_spec)
 
     def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to
