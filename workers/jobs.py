@@ -24,9 +24,11 @@ from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracin
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
+from workers.panel import watchdog
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
+from workers.panel.route import route
 from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
@@ -120,8 +122,12 @@ def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: by
         pipe.hset(keys.job(spec.job_id), mapping={"status": "running", "plan": plan})
     pipe.rpush(keys.job_panels(spec.job_id), orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
     pipe.expire(keys.job_panels(spec.job_id), rt.settings.result_ttl_s)
+    first = spec.members[: spec.first_stage_size]
+    expect = route(spec) != "batch"  # the watchdog's entries with the panel, before the members are sent
+    if expect:
+        watchdog.expect(pipe, spec.panel_id, [m.member for m in first])
     pipe.execute()
-    dispatch(rt.store, d, spec, spec.members[: spec.first_stage_size])
+    dispatch(rt.store, d, spec, first, expected=expect)
     return spec
 
 
