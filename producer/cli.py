@@ -112,7 +112,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     from producer import labels
-    from producer.ledger_view import summarise, table
+    from producer.ledger_view import stage_rates, summarise, table
 
     client = _client(args)
     if args.html or args.serve is not None:
@@ -121,6 +121,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return ledger_cmd(client, args.html, args.serve, args.labels)
     receipts = client.ledger()
     print(table(summarise(receipts)))
+    stages = stage_rates(receipts)
+    if stages:
+        print("\n" + "\n".join(stages))
     fed_back = labels.get_all(client.redis)
     if fed_back:
         print("\n".join(labels.summary(receipts, fed_back)))
@@ -266,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300.0, help="seconds for all of them (default 300); exit 1 after")
     s.set_defaults(func=cmd_wait)
 
-    s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency")
+    s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency; per cascade stage: reached, accepted")
     s.add_argument("--html", metavar="FILE", help="write the ledger page (plots, receipts by job id) to FILE")
     s.add_argument("--serve", type=int, metavar="PORT", help="serve the ledger page on 127.0.0.1:PORT until Ctrl-C")
     s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false} besides `panel label`s: labelled accuracy')
