@@ -16,6 +16,7 @@ import orjson
 from producer import keys
 from producer.contract import Job
 from workers import cascade
+from workers.panel.record import NOT_MEMBERS
 from workers.panel.state import Member, PanelRun, PanelSnapshot
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
@@ -50,7 +51,7 @@ def evidence(spec: PanelRun, snap: PanelSnapshot, job: Job, text: str | None) ->
     the members that voted for it (one member for a single-model stage)."""
     state, calls = snap.state, snap.calls
     key = state.get("answer") or None
-    backers = [c for m, c in calls.items() if m != "arbiter" and c.status in ("answered", "late")
+    backers = [c for m, c in calls.items() if m not in NOT_MEMBERS and c.status in ("answered", "late")
                and key is not None and c.answer_key == key]  # fmt: skip
     logprobs = [c.logprob for c in backers if c.logprob is not None]
     return cascade.Evidence(text=text, logprob=max(logprobs) if logprobs else None,

@@ -79,6 +79,14 @@ task_classes:
       quorum: 2
       agreement: {rule: similar, threshold: 0.85}
       arbiter: llama3.1-405b
+  qa_equivalence:                           # near misses of `similar` go to an economy model first
+    default_lane: panel
+    single: {model: llama3.1-70b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct]
+      quorum: 2
+      agreement: {rule: similar, threshold: 0.85, equivalence: {model: llama3.1-8b, min: 0.6}}
+      arbiter: llama3.1-405b
 """
 
 
@@ -221,3 +229,37 @@ def test_a_free_text_panel_agrees_by_similarity_where_exact_match_would_split(fl
     assert r.decision == "quorum" and not any(c.role == "arbiter" for c in r.calls)
     assert r.final_answer in (a, b)
     assert fleet.sim("/_sim/stats")["models"].get("llama3.1-405b", {}).get("requests", 0) == 0  # type: ignore[union-attr]
+
+
+ARBITER_PICKS_R1 = '{"chosen_members": ["r1"], "disagreements": ["wording"], "rationale": "r1."}'
+
+
+@pytest.mark.parametrize(("said", "decision"), [('{"equivalent": true}', "quorum"), ('{"equivalent": false}', "arbiter")])
+def test_a_near_miss_goes_to_the_equivalence_model_before_the_arbiter(fleet: Fleet, client: PanelClient, said: str,
+                                                                      decision: str) -> None:  # fmt: skip
+    a, b = "The answer is 12 apples.", "Final answer: twelve apples"  # token-set ratio 0.8: under 0.85, over 0.6
+    asked = judge_requests(fleet)
+    r = run(fleet, client, {"llama3.1-70b": {"answer": a}, "qwen2.5-72b-instruct": {"answer": b},
+                            "llama3.1-8b": {"answer": said}, "llama3.1-405b": {"answer": ARBITER_PICKS_R1}},
+            task_class="qa_equivalence")  # fmt: skip
+    [check] = [c for c in r.calls if c.role == "equivalence"]
+    assert check.model == "llama3.1-8b" and check.status == "answered" and check.cost_usd > 0
+    assert sorted(check.compared or []) == ["m0", "m1"] and check.equivalent is (decision == "quorum")
+    assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))  # charged in the receipt
+    assert r.decision == decision and r.final_answer in (a, b)
+    assert any(c.role == "arbiter" for c in r.calls) is (decision == "arbiter")
+    assert judge_requests(fleet) == asked + 1  # one call to the economy model, the one in the receipt
+
+
+def judge_requests(fleet: Fleet) -> int:
+    return int(fleet.sim("/_sim/stats")["models"].get("llama3.1-8b", {}).get("requests", 0))  # type: ignore[union-attr]
+
+
+def test_answers_far_apart_go_straight_to_the_arbiter(fleet: Fleet, client: PanelClient) -> None:
+    asked = judge_requests(fleet)
+    r = run(fleet, client, {"llama3.1-70b": {"answer": "The answer is 12 apples."},
+                            "qwen2.5-72b-instruct": {"answer": "Final answer: 7 pears"},
+                            "llama3.1-8b": {"answer": '{"equivalent": true}'}, "llama3.1-405b": {"answer": ARBITER_PICKS_R1}},
+            task_class="qa_equivalence")  # fmt: skip
+    assert not any(c.role == "equivalence" for c in r.calls) and r.decision == "arbiter"
+    assert judge_requests(fleet) == asked
