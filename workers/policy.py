@@ -23,7 +23,7 @@ from workers.errors import PolicyError
 from workers.registry import Registry, policies_dir
 
 RuleName = Literal["exact", "choice", "json", "numeric", "set", "similar"]
-CheckName = Literal["logprob", "self_reported", "agreement", "schema", "always"]
+CheckName = Literal["logprob", "self_reported", "agreement", "agrees_previous", "schema", "always"]
 LaneName = Literal["single", "panel", "cascade"]
 MAX_STAGES = 4
 NO_LOGPROBS = "Anthropic Messages returns no log-probabilities; use agreement or self_reported"
@@ -318,6 +318,9 @@ def check_cascade(path: Path, lines: dict[Loc, int], loc: Loc, policy: TaskPolic
                 _refuse(path, lines, at + ("accept", "min"), f"{bound} is out of range for {check}: give a value in {_range(lo, hi)}")
         elif bound is not None:
             _refuse(path, lines, at + ("accept", "min"), f"check {check} takes no `min`; remove it")
+        if check == "agrees_previous" and (i == 0 or stage.panel is not None):
+            _refuse(path, lines, at + ("accept", "check"), "agrees_previous accepts a single-model stage whose answer is "
+                    "the stage before's; it needs a stage before it and a `model:` stage (a panel stage uses agreement)")  # fmt: skip
         if check == "agreement" and stage.panel is None:
             _refuse(path, lines, at + ("accept", "check"), "agreement needs a panel stage (two or more members); "
                     "use logprob, self_reported or schema on a single-model stage")  # fmt: skip

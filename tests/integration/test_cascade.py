@@ -79,6 +79,21 @@ task_classes:
       quorum: 2
       agreement: {rule: similar, threshold: 0.85}
       arbiter: llama3.1-405b
+  qa_confirm:                               # an unsure cheap answer confirmed by one more model
+    default_lane: cascade
+    single: {model: llama3.1-8b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - model: llama3.1-8b
+          accept: {check: logprob, min: -0.35}
+        - model: llama3.1-70b
+          accept: {check: agrees_previous}
+        - model: llama3.1-405b
   qa_equivalence:                           # near misses of `similar` go to an economy model first
     default_lane: panel
     single: {model: llama3.1-70b}
@@ -263,3 +278,16 @@ def test_answers_far_apart_go_straight_to_the_arbiter(fleet: Fleet, client: Pane
             task_class="qa_equivalence")  # fmt: skip
     assert not any(c.role == "equivalence" for c in r.calls) and r.decision == "arbiter"
     assert judge_requests(fleet) == asked
+
+
+@pytest.mark.parametrize(("second", "stages", "final"), [("A", 2, "A"), ("B", 3, "C")])
+def test_an_unsure_answer_confirmed_by_the_next_model_stops_there_else_goes_on(fleet: Fleet, client: PanelClient,
+                                                                               second: str, stages: int, final: str) -> None:  # fmt: skip
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -0.82}, "llama3.1-70b": {"answer": second},
+                            "llama3.1-405b": {"answer": "C"}}, task_class="qa_confirm")  # fmt: skip
+    assert [s.stage for s in r.lanes] == list(range(1, stages + 1)) and r.final_answer == final
+    confirm = r.lanes[1]
+    assert (confirm.check, confirm.value, confirm.accepted) == ("agrees_previous", 1.0 if stages == 2 else 0.0, stages == 2)
+    if stages == 3:
+        assert r.lanes[2].reason == "cascade:stage2:agrees_previous=differs"
+    assert [c.model for c in r.calls] == ["llama3.1-8b", "llama3.1-70b", "llama3.1-405b"][:stages]
