@@ -136,7 +136,8 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
     job = chord.jobs.load(spec.job_id)
     calls = store.calls(panel_id)
     answers = member_answers(store, panel_id, calls)
-    pair = equivalence.near_miss(spec, answers, store.votes(panel_id)) if "arbiter" not in calls else None
+    checks = spec.agreement_spec().equivalence is not None and "arbiter" not in calls  # no extra read otherwise
+    pair = equivalence.near_miss(spec, answers, store.votes(panel_id)) if checks else None
     if pair is not None and equivalence.ask(chord, spec, job, pair, answers, batch):
         return decide_equivalent(store, spec, pair)
     labels = anonymise(panel_id, sorted(answers))
