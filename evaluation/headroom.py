@@ -77,6 +77,41 @@ def one(rows: list[Row], m: matrix.Matrix, prices: Prices, rule: tune.Rule, seed
     )  # fmt: skip
 
 
+def auroc(score: np.ndarray, right: np.ndarray) -> float:
+    """P(a right answer's score > a wrong one's), ties half: 0.5 = no signal, 1 = a perfect gate."""
+    ok = ~np.isnan(score)
+    s, y = score[ok], right[ok]
+    pos, neg = s[y], s[~y]
+    if not pos.size or not neg.size:
+        return float("nan")
+    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]), kind="stable"), kind="stable").astype(float)
+    # average ranks over ties
+    allv = np.concatenate([pos, neg])
+    for v in np.unique(allv):
+        tie = allv == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size - 1) / 2) / (pos.size * neg.size))
+
+
+def signal(file: Path) -> list[str]:
+    """Per model with a `conf`: its accuracy, the AUROC of conf for a right answer, and its
+    accuracy on the 30% of rows it is surest of (what a gate accepting 30% keeps)."""
+    rows = load(file)
+    m = matrix.build(rows, prices_near(file))
+    s = tune.strongest(m)
+    out = []
+    for j, name in enumerate(m.models):
+        if not m.has_conf(name):
+            continue
+        conf, right = m.conf[:, j], m.right[:, j]
+        top = conf >= np.nanquantile(conf, 0.7)
+        out.append(f"    {name[:28]:28} acc {right.mean():.3f}  AUROC {auroc(conf, right):.3f}  "
+                   f"acc on its surest 30% {right[top].mean():.3f} (the strongest model there: {m.right[top, s].mean():.3f})  "
+                   f"cost {m.cost[:, j].mean() / m.cost[:, s].mean():.2f}x")  # fmt: skip
+    return ["  the confidence signal per model (whole file):", *out] if out else ["  no confidence signal recorded"]
+
+
 def _median(xs: list[float]) -> str:
     seen = [x for x in xs if not np.isnan(x)]
     return f"{np.median(seen):.3f}" if seen else "none (no candidate that cheap)"
@@ -112,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--splits", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--signal", action="store_true", help="also print how well each model's conf separates right from wrong")
     p.add_argument("--confirm", action="store_true", help="the space with confirm stages (gate -> agrees_previous -> last)")
     args = p.parse_args(argv)
     rule = tune.Rule(confirms=args.confirm)
@@ -129,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  the eval half's strongest model is another than the train half's in {mean([r.flipped for r in res]):4.0%}; "
               f"tuned against the train half's strongest (on the eval half): met {mean([r.pick_met for r in res]):4.0%}")
         print("\n".join(in_sample_lines))
+        if args.signal:
+            print("\n".join(signal(f)))
     return 0
 
 
