@@ -1,7 +1,8 @@
 """The cascade lane end to end on real parts (redis-server, Celery workers, the simulator serving
 log-probabilities, and llmock, which serves none): a job accepted at stage 1, one escalated with
 the receipt naming the check, its value and threshold, an agreement stage that accepts and one
-that splits and escalates without its arbiter. One fleet for the module."""
+that splits and escalates without its arbiter, a confirm stage (agrees_previous), and the free-text
+equivalence check on the simulator and on llmock. One fleet for the module."""
 
 from __future__ import annotations
 
@@ -94,6 +95,14 @@ task_classes:
         - model: llama3.1-70b
           accept: {check: agrees_previous}
         - model: llama3.1-405b
+  qa_equivalence_llmock:                    # the equivalence model on llmock (canned replies, not the verdict JSON)
+    default_lane: panel
+    single: {model: llama3.1-70b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct]
+      quorum: 2
+      agreement: {rule: similar, threshold: 0.85, equivalence: {model: gpt-4o-mini, min: 0.6}}
+      arbiter: llama3.1-405b
   qa_equivalence:                           # near misses of `similar` go to an economy model first
     default_lane: panel
     single: {model: llama3.1-70b}
@@ -291,3 +300,15 @@ def test_an_unsure_answer_confirmed_by_the_next_model_stops_there_else_goes_on(f
     if stages == 3:
         assert r.lanes[2].reason == "cascade:stage2:agrees_previous=differs"
     assert [c.model for c in r.calls] == ["llama3.1-8b", "llama3.1-70b", "llama3.1-405b"][:stages]
+
+
+def test_an_unreadable_equivalence_reply_goes_on_to_the_arbiter_and_is_still_charged(fleet: Fleet, client: PanelClient) -> None:
+    """gpt-4o-mini is llmock here: a real OpenAI-wire reply that is not {"equivalent": bool}."""
+    r = run(fleet, client, {"llama3.1-70b": {"answer": "The answer is 12 apples."},
+                            "qwen2.5-72b-instruct": {"answer": "Final answer: twelve apples"},
+                            "llama3.1-405b": {"answer": ARBITER_PICKS_R1}}, task_class="qa_equivalence_llmock")  # fmt: skip
+    [check] = [c for c in r.calls if c.role == "equivalence"]
+    assert (check.model, check.provider, check.status, check.equivalent) == ("gpt-4o-mini", "openai", "answered", None)
+    assert check.tokens_in > 0 and check.cost_usd > 0 and "unreadable" in (check.error or "")
+    assert r.decision == "arbiter" and any(c.role == "arbiter" for c in r.calls)
+    assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))
