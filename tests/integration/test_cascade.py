@@ -7,6 +7,7 @@ equivalence check on the simulator and on llmock. One fleet for the module."""
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -312,3 +313,16 @@ def test_an_unreadable_equivalence_reply_goes_on_to_the_arbiter_and_is_still_cha
     assert check.tokens_in > 0 and check.cost_usd > 0 and "unreadable" in (check.error or "")
     assert r.decision == "arbiter" and any(c.role == "arbiter" for c in r.calls)
     assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))
+
+
+def test_the_ledger_counts_each_stage_s_acceptances(fleet: Fleet, client: PanelClient) -> None:
+    from producer.ledger_view import stage_rates
+
+    ids = {run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": lp}, "llama3.1-70b": {"answer": second},
+                               "llama3.1-405b": {"answer": "C"}}, task_class="qa_confirm").job_id
+           for lp, second in ((-0.1, "A"), (-0.82, "A"), (-0.82, "B"))}  # fmt: skip
+    deadline = time.time() + 30  # the ledger entry is appended when the job is finalised
+    while len(mine := [r for r in client.ledger() if r["job_id"] in ids]) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    assert stage_rates(mine) == ["qa_confirm (cascade): stage 1: 3 reached, 1 accepted (33%), 1 concluded; "
+                                 "stage 2: 2 reached, 1 accepted (50%), 1 concluded; stage 3: 1 reached, 1 accepted (100%), 1 concluded"]  # fmt: skip
