@@ -10,7 +10,8 @@ from producer.ledger_view import stage_rates
 def receipt(job: str, steps: list[tuple[int, bool]], cls: str = "qa") -> dict[str, Any]:
     lanes = [{"lane": "single", "reason": "default" if n == 1 else f"cascade:stage{n - 1}:logprob=-1<-0.5",
               "stage": n, "check": "logprob", "value": -1.0, "threshold": -0.5, "accepted": ok} for n, ok in steps]  # fmt: skip
-    return {"job_id": job, "task_class": cls, "lanes": lanes, "calls": [], "decision": "single"}
+    return {"job_id": job, "task_class": cls, "lanes": lanes, "calls": [], "decision": "single", "triggers": [],
+            "early_exit": False, "total_cost_usd": 0.0, "latency_ms": 10.0}
 
 
 def test_each_stage_counts_the_jobs_that_reached_it_and_where_they_stopped() -> None:
@@ -30,3 +31,11 @@ def test_each_stage_counts_the_jobs_that_reached_it_and_where_they_stopped() -> 
 def test_a_retried_stage_counts_once_by_its_last_run() -> None:
     (line,) = stage_rates([receipt("a", [(1, False), (1, True)])])
     assert line == "qa (cascade): stage 1: 1 reached, 1 accepted (100%), 1 concluded"
+
+
+def test_the_ledger_page_lists_the_stage_lines() -> None:
+    from producer.ledger_page import render_page
+
+    page = render_page([(1.0, receipt("a", [(1, False), (2, True)])), (2.0, receipt("b", [(1, True)]))])
+    assert "<h2>Cascade stages</h2>" in page
+    assert "<li>qa (cascade): stage 1: 2 reached, 1 accepted (50%), 1 concluded; stage 2: 1 reached, 1 accepted (100%), 1 concluded</li>" in page
