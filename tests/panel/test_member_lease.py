@@ -13,9 +13,11 @@ import fakeredis
 import pytest
 
 from producer import keys
-from tests.panel.test_chord import MODELS, FakeCaller, _chord, _panel, _store_job
+from tests.panel.test_chord import MODELS, FakeCaller, Recorder, _chord, _panel, _store_job
 from workers.budget import Spend
 from workers.panel import chord as chord_mod
+from workers.panel import watchdog
+from workers.panel.act import dispatch
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import Turn, run_member
 from workers.panel.state import PanelStore
@@ -137,3 +139,16 @@ def test_held_leases_are_renewed_and_let_go_after_the_call(r: fakeredis.FakeRedi
         assert r.pttl(k) > 1000  # back to the whole LEASE_S
     assert store.leases.held() == []
     assert 0 < r.pttl(k) <= store.leases.lease_s * 1000  # left to expire: a copy reads the record first
+
+
+def test_the_watchdog_does_not_resend_a_member_whose_lease_is_held(r: fakeredis.FakeRedis) -> None:
+    chord, d = _chord(r, FakeCaller({m: "B" for m in MODELS})), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    dispatch(chord.store, d, spec, spec.members[:1])
+    later = spec.deadline - 1  # long past the bound, before the deadline
+    r.set(keys.member_lease(spec.panel_id, "m0"), "running-copy", px=60_000)
+    assert watchdog.resend_overdue(chord.store, d, later, bound_s=30.0) == 0  # calling now: not lost
+    r.delete(keys.member_lease(spec.panel_id, "m0"))
+    assert watchdog.resend_overdue(chord.store, d, later, bound_s=30.0) == 1  # no lease, never started: sent again
+    assert [m for _, m, _ in d.sent] == ["m0", "m0"]
