@@ -7,10 +7,8 @@ A `single` lane is a panel of one member with a quorum of one, so every lane sha
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -21,6 +19,7 @@ import redis
 from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
+from workers.concluding import JobView, job_view, read_concluding, take_and_read
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
@@ -35,7 +34,6 @@ from workers.runtime import Runtime
 
 __all__ = ["DEAD_LETTER", "conclude_panel", "failure_reason", "finalise_job", "start_job"]
 log = logging.getLogger("panel.jobs")
-CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
@@ -139,61 +137,6 @@ def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPo
     return open_panel(rt, d, spec, reason, plan, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
-@dataclass(frozen=True)
-class JobView:
-    """What a conclusion reads of its job, in one round trip. `prior` and `ledger_id` (the result
-    and ledger entry a re-render replaces) are read only when asked for (`has_prior`)."""
-
-    panels: list[dict[str, Any]]
-    finalised: bool
-    submitted_at: float
-    schema_invalid: int
-    status: str
-    has_prior: bool = False
-    prior: bytes | None = None
-    ledger_id: bytes | None = None
-
-
-def job_view(rt: Runtime, job_id: str) -> JobView:
-    pipe = rt.redis.pipeline(transaction=False)  # reads, one slot: the job's
-    queue_view(pipe, job_id)
-    return parse_view(pipe.execute())
-
-
-def queue_view(pipe: Any, job_id: str, prior: bool = False) -> int:
-    """Queue the view's two reads (with `prior`, the result and ledger id too); returns their index."""
-    at = len(pipe.command_stack)
-    pipe.lrange(keys.job_panels(job_id), 0, -1)
-    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status",
-               *(("result", "ledger_id") if prior else ()))  # fmt: skip
-    return at
-
-
-def parse_view(got: list[Any]) -> JobView:
-    panels, (finalised, submitted, invalid, status, *prior) = got[:2]
-    return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
-                   submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
-                   status=(status or b"").decode(), has_prior=bool(prior),
-                   prior=prior[0] if prior else None, ledger_id=prior[1] if prior else None)  # fmt: skip
-
-
-def read_concluding(rt: Runtime, panel_id: str, job_id: str, prior: bool = False,
-                    publish: bool = False) -> tuple[JobView, PanelSnapshot]:
-    """A conclusion's reads in one MULTI (the job and its panels share a slot: producer/keys.py):
-    the job's view and the panel's snapshot; with `publish`, the decided message too (tells
-    in-flight calls of the panel to stop), in the same round trip on a single Redis."""
-    cluster = connect.is_cluster(rt.redis)
-    if publish and cluster:  # redis-py's cluster pipeline refuses PUBLISH: a round trip of its own there
-        rt.store.publish_decided(panel_id)
-    pipe = rt.redis.pipeline()  # a MULTI, as snapshot's own
-    v = queue_view(pipe, job_id, prior)
-    if publish and not cluster:
-        pipe.publish(keys.DECIDED_CHANNEL, panel_id)
-    s = rt.store.queue_snapshot(pipe, panel_id)
-    got = pipe.execute()
-    return parse_view(got[v:]), rt.store.parse_snapshot(got[s:])
-
-
 def final_text(snap: PanelSnapshot) -> str | None:
     """The decided answer as text: the arbiter's, else the first answering member with the key."""
     st = snap.state
@@ -243,12 +186,12 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
         return
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
-    taken, concluded = take(keys=[keys.concluding(panel_id), pkey], args=[os.getpid(), CONCLUDE_LEASE_S])
+    (taken, concluded), read = take_and_read(rt, spec, take)
     if not taken:
         return
     try:
         if not concluded:
-            act_on_decision(rt, d, spec)
+            act_on_decision(rt, d, spec, read)
             if not release(keys=[keys.concluding(panel_id), pkey], args=[time.time()]):
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
@@ -275,11 +218,13 @@ def _lease_scripts(rt: Runtime) -> tuple[Any, Any]:
     return got
 
 
-def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
+                    read: tuple[JobView, PanelSnapshot] | None = None) -> None:  # fmt: skip
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
-    another is not escalated again, a finalised job is only re-rendered)."""
+    another is not escalated again, a finalised job is only re-rendered). `read`: the job's view
+    and the panel's snapshot, read with the lease (`take_and_read`), else read here."""
     panel_id = spec.panel_id
-    view, snap = read_concluding(rt, panel_id, spec.job_id, publish=True)
+    view, snap = read if read is not None else read_concluding(rt, panel_id, spec.job_id, publish=True)
     newest = view.panels[-1]
     if newest["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
