@@ -47,7 +47,7 @@ def job_view(rt: Runtime, job_id: str) -> JobView:
 
 def queue_view(pipe: Any, job_id: str, prior: bool = False) -> int:
     """Queue the view's two reads (with `prior`, the result and ledger id too); returns their index."""
-    at = len(pipe.command_stack)
+    at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
     pipe.lrange(keys.job_panels(job_id), 0, -1)
     pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status",
                *(("result", "ledger_id") if prior else ()))  # fmt: skip

@@ -143,7 +143,7 @@ def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | str | None = None
     kept in the job hash as `ledger_id`)."""
     if replaces:
         pipe.xdel(keys.LEDGER_STREAM, replaces)
-    at = len(pipe.command_stack)
+    at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
     pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
               maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
     return at

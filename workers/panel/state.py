@@ -173,7 +173,7 @@ class PanelStore:
     def queue_snapshot(pipe: Pipeline, panel_id: str) -> int:
         """Queue a snapshot's reads on `pipe` (the job's MULTI at a conclusion: one slot); returns
         where its five replies start, for `parse_snapshot`."""
-        at = len(pipe.command_stack)
+        at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
         for k in (keys.panel(panel_id), keys.calls(panel_id), keys.votes(panel_id), keys.tally(panel_id),
                   attempts.key(panel_id)):  # fmt: skip
             pipe.hgetall(k)
