@@ -107,7 +107,10 @@ def test_sigterm_during_a_slow_call_lets_the_call_finish_before_the_worker_exits
 # The cheapest of the opt-in drills (~30 s: two worker starts and the unacked-restore sweep), so it
 # runs in the default suite; tests/reliability/nightly.py runs the rest.
 def test_a_worker_killed_after_the_grace_period_has_its_call_redelivered(fleet: Fleet, client: PanelClient) -> None:
-    worker = start_tier_worker(fleet, "tier-killed")
+    # Its member lease (workers/panel/lease.py) is as short as the heir's, as it is when the whole
+    # fleet shares one visibility timeout: with the default 15 s the heir's copy would wait out the
+    # dead holder's lease past the heir's 6 s visibility timeout and be delivered again meanwhile.
+    worker = start_tier_worker(fleet, "tier-killed", PANEL_MEMBER_LEASE_S="2")
     job_id = submit_and_wait_in_flight(fleet, client)
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.3)
