@@ -32,6 +32,8 @@ class Settings(BaseModel):
     watchdog_s: float = Field(default=30.0, gt=0)
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
+    # workers/quarantine.py: suspects (tasks whose worker was lost mid-task) running alone at once, per worker process
+    quarantine_slots: int = Field(default=2, ge=1)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
     # One pool per worker process, shared by its task threads: callers wait for a free connection
     # (up to redis_pool_timeout_s) instead of failing, so size it near the pool's concurrency.
@@ -106,6 +108,7 @@ class Settings(BaseModel):
             "watchdog_s": "PANEL_WATCHDOG_S",
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
+            "quarantine_slots": "PANEL_QUARANTINE_SLOTS",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
             "redis_max_connections": "PANEL_REDIS_MAX_CONNECTIONS",
             "redis_pool_timeout_s": "PANEL_REDIS_POOL_TIMEOUT_S",
