@@ -34,6 +34,9 @@ class Settings(BaseModel):
     call_timeout_s: float = Field(default=120.0, gt=0)
     # workers/quarantine.py: suspects (tasks whose worker was lost mid-task) running alone at once, per worker process
     quarantine_slots: int = Field(default=2, ge=1)
+    # workers/panel/lease.py: one copy of a member calls at a time; a dead holder's lease ends this
+    # long after its last renewal (capped at a third of the visibility timeout: see `lease_s`)
+    member_lease_s: float = Field(default=15.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
     # One pool per worker process, shared by its task threads: callers wait for a free connection
     # (up to redis_pool_timeout_s) instead of failing, so size it near the pool's concurrency.
@@ -51,6 +54,12 @@ class Settings(BaseModel):
         connect.broker(self.broker, self.sentinel_master, "PANEL_BROKER_URL" if self.broker_url else "PANEL_REDIS_URL")
         connect.parse(self.state, "PANEL_STATE_URL" if self.state_url else "PANEL_REDIS_URL")
         return self
+
+    @property
+    def lease_s(self) -> float:
+        """The member lease in force: a copy waiting on a dead holder's lease must get it well
+        before the visibility timeout delivers that copy again (each delivery counts as an attempt)."""
+        return min(self.member_lease_s, self.visibility_timeout_s / 3)
 
     @property
     def broker(self) -> str:
@@ -109,6 +118,7 @@ class Settings(BaseModel):
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
             "quarantine_slots": "PANEL_QUARANTINE_SLOTS",
+            "member_lease_s": "PANEL_MEMBER_LEASE_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
             "redis_max_connections": "PANEL_REDIS_MAX_CONNECTIONS",
             "redis_pool_timeout_s": "PANEL_REDIS_POOL_TIMEOUT_S",
