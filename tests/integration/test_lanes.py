@@ -76,6 +76,8 @@ def test_agreeing_panel_exits_at_quorum_and_cancels_the_slow_member(fleet: Fleet
 
     slow = eventually(charged, "the cancelled member's charge lands in the receipt")
     assert slow.tokens_out == 0 and slow.cost_usd == pytest.approx(REG.cost("llama3.1-70b", slow.tokens_in, 0))  # type: ignore[attr-defined]
+    # ...charged what was sent, as the provider counts it: the simulator's bill for the dropped request
+    assert slow_at_sim["dropped"] == 1 and slow.tokens_in == slow_at_sim["dropped_tokens_in"], (slow, slow_at_sim)  # type: ignore[attr-defined]
     receipt = client.wait(jid, 5).receipt
     assert receipt is not None and [r for r in client.ledger() if r["job_id"] == jid] == [receipt.model_dump(mode="json")]
     assert receipt.total_cost_usd == pytest.approx(sum(c.cost_usd for c in receipt.calls))
