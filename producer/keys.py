@@ -72,6 +72,17 @@ def attempts(task_id: str) -> str:
     return f"{PREFIX}{{a:{task_id}}}:attempts"
 
 
+def task_holder(task_id: str) -> str:
+    """String: the worker process that last ran this Celery task id, `<process> done` once it
+    finished (workers/census.py)."""
+    return f"{PREFIX}{{a:{task_id}}}:holder"
+
+
+def census(process: str) -> str:
+    """String: when worker process `process` last wrote its census (workers/census.py)."""
+    return f"{PREFIX}{{c:{process}}}:census"
+
+
 def job_key_affixes() -> tuple[str, str]:
     """(prefix, suffix) with `prefix .. job id .. suffix == job(job id)`, for a Lua script that
     names job hashes from ids it reads (workers/answer_cache.py; not cluster-safe, docs/cluster.md)."""

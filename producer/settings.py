@@ -32,6 +32,8 @@ class Settings(BaseModel):
     watchdog_s: float = Field(default=30.0, gt=0)
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
+    # workers/quarantine.py: suspects (tasks whose worker was lost mid-task) running alone at once, per worker process
+    quarantine_slots: int = Field(default=2, ge=1)
     # workers/panel/lease.py: one copy of a member calls at a time; a dead holder's lease ends this
     # long after its last renewal (capped at a third of the visibility timeout: see `lease_s`)
     member_lease_s: float = Field(default=15.0, gt=0)
@@ -115,6 +117,7 @@ class Settings(BaseModel):
             "watchdog_s": "PANEL_WATCHDOG_S",
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
+            "quarantine_slots": "PANEL_QUARANTINE_SLOTS",
             "member_lease_s": "PANEL_MEMBER_LEASE_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
             "redis_max_connections": "PANEL_REDIS_MAX_CONNECTIONS",

@@ -69,7 +69,7 @@ async def serve(request: Request, wire: Wire) -> Response:
         body = None
     model, sha = _peek_model(body, sim.aliases.resolve)
     rec = sim.stats.start(model, wire.api, sha)
-    status, kind, tokens = 500, "error", None
+    status, kind, tokens, dropped = 500, "error", None, None
     try:
         try:
             wire.authenticate(request)
@@ -84,10 +84,12 @@ async def serve(request: Request, wire: Wire) -> Response:
         status, kind = response.status_code if outcome.status else 0, outcome.kind
         if outcome.delivers_answer and outcome.reply is not None:
             tokens = (outcome.reply.tokens_in, outcome.reply.tokens_out)
+        elif outcome.kind == "disconnected" and outcome.reply is not None:
+            dropped = outcome.reply.tokens_in  # the prompt was read; a provider may bill it
         return response
     finally:
         # A cancelled handler (server shutdown) still closes its record; 499 as nginx logs a hang-up.
-        sim.stats.finish(rec, status if status else 0, None if kind in ("answered", "error") else kind, tokens)
+        sim.stats.finish(rec, status if status else 0, None if kind in ("answered", "error") else kind, tokens, dropped)
 
 
 def _render(wire: Wire, parsed: Parsed, outcome: Outcome) -> Response:

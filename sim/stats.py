@@ -26,6 +26,10 @@ class ModelStats:
     max_in_flight: int = 0
     rate_limited: int = 0  # 429s issued, whether by an enforced limit or a fault knob
     faults: Counter[str] = field(default_factory=Counter)
+    # requests whose client hung up mid-answer (499) and the input they had sent, counted as an
+    # answer's is: what a provider may bill for a cancelled call
+    dropped: int = 0
+    dropped_tokens_in: int = 0
     batch_lines: int = 0
     batch_tokens_in: int = 0
     batch_tokens_out: int = 0
@@ -70,7 +74,7 @@ class Stats:
         return CallRecord(model, api, messages_sha)
 
     def finish(self, rec: CallRecord, status: int, fault: str | None = None,
-               tokens: tuple[int, int] | None = None) -> None:  # fmt: skip
+               tokens: tuple[int, int] | None = None, dropped_tokens_in: int | None = None) -> None:  # fmt: skip
         m = self.model(rec.model)
         m.in_flight -= 1
         self.in_flight -= 1
@@ -83,9 +87,14 @@ class Stats:
             m.answered += 1
             m.tokens_in += tokens[0]
             m.tokens_out += tokens[1]
+        if dropped_tokens_in is not None:
+            m.dropped += 1
+            m.dropped_tokens_in += dropped_tokens_in
+        tokens_in = tokens[0] if tokens is not None else dropped_tokens_in
         self.log.append({
             "model": rec.model, "api": rec.api, "status": status, "fault": fault,
             "started": rec.started, "ended": time.time(), "messages_sha": rec.messages_sha,
+            "tokens_in": tokens_in,
         })  # fmt: skip
 
     def batch_line(self, model: str, tokens_in: int, tokens_out: int) -> None:

@@ -156,8 +156,30 @@ class PolicyCheck(bootsteps.Step):
         super().__init__(worker, **kwargs)
 
 
+class Census(bootsteps.StartStopStep):
+    """Records which tasks this worker process runs (workers/census.py), so a redelivered task
+    can tell a lost worker from a live one that gave its message back."""
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **kwargs)
+        self.stop_flush = None
+
+    def start(self, worker):  # type: ignore[no-untyped-def]
+        from workers import census
+        from workers.runtime import runtime
+
+        rt = runtime()  # past the redelivery of a lost worker's message (its visibility timeout)
+        self.stop_flush = census.start(rt.redis, held_ttl_s=rt.settings.visibility_timeout_s + 3600)
+
+    def stop(self, worker):  # type: ignore[no-untyped-def]
+        if self.stop_flush is not None:
+            self.stop_flush.set()
+
+
 app.steps["worker"].add(Heartbeat)
 app.steps["worker"].add(PolicyCheck)
+app.steps["worker"].add(Census)
+
 
 from workers import tracing  # noqa: E402  (needs `app` above; connects nothing unless OTLP is configured)
 

@@ -29,6 +29,7 @@ class Cancelled(Exception):
     def __init__(self, panel_id: str, sent: bool = False):
         super().__init__(panel_id)
         self.sent = sent
+        self.tokens_in: int | None = None  # the input as sent, set by the call path (providers/billing.py)
 
 
 def failure_reason(e: BaseException) -> str:

@@ -1,10 +1,10 @@
 """Thin Celery entry points, called by name. Arguments are ids only; logic lives in
 workers/jobs.py and workers/panel/. Names are what Flower shows.
 
-Every job task runs under `attempt`: at most MAX_ATTEMPTS deliveries per task id, counting both
-retries after an exception and redeliveries after a lost worker (acks_late puts the message back
-when the process dies, so a task that kills its worker would otherwise loop forever and take a
-worker down with it each time). The last attempt dead-letters the job with its reason.
+Every job task runs under `attempt`: at most MAX_ATTEMPTS failed attempts per task id, an
+exception or a death of the process running it alone, then it dead-letters with its reason.
+acks_late puts a message back when its worker dies, so a task that kills its worker would
+otherwise loop forever; the tasks that died beside it are not charged for it (see `attempt`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from celery import Task
 
 from producer import keys
 from producer.wire import text
-from workers import status
+from workers import census, quarantine, status
 from workers.app import app
 from workers.batch import lane as batch_lane
 from workers.errors import failure_reason
@@ -33,6 +33,10 @@ from workers.runtime import runtime
 
 log = logging.getLogger("panel.tasks")
 MAX_ATTEMPTS = 3
+# Losses no attempt was charged for (a suspect's worker lost while it waited its turn to run
+# alone, say): bounds a loop the census could not break
+MAX_LOSSES = 5
+QUARANTINE_CALLS = 4  # a suspect alone may take this many call timeouts (retries, a fallback) plus a minute
 RETRY_BACKOFF_S = 1.0  # doubled per attempt: 1 s, 2 s, ...
 ATTEMPTS_TTL_S = 24 * 3600
 MEMBER_TASKS: dict[Route, tuple[str, str | None]] = {  # route -> (task, queue; None: the member's tier)
@@ -75,43 +79,79 @@ def job_of(panel_id: str) -> str:
 
 
 def attempt(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[[str], None] | None = None) -> str:
-    """Run `body` as attempt n of this task id. An exception retries with backoff; the attempt
-    after MAX_ATTEMPTS (or the last one failing) dead-letters instead of running: `abandon` first
-    (a member gives up its vote and the panel goes on), else the whole job fails with the reason.
+    """Run `body` as this task id's next attempt. An exception is a failed attempt, retried with
+    backoff; the MAX_ATTEMPTS-th failed attempt dead-letters: `abandon` first (a member gives up
+    its vote and the panel goes on), else the whole job fails with the reason.
 
-    A first delivery writes nothing: only a redelivered message (its worker was lost) or a retry
-    counts in Redis, as attempt 2, 3, ..., so the common path costs no round trip here."""
+    A first delivery reads and writes nothing here. A redelivered message asks the census
+    (workers/census.py) whether its worker was lost mid-task: if so it is a suspect, never
+    charged for that loss (the task that killed the process and its neighbours look alike), and
+    it runs its attempts alone in a child process (workers/quarantine.py), where a death is its
+    own and is charged as a failed attempt. A message a live worker gave back (a broker
+    reconnect, a task past the visibility timeout) runs here, uncharged; if its first copy is
+    still running in this process, it waits for that copy instead."""
     req = task.request
     task_id = str(req.id)
+    redelivered = bool((req.delivery_info or {}).get("redelivered"))
+    if not redelivered and not req.retries:
+        return _run_here(task, job_id, body, abandon, charged=0, written=False)
+    rt = runtime()
+    bound_s = QUARANTINE_CALLS * rt.settings.call_timeout_s + 60  # a run alone, or the copy running here
+    running = census.CENSUS.running_here(task_id) if redelivered else None
+    if running is not None and running.wait(bound_s):  # given back past the visibility timeout while it ran
+        return "duplicate"  # here: that copy has acted (or retried) for both
     key = keys.attempts(task_id)
-    first = not (req.delivery_info or {}).get("redelivered") and not req.retries
-    n = 1
-    if not first:
-        pipe = runtime().redis.pipeline(transaction=True)  # one key
-        pipe.hincrby(key, "n", 1)
-        pipe.hset(key, "last_worker", f"{socket.gethostname()} pid {os.getpid()}")
-        pipe.expire(key, ATTEMPTS_TTL_S)
-        n = int(pipe.execute()[0]) + 1
-    if n > MAX_ATTEMPTS:
-        last = runtime().redis.hget(key, "reason")
-        reason = text(last) if last else f"its worker was lost mid-task {n - 1} times"
-        return give_up(task, job_id, reason, n - 1, abandon)
+    pipe = rt.redis.pipeline(transaction=True)  # one key
+    if redelivered:
+        lost = census.verdict(rt.redis, task_id).kind == "lost"
+        census.CENSUS.started(task_id)  # this process holds it now
+        if lost:
+            pipe.hincrby(key, "lost", 1)
+            pipe.hset(key, mapping={"alone": 1, "back_on": f"{socket.gethostname()} pid {os.getpid()}"})
+    pipe.hgetall(key)
+    pipe.expire(key, ATTEMPTS_TTL_S)
+    rec = {k.decode(): v for k, v in pipe.execute()[-2].items()}
+    charged, lost_n = int(rec.get("n", 0)), int(rec.get("lost", 0))
+    if charged >= MAX_ATTEMPTS:  # charged, then lost before giving up
+        return give_up(task, job_id, text(rec.get("reason", b"")), charged, abandon)
+    if lost_n > MAX_LOSSES:
+        return give_up(task, job_id, f"its worker was lost mid-task {lost_n} times", charged, abandon)
+    if "alone" not in rec:
+        return _run_here(task, job_id, body, abandon, charged, written=True)
+    got = quarantine.run_alone(str(task.name), list(req.args or ()), job_id, slots=rt.settings.quarantine_slots,
+                               timeout_s=bound_s)  # fmt: skip
+    if got.kind == "ok":
+        rt.redis.delete(key)
+        return got.out
+    exc = quarantine.KilledItsProcess(str(task.name), got.exit_code) if got.kind == "died" else RuntimeError(got.reason)
+    return _failed(task, job_id, abandon, charged, got.reason or str(exc), exc)
+
+
+def _run_here(task: Task, job_id: str, body: Callable[[], str], abandon: Callable[[str], None] | None,
+              charged: int, written: bool) -> str:  # fmt: skip
     try:
-        _test_poison(job_id)
+        _test_poison(job_id, str(task.name), list(task.request.args or ()))
         out = body()
     except Exception as e:
-        reason = failure_reason(e)
-        pipe = runtime().redis.pipeline(transaction=True)  # one key
-        pipe.hset(key, "reason", reason)
-        pipe.expire(key, ATTEMPTS_TTL_S)
-        pipe.execute()
-        if n >= MAX_ATTEMPTS:
-            return give_up(task, job_id, reason, n, abandon)
-        log.warning("%s[%s] attempt %d/%d failed (%s); retrying", task.name, task_id, n, MAX_ATTEMPTS, type(e).__name__)
-        raise task.retry(exc=e, countdown=RETRY_BACKOFF_S * 2 ** (n - 1), max_retries=None) from None
-    if not first:
-        runtime().redis.delete(key)
+        return _failed(task, job_id, abandon, charged, failure_reason(e), e)
+    if written:
+        runtime().redis.delete(keys.attempts(str(task.request.id)))
     return out
+
+
+def _failed(task: Task, job_id: str, abandon: Callable[[str], None] | None, charged: int, reason: str,
+            e: BaseException) -> str:  # fmt: skip
+    """Charge a failed attempt; retry with backoff, or give up at MAX_ATTEMPTS."""
+    key = keys.attempts(str(task.request.id))
+    pipe = runtime().redis.pipeline(transaction=True)  # one key
+    pipe.hincrby(key, "n", 1)
+    pipe.hset(key, "reason", reason)
+    pipe.expire(key, ATTEMPTS_TTL_S)
+    n = int(pipe.execute()[0])
+    if n >= MAX_ATTEMPTS:
+        return give_up(task, job_id, reason, n, abandon)
+    log.warning("%s[%s] attempt %d/%d failed (%s); retrying", task.name, task.request.id, n, MAX_ATTEMPTS, type(e).__name__)
+    raise task.retry(exc=e, countdown=RETRY_BACKOFF_S * 2 ** (n - 1), max_retries=None) from None
 
 
 def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callable[[str], None] | None) -> str:
@@ -128,18 +168,25 @@ def give_up(task: Task, job_id: str, reason: str, attempts: int, abandon: Callab
     return "dead-letter"
 
 
-def _test_poison(job_id: str) -> None:
-    """Test-only (PANEL_TEST_HOOKS=1): a job armed as poison raises, or kills its worker, on every
-    attempt, so the reliability suite can prove it is dead-lettered and never blocks the queue."""
+def _test_poison(job_id: str, task: str, args: list[str]) -> None:
+    """Test-only (PANEL_TEST_HOOKS=1): a job armed as poison raises, or kills its process, on
+    every attempt, so the reliability suite can prove it is dead-lettered, never blocks the queue
+    and costs its neighbours nothing. Armed as `raise` or `exit`, optionally `:<task name>` (only
+    that task of the job is poison) and `:<first argument>` (e.g. only one panel's members)."""
     if not TEST_HOOKS:
         return
     r = runtime().redis
-    mode = r.get(keys.test_poison(job_id))
-    if mode is not None:
-        r.incr(keys.test_poison_hits(job_id))  # counted apart from `attempt`'s own bookkeeping
-    if mode == b"raise":
+    armed = r.get(keys.test_poison(job_id))
+    if armed is None:
+        return
+    mode, _, only = text(armed).partition(":")
+    only_task, _, only_arg = only.partition(":")
+    if (only_task and only_task != task) or (only_arg and (not args or args[0] != only_arg)):
+        return
+    r.incr(keys.test_poison_hits(job_id))  # counted apart from `attempt`'s own bookkeeping
+    if mode == "raise":
         raise RuntimeError("poison job (test hook): this task fails every time")
-    if mode == b"exit":
+    if mode == "exit":
         os._exit(137)  # what the OOM killer or a segfault looks like from the broker's side
 
 
@@ -166,10 +213,43 @@ def _arbiter_turn(panel_id: str) -> str:
     return turn.status
 
 
+def _run_job(job_id: str) -> str:
+    return start_job(runtime(), dispatcher, job_id)
+
+
+def _batch_member(panel_id: str, member_id: str) -> str:
+    return batch_lane.enqueue_member(runtime(), panel_id, member_id, dispatcher)
+
+
+def _batch_arbiter(panel_id: str) -> str:
+    return batch_lane.enqueue_arbiter(runtime(), dispatcher, panel_id)
+
+
+def _realtime_member(panel_id: str, member_id: str) -> str:
+    return _member_turn(panel_id, member_id, batch=False)
+
+
+# What each job task does, by name: run in the worker, or alone in a quarantine child
+BODIES: dict[str, Callable[..., str]] = {
+    "panel.run": _run_job,
+    "panel.member": _member_turn,
+    "panel.arbiter": _arbiter_turn,
+    "panel.batch_member": _batch_member,
+    "panel.batch_arbiter": _batch_arbiter,
+    "panel.batch_realtime": _realtime_member,
+}
+
+
+def run_body(task: str, args: list[str], job_id: str) -> str:
+    """A job task's body without its attempt bookkeeping (workers/quarantine.py's child)."""
+    _test_poison(job_id, task, args)
+    return BODIES[task](*args)
+
+
 @app.task(name="panel.run", bind=True, acks_late=True)
 def run(self: Task, job_id: str) -> str:
     """Plan a job and send its first panel."""
-    return attempt(self, job_id, lambda: start_job(runtime(), dispatcher, job_id))
+    return attempt(self, job_id, lambda: _run_job(job_id))
 
 
 @app.task(name="panel.member", bind=True, acks_late=True)
@@ -187,7 +267,7 @@ def arbiter(self: Task, panel_id: str) -> str:
 @app.task(name="panel.batch_member", bind=True, acks_late=True)
 def batch_member(self: Task, panel_id: str, member_id: str) -> str:
     """Queue a member's call for its model's next provider batch (no provider call here)."""
-    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_member(runtime(), panel_id, member_id, dispatcher),
+    return attempt(self, job_of(panel_id), lambda: _batch_member(panel_id, member_id),
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
@@ -204,13 +284,13 @@ def batch_poll() -> int:
 @app.task(name="panel.batch_arbiter", bind=True, acks_late=True)
 def batch_arbiter(self: Task, panel_id: str) -> str:
     """Queue a batch panel's arbiter for the next batch (in real time when the deadline is near)."""
-    return attempt(self, job_of(panel_id), lambda: batch_lane.enqueue_arbiter(runtime(), dispatcher, panel_id))
+    return attempt(self, job_of(panel_id), lambda: _batch_arbiter(panel_id))
 
 
 @app.task(name="panel.batch_realtime", bind=True, acks_late=True)
 def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
     """A batch panel's member made in real time: its deadline is too near for another batch."""
-    return attempt(self, job_of(panel_id), lambda: _member_turn(panel_id, member_id, batch=False),
+    return attempt(self, job_of(panel_id), lambda: _realtime_member(panel_id, member_id),
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 

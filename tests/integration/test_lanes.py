@@ -70,12 +70,20 @@ def test_agreeing_panel_exits_at_quorum_and_cancels_the_slow_member(fleet: Fleet
     assert slow_at_sim["answered"] == 0 and slow_at_sim["in_flight"] == 0
     # Its charge (the prompt it sent) lands after the decision and is re-rendered into the result
     # and the ledger entry alike: one document, whenever the record lands.
+    seen: list[object] = []
+
     def charged() -> object:
         rec = {c.model: c for c in client.wait(jid, 5).receipt.calls}["llama3.1-70b"]  # type: ignore[union-attr]
+        seen[:] = [(rec.status, rec.tokens_in, rec.error)]
         return rec.status == "cancelled" and rec.tokens_in > 0 and rec.error is None and rec
 
-    slow = eventually(charged, "the cancelled member's charge lands in the receipt")
+    try:
+        slow = eventually(charged, "the cancelled member's charge lands in the receipt")
+    except AssertionError as e:  # say which part never came: the record, its charge, or its status
+        raise AssertionError(f"{e}; its receipt call (status, tokens_in, error) last read: {seen}") from None
     assert slow.tokens_out == 0 and slow.cost_usd == pytest.approx(REG.cost("llama3.1-70b", slow.tokens_in, 0))  # type: ignore[attr-defined]
+    # ...charged what was sent, as the provider counts it: the simulator's bill for the dropped request
+    assert slow_at_sim["dropped"] == 1 and slow.tokens_in == slow_at_sim["dropped_tokens_in"], (slow, slow_at_sim)  # type: ignore[attr-defined]
     receipt = client.wait(jid, 5).receipt
     assert receipt is not None and [r for r in client.ledger() if r["job_id"] == jid] == [receipt.model_dump(mode="json")]
     assert receipt.total_cost_usd == pytest.approx(sum(c.cost_usd for c in receipt.calls))

@@ -21,6 +21,7 @@ from workers.budget import Budget
 from workers.errors import BudgetExceeded
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter, RateLimitWait, Reservation
 from workers.panel import attempts, calls
+from workers.providers import billing
 from workers.providers.base import ChatRequest, Completion, ProviderUnavailable
 from workers.registry import Registry
 from workers.runtime import Cancelled
@@ -226,4 +227,4 @@ def test_an_attempts_record_goes_with_its_admission_and_only_a_sent_request_keep
     got = attempts.of_panel(r, "job-1.1")["m0"]
     assert [(a.status, a.model, a.member) for a in got] == [("failed", MODEL, "m0"), ("in_flight", MODEL, "m0")]
     assert got[0].error is not None and "503" in got[0].error and got[0].latency_ms >= 0
-    assert got[1].tokens_in == calls.estimate_tokens(MESSAGES, output_tokens=0)
+    assert got[1].tokens_in == billing.input_tokens("openai", request) == 3  # "Is 7 prime?" as sent: 11 chars

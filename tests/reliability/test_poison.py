@@ -2,10 +2,15 @@
 bounded number of attempts, never blocks the jobs queued behind it, and `panel status JOB`
 shows the reason. Two kinds of poison: the task raises (retried with backoff), and the task
 kills its worker process (what a segfault or the OOM killer does; acks_late brings the message
-back each time). Both are armed through the test-only hook in `workers/tasks.py`.
+back). Both are armed through the test-only hook in `workers/tasks.py`.
+
+A poison that kills its worker takes the tasks running beside it down too. They must keep their
+attempts: after the loss every one of them is a suspect that runs alone in a child process
+(workers/census.py, workers/quarantine.py), where only the poison dies, and only its deaths
+are charged.
 
     python3 -m pytest -q tests/reliability/test_poison.py
-    PANEL_RELIABILITY_FULL=1 python3 -m pytest -q tests/reliability/test_poison.py   # + the worker-killing poison
+    PANEL_RELIABILITY_FULL=1 python3 -m pytest -q tests/reliability/test_poison.py   # + the poison panel.run
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from tests.reliability.conftest import (
     wait_all,
     wait_parked,
 )  # fmt: skip
+from tests.waiting import eventually
 from workers.jobs import DEAD_LETTER
 from workers.panel.sweep import MAX_PANEL_FAILURES
 from workers.tasks import MAX_ATTEMPTS
@@ -69,14 +75,15 @@ def wait_final(client: PanelClient, fleet: Fleet, job_id: str, timeout: float, r
         time.sleep(0.1)
 
 
-def check_poison(client: PanelClient, fleet: Fleet, job_id: str, reason: str, normal_ids: list[str]) -> None:
+def check_poison(client: PanelClient, fleet: Fleet, job_id: str, reason: str, normal_ids: list[str],
+                 hits: int = MAX_ATTEMPTS) -> None:  # fmt: skip
     res = client.result(job_id)
     assert res is not None and res.status == "failed"
     assert res.error is not None and res.error.startswith(
         f"dead-letter: panel.run gave up after {MAX_ATTEMPTS} attempts"
     )
     assert reason in res.error, res.error
-    assert int(client.redis.get(keys.test_poison_hits(job_id)) or 0) == MAX_ATTEMPTS  # bounded: ran 3 times
+    assert int(client.redis.get(keys.test_poison_hits(job_id)) or 0) == hits  # bounded
     assert client.redis.llen(keys.done_channel(job_id)) == 1
     (entry,) = dead_letters(client, job_id)
     assert entry["task"] == "panel.run" and entry["attempts"] == MAX_ATTEMPTS and reason in str(entry["reason"])
@@ -106,9 +113,12 @@ def test_poison_that_raises_is_dead_lettered_after_three_attempts_without_blocki
 @pytest.mark.integration
 @pytest.mark.skipif(
     os.environ.get("PANEL_RELIABILITY_FULL") != "1",
-    reason="three worker crashes and restarts take ~40 s: PANEL_RELIABILITY_FULL=1 runs it",
+    reason="its own fleet of three workers, a crash and a restart: PANEL_RELIABILITY_FULL=1 runs it "
+    "(the default suite proves the same on a member: test_poison_member_...)",
 )
-def test_poison_that_kills_its_worker_is_dead_lettered_after_three_deliveries() -> None:
+def test_poison_that_kills_its_worker_is_dead_lettered_after_three_deaths_alone() -> None:
+    """The poison `panel.run` kills one control worker (restarted, as Kubernetes would); its
+    redelivery runs alone, killing only its quarantine children: one worker lost, not three."""
     with running_fleet(workers=[CONTROL, CONTROL_B, TIERS]) as fleet:
         client = PanelClient(fleet.redis_url)
         fleet.sim("/_sim/config", {"models": {SINGLE_MODEL: {"latency_ms": 30, "answer": "APPROVE"}}})
@@ -122,7 +132,11 @@ def test_poison_that_kills_its_worker_is_dead_lettered_after_three_deliveries() 
         normal = [normal_job(client, uid("after-exit"), n) for n in range(6)]
         wait_final(client, fleet, poison, timeout=90, restart=[CONTROL, CONTROL_B])
         wait_all(client, normal, timeout=60)
-        check_poison(client, fleet, poison, f"its worker was lost mid-task {MAX_ATTEMPTS} times", normal)
+        check_poison(client, fleet, poison, "panel.run killed the process running it alone (exit code 137)", normal,
+                     hits=1 + MAX_ATTEMPTS)  # fmt: skip
+        crashed = {w.name: fleet.log_dir.joinpath(f"worker-{w.name}.log").read_bytes().count(b" ready.") - 1
+                   for w in (CONTROL, CONTROL_B)}  # fmt: skip
+        assert sum(crashed.values()) == 1, f"worker restarts: {crashed}"
         client.close()
 
 
@@ -159,3 +173,49 @@ def test_unreadable_panel_never_stops_the_deadline_sweep(rel_fleet: Fleet, rel_c
     finally:
         for key in parks:
             rel_client.redis.hset(key, "release", 1)
+
+
+@pytest.mark.integration
+def test_poison_member_costs_the_member_beside_it_no_attempt(rel_fleet: Fleet, rel_client: PanelClient) -> None:
+    """An innocent member is running (parked before its call) in the tier worker when a poison
+    member kills that worker. Both come back; the innocent parks again, alone in its child, the
+    whole time the poison dies in its own children three times over. The poison is charged and
+    dead-lettered (its vote given up; the job goes on to its next lane); the innocent is charged nothing and decides; the tier
+    worker dies once, by the first delivery, not once per attempt."""
+    rel_fleet.sim("/_sim/config", {"models": {SINGLE_MODEL: {"latency_ms": 30, "answer": "APPROVE"}}})
+    r = rel_client.redis
+    innocent, poison = uid("innocent"), uid("poison-member")
+    park = arm_park(r, "before_call", f"{innocent}.1", "m0", every=True)  # parks on every delivery
+    try:
+        rel_client.submit({"id": innocent, "task_class": "code_review", "prompt": "innocent:\n-a\n+b"})
+        tiers_pid = wait_parked(r, park)
+        assert tiers_pid == rel_fleet.procs[TIERS.name].pid
+        r.hdel(park, "parked_by")  # the next copy to park says where
+        r.set(keys.test_poison(poison), f"exit:panel.member:{poison}.1")  # its first panel's member only
+        rel_client.submit({"id": poison, "task_class": "code_review", "prompt": "poison:\n-a\n+b"})
+        rel_fleet.procs[TIERS.name].wait(30)  # the poison's first delivery kills the worker, innocent and all
+        restart_worker(rel_fleet, TIERS)
+        restarted = rel_fleet.procs[TIERS.name].pid
+
+        # The innocent is back, parked in a child of the restarted worker, not in the worker itself.
+        child = wait_parked(r, park, timeout=60)
+        assert child not in (tiers_pid, restarted)
+        wait_final(rel_client, rel_fleet, poison, timeout=90, restart=[])
+        got = rel_client.result(poison)
+        assert got is not None and got.receipt is not None, got
+        (gave_up,) = [c for c in got.receipt.calls if c.member == "1.m0"]  # its vote given up, the job went on
+        assert gave_up.status == "failed" and "panel.member killed the process running it alone (exit code 137)" in (
+            gave_up.error or ""
+        ), gave_up
+        assert int(r.get(keys.test_poison_hits(poison)) or 0) == 1 + MAX_ATTEMPTS  # once in the worker, 3 alone
+        # The innocent shared the poison's crash and every one of its retries, and is charged nothing.
+        (mine,) = [k for k in r.scan_iter(match=keys.attempts("*")) if r.hget(k, "alone")]
+        assert r.hget(mine, "n") is None and r.hget(mine, "lost") == b"1", r.hgetall(mine)
+        assert rel_fleet.procs[TIERS.name].poll() is None and rel_fleet.procs[TIERS.name].pid == restarted
+    finally:
+        r.hset(park, "release", 1)
+    res = rel_client.wait(innocent, timeout=60)
+    assert res.status == "decided" and res.answer is not None and "APPROVE" in res.answer
+    assert not dead_letters(rel_client, innocent)
+    eventually(lambda: not r.exists(mine), "the innocent's attempts record cleared once it ran alone to the end")
+    print(f"\npoison member: dead-lettered after 1 worker death + {MAX_ATTEMPTS} deaths alone; innocent decided uncharged")

@@ -8,7 +8,8 @@ them. So each attempt is written here as `in_flight` before its request is sent,
 with its outcome; the receipt shows every attempt the member record does not already stand for:
 
 - `failed`: a retried or given-up attempt, with its error;
-- `cancelled`: cut off in flight by the panel's decision (input tokens charged, estimated);
+- `cancelled`: cut off in flight by the panel's decision (charged its input as sent, counted as
+  the simulator bills it: workers/providers/billing.py);
 - `lost`: still `in_flight` when the receipt was rendered (its worker died, or the answer came
   back and was lost before it was recorded): "lost in flight, may be billed", charged at the
   estimate of its input (or at its real usage when the answer had come back).

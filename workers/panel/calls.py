@@ -33,6 +33,7 @@ from workers.limits import (
 from workers.limits.steps import run_steps
 from workers.panel import attempts
 from workers.panel.outage import through_redis_outage
+from workers.providers import billing
 from workers.providers.base import ChatRequest, Completion, Provider, ProviderError, RateLimited
 from workers.providers.caching import limited_tokens, price
 from workers.registry import Registry
@@ -81,7 +82,7 @@ Opened = tuple[str, dict[str, Any]]  # an attempt's id and its in_flight record 
 
 
 def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: float, spend: Spend | None,
-           panel_id: str | None = None, member: str | None = None,
+           panel_id: str | None = None, member: str | None = None, sent_tokens: int = 0,
            ) -> tuple[Permit, Hold | None, Reservation, Opened | None]:  # fmt: skip
     """Breaker permit, budget hold and limiter grant, asked for together in one round trip. A
     refusal by any gives back what the others granted (a budget hold is refunded, limiter tokens
@@ -90,7 +91,8 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
     for, holding nothing, and asked again (RateLimitWait if the wait would pass `deadline`).
 
     With a `member`, the attempt's in_flight record (attempts.py) goes in the same round trip, so
-    it is written before the request leaves; a refusal or a wait removes it (nothing was sent)."""
+    it is written before the request leaves; a refusal or a wait removes it (nothing was sent).
+    Its tokens_in, `sent_tokens`, is what a cut-off or lost call is charged (providers/billing.py)."""
     spec = rt.registry.model(model)
     key = f"{spec.provider}:{model}"
     limits = [Limit(key, spec.rpm, spec.tpm, spec.burst_s)]
@@ -106,8 +108,7 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
     while True:
         opened: Opened | None = None
         if panel_id is not None and member is not None:
-            opened = attempts.opening(member, model, estimate_tokens(messages, output_tokens=0),
-                                      bool(spend and spend.batch))  # fmt: skip
+            opened = attempts.opening(member, model, sent_tokens, bool(spend and spend.batch))
         pid = panel_id or ""
         together = opened is not None and rt.redis is rt.budget.r  # the attempts and the limits share a Redis
         try:
@@ -192,7 +193,8 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     permit: Permit | None
     hold: Hold | None
     reservation: Reservation | None
-    permit, hold, reservation, opened = _admit(rt, model, messages, deadline, spend, panel_id, member)
+    sent = billing.input_tokens(rt.registry.provider_of(model).api, request) if member is not None else 0
+    permit, hold, reservation, opened = _admit(rt, model, messages, deadline, spend, panel_id, member, sent)
     pid = panel_id or ""
     ended: Callable[[Any], object] | None = None  # the attempt's closing record, sent with the give-back
     failed_ok: bool | None = None  # a provider error's breaker outcome, recorded with the give-back
@@ -200,6 +202,7 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except Cancelled as c:
+            c.tokens_in = sent if c.sent else 0  # what the member's record charges
             if opened is not None:
                 ended = partial(_queue_end, pid, opened, "cancelled", sent=c.sent, **({} if c.sent else {"tokens_in": 0}))
             raise

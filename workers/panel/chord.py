@@ -109,8 +109,9 @@ def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes 
                            spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs, member=member_id,
                            in_panel=frozenset(x.model for x in spec.members if x.member != member_id))  # fmt: skip
     except Cancelled as c:
-        # In flight: the provider may bill the prompt, so charge the input tokens (conservative).
-        tokens_in = estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS if c.sent else 0
+        # In flight: the provider may bill the prompt, so charge its input tokens as sent
+        sent = c.tokens_in if c.tokens_in is not None else estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS
+        tokens_in = sent if c.sent else 0
         _, finalised = store.put_call_if_absent_finalised(panel_id, spec.job_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
