@@ -25,6 +25,7 @@ from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
 from workers.panel.act import dispatch
+from workers.panel import attempts, watchdog
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
 from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
@@ -319,9 +320,13 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         pipe.rpush(keys.done_channel(job_id), result.status)
         if not cluster:
             pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
-        for p in panels:  # created after their panel, so without a TTL until now
-            for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
+        for p in panels:  # created after their panel, so without a TTL until now (attempts: 7 days)
+            for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"]),
+                      attempts.key(p["panel_id"])):  # fmt: skip
                 pipe.expire(k, rt.settings.result_ttl_s)
+        if not cluster:  # the job's budget counter (8 days, budget.TTL_S) lives as long as the job
+            pipe.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)
+            watchdog.queue_forget_members(pipe, {pid: snap.calls for pid, snap in snaps.items()})
     if (not rerender or ledger_id) and not cluster:  # a re-render replaces the ledger entry: one per job
         entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
     elif (not rerender or ledger_id) and not unchanged:  # a cluster: the ledger is another slot
@@ -335,6 +340,10 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         rt.redis.hset(jkey, "ledger_id", written[entry_at])
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+        rt.redis.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)  # the tenant's slot
+        wpipe = rt.redis.pipeline(transaction=False)  # the watchdog's slot
+        watchdog.queue_forget_members(wpipe, {pid: snap.calls for pid, snap in snaps.items()})
+        wpipe.execute()
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)

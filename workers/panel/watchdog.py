@@ -193,6 +193,17 @@ def conclude_stranded(r: redis.Redis, d: Dispatcher, now: float, every_s: float,
     return acted
 
 
+def queue_forget_members(pipe: Pipeline, panels: dict[str, Iterable[str]]) -> None:
+    """Queue the removal of the entries of these panels' members (a finalised job's). Without it
+    an entry stayed until the sweep found it due (`started` pushes it a whole call budget on, 240 s)
+    and forgot it, at most `limit` (200) per tick: past ~66 panels/s of three members at the default
+    1 s tick, the zset grew without bound, and it held ~4,000 entries at 5 panels/s."""
+    entries = [_entry(pid, m) for pid, members in panels.items() for m in members]
+    if entries:
+        pipe.zrem(WATCH, *entries)
+        pipe.hdel(RESENDS, *entries)
+
+
 def forget(r: redis.Redis, entry: str) -> None:
     pipe = r.pipeline(transaction=False)
     pipe.zrem(WATCH, entry)
