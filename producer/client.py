@@ -180,7 +180,7 @@ class PanelClient:
             # Wake on the done signal without consuming it: BLMOVE of the list onto itself rotates it,
             # so other waiters still see it and it keeps the TTL finalise gave it (BLPOP + RPUSH
             # emptied it for an instant and re-created it with no TTL: one key per job kept forever).
-            self.redis.blmove(keys.done_channel(job_id), keys.done_channel(job_id), min(1.0, max(left, 0.01)))
+            self.redis.blmove(keys.done_channel(job_id), keys.done_channel(job_id), min(1.0, max(left, 0.01)))  # type: ignore[arg-type]  # Redis takes a float timeout
 
     def wait_many(self, job_ids: list[str], timeout: float = 600.0) -> Iterator[Result]:
         end = time.monotonic() + timeout

@@ -24,8 +24,8 @@ from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracin
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
-from workers.panel.act import dispatch
 from workers.panel import attempts, watchdog
+from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
 from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
@@ -265,6 +265,16 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
     finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap})
 
 
+def panel_members(rt: Runtime, snaps: dict[str, PanelSnapshot]) -> dict[str, list[str]]:
+    """Every member of each panel (its spec: cached in this process, which just concluded it),
+    those still running too: a decided panel's member is never re-sent (workers/panel/watchdog.py)."""
+    out: dict[str, list[str]] = {}
+    for pid, snap in snaps.items():
+        spec = rt.store.spec(pid)
+        out[pid] = [m.member for m in spec.members] if spec is not None else list(snap.calls)
+    return out
+
+
 NO_ANSWER = "no member answered before the deadline or all calls failed"
 
 
@@ -326,7 +336,7 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
                 pipe.expire(k, rt.settings.result_ttl_s)
         if not cluster:  # the job's budget counter (8 days, budget.TTL_S) lives as long as the job
             pipe.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)
-            watchdog.queue_forget_members(pipe, {pid: snap.calls for pid, snap in snaps.items()})
+            watchdog.queue_forget_members(pipe, panel_members(rt, snaps))
     if (not rerender or ledger_id) and not cluster:  # a re-render replaces the ledger entry: one per job
         entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
     elif (not rerender or ledger_id) and not unchanged:  # a cluster: the ledger is another slot
@@ -342,7 +352,7 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         rt.redis.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)  # the tenant's slot
         wpipe = rt.redis.pipeline(transaction=False)  # the watchdog's slot
-        watchdog.queue_forget_members(wpipe, {pid: snap.calls for pid, snap in snaps.items()})
+        watchdog.queue_forget_members(wpipe, panel_members(rt, snaps))
         wpipe.execute()
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()

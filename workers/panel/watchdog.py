@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -193,7 +193,7 @@ def conclude_stranded(r: redis.Redis, d: Dispatcher, now: float, every_s: float,
     return acted
 
 
-def queue_forget_members(pipe: Pipeline, panels: dict[str, Iterable[str]]) -> None:
+def queue_forget_members(pipe: Pipeline, panels: Mapping[str, Iterable[str]]) -> None:
     """Queue the removal of the entries of these panels' members (a finalised job's). Without it
     an entry stayed until the sweep found it due (`started` pushes it a whole call budget on, 240 s)
     and forgot it, at most `limit` (200) per tick: past ~66 panels/s of three members at the default
