@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from producer import keys
@@ -86,8 +87,7 @@ def test_sentinel_failover_then_kill9_of_the_old_primary_loses_no_job_and_pays_n
         for t in threads:
             t.join(300)
         missing = [j for j in ids if j not in results]
-        assert not missing, f"not decided in time: {missing}; states " + str(
-            {j: client.redis.hmget(keys.job(j), ["status", "error"]) for j in missing[:5]})
+        assert not missing, f"not decided in time: {missing}; " + "; ".join(where(client, j) for j in missing[:3])
         statuses = Counter(r.status for r in results.values())
         assert statuses == Counter({"decided": JOBS}), statuses
         ledger = Counter(r["job_id"] for r in client.ledger())
@@ -108,3 +108,20 @@ def test_sentinel_failover_then_kill9_of_the_old_primary_loses_no_job_and_pays_n
         client.close()
     finally:
         fleet.stop()
+
+
+def where(client: PanelClient, job_id: str) -> str:
+    """Everything Redis holds about a job that was not decided in time, and where its messages are."""
+    r = client.redis
+    row = {k.decode(): v.decode()[:80] for k, v in r.hgetall(keys.job(job_id)).items() if k != b"spec"}
+    panels = [orjson.loads(p)["panel_id"] for p in r.lrange(keys.job_panels(job_id), 0, -1)]
+    out = [f"job {job_id}: {row}", f"panels {panels}", f"watched {r.zscore(keys.JOB_WATCH, job_id)}"]
+    for pid in panels:
+        if pid:
+            ph = {k.decode(): v.decode()[:60] for k, v in r.hgetall(keys.panel(pid)).items() if k != b"spec"}
+            out.append(f"panel {pid}: {ph}; calls {list(r.hkeys(keys.calls(pid)))}; votes {r.hgetall(keys.votes(pid))}")
+            out.append(f"member watch {[e for e in r.zrange(keys.WATCH_MEMBERS, 0, -1, withscores=True) if pid in e[0].decode()]}")
+    queued = {q: r.llen(q) for q in ("control", "llm.economy", "llm.workhorse", "llm.frontier")}
+    unacked = [v.decode()[:200] for v in r.hvals("unacked") if job_id.encode() in v]
+    out.append(f"queues {queued}; unacked holding it: {unacked}")
+    return " | ".join(out)
