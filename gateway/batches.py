@@ -25,14 +25,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.context import Gateway, admit, gw, json_body
-from gateway.errors import ApiError, BadRequest, NotFound
+from gateway.errors import ApiError, BadRequest, NotFound, from_contract
 from gateway.files import Files, files_of, limit_param
 from gateway.jobs import json_response
 from gateway.openai_shapes import completion, panel_extension, parse_chat, to_job
 from gateway.submission import Draft, draft
 from gateway.tenants import Caller
-from producer import keys
+from producer import job_json, keys
 from producer.contract import Result
+from producer.errors import ContractError
 
 ENDPOINTS = ("/v1/chat/completions",)
 MAX_LINE_ERRORS = 100
@@ -90,14 +91,10 @@ def parse_lines(g: Gateway, content: bytes, caller: Caller, endpoint: str) -> tu
     if len(lines) > g.settings.max_batch_lines + 1:
         raise BadRequest(f"input_file_id: {len(lines)} lines; at most {g.settings.max_batch_lines}", param="input_file_id",
                          code="too_many_lines")  # fmt: skip
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
+    for n, line in job_json.jsonl(lines):  # the producer's reader: a NaN or a 65-bit integer names its field
         try:
-            try:
-                line = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise BadRequest(f"not JSON ({e}); one request object per line", param=None, code="invalid_json") from None
+            if isinstance(line, ContractError):
+                raise line_error(line)
             if not isinstance(line, dict):
                 raise BadRequest("expected a JSON object", param=None, code="invalid_type")
             extra = set(line) - {"custom_id", "method", "url", "body"}
@@ -123,6 +120,16 @@ def parse_lines(g: Gateway, content: bytes, caller: Caller, endpoint: str) -> tu
             err = e.body()["error"]
             errors.append({"code": err["code"], "message": f"line {n}: {err['message']}", "param": err["param"], "line": n})
     return good, errors
+
+
+def line_error(e: ContractError) -> BadRequest:
+    """A line `job_json` could not read: not UTF-8 or not JSON (the line's fault), or a NaN or a
+    65-bit integer (its field's)."""
+    if e.field != "(line)":
+        return from_contract(e)
+    msg = e.problems[0][1] if e.problems else str(e)
+    code = "invalid_encoding" if msg.startswith("not UTF-8") else "invalid_json"
+    return BadRequest(f"{msg}; one request object per line", param=None, code=code)
 
 
 async def create(request: Request) -> Response:

@@ -95,10 +95,39 @@ def _decode_problem(data: bytes, err: orjson.JSONDecodeError) -> tuple[str, str]
     literal = _NON_FINITE.match(data, start)
     key = _KEY_BEFORE.search(data[:start])
     if literal and key and _non_finite(literal.group()):
-        name = key.group(1).decode("utf-8", "replace")
+        name = _path_at(data, start) or key.group(1).decode("utf-8", "replace")
         return name, (f"{literal.group().decode()} is not a finite number (JSON has no NaN or Infinity); "
                       "give a finite number")  # fmt: skip
     return "(line)", f"not JSON: {err}"
+
+
+_STRING_OR_PUNCT = re.compile(rb'"((?:[^"\\]|\\.)*)"|[{}\[\],:]')
+
+
+def _path_at(data: bytes, pos: int) -> str:
+    """The dotted path of the value starting at `pos` (`body.temperature`, `messages.2.content`),
+    read from the text before it: orjson refused the document, so there is no value to walk."""
+    stack: list[list[object]] = []  # per open container: [kind, key or index, expecting a key]
+    for m in _STRING_OR_PUNCT.finditer(data, 0, pos):
+        tok = m.group()
+        if tok == b"{":
+            stack.append(["o", None, True])
+        elif tok == b"[":
+            stack.append(["a", 0, False])
+        elif tok in (b"}", b"]"):
+            if stack:
+                stack.pop()
+        elif tok == b",":
+            if stack and stack[-1][0] == "a":
+                stack[-1][1] = int(stack[-1][1]) + 1  # type: ignore[call-overload]
+            elif stack:
+                stack[-1][2] = True
+        elif tok == b":":
+            if stack:
+                stack[-1][2] = False
+        elif stack and stack[-1][0] == "o" and stack[-1][2]:
+            stack[-1][1] = m.group(1).decode("utf-8", "replace")
+    return ".".join(str(level[1]) for level in stack if level[1] is not None)
 
 
 def _non_finite(literal: bytes) -> bool:

@@ -98,6 +98,11 @@ def calls(panel_id: str) -> str:
     return f"{panel(panel_id)}:calls"
 
 
+def member_lease(panel_id: str, member: str) -> str:
+    """String: the token of the one copy of a member calling its model now (workers/panel/lease.py)."""
+    return f"{panel(panel_id)}:lease:{member}"
+
+
 # --- provider limits (one slot per provider) -------------------------------------------------
 def rate_limit(limit_key: str) -> str:
     """Hash: GCRA state of one provider:model (workers/limits/reserve.lua)."""

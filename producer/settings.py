@@ -32,6 +32,9 @@ class Settings(BaseModel):
     watchdog_s: float = Field(default=30.0, gt=0)
     batch_tick_s: float = Field(default=2.0, gt=0, description="how often batches are flushed and polled")
     call_timeout_s: float = Field(default=120.0, gt=0)
+    # workers/panel/lease.py: one copy of a member calls at a time; a dead holder's lease ends this
+    # long after its last renewal (capped at a third of the visibility timeout: see `lease_s`)
+    member_lease_s: float = Field(default=15.0, gt=0)
     tenant_budget_usd: float | None = Field(default=None, gt=0)
     # One pool per worker process, shared by its task threads: callers wait for a free connection
     # (up to redis_pool_timeout_s) instead of failing, so size it near the pool's concurrency.
@@ -49,6 +52,12 @@ class Settings(BaseModel):
         connect.broker(self.broker, self.sentinel_master, "PANEL_BROKER_URL" if self.broker_url else "PANEL_REDIS_URL")
         connect.parse(self.state, "PANEL_STATE_URL" if self.state_url else "PANEL_REDIS_URL")
         return self
+
+    @property
+    def lease_s(self) -> float:
+        """The member lease in force: a copy waiting on a dead holder's lease must get it well
+        before the visibility timeout delivers that copy again (each delivery counts as an attempt)."""
+        return min(self.member_lease_s, self.visibility_timeout_s / 3)
 
     @property
     def broker(self) -> str:
@@ -106,6 +115,7 @@ class Settings(BaseModel):
             "watchdog_s": "PANEL_WATCHDOG_S",
             "batch_tick_s": "PANEL_BATCH_TICK_S",
             "call_timeout_s": "PANEL_CALL_TIMEOUT_S",
+            "member_lease_s": "PANEL_MEMBER_LEASE_S",
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
             "redis_max_connections": "PANEL_REDIS_MAX_CONNECTIONS",
             "redis_pool_timeout_s": "PANEL_REDIS_POOL_TIMEOUT_S",

@@ -64,7 +64,7 @@ class Runtime:
         # hit it under load and fail their tasks. A blocking pool makes a thread wait its turn.
         # The state store (PANEL_STATE_URL: one Redis, Sentinel or Cluster; producer/connect.py).
         self.redis: redis.Redis = settings.state_client("pf-worker")  # RedisCluster: same commands
-        self.store = PanelStore(self.redis)
+        self.store = PanelStore(self.redis, self.settings.lease_s)
         self.jobs = JobStore(self.redis, self.policies, settings.result_ttl_s)
         self.limiter = RateLimiter(self.redis)
         self.breaker = CircuitBreaker(self.redis, BreakerConfig(

@@ -151,7 +151,10 @@ def test_every_hostile_request_is_a_4xx_naming_its_field_and_creates_no_job(gate
 
 def test_a_batch_file_with_a_bad_line_fails_whole_naming_line_and_param(gateway: GatewayProc, tenant: Tenant) -> None:
     lines = [orjson.dumps(LINE | {"custom_id": "ok"}), orjson.dumps(LINE | {"custom_id": "bad", "body": mutate(CHAT, ("n", 3))}),
-             b"{broken", orjson.dumps(LINE | {"custom_id": "ok"})]  # fmt: skip
+             b"{broken", orjson.dumps(LINE | {"custom_id": "ok"}),
+             orjson.dumps(LINE | {"custom_id": "big"}).replace(b'"body":{', b'"body":{"seed":123456789012345678901,'),
+             orjson.dumps(LINE | {"custom_id": "nan"}).replace(b'"body":{', b'"body":{"temperature":NaN,'),
+             b"\xff\xfe not utf-8"]  # fmt: skip
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {tenant.key}"}, timeout=60) as c:
         f = c.post("/v1/files", files={"file": ("in.jsonl", b"\n".join(lines))}, data={"purpose": "batch"}).json()
         batch = c.post("/v1/batches", json={"input_file_id": f["id"], "endpoint": "/v1/chat/completions",
@@ -161,3 +164,7 @@ def test_a_batch_file_with_a_bad_line_fails_whole_naming_line_and_param(gateway:
     assert errors[2]["param"] == "body.n"
     assert errors[3]["code"] == "invalid_json"
     assert errors[4]["param"] == "custom_id" and "repeats" in errors[4]["message"]
+    # read as the producer reads a line: exact integers or a refusal naming the field, never a float
+    assert errors[5]["param"] == "body.seed" and "64 bits" in errors[5]["message"], errors[5]
+    assert errors[6]["param"] == "body.temperature", errors[6]
+    assert errors[7]["code"] == "invalid_encoding", errors[7]

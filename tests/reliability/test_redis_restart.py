@@ -34,6 +34,10 @@ SINGLE_MODEL = "qwen2.5-32b-coder-instruct"  # code_review's single lane
 # loses it (kombu records it as unacked in a second round trip): see README, known limits.
 TIERS = WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=6)
 DOWN_S = 3.0
+# The suite's 4 s visibility timeout caps the member lease at 1.3 s (producer/settings.py
+# lease_s), shorter than the stop: here it is 30 s (lease 10 s), as in production, far above it,
+# so a member copy kombu restores on the reconnect waits for the running one's paid answer.
+ENV = {"PANEL_VISIBILITY_TIMEOUT_S": "30"}
 
 
 def submit(client: PanelClient, tag: str, n: int) -> list[str]:
@@ -43,7 +47,7 @@ def submit(client: PanelClient, tag: str, n: int) -> list[str]:
 
 @pytest.mark.integration
 def test_redis_restart_with_jobs_queued_and_in_flight_loses_none_and_everyone_reconnects() -> None:
-    with running_fleet(workers=[CONTROL, TIERS]) as fleet:
+    with running_fleet(env=ENV, workers=[CONTROL, TIERS]) as fleet:
         fleet.sim("/_sim/config", {"models": {SINGLE_MODEL: {"latency_ms": 800, "answer": "APPROVE"}}})
         client = PanelClient(fleet.redis_url)
         pids = {name: p.pid for name, p in fleet.procs.items()}

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from producer.contract import MAX_PROMPT_CHARS, Job, Receipt, Result
+from producer import job_json
 from producer.errors import ContractError
 
 
@@ -113,3 +114,15 @@ def test_jsonl_lines_are_numbered_blank_ones_skipped_and_each_bad_one_a_named_er
     assert all(isinstance(e, ContractError) for e in errors)
     assert [(e.field, str(e).split(": ", 1)[1][:9]) for e in errors] == [
         ("(line)", "not UTF-8"), ("(line)", "not JSON:"), ("n", "integer 1")]
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"budget_usd": NaN}', "budget_usd"),
+    (b'{"body": {"seed": 1, "temperature": NaN}}', "body.temperature"),
+    (b'{"a": [1, {"b": "x,:{[", "c": -Infinity}]}', "a.1.c"),
+    (b'{"metadata": {"k\\"ey": Infinity}}', 'metadata.k\\"ey'),
+])  # fmt: skip
+def test_a_non_finite_number_is_named_by_its_whole_path(raw: bytes, field: str) -> None:
+    with pytest.raises(ContractError) as e:
+        job_json.load(raw)
+    assert e.value.field == field and "not a finite number" in str(e.value)

@@ -62,19 +62,40 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
     # with the watchdog's started mark in the same round trip: its bound now covers a whole call
     # (a gone panel's entry, if any, is only pushed on: the watchdog forgets it when it comes due)
-    spec, prior, decided = through_redis_outage(
-        lambda: store.turn(panel_id, member_id, also=lambda r: watchdog.started(r, panel_id, member_id)))
-    if spec is None:
+    token = store.leases.token()
+    start = through_redis_outage(lambda: store.turn(
+        panel_id, member_id, lease=token, also=lambda r: watchdog.started(r, panel_id, member_id)))
+    if start.spec is None:
         return Turn("gone", None)
+    spec, prior = start.spec, start.prior
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
-    if prior and prior.status in REUSABLE:
+    reusable = prior is not None and prior.status in REUSABLE
+    if not reusable and not start.decided and not start.held:
+        # another copy of this member is calling now (redelivered by kombu after a broker
+        # reconnect, or past the visibility timeout, or re-sent by the watchdog): wait for its
+        # record instead of paying for the answer again (workers/panel/lease.py)
+        prior, decided, held = wait_for_holder(store, panel_id, member_id, token)
+        start = replace(start, prior=prior, decided=decided, held=held)
+        reusable = prior is not None and prior.status in REUSABLE
+    if prior and reusable:
         # Redelivered after the call was paid for (worker lost after the answer): re-use it.
         fault_point(store, "after_answer", panel_id, member_id)
         return Turn("reused", spec, cast_vote(store, spec, prior).actions)
-    if decided:
-        store.put_call(panel_id, call_record(chord.registry, spec, m, "cancelled", batch=batch), only_if_absent=True)
+    if start.decided:
+        if start.held:  # no other copy is calling: say this member was cut off (unless it said so)
+            store.put_call(panel_id, call_record(chord.registry, spec, m, "cancelled", batch=batch),
+                           only_if_absent=True)  # fmt: skip
         return Turn("cancelled", spec)
+    if not start.held:
+        return Turn(prior.status if prior else "cancelled", spec)  # the copy that held the lease recorded it
+    with store.leases.holding(panel_id, member_id):
+        return _call(chord, spec, m, batch)
+
+
+def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool) -> Turn:
+    """The member's call, holding its lease, then its record and its vote."""
+    store, panel_id, member_id = chord.store, spec.panel_id, m.member
     job = chord.jobs.load(spec.job_id)
     fault_point(store, "before_call", panel_id, member_id)
     started = time.time()
@@ -93,6 +114,20 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
             return Turn("cancelled", spec, (Conclude(),))  # the charge landed after the receipt: re-render it
         return Turn("cancelled", spec)
     return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
+
+
+def wait_for_holder(store: PanelStore, panel_id: str, member_id: str, token: str,
+                    poll_s: float = 0.1) -> tuple[Call | None, bool, bool]:  # fmt: skip
+    """Wait while another copy of the member holds its lease: until its call record lands (the
+    answer it paid for, re-used here), the panel is decided, or the lease ends without a record
+    (its holder died: this copy takes the lease and calls). Returns (record, decided, held)."""
+    log.info("member %s of %s is being called by another copy: waiting for its record", member_id, panel_id)
+    while True:
+        time.sleep(poll_s)
+        poll_s = min(poll_s * 1.5, 0.5)
+        start = through_redis_outage(lambda: store.turn(panel_id, member_id, lease=token))
+        if start.prior is not None or start.decided or start.held:
+            return start.prior, start.decided, start.held
 
 
 def abandon_member(chord: Chord, panel_id: str, member_id: str, reason: str) -> Turn:

@@ -21,6 +21,7 @@ from producer import connect, keys
 from producer.wire import text
 from workers.panel import attempts
 from workers.panel.attempts import Attempt
+from workers.panel.lease import LEASE_S, Leases
 from workers.panel.record import Call
 from workers.policy import AgreementSpec
 
@@ -106,13 +107,25 @@ class PanelSnapshot:
 SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
 
 
+@dataclass(frozen=True)
+class Start:
+    """What a member's first round trip read (`PanelStore.turn`)."""
+
+    spec: PanelRun | None  # None: the panel is gone
+    prior: Call | None  # the member's recorded call, if any
+    decided: bool
+    held: bool  # this copy took the member's lease: it may call
+    running: bool  # another copy holds the lease: it is calling now
+
+
 class PanelStore:
     """Reads and writes panels; scripts are loaded once per process, and a panel's spec (never
     changed once created) is read from Redis once per process."""
 
-    def __init__(self, r: redis.Redis):
+    def __init__(self, r: redis.Redis, lease_s: float = LEASE_S):
         self.r = r
         self._specs: OrderedDict[str, PanelRun] = OrderedDict()
+        self.leases = Leases(r, lease_s)  # the member leases this process holds, renewed while their calls run
         here = files("workers.panel")
         self._vote = r.register_script(here.joinpath("vote.lua").read_text())
         self._decide = r.register_script(here.joinpath("decide.lua").read_text())
@@ -164,25 +177,32 @@ class PanelStore:
             attempts=attempts.parse(tried),
         )
 
-    def turn(self, panel_id: str, member: str,
-             also: Callable[[redis.Redis | Pipeline], object] | None = None) -> tuple[PanelRun | None, Call | None, bool]:  # fmt: skip
+    def turn(self, panel_id: str, member: str, lease: str | None = None,
+             also: Callable[[redis.Redis | Pipeline], object] | None = None) -> Start:  # fmt: skip
         """A member's start, one round trip: the panel's spec (unless this process has it), the
-        member's recorded call (a redelivery re-uses a paid answer) and whether the panel is
-        decided already. `also` queues more writes after the reads (the watchdog's started mark),
+        member's recorded call (a redelivery re-uses a paid answer), whether the panel is decided
+        already, and the member's lease (workers/panel/lease.py): taken with token `lease`, or
+        just looked at. `also` queues more writes after the reads (the watchdog's started mark),
         in the same round trip on a single Redis; on a cluster (another slot) they go on their own."""
         spec = self._specs.get(panel_id)
         cluster = connect.is_cluster(self.r)
         pipe = self.r.pipeline()
         pipe.hget(keys.calls(panel_id), member)
         pipe.hmget(keys.panel(panel_id), "decided", "spec" if spec is None else "decided")
+        if lease is None:
+            pipe.exists(keys.member_lease(panel_id, member))
+        else:
+            self.leases.take_step(pipe, panel_id, member, lease)
         if also is not None and not cluster:
             also(pipe)
-        raw, (decided, raw_spec), *_ = pipe.execute()
+        raw, (decided, raw_spec), leased, *_ = pipe.execute()
         if also is not None and cluster:
             also(self.r)
         if spec is None and raw_spec:
             spec = self._remember(PanelRun.from_json(raw_spec))
-        return spec, (Call.from_json(raw) if raw else None), bool(decided)
+        held = bool(leased) if lease is not None else False
+        running = not leased if lease is not None else bool(leased)
+        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running)
 
     def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to

@@ -98,10 +98,13 @@ def resend_overdue(store: PanelStore, d: Dispatcher, now: float, bound_s: float,
     for raw in due:
         entry = text(raw)
         panel_id, member_id = entry.rsplit("|", 1)
-        spec, prior, decided = store.turn(panel_id, member_id)
-        if spec is None or decided or prior:
+        start = store.turn(panel_id, member_id)
+        spec = start.spec
+        if spec is None or start.decided or start.prior:
             forget(r, entry)  # gone, decided, or already called
             continue
+        if start.running:
+            continue  # a copy holds its lease, calling now: looked at again next tick (a dead one's lease expires)
         m = spec.member(member_id)
         lane = route(spec)
         if lane == "batch":
