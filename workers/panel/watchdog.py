@@ -63,9 +63,11 @@ def expect(r: redis.Redis, panel_id: str, members: Iterable[str], now: float | N
 
 
 def started(r: redis.Redis | Pipeline, panel_id: str, member: str, call_budget_s: float | None = None) -> None:
-    """The member's task began: its bound now starts `call_budget_s` later (a whole call with its
-    retries), so a task that started and was then lost (its retry never published while Redis
-    was down) is sent again too. The entry goes once the member's call is recorded. Given a
+    """The member's task began: its bound now starts `call_budget_s` later, so a task that started
+    and was then lost (its retry never published while Redis was down, its record lost with a
+    failover) is sent again too. The chord passes the member lease's length: a copy still calling
+    holds its lease and `resend_overdue` leaves it (default: a whole call with its retries, for
+    callers without a lease). The entry goes once the member's call is recorded. Given a
     pipeline, the mark is queued on it (a member's start read sends it: `PanelStore.turn`)."""
     budget = 2 * float(os.environ.get("PANEL_CALL_TIMEOUT_S", 120)) if call_budget_s is None else call_budget_s
     r.zadd(WATCH, {_entry(panel_id, member): time.time() + budget}, xx=True)
