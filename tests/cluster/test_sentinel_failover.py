@@ -3,6 +3,7 @@ loopback). Mid-run: `SENTINEL FAILOVER`, then kill -9 of the old primary. Every 
 once, no provider answer is paid twice, and the time from the failover to the next decision is
 reported.
 
+    python3 -m pytest -q -s tests/cluster/test_sentinel_failover.py                                         # 20 jobs (default suite)
     PANEL_SENTINEL_DRILL=1 python3 -m pytest -q -s tests/cluster/test_sentinel_failover.py                  # 40 jobs
     PANEL_SENTINEL_DRILL=1 PANEL_SENTINEL_JOBS=200 python3 -m pytest -q -s tests/cluster/test_sentinel_failover.py
 """
@@ -25,11 +26,10 @@ from producer.fleet import Fleet, WorkerSpec
 from tests.cluster.test_cluster_fleet import assert_paid_once
 from tests.topologies import SentinelSet, redis_cli_binary
 
-JOBS = int(os.environ.get("PANEL_SENTINEL_JOBS", "40"))
-# Opt-in: in one run of six here a job was never decided after the failover (cause not found yet,
-# tests/reliability/README.md part C); a drill that can lose a job stays out of the default suite.
-pytestmark = pytest.mark.skipif(os.environ.get("PANEL_SENTINEL_DRILL") != "1",
-                                reason="opt-in: PANEL_SENTINEL_DRILL=1 (Sentinel failover drill, ~20 s)")
+DRILL = os.environ.get("PANEL_SENTINEL_DRILL") == "1"
+# A short run (20 jobs, ~20 s) is in the default suite; the drill sizes are opt-in. No job was lost
+# in 58 runs of 20-200 jobs here (tests/reliability/README.md part C has the counts and the fix).
+JOBS = int(os.environ.get("PANEL_SENTINEL_JOBS", "40" if DRILL else "20"))
 SINGLE_MODEL = "qwen2.5-32b-coder-instruct"  # code_review's single lane
 WORKERS = [WorkerSpec("control", "control", concurrency=16, beat=True),
            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=16)]  # fmt: skip
@@ -87,7 +87,8 @@ def test_sentinel_failover_then_kill9_of_the_old_primary_loses_no_job_and_pays_n
         for t in threads:
             t.join(300)
         missing = [j for j in ids if j not in results]
-        assert not missing, f"not decided in time: {missing}; " + "; ".join(where(client, j) for j in missing[:3])
+        assert not missing, (f"not decided in time: {missing}; " + "; ".join(where(client, j) for j in missing[:3])
+                             + "; watchdog: " + " / ".join(watchdog_lines(fleet)))  # fmt: skip
         statuses = Counter(r.status for r in results.values())
         assert statuses == Counter({"decided": JOBS}), statuses
         ledger = Counter(r["job_id"] for r in client.ledger())
@@ -105,9 +106,16 @@ def test_sentinel_failover_then_kill9_of_the_old_primary_loses_no_job_and_pays_n
               f"longest stretch without a decision from the failover on {stall_s:.2f} s; {len(after_kill)} decided "
               f"after the kill -9; last decision {marks[-1] - t_failover:.1f} s after the failover; "
               f"all {JOBS} decided once, none paid twice")  # fmt: skip
+        for line in watchdog_lines(fleet):  # what the watchdog re-sent (a message or a record lost in the failover)
+            print(f"  {line}")
         client.close()
     finally:
         fleet.stop()
+
+
+def watchdog_lines(fleet: Fleet) -> list[str]:
+    return [line.split("] ", 1)[-1][:200] for log in sorted(fleet.log_dir.glob("worker-*.log"))
+            for line in log.read_text(errors="replace").splitlines() if "watchdog:" in line]  # fmt: skip
 
 
 def where(client: PanelClient, job_id: str) -> str:
