@@ -160,12 +160,12 @@ def render(pl: Plan, p: Profile, arbiter_rate: float) -> list[str]:
 def add_parser(sub: argparse._SubParsersAction, **kw: object) -> None:  # type: ignore[type-arg]
     s = sub.add_parser("capacity", **kw)  # type: ignore[arg-type]
     s.add_argument("--panels-per-s", type=float, required=True, help="the target load")
-    s.add_argument("--members", type=int, default=3)
+    s.add_argument("--members", type=int, default=3, help="member calls per panel (default 3)")
     s.add_argument("--profile", help="a measured profile (JSON; `python3 -m bench.capacity --measure --write FILE`); "
                    "default: the figures in docs/capacity.md")  # fmt: skip
     s.add_argument("--models", default=",".join(PANEL_MEMBERS), help="the panel's member models (models.yaml)")
     s.add_argument("--models-file", default=None, help="default: $PANEL_POLICIES/models.yaml or the shipped one")
-    s.add_argument("--arbiter-rate", type=float, default=0.1)
+    s.add_argument("--arbiter-rate", type=float, default=0.1, help="share of panels that call the arbiter (default 0.1)")
     s.add_argument("--cores", type=int, default=0, help="also predict what one machine of this many cores sustains")
     s.set_defaults(func=cmd_capacity)
 
