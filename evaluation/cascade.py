@@ -25,8 +25,8 @@ from evaluation import offline
 from evaluation.reference import recorded_cost
 from evaluation.replay import Row, credit, is_correct
 
-Check = Literal["logprob", "self_reported", "agreement", "schema", "always"]
-OFFLINE_CHECKS = ("logprob", "agreement", "always")  # what recorded rows can replay
+Check = Literal["logprob", "self_reported", "agreement", "agrees_previous", "schema", "always"]
+OFFLINE_CHECKS = ("logprob", "agreement", "agrees_previous", "always")  # what recorded rows can replay
 
 
 class _Strict(BaseModel):
@@ -43,7 +43,7 @@ class Accept(_Strict):
             raise ValueError(f"min: a logprob threshold is a log-probability in (-inf, 0], got {self.min}")
         if self.check == "self_reported" and (self.min is None or not 0 <= self.min <= 1):
             raise ValueError(f"min: a self_reported threshold is in [0, 1], got {self.min}")
-        if self.check in ("agreement", "schema", "always") and self.min is not None:
+        if self.check in ("agreement", "agrees_previous", "schema", "always") and self.min is not None:
             raise ValueError(f"min: the {self.check} check takes no threshold")
         return self
 
@@ -71,6 +71,8 @@ class Stage(_Strict):
     def _one(self) -> Stage:
         if (self.model is None) == (self.panel is None):
             raise ValueError("a stage names exactly one of `model` or `panel`")
+        if self.accept.check == "agrees_previous" and self.panel is not None:
+            raise ValueError("accept.check: agrees_previous is for single-model stages (a panel stage uses agreement)")
         if self.accept.check == "agreement" and self.panel is None:
             raise ValueError("accept.check: agreement is for panel stages (a single model agrees with itself)")
         return self
@@ -88,6 +90,8 @@ class CascadeSpec(_Strict):
 
     @model_validator(mode="after")
     def _last(self) -> CascadeSpec:
+        if self.stages[0].accept.check == "agrees_previous":
+            raise ValueError("stages.0.accept: agrees_previous needs a stage before it")
         for i, s in enumerate(self.stages[:-1]):
             if s.accept.check == "always":
                 raise ValueError(f"stages.{i}.accept: a stage before the last needs a check (`always` never escalates)")
@@ -120,7 +124,7 @@ class CascadeSpec(_Strict):
         parts = []
         for s in self.stages:
             who = s.model or f"[{'+'.join(s.panel.members)}{'>' + s.panel.arbiter if s.panel.arbiter else ''}]"  # type: ignore[union-attr]
-            gate = {"agreement": "agree", "always": ""}.get(s.accept.check, f"{s.accept.check}>={s.accept.min}")
+            gate = {"agreement": "agree", "agrees_previous": "agrees", "always": ""}.get(s.accept.check, f"{s.accept.check}>={s.accept.min}")
             parts.append(f"{who}{'?' + gate if gate else ''}")
         return " -> ".join(parts)
 
@@ -142,22 +146,27 @@ def run_row(row: Row, spec: CascadeSpec, prices: offline.Prices) -> StageDecisio
     cost = latency = 0.0
     calls = 0
     last = len(spec.stages) - 1
+    previous: str | None = None  # the vote key of the stage before's answer (`agrees_previous`)
     for i, s in enumerate(spec.stages):
         if s.model is not None:
             rec = row.models[s.model]
             cost += recorded_cost(row, s.model, prices.get(s.model))[0]
             calls += 1
             latency += rec.latency_ms or 0.0
+            key = offline.vote_key(row.kind, rec.answer)
             accepted = i == last or (s.accept.check == "logprob" and rec.conf is not None
-                                     and s.accept.min is not None and rec.conf >= s.accept.min)  # fmt: skip
+                                     and s.accept.min is not None and rec.conf >= s.accept.min) or (
+                s.accept.check == "agrees_previous" and key is not None and key == previous)  # fmt: skip
             if accepted:
                 return StageDecision(rec.answer, s.model, cost, calls, i, False, latency)
+            previous = key
             continue
         assert s.panel is not None
         arbiter = s.panel.arbiter if i == last else None
         shape = offline.PanelShape(tuple(s.panel.members), s.panel.quorum, s.panel.dispatch, arbiter)
         d = offline.decide(row, shape, prices)
         cost, calls, latency = cost + d.cost_usd, calls + d.calls, latency + d.latency_ms
+        previous = offline.vote_key(row.kind, d.answer)
         if i == last or d.quorum_reached:
             return StageDecision(d.answer, d.winner, cost, calls, i, d.arbiter, latency)
     raise AssertionError("unreachable: the last stage always accepts")

@@ -13,6 +13,11 @@ object with `reasoning` and `answer`, often wrapped in prose or fences) treated 
    declared number kind gets; it now reads the JSON `answer` field, see 3).
 3. `numeric` before/after reading the declared field: keys that changed per model, and how many of
    the changed ones now equal the recorded answer.
+4. The LLM equivalence check (`agreement.equivalence`, min 0.5): of the panels `similar` sends to
+   the arbiter, on how many the check would be asked (a near miss: ratio in [0.5, threshold)), and
+   on how many of those the two answers are in fact the same number: the most arbiter calls a
+   perfect economy judge could save (no judge's reply is recorded, so its own accuracy is not
+   measured here).
 """
 
 from __future__ import annotations
@@ -71,6 +76,29 @@ def staged(r: Row, members: list[str], judge: str, keyer) -> tuple[str, bool, in
     return judge, True, len(keys) + 1
 
 
+EQUIVALENCE_MIN = 0.5
+
+
+def near_miss_bound(rows: list[Row], members: list[str], judge: str, threshold: float) -> tuple[int, int, int]:
+    """(panels sent to the arbiter, of those with a near miss the check would ask about, of those
+    whose two answers are numerically equal)."""
+    rule = Similar(threshold)
+    arbiter = asked = same = 0
+    for r in rows:
+        _, called, _ = staged(r, members, judge, rule.key)
+        if not called:
+            continue
+        arbiter += 1
+        norm = {m: Similar.normalise(extract_answer(r.models[m].text or "")) for m in members}
+        pairs = [(fuzz.token_set_ratio(norm[a], norm[b]) / 100, a, b) for a, b in itertools.combinations(members, 2)]
+        near = [p for p in pairs if EQUIVALENCE_MIN <= p[0] < threshold]
+        if near:
+            asked += 1
+            _, a, b = max(near)
+            same += _same(r.models[a].answer, r.models[b].answer)
+    return arbiter, asked, same
+
+
 def legacy_numeric(text: str) -> str | None:
     """The numeric rule before it read the declared field: the last number in the whole reply."""
     numbers = Numeric._NUMBER.findall(text.replace("$", ""))
@@ -103,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             arb, calls = sum(a for _, a, _ in outcomes), sum(c for _, _, c in outcomes)
             print(f"  {name:26} arbiter on {arb / len(rows):6.1%}  accuracy {right / len(rows):.3f}  "
                   f"calls/question {calls / len(rows):.2f}")
+        arb, asked, same = near_miss_bound(rows, members, judge, threshold)
+        print(f"  + equivalence check (min {EQUIVALENCE_MIN}): asked on {asked} of the {arb} arbiter panels; the two answers "
+              f"are the same number on {same}: a perfect economy judge saves at most {same} arbiter calls "
+              f"({same / len(rows):.1%} of questions) for {asked} economy calls")  # fmt: skip
     print("numeric before/after the declared `answer` field (changed keys; of those, now equal to the recorded answer):")
     changed = []
     for m in models:

@@ -1,6 +1,8 @@
 """The search space of `panel tune`, scored on one matrix at a time: every cascade of 1-3 stages
 (a model gated by its log-probability, two models gated by their agreement, then a last model or
 panel) and every panel of three (members, order, staged or parallel dispatch, quorum 2, arbiter).
+With `confirms`: also a gated model, then one more model accepted when it gives the same answer
+(`agrees_previous`: one call, where a pair pays two), then the last.
 
 Scoring is vectorised per family: a stage is arrays over its variants (thresholds) x questions;
 a chain broadcasts its stages' variants, so one numpy pass scores every threshold combination.
@@ -150,6 +152,14 @@ def pair(m: Matrix, a: str, b: str, agreement: dict[str, object]) -> StageArr:
                     lambda v, last: Stage(panel=panel, accept=Accept(check="agreement")), False)  # fmt: skip
 
 
+def confirm(m: Matrix, first: str, name: str) -> StageArr:
+    """`name` asked only when the stage before (a gated `first`) did not accept, accepted when it
+    gives the same answer as `first` (check `agrees_previous`): one call, not a pair's two."""
+    ia, ib = m.col(first), m.col(name)
+    return StageArr(frozenset([name]), _agree(m, ia, ib)[None], m.right[None, :, ib], m.cost[None, :, ib],
+                    lambda v, last: Stage(model=name, accept=Accept(check="agrees_previous")), False)  # fmt: skip
+
+
 def panel3(m: Matrix, members: tuple[str, str, str], judge: str, dispatch: str, agreement: dict[str, object]) -> StageArr:
     """Three members, quorum 2, `dispatch`, the judge on a three-way split (a last stage). Staged:
     two first, the third only on their disagreement; parallel: all three always paid (an upper
@@ -184,7 +194,7 @@ def search_models(m: Matrix) -> list[str]:
 
 
 def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Matrix | None = None,
-          rates: np.ndarray = ACCEPT_RATES, last_models: list[str] | None = None) -> Space:  # fmt: skip
+          rates: np.ndarray = ACCEPT_RATES, last_models: list[str] | None = None, confirms: bool = False) -> Space:  # fmt: skip
     """Score the whole space on `m` (one fold's training rows, or a whole file in hindsight).
     With `fit`: the models searched and the thresholds come from `fit`'s rows, the scores from
     `m`'s (an inner validation fold), so candidate i is the same policy shape for every `m`.
@@ -211,6 +221,12 @@ def build(m: Matrix, agreement: dict[str, object], max_stages: int = 3, fit: Mat
         for last in lasts:
             if not f.models & last.models:
                 space.add((f, last))
+    if max_stages >= 3 and confirms:
+        for a, g in gates.items():  # a gated model, then another confirming its answer, then the last
+            for b in names:
+                for last in lasts:
+                    if b != a and not {a, b} & last.models:
+                        space.add((g, confirm(m, a, b), last))
     if max_stages >= 3:
         for f, g in itertools.permutations(firsts, 2):
             if f.models & g.models or (not f.gated and not g.gated):

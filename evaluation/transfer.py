@@ -124,6 +124,11 @@ CANDIDATES: dict[str, tune.Rule] = {
     # added after the second pass (the brief's remaining ideas): a finer grid, the margin as 1% of the bar
     "LCB z1 m.01 support 30 fine 39": tune.Rule(z=1.0, margin=0.01, min_support=30, rate_step=0.025, relative_margin=False),
     "LCB z1 m1% rel support 30": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=30),
+    # added with evaluation.headroom (third pass): pick the eligible policy with the best lower bound, not the cheapest
+    "default, pick max LCB": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=30, pick="max_lcb"),
+    "default z1.64, pick max LCB": tune.Rule(z=1.64, margin=0.01, relative_margin=True, min_support=30, pick="max_lcb"),
+    "default support 50": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=50),
+    "default + confirm stages": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=30, confirms=True),
 }
 
 

@@ -19,6 +19,7 @@ transfer better, so it is off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,8 @@ class Rule:
     rate_step: float = 0.05  # the gates' accept rates: step, ..., 1 - step (a coarser grid has fewer thresholds to fit)
     last: str = "strongest"  # "tied": cascades may also end in the cheapest model not significantly worse than the strongest
     last_z: float = 1.0  # "not significantly worse": the paired difference's upper bound diff + last_z*se >= 0
+    confirms: bool = False  # cascades may confirm a gated model's unsure answer by one more model's agreement
+    pick: str = "cheapest"  # "max_lcb": among the eligible, the highest paired lower bound (diff - se), not the cheapest
 
     def rates(self, n: int) -> np.ndarray:
         r = np.round(np.arange(self.rate_step, 1 - self.rate_step / 2, self.rate_step), 4)
@@ -85,6 +88,11 @@ def choose(space: search.Space, bar: float, rule: Rule, max_cost: float = np.inf
     eligible = np.flatnonzero(ok)
     if eligible.size == 0:
         return -1
+    if rule.pick == "max_lcb" and space.wins:  # measured, not the default (bench/RESULTS.md: dearer, no more targets met)
+        w, lo = space.paired()
+        lcb = ((w - lo) - np.sqrt(np.maximum(w + lo - (w - lo) ** 2 / n, 0.0))) / n
+        best = eligible[lcb[eligible] >= lcb[eligible].max() - 1e-12]
+        return int(best[np.lexsort((stages[best], cost[best]))[0]])
     order = np.lexsort((stages[eligible], cost[eligible] * (1 + rule.stage_penalty * (stages[eligible] - 1))))
     return int(eligible[order[0]])
 
@@ -125,7 +133,7 @@ def last_models(train: Matrix, rule: Rule) -> list[str] | None:
 
 def build(train: Matrix, agreement: dict[str, object], rule: Rule, fit: Matrix | None = None) -> search.Space:
     base = fit or train
-    return search.build(train, agreement, rule.max_stages, fit, rule.rates(base.n), last_models(base, rule))
+    return search.build(train, agreement, rule.max_stages, fit, rule.rates(base.n), last_models(base, rule), rule.confirms)
 
 
 def fit(train: Matrix, agreement: dict[str, object], rule: Rule = Rule()) -> Fitted:
@@ -167,7 +175,7 @@ class CrossValidation:
 
 
 def cross_validate(rows: list[Row], m: Matrix, prices: Prices, agreement: dict[str, object], k: int = 5,
-                   rule: Rule = Rule(), seed: int = 0) -> CrossValidation:  # fmt: skip
+                   rule: Rule = Rule(), seed: int = 0, on_fold: Callable[[int], None] | None = None) -> CrossValidation:  # fmt: skip
     """Each fold's policy is fitted on the other folds' matrix (`m.take(train)`, a copy holding only
     those rows) and scored on its own rows: every question's outcome comes from a policy that never
     saw it."""
@@ -180,6 +188,8 @@ def cross_validate(rows: list[Row], m: Matrix, prices: Prices, agreement: dict[s
         policies.append(fitted)
         r, c = outcome([rows[i] for i in test], fitted.spec, prices, m.unit)
         right[test], cost[test] = r, c
+        if on_fold is not None:  # `panel tune`'s progress bar
+            on_fold(len(policies))
     return CrossValidation(policies, parts, right, cost)
 
 

@@ -20,6 +20,7 @@ from evaluation.baselines import Outcomes
 from evaluation.cascade import CascadeSpec
 from evaluation.fleet_run import prices_near
 from evaluation.replay import Row, agreement_for, load
+from producer.progress import progress
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ def run(file: Path, k: int = 5, seed: int = 0, rule: tune.Rule | None = None, ro
     prices = prices_near(file)
     m = matrix.build(rows, prices)
     agreement = agreement_for(rows[0].kind)
-    cv = tune.cross_validate(rows, m, prices, agreement, k, rule, seed)
+    # a bar on stderr when it is a terminal: k folds, then the final fit and the hindsight search
+    with progress(f"tuning {file.name}", k + 2) as tick:
+        cv = tune.cross_validate(rows, m, prices, agreement, k, rule, seed, on_fold=lambda i: tick(i, f"fold {i}/{k}"))
+        final = tune.fit(m, agreement, rule)
+        tick(k + 1, "final fit on all rows")
+        hindsight = tune.hindsight(m, agreement, float(cv.right.mean()), rule)
+        tick(k + 2, "hindsight")
     singles = [baselines.single(rows, name, prices, m.unit) for name in m.models]
     strongest = min(singles, key=lambda o: (-o.accuracy, o.mean_cost))
     top = baselines.top_models(singles)
@@ -79,8 +86,7 @@ def run(file: Path, k: int = 5, seed: int = 0, rule: tune.Rule | None = None, ro
     refs = [*([baselines.fusion_judge_always(rows, top, judge, prices, m.unit),
                baselines.majority_first(rows, top, judge, prices, m.unit)] if len(top) == 3 else []), *singles]  # fmt: skip
     tuned = Outcomes("tuned (out-of-fold)", cv.right, cv.cost, np.zeros(m.n), np.zeros(m.n, dtype=bool))
-    final = tune.fit(m, agreement, rule)
-    return TuneResult(file.name, m.unit, m.n, strongest, tuned, tune.hindsight(m, agreement, tuned.accuracy, rule), final,
+    return TuneResult(file.name, m.unit, m.n, strongest, tuned, hindsight, final,
                       [p.spec.describe() for p in cv.policies], refs)  # fmt: skip
 
 

@@ -112,7 +112,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     from producer import labels
-    from producer.ledger_view import summarise, table
+    from producer.ledger_view import stage_rates, summarise, table
 
     client = _client(args)
     if args.html or args.serve is not None:
@@ -121,6 +121,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return ledger_cmd(client, args.html, args.serve, args.labels)
     receipts = client.ledger()
     print(table(summarise(receipts)))
+    stages = stage_rates(receipts)
+    if stages:
+        print("\n" + "\n".join(stages))
     fed_back = labels.get_all(client.redis)
     if fed_back:
         print("\n".join(labels.summary(receipts, fed_back)))
@@ -204,7 +207,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     command = "panel tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else f"panel tune {args.file}"
     try:
         given = {"tolerance": args.tolerance, "max_stages": args.max_stages, "inner_folds": args.inner_folds,
-                 "min_support": args.min_support, "rate_step": args.rate_step, "last": args.last, "z": args.z, "margin": args.margin}
+                 "min_support": args.min_support, "rate_step": args.rate_step, "last": args.last, "z": args.z, "margin": args.margin,
+                 "confirms": True if args.confirm else None, "pick": args.pick}
         rule = Rule(**{k: v for k, v in given.items() if v is not None})  # unset: the default rule's constants
         return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
                          args.task_class, rule, command)  # fmt: skip
@@ -266,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300.0, help="seconds for all of them (default 300); exit 1 after")
     s.set_defaults(func=cmd_wait)
 
-    s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency")
+    s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency; per cascade stage: reached, accepted")
     s.add_argument("--html", metavar="FILE", help="write the ledger page (plots, receipts by job id) to FILE")
     s.add_argument("--serve", type=int, metavar="PORT", help="serve the ledger page on 127.0.0.1:PORT until Ctrl-C")
     s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false} besides `panel label`s: labelled accuracy')
@@ -322,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--last", choices=["strongest", "tied"], help="cascades end in the strongest model, or also the cheapest tied with it")
     s.add_argument("--z", type=float, help="> 0: require the paired lower bound diff - z*se vs the strongest >= -margin")
     s.add_argument("--margin", type=float, help="with --z: the share of the strongest model's accuracy a policy may lose on that lower bound (0.01)")
+    s.add_argument("--confirm", action="store_true", help="also search gate -> a model confirming its answer (agrees_previous) -> last")
+    s.add_argument("--pick", choices=["cheapest", "max_lcb"], help="among eligible policies: the cheapest, or the best paired lower bound")
     s.set_defaults(func=cmd_tune)
 
     s = parser("demo", "start redis, the simulator and workers; run examples/; stop all")

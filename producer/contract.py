@@ -158,8 +158,8 @@ def _encodable(text: str) -> bool:
 class CallRecord(_Strict):
     """One model call of a job (or one that was planned and not made)."""
 
-    member: str  # m0, m1, ... or "arbiter"
-    role: Literal["member", "arbiter"] = "member"
+    member: str  # m0, m1, ... or "arbiter" (or "equivalence")
+    role: Literal["member", "arbiter", "equivalence"] = "member"
     model: str
     provider: str
     tier: str
@@ -179,6 +179,10 @@ class CallRecord(_Strict):
     failed_over_from: str | None = None
     error: str | None = None
     anonymised: dict[str, str] | None = None  # the arbiter: label shown to the judge -> member id
+    # the equivalence check (`similar` + `equivalence`): the two members compared, and its yes/no
+    # (None: unreadable or failed; the arbiter decided)
+    compared: list[str] | None = None
+    equivalent: bool | None = None
 
 
 class Verdict(_Strict):

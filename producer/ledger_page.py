@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from producer.ledger_svg import line_chart
-from producer.ledger_view import _pct, summarise
+from producer.ledger_view import _pct, stage_rates, summarise
 
 Entry = tuple[float, dict[str, Any]]  # (appended at, unix seconds; receipt as JSON)
 MIN_PANELS_TO_FLAG = 5  # a class whose panel ran this often and never changed an answer is flagged
@@ -140,6 +140,7 @@ def render_page(entries: list[Entry], labels: dict[str, bool] | None = None, tit
             line_chart("p95 latency (ms)", xs, m["p95"], lambda v: f"{v:.0f}", _clock),
         ])  # fmt: skip
     flagged = [r for r in rows if r.flag]
+    stages = stage_rates(receipts)  # per cascade class and stage: reached, accepted, concluded
     span = f"{_clock(entries[0][0])}–{_clock(entries[-1][0])} UTC" if entries else "no receipts yet"
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{CSS}</style></head><body>",
@@ -147,6 +148,7 @@ def render_page(entries: list[Entry], labels: dict[str, bool] | None = None, tit
         f"{len(labels)} labelled; {len(flagged)} polic{'y' if len(flagged) == 1 else 'ies'} flagged</p>",
         "<h2>Per task class</h2><table id='classes'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
         *body, "</table>",
+        *(["<h2>Cascade stages</h2><ul id='stages'>", *(f"<li>{escape(s)}</li>" for s in stages), "</ul>"] if stages else []),
         f"<h2>Trends</h2><div class='charts'>{charts}</div>",
         "<h2>Receipts</h2><p>Newest first; link to one as <code>#job-ID</code>.</p>",
         _receipts(receipts[::-1][:RECEIPTS_SHOWN], labels), "</body></html>",

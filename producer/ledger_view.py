@@ -49,6 +49,25 @@ def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def stage_rates(receipts: list[dict[str, Any]]) -> list[str]:
+    """Per cascade task class and stage: jobs that reached it, how many its check accepted (and
+    the share), and how many concluded there (a last stage concludes whatever its check says, so
+    concluded > accepted there). A job appended twice counts once; a stage run twice (a retried
+    panel) counts by its last run."""
+    once: dict[str, dict[str, Any]] = {}
+    for r in receipts:
+        once.setdefault(str(r.get("job_id")), r)
+    tally: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    for r in once.values():
+        verdicts = {int(step["stage"]): bool(step.get("accepted")) for step in r["lanes"] if step.get("stage")}
+        for n, accepted in verdicts.items():
+            t = tally[r["task_class"]][n]
+            t[0], t[1], t[2] = t[0] + 1, t[1] + accepted, t[2] + (n == max(verdicts))
+    return [f"{tc} (cascade): " + "; ".join(f"stage {n}: {reached} reached, {acc} accepted ({acc / reached:.0%}), {done} concluded"
+                                             for n, (reached, acc, done) in sorted(by_stage.items()))
+            for tc, by_stage in sorted(tally.items())]  # fmt: skip
+
+
 def cache_figures(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """Answer cache: the share of jobs served from it (coalesced ones included) and what their
     source jobs had paid; prompt cache: the share of input tokens read from the providers' caches

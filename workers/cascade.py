@@ -9,6 +9,8 @@ Checks (thresholds range-checked at load, `workers/policy.py`):
   logprob        accept when the answer's sequence log-probability >= min (None: not accepted)
   self_reported  accept when the model's own "confidence: 0.x" (or 0-100%) >= min
   agreement      accept when the panel reached its quorum on its own (no arbiter, no split)
+  agrees_previous  accept when the stage's answer is the stage before's (the same vote key by
+                 the class's agreement rule): an unsure cheap answer confirmed by one more model
   schema         accept when the answer validates against the job's response_schema
   always         accept (the last stage's default)
 The last stage concludes the job whatever its check says; the receipt still shows the check.
@@ -38,6 +40,8 @@ class Evidence:
     agreeing: int = 1  # members that voted for the decided answer
     quorum: int = 1
     response_schema: dict[str, Any] | None = None
+    key: str | None = None  # the decided answer's vote key
+    previous_key: str | None = None  # the stage before's decided answer's vote key (agrees_previous)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,9 @@ def acceptance(spec: StageSpec, n: int, last: bool, ev: Evidence) -> Acceptance:
         agreed = ev.outcome == "quorum"
         detail = "" if agreed else ("split" if ev.outcome in ("split", "arbiter") else ev.outcome)
         return Acceptance(n, check, float(ev.agreeing), float(ev.quorum), agreed, last, detail)
+    if check == "agrees_previous":
+        same = ev.key is not None and ev.key == ev.previous_key
+        return Acceptance(n, check, 1.0 if same else 0.0, None, same, last, "" if same else "differs")
     # schema
     if ev.response_schema is None:
         return Acceptance(n, check, None, None, False, last, "no_response_schema")

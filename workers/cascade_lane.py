@@ -10,12 +10,14 @@ opened, so the receipt shows every stage taken with its check, value, threshold 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import orjson
 
 from producer import keys
 from producer.contract import Job
 from workers import cascade
+from workers.panel.record import NOT_MEMBERS
 from workers.panel.state import Member, PanelRun, PanelSnapshot
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
@@ -45,17 +47,27 @@ def stage_run(rt: Runtime, job_id: str, job: Job, policy: TaskPolicy, n: int, tr
     )  # fmt: skip
 
 
+def previous_key(rt: Runtime, job_id: str, n: int) -> str | None:
+    """The decided answer key of the job's stage n-1 (its last run), or None."""
+    runs = [orjson.loads(x) for x in rt.redis.lrange(keys.job_panels(job_id), 0, -1)]
+    before = [p["panel_id"] for p in runs if p.get("cascade", {}).get("stage") == n - 1]
+    if not before:
+        return None
+    got = rt.redis.hget(keys.panel(before[-1]), "answer")
+    return (got.decode() if isinstance(got, bytes) else str(got)) if got else None
+
+
 def evidence(spec: PanelRun, snap: PanelSnapshot, job: Job, text: str | None) -> cascade.Evidence:
     """The decided stage as the checks see it. The answer's log-probability is the highest among
     the members that voted for it (one member for a single-model stage)."""
     state, calls = snap.state, snap.calls
     key = state.get("answer") or None
-    backers = [c for m, c in calls.items() if m != "arbiter" and c.status in ("answered", "late")
+    backers = [c for m, c in calls.items() if m not in NOT_MEMBERS and c.status in ("answered", "late")
                and key is not None and c.answer_key == key]  # fmt: skip
     logprobs = [c.logprob for c in backers if c.logprob is not None]
     return cascade.Evidence(text=text, logprob=max(logprobs) if logprobs else None,
                             outcome=state.get("decided", "failed"), agreeing=len(backers), quorum=spec.quorum,
-                            response_schema=job.response_schema)  # fmt: skip
+                            response_schema=job.response_schema, key=key)  # fmt: skip
 
 
 def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: int, text: str | None,
@@ -64,7 +76,11 @@ def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: in
     state gives the same verdict."""
     assert policy.cascade is not None
     last = cascade.is_last(policy.cascade, n)
-    verdict = cascade.acceptance(cascade.stage(policy.cascade, n), n, last, evidence(spec, snap, job, text))
+    st = cascade.stage(policy.cascade, n)
+    ev = evidence(spec, snap, job, text)
+    if st.check == "agrees_previous":
+        ev = replace(ev, previous_key=previous_key(rt, spec.job_id, n))
+    verdict = cascade.acceptance(st, n, last, ev)
     rt.redis.hset(keys.panel(spec.panel_id), "cascade", orjson.dumps(verdict.to_dict()))
     if cascade.goes_on(verdict):
         log.info("job %s: %s; stage %d follows", spec.job_id, verdict.reason(), n + 1)

@@ -13,7 +13,7 @@ from producer import keys
 from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
 from workers.panel import attempts
 from workers.panel.chord import call_record
-from workers.panel.record import Call
+from workers.panel.record import NOT_MEMBERS, Call
 from workers.panel.state import PanelSnapshot
 from workers.runtime import Runtime
 
@@ -68,8 +68,9 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
             calls.append(CallRecord(**rec.receipt_fields() | {"member": f"{n}.{m.member}"}))
             if default_key is None and "cascade" not in p and rec.status == "answered" and m.model == policy.single.model:
                 default_key, default_text = rec.answer_key, rec.text
-        if "arbiter" in records:
-            calls.append(CallRecord(**records["arbiter"].receipt_fields() | {"member": f"{n}.arbiter"}))
+        for judge in NOT_MEMBERS:  # the equivalence check and the arbiter, charged like members
+            if judge in records:
+                calls.append(CallRecord(**records[judge].receipt_fields() | {"member": f"{n}.{judge}"}))
         if state.get("verdict"):
             verdict = Verdict.model_validate(orjson.loads(state["verdict"]))
         decision = _decision(spec.stage, state.get("decided", ""), verdict)
@@ -117,7 +118,7 @@ def _decided_text(state: dict[str, str], records: dict[str, Call]) -> str | None
     if state.get("verdict"):
         return str(orjson.loads(state["verdict"])["final_answer"])
     key = state.get("answer")
-    answered = sorted((c for m, c in records.items() if m != "arbiter" and c.status in ("answered", "late")),
+    answered = sorted((c for m, c in records.items() if m not in NOT_MEMBERS and c.status in ("answered", "late")),
                       key=lambda c: c.member)  # fmt: skip
     return next((c.text for c in answered if key and c.answer_key == key), None)
 

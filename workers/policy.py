@@ -23,7 +23,7 @@ from workers.errors import PolicyError
 from workers.registry import Registry, policies_dir
 
 RuleName = Literal["exact", "choice", "json", "numeric", "set", "similar"]
-CheckName = Literal["logprob", "self_reported", "agreement", "schema", "always"]
+CheckName = Literal["logprob", "self_reported", "agreement", "agrees_previous", "schema", "always"]
 LaneName = Literal["single", "panel", "cascade"]
 MAX_STAGES = 4
 NO_LOGPROBS = "Anthropic Messages returns no log-probabilities; use agreement or self_reported"
@@ -31,6 +31,15 @@ NO_LOGPROBS = "Anthropic Messages returns no log-probabilities; use agreement or
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EquivalenceSpec(_Strict):
+    """`similar` only: before the arbiter, ask `model` (an economy model) whether the two closest
+    answers that the rule did not join (token-set ratio in [min, threshold)) say the same thing;
+    a yes that makes the quorum decides the panel without the arbiter. Charged in the receipt."""
+
+    model: str
+    min: float = Field(default=0.5, ge=0, le=1)
 
 
 class AgreementSpec(_Strict):
@@ -42,6 +51,18 @@ class AgreementSpec(_Strict):
     threshold: float | None = Field(default=None, gt=0, le=1)
     # similar: the JSON fields a reply may declare its answer in (default: answer, final_answer)
     answer_fields: list[str] | None = Field(default=None, min_length=1)
+    equivalence: EquivalenceSpec | None = None  # similar: an LLM equivalence check for near misses
+
+    @model_validator(mode="after")
+    def _equivalence(self) -> AgreementSpec:
+        if self.equivalence is None:
+            return self
+        if self.rule != "similar":
+            raise ValueError(f"equivalence: only the `similar` rule has near misses to check, not {self.rule!r}")
+        if self.equivalence.min >= (0.9 if self.threshold is None else self.threshold):
+            raise ValueError(f"equivalence.min: {self.equivalence.min} must be below the rule's threshold "
+                             "(the check asks about answers the rule did not join)")  # fmt: skip
+        return self
 
 
 class PanelSpec(_Strict):
@@ -250,6 +271,8 @@ def panel_refs(loc: Loc, panel: PanelSpec | None) -> list[tuple[Loc, str]]:
     if panel is None:
         return []
     refs = [(loc + ("members", i), m) for i, m in enumerate(panel.members)]
+    if panel.agreement.equivalence is not None:
+        refs.append((loc + ("agreement", "equivalence", "model"), panel.agreement.equivalence.model))
     return refs + ([(loc + ("arbiter",), panel.arbiter)] if panel.arbiter else [])
 
 
@@ -295,6 +318,9 @@ def check_cascade(path: Path, lines: dict[Loc, int], loc: Loc, policy: TaskPolic
                 _refuse(path, lines, at + ("accept", "min"), f"{bound} is out of range for {check}: give a value in {_range(lo, hi)}")
         elif bound is not None:
             _refuse(path, lines, at + ("accept", "min"), f"check {check} takes no `min`; remove it")
+        if check == "agrees_previous" and (i == 0 or stage.panel is not None):
+            _refuse(path, lines, at + ("accept", "check"), "agrees_previous accepts a single-model stage whose answer is "
+                    "the stage before's; it needs a stage before it and a `model:` stage (a panel stage uses agreement)")  # fmt: skip
         if check == "agreement" and stage.panel is None:
             _refuse(path, lines, at + ("accept", "check"), "agreement needs a panel stage (two or more members); "
                     "use logprob, self_reported or schema on a single-model stage")  # fmt: skip

@@ -209,3 +209,20 @@ def test_the_transfer_harness_tunes_on_one_half_and_scores_the_written_policy_on
         assert r.acc_vs_train_pick == pytest.approx(right.mean() / strong.mean())
     s = transfer.summary(res)
     assert 0 <= s["met"] <= s["acc_ok"] <= 1 and s["cost_median"] > 0
+
+
+def test_confirm_stages_score_in_the_search_as_the_replay_does(tmp_path: Path) -> None:
+    """A gated model, another model confirming its unsure answer (`agrees_previous`), the last:
+    the vectorised search and the cascade lane's row-by-row rules give the same right/cost."""
+    from evaluation import space as search
+
+    rows, m = setup(tmp_path, cascade_data.rows(120))
+    s = search.build(m, AGREE, confirms=True)
+    correct, _, cost, _ = s.flat()
+    picked = [i for i in range(correct.size) if "agrees" in s.spec(i).describe()]
+    assert picked  # the family is in the space
+    for i in picked[:: max(1, len(picked) // 7)]:
+        right, c = tune.outcome(rows, s.spec(i), {}, m.unit)
+        assert right.sum() == correct[i] and c.sum() == pytest.approx(cost[i]), s.spec(i).describe()
+    with pytest.raises(ValueError, match="agrees_previous needs a stage before it"):
+        CascadeSpec.from_entry({"stages": [{"model": "cheap", "accept": {"check": "agrees_previous"}}, {"model": "strong"}]})

@@ -1,11 +1,13 @@
 """The cascade lane end to end on real parts (redis-server, Celery workers, the simulator serving
 log-probabilities, and llmock, which serves none): a job accepted at stage 1, one escalated with
 the receipt naming the check, its value and threshold, an agreement stage that accepts and one
-that splits and escalates without its arbiter. One fleet for the module."""
+that splits and escalates without its arbiter, a confirm stage (agrees_previous), and the free-text
+equivalence check on the simulator and on llmock. One fleet for the module."""
 
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +80,37 @@ task_classes:
       members: [llama3.1-70b, qwen2.5-72b-instruct]
       quorum: 2
       agreement: {rule: similar, threshold: 0.85}
+      arbiter: llama3.1-405b
+  qa_confirm:                               # an unsure cheap answer confirmed by one more model
+    default_lane: cascade
+    single: {model: llama3.1-8b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - model: llama3.1-8b
+          accept: {check: logprob, min: -0.35}
+        - model: llama3.1-70b
+          accept: {check: agrees_previous}
+        - model: llama3.1-405b
+  qa_equivalence_llmock:                    # the equivalence model on llmock (canned replies, not the verdict JSON)
+    default_lane: panel
+    single: {model: llama3.1-70b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct]
+      quorum: 2
+      agreement: {rule: similar, threshold: 0.85, equivalence: {model: gpt-4o-mini, min: 0.6}}
+      arbiter: llama3.1-405b
+  qa_equivalence:                           # near misses of `similar` go to an economy model first
+    default_lane: panel
+    single: {model: llama3.1-70b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct]
+      quorum: 2
+      agreement: {rule: similar, threshold: 0.85, equivalence: {model: llama3.1-8b, min: 0.6}}
       arbiter: llama3.1-405b
 """
 
@@ -221,3 +254,75 @@ def test_a_free_text_panel_agrees_by_similarity_where_exact_match_would_split(fl
     assert r.decision == "quorum" and not any(c.role == "arbiter" for c in r.calls)
     assert r.final_answer in (a, b)
     assert fleet.sim("/_sim/stats")["models"].get("llama3.1-405b", {}).get("requests", 0) == 0  # type: ignore[union-attr]
+
+
+ARBITER_PICKS_R1 = '{"chosen_members": ["r1"], "disagreements": ["wording"], "rationale": "r1."}'
+
+
+@pytest.mark.parametrize(("said", "decision"), [('{"equivalent": true}', "quorum"), ('{"equivalent": false}', "arbiter")])
+def test_a_near_miss_goes_to_the_equivalence_model_before_the_arbiter(fleet: Fleet, client: PanelClient, said: str,
+                                                                      decision: str) -> None:  # fmt: skip
+    a, b = "The answer is 12 apples.", "Final answer: twelve apples"  # token-set ratio 0.8: under 0.85, over 0.6
+    asked = judge_requests(fleet)
+    r = run(fleet, client, {"llama3.1-70b": {"answer": a}, "qwen2.5-72b-instruct": {"answer": b},
+                            "llama3.1-8b": {"answer": said}, "llama3.1-405b": {"answer": ARBITER_PICKS_R1}},
+            task_class="qa_equivalence")  # fmt: skip
+    [check] = [c for c in r.calls if c.role == "equivalence"]
+    assert check.model == "llama3.1-8b" and check.status == "answered" and check.cost_usd > 0
+    assert sorted(check.compared or []) == ["m0", "m1"] and check.equivalent is (decision == "quorum")
+    assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))  # charged in the receipt
+    assert r.decision == decision and r.final_answer in (a, b)
+    assert any(c.role == "arbiter" for c in r.calls) is (decision == "arbiter")
+    assert judge_requests(fleet) == asked + 1  # one call to the economy model, the one in the receipt
+
+
+def judge_requests(fleet: Fleet) -> int:
+    return int(fleet.sim("/_sim/stats")["models"].get("llama3.1-8b", {}).get("requests", 0))  # type: ignore[union-attr]
+
+
+def test_answers_far_apart_go_straight_to_the_arbiter(fleet: Fleet, client: PanelClient) -> None:
+    asked = judge_requests(fleet)
+    r = run(fleet, client, {"llama3.1-70b": {"answer": "The answer is 12 apples."},
+                            "qwen2.5-72b-instruct": {"answer": "Final answer: 7 pears"},
+                            "llama3.1-8b": {"answer": '{"equivalent": true}'}, "llama3.1-405b": {"answer": ARBITER_PICKS_R1}},
+            task_class="qa_equivalence")  # fmt: skip
+    assert not any(c.role == "equivalence" for c in r.calls) and r.decision == "arbiter"
+    assert judge_requests(fleet) == asked
+
+
+@pytest.mark.parametrize(("second", "stages", "final"), [("A", 2, "A"), ("B", 3, "C")])
+def test_an_unsure_answer_confirmed_by_the_next_model_stops_there_else_goes_on(fleet: Fleet, client: PanelClient,
+                                                                               second: str, stages: int, final: str) -> None:  # fmt: skip
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -0.82}, "llama3.1-70b": {"answer": second},
+                            "llama3.1-405b": {"answer": "C"}}, task_class="qa_confirm")  # fmt: skip
+    assert [s.stage for s in r.lanes] == list(range(1, stages + 1)) and r.final_answer == final
+    confirm = r.lanes[1]
+    assert (confirm.check, confirm.value, confirm.accepted) == ("agrees_previous", 1.0 if stages == 2 else 0.0, stages == 2)
+    if stages == 3:
+        assert r.lanes[2].reason == "cascade:stage2:agrees_previous=differs"
+    assert [c.model for c in r.calls] == ["llama3.1-8b", "llama3.1-70b", "llama3.1-405b"][:stages]
+
+
+def test_an_unreadable_equivalence_reply_goes_on_to_the_arbiter_and_is_still_charged(fleet: Fleet, client: PanelClient) -> None:
+    """gpt-4o-mini is llmock here: a real OpenAI-wire reply that is not {"equivalent": bool}."""
+    r = run(fleet, client, {"llama3.1-70b": {"answer": "The answer is 12 apples."},
+                            "qwen2.5-72b-instruct": {"answer": "Final answer: twelve apples"},
+                            "llama3.1-405b": {"answer": ARBITER_PICKS_R1}}, task_class="qa_equivalence_llmock")  # fmt: skip
+    [check] = [c for c in r.calls if c.role == "equivalence"]
+    assert (check.model, check.provider, check.status, check.equivalent) == ("gpt-4o-mini", "openai", "answered", None)
+    assert check.tokens_in > 0 and check.cost_usd > 0 and "unreadable" in (check.error or "")
+    assert r.decision == "arbiter" and any(c.role == "arbiter" for c in r.calls)
+    assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))
+
+
+def test_the_ledger_counts_each_stage_s_acceptances(fleet: Fleet, client: PanelClient) -> None:
+    from producer.ledger_view import stage_rates
+
+    ids = {run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": lp}, "llama3.1-70b": {"answer": second},
+                               "llama3.1-405b": {"answer": "C"}}, task_class="qa_confirm").job_id
+           for lp, second in ((-0.1, "A"), (-0.82, "A"), (-0.82, "B"))}  # fmt: skip
+    deadline = time.time() + 30  # the ledger entry is appended when the job is finalised
+    while len(mine := [r for r in client.ledger() if r["job_id"] in ids]) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    assert stage_rates(mine) == ["qa_confirm (cascade): stage 1: 3 reached, 1 accepted (33%), 1 concluded; "
+                                 "stage 2: 2 reached, 1 accepted (50%), 1 concluded; stage 3: 1 reached, 1 accepted (100%), 1 concluded"]  # fmt: skip

@@ -127,3 +127,20 @@ def test_arbiter_of_another_family_is_enforced_at_load(tmp_path: Path) -> None:
                           "            agreement: {rule: choice}\n            arbiter: gpt-4o\n            arbiter_family: different\n          accept")
     e = refusal(tmp_path, staged)  # gpt-4o judging gpt-4o-mini inside a cascade stage
     assert e.field == "task_classes.qa_choice.cascade.stages.1.panel.arbiter" and "gpt-4o-mini" in str(e)
+
+
+def test_agrees_previous_needs_a_stage_before_it_and_a_single_model_stage(tmp_path: Path) -> None:
+    first = GOOD.replace("accept: {check: logprob, min: -0.35}", "accept: {check: agrees_previous}")
+    e = refusal(tmp_path, first)
+    assert e.field == "task_classes.qa_choice.cascade.stages.0.accept.check" and "stage before it" in str(e)
+    assert e.line == line_of(first, "check: agrees_previous")
+    panel = GOOD.replace("accept: {check: agreement}", "accept: {check: agrees_previous}")
+    e = refusal(tmp_path, panel)
+    assert e.field == "task_classes.qa_choice.cascade.stages.1.accept.check" and "a panel stage uses agreement" in str(e)
+    ok = GOOD.replace("""        - panel:
+            members: [llama3.1-70b, gpt-4o-mini]
+            quorum: 2
+            agreement: {rule: choice}
+          accept: {check: agreement}""", """        - model: llama3.1-70b
+          accept: {check: agrees_previous}""")
+    assert load(tmp_path, ok).get("qa_choice").cascade.stages[1].check == "agrees_previous"  # type: ignore[union-attr]

@@ -20,11 +20,12 @@ from pydantic import ValidationError
 
 from producer import keys
 from producer.contract import Job, Verdict
+from workers.panel import equivalence
 from workers.panel.agreement import make_rule
 from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude
 from workers.panel.ports import Chord
-from workers.panel.record import Call
+from workers.panel.record import NOT_MEMBERS, Call
 from workers.panel.state import PanelRun, PanelStore
 from workers.providers.caching import price, record_fields
 
@@ -135,6 +136,10 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
     job = chord.jobs.load(spec.job_id)
     calls = store.calls(panel_id)
     answers = member_answers(store, panel_id, calls)
+    checks = spec.agreement_spec().equivalence is not None and "arbiter" not in calls  # no extra read otherwise
+    pair = equivalence.near_miss(spec, answers, store.votes(panel_id)) if checks else None
+    if pair is not None and equivalence.ask(chord, spec, job, pair, answers, batch):
+        return decide_equivalent(store, spec, pair)
     labels = anonymise(panel_id, sorted(answers))
     prior = calls.get("arbiter")
     verdict: Verdict | None = None
@@ -178,7 +183,7 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
 def member_answers(store: PanelStore, panel_id: str, calls: dict[str, Call] | None = None) -> dict[str, str]:
     """What each member answered (answered or late calls), as the arbiter is shown it."""
     calls = store.calls(panel_id) if calls is None else calls
-    return {m: str(c.text) for m, c in calls.items() if m != "arbiter" and c.status in ("answered", "late")}
+    return {m: str(c.text) for m, c in calls.items() if m not in NOT_MEMBERS and c.status in ("answered", "late")}
 
 
 def decide_by_verdict(store: PanelStore, spec: PanelRun, job: Job, verdict: Verdict | None,
@@ -192,6 +197,16 @@ def decide_by_verdict(store: PanelStore, spec: PanelRun, job: Job, verdict: Verd
     store.r.hset(keys.panel(spec.panel_id), "verdict", verdict.model_dump_json())
     store.decide(spec.panel_id, "arbiter", key, replace_exhausted=True)
     return Turn("fallback" if verdict.fallback else "verdict", spec, (Conclude(),))
+
+
+def decide_equivalent(store: PanelStore, spec: PanelRun, pair: tuple[str, str, float]) -> Turn:
+    """The equivalence check joined two near-miss answers into a quorum: the panel is decided as a
+    quorum on the answer of the side with more votes (the first member's on a tie), no arbiter."""
+    votes, tally = store.votes(spec.panel_id), store.tally(spec.panel_id)
+    a, b, _ = pair
+    key = max((votes[a], votes[b]), key=lambda k: (tally.get(k, 0), k == votes[a]))
+    store.decide(spec.panel_id, "quorum", key, replace_exhausted=True)
+    return Turn("equivalent", spec, (Conclude(),))
 
 
 def majority_verdict(store: PanelStore, panel_id: str, answers: dict[str, str]) -> Verdict:

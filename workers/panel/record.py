@@ -15,17 +15,20 @@ import orjson
 Status = Literal["answered", "failed", "late", "cancelled", "skipped"]
 _RECEIPT_FIELDS = ("member", "role", "model", "provider", "tier", "status", "tokens_in", "tokens_out", "tokens_cached",
                    "tokens_cache_write", "cache_saved_usd", "latency_ms", "cost_usd", "batch", "realtime_cost_usd",
-                   "answer_key", "failed_over_from", "error", "logprob", "anonymised")  # fmt: skip
+                   "answer_key", "failed_over_from", "error", "logprob", "anonymised", "compared", "equivalent")  # fmt: skip
+
+
+NOT_MEMBERS = ("arbiter", "equivalence")  # calls of a panel that are not a member's answer
 
 
 @dataclass
 class Call:
-    member: str  # m0, m1, ... or "arbiter"
+    member: str  # m0, m1, ... or "arbiter" (or "equivalence", the free-text equivalence check)
     model: str
     provider: str
     tier: str
     status: Status
-    role: Literal["member", "arbiter"] = "member"
+    role: Literal["member", "arbiter", "equivalence"] = "member"
     batch: bool = False  # priced at the batch price list
     tokens_in: int = 0
     tokens_out: int = 0
@@ -42,6 +45,8 @@ class Call:
     verdict: dict[str, Any] | None = None  # the arbiter's validated verdict
     anonymised: dict[str, str] | None = None  # the arbiter: label shown to the judge -> member id
     logprob: float | None = None  # the answer's sequence log-probability (OpenAI wire, when asked)
+    compared: list[str] | None = None  # the equivalence check: the two members it compared
+    equivalent: bool | None = None  # and what it said (None: unreadable or failed)
     tries: int = 0  # the batch arbiter's verdict requests, each paid for
     ended_at: float | None = None  # when its outcome was known (epoch s; set when first stored)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # fields of a newer version, kept
