@@ -6,7 +6,10 @@ else on the machine falls on both alike.
     python3 -m bench.tracing [--jobs 100] [--rounds 3]
 
 Measured: CPU seconds (user + system) of every worker process (and its beat) per decided job, from
-/proc, and the ratio on / off.
+/proc, and the ratio on / off. Beside it, each fleet's wall time and its idle CPU (what its
+processes use per second with no job: beat, sweeps, pool threads), and the ratio net of that idle
+CPU over the rounds' wall time, so a fleet whose rounds ran longer on the loaded machine is not
+charged its idle polling as tracing.
 """
 
 from __future__ import annotations
@@ -103,6 +106,13 @@ def round_(f: Fleet, client: PanelClient, jobs: int) -> tuple[float, float]:
     return worker_cpu(f) - cpu0, time.monotonic() - t0
 
 
+def idle_rate(f: Fleet, seconds: float = 5.0) -> float:
+    """CPU seconds per second the fleet's workers use with no job in flight."""
+    cpu0, t0 = worker_cpu(f), time.monotonic()
+    time.sleep(seconds)
+    return (worker_cpu(f) - cpu0) / (time.monotonic() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python3 -m bench.tracing", description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=100, help="panels per round per fleet")
@@ -120,19 +130,23 @@ def main() -> None:
         clients = {k: PanelClient(f.redis_url) for k, f in fleets.items()}
         for k, f in fleets.items():  # warm-up: imports, connections, first spans
             round_(f, clients[k], 20)
+        idle = {k: idle_rate(f) for k, f in fleets.items()}
         cpu = {k: 0.0 for k in fleets}
+        wall = {k: 0.0 for k in fleets}
         for _ in range(args.rounds):
             for k, f in fleets.items():
-                used, _wall = round_(f, clients[k], args.jobs)
+                used, took = round_(f, clients[k], args.jobs)
                 cpu[k] += used
+                wall[k] += took
         n = args.jobs * args.rounds
         per = {k: cpu[k] / n * 1000 for k in fleets}
+        net = {k: (cpu[k] - idle[k] * wall[k]) / n * 1000 for k in fleets}
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {n} agreeing 3-member panels per fleet, "
               f"{args.rounds} alternating rounds; OTLP export requests received: {sink.requests}")  # fmt: skip
-        print("| tracing | worker CPU ms per job |\n|---|---|")
+        print("| tracing | worker CPU ms per job | wall s | idle CPU ms/s | net of idle ms per job |\n|---|---|---|---|---|")
         for k in ("off", "on"):
-            print(f"| {k} | {per[k]:.1f} |")
-        print(f"on/off CPU per job: {per['on'] / per['off']:.3f}")
+            print(f"| {k} | {per[k]:.1f} | {wall[k]:.1f} | {idle[k] * 1000:.0f} | {net[k]:.1f} |")
+        print(f"on/off CPU per job: {per['on'] / per['off']:.3f}; net of idle CPU: {net['on'] / net['off']:.3f}")
     finally:
         for f in fleets.values():
             f.stop()
