@@ -7,10 +7,8 @@ A `single` lane is a panel of one member with a quorum of one, so every lane sha
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -21,6 +19,7 @@ import redis
 from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
+from workers.concluding import JobView, job_view, read_concluding, take_and_read
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
@@ -28,13 +27,13 @@ from workers.panel import attempts, watchdog
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
+from workers.panel.route import route
 from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
 __all__ = ["DEAD_LETTER", "conclude_panel", "failure_reason", "finalise_job", "start_job"]
 log = logging.getLogger("panel.jobs")
-CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
@@ -50,14 +49,18 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     went away, the worker died) is finished by the next delivery, which sends what the first
     panel still lacks, or plans again if no panel was made."""
     jkey = keys.job(job_id)
-    if not rt.redis.hsetnx(jkey, "started", time.time()):
+    pipe = rt.redis.pipeline(transaction=False)  # one key: the started mark, and the spec it plans from
+    pipe.hsetnx(jkey, "started", time.time())
+    pipe.hget(jkey, "spec")
+    fresh, raw = pipe.execute()
+    if not fresh:
         panels = rt.jobs.panels(job_id)
         if panels or rt.redis.hget(jkey, "status") in (b"decided", b"failed"):
             if len(panels) == 1:
                 send_unsent_members(rt, d, panels[0]["panel_id"])
             return "already started"
     try:
-        job = rt.jobs.load(job_id)
+        job = rt.jobs.load(job_id, raw)
         policy = rt.policies.get(job.task_class)
         plan = rt.policies.plan(job)
     except redis.RedisError:
@@ -117,8 +120,12 @@ def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: by
         pipe.hset(keys.job(spec.job_id), mapping={"status": "running", "plan": plan})
     pipe.rpush(keys.job_panels(spec.job_id), orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
     pipe.expire(keys.job_panels(spec.job_id), rt.settings.result_ttl_s)
+    first = spec.members[: spec.first_stage_size]
+    expect = route(spec) != "batch"  # the watchdog's entries with the panel, before the members are sent
+    if expect:
+        watchdog.expect(pipe, spec.panel_id, [m.member for m in first])
     pipe.execute()
-    dispatch(rt.store, d, spec, spec.members[: spec.first_stage_size])
+    dispatch(rt.store, d, spec, first, expected=expect)
     return spec
 
 
@@ -128,27 +135,6 @@ def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPo
     assert policy.cascade is not None
     spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, job_deadline(rt, job, policy))
     return open_panel(rt, d, spec, reason, plan, cascade={"stage": n, "of": len(policy.cascade.stages)})
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What a conclusion reads of its job, in one round trip."""
-
-    panels: list[dict[str, Any]]
-    finalised: bool
-    submitted_at: float
-    schema_invalid: int
-    status: str
-
-
-def job_view(rt: Runtime, job_id: str) -> JobView:
-    pipe = rt.redis.pipeline(transaction=False)  # reads, one slot: the job's
-    pipe.lrange(keys.job_panels(job_id), 0, -1)
-    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status")
-    panels, (finalised, submitted, invalid, status) = pipe.execute()
-    return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
-                   submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
-                   status=(status or b"").decode())  # fmt: skip
 
 
 def final_text(snap: PanelSnapshot) -> str | None:
@@ -200,17 +186,18 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
         return
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
-    taken, concluded = take(keys=[keys.concluding(panel_id), pkey], args=[os.getpid(), CONCLUDE_LEASE_S])
+    (taken, concluded), read = take_and_read(rt, spec, take)
     if not taken:
         return
     try:
         if not concluded:
-            act_on_decision(rt, d, spec)
+            act_on_decision(rt, d, spec, read)
             if not release(keys=[keys.concluding(panel_id), pkey], args=[time.time()]):
                 return
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
-            if job_view(rt, spec.job_id).status == "decided":
-                finalise_job(rt, d, spec.job_id, rerender=True)
+            view, snap = read_concluding(rt, panel_id, spec.job_id, prior=True)
+            if view.status == "decided":
+                finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap})
             if not release(keys=[keys.concluding(panel_id), pkey], args=[""]):
                 return
     except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
@@ -231,18 +218,18 @@ def _lease_scripts(rt: Runtime) -> tuple[Any, Any]:
     return got
 
 
-def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun) -> None:
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
+                    read: tuple[JobView, PanelSnapshot] | None = None) -> None:  # fmt: skip
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
-    another is not escalated again, a finalised job is only re-rendered)."""
+    another is not escalated again, a finalised job is only re-rendered). `read`: the job's view
+    and the panel's snapshot, read with the lease (`take_and_read`), else read here."""
     panel_id = spec.panel_id
-    view = job_view(rt, spec.job_id)
+    view, snap = read if read is not None else read_concluding(rt, panel_id, spec.job_id, publish=True)
     newest = view.panels[-1]
     if newest["panel_id"] != panel_id:
         return  # this panel's escalation or retry was sent before a crash
-    rt.store.publish_decided(panel_id)
     job = rt.jobs.load(spec.job_id)
     policy = rt.policies.get(job.task_class)
-    snap = rt.store.snapshot(panel_id)
     text = final_text(snap)
     if "cascade" in newest:  # a cascade stage: its acceptance check concludes or escalates
         n = int(newest["cascade"]["stage"])
@@ -309,7 +296,14 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
     text = final_text(snaps[panels[-1]["panel_id"]])
     receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
-    prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"]) if rerender else (None, None)
+    prior: bytes | str | None
+    ledger_id: bytes | str | None
+    if not rerender:
+        prior, ledger_id = None, None
+    elif view.has_prior:
+        prior, ledger_id = view.prior, view.ledger_id
+    else:
+        prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"])
     if prior and (first := Result.model_validate_json(prior).receipt) is not None:
         receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
     decided = receipt.decision != "failed" and text is not None
@@ -324,7 +318,6 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     cluster = connect.is_cluster(rt.redis)
     pipe = rt.redis.pipeline(transaction=True)
     pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
-    entry_at = None
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
@@ -338,16 +331,15 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
             pipe.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)
             watchdog.queue_forget_members(pipe, panel_members(rt, snaps))
     if (not rerender or ledger_id) and not cluster:  # a re-render replaces the ledger entry: one per job
-        entry_at = ledger.queue_entry(pipe, receipt, replaces=ledger_id)
+        ledger.queue_entry_with_id(pipe, receipt, jkey, replaces=ledger_id)  # and its id in the job hash
     elif (not rerender or ledger_id) and not unchanged:  # a cluster: the ledger is another slot
         lp = rt.redis.pipeline(transaction=False)
         at = ledger.queue_entry(lp, receipt, replaces=ledger_id)
         pipe.hset(jkey, "ledger_id", lp.execute()[at])
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
-    written = pipe.execute() if not unchanged else []
-    if entry_at is not None and not unchanged:
-        rt.redis.hset(jkey, "ledger_id", written[entry_at])
+    if not unchanged:
+        pipe.execute()
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         rt.redis.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)  # the tenant's slot

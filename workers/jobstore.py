@@ -40,15 +40,21 @@ class JobStore:
         self.result_ttl_s = result_ttl_s
         self._jobs: OrderedDict[str, Job] = OrderedDict()
 
-    def load(self, job_id: str) -> Job:
-        """The stored job. Its deadline was checked at submit; re-checking it here ("deadline is
-        in the past") would make every step after the deadline (the sweep's decision, a late
-        member) raise, so it is set back after validation instead."""
+    def has(self, job_id: str) -> bool:
+        """This process has the job (a read of its spec can be skipped)."""
+        return job_id in self._jobs
+
+    def load(self, job_id: str, raw: bytes | str | None = None) -> Job:
+        """The stored job; `raw`: its spec, read by the caller in a round trip it made anyway.
+        Its deadline was checked at submit; re-checking it here ("deadline is in the past")
+        would make every step after the deadline (the sweep's decision, a late member) raise,
+        so it is set back after validation instead."""
         job = self._jobs.get(job_id)
         if job is not None:
             self._jobs.move_to_end(job_id)
             return job
-        raw = self.r.hget(keys.job(job_id), "spec")
+        if raw is None:
+            raw = self.r.hget(keys.job(job_id), "spec")
         if raw is None:
             raise KeyError(f"job {job_id} not found")
         data = orjson.loads(raw)

@@ -5,6 +5,7 @@ to the ledger stream (`keys.LEDGER_STREAM`) that `panel ledger` summarises.
 from __future__ import annotations
 
 import time
+from importlib.resources import files
 from typing import Any
 
 import orjson
@@ -142,7 +143,23 @@ def queue_entry(pipe: Any, receipt: Receipt, replaces: bytes | str | None = None
     kept in the job hash as `ledger_id`)."""
     if replaces:
         pipe.xdel(keys.LEDGER_STREAM, replaces)
-    at = len(pipe.command_stack)
+    at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
     pipe.xadd(keys.LEDGER_STREAM, {"task_class": receipt.task_class, "receipt": receipt.model_dump_json()},
               maxlen=LEDGER_MAXLEN, approximate=True)  # fmt: skip
     return at
+
+
+_ENTRY = (files("workers") / "ledger_entry.lua").read_text()
+
+
+def queue_entry_with_id(pipe: Any, receipt: Receipt, job_key: str, replaces: bytes | str | None = None) -> None:
+    """`queue_entry`, with the entry's id written to the job's `ledger_id` in the same step
+    (ledger_entry.lua, sent as EVAL: inside a MULTI a script Redis lost would fail alone while
+    the rest ran). The stream and the job are different slots: a single Redis only."""
+    pipe.eval(_ENTRY, 2, keys.LEDGER_STREAM, job_key, LEDGER_MAXLEN, receipt.task_class,
+              receipt.model_dump_json(), text_of(replaces))  # fmt: skip
+
+
+def text_of(raw: bytes | str | None) -> str:
+    return raw.decode() if isinstance(raw, bytes) else (raw or "")
+

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TypeVar
 
 import httpx
@@ -74,7 +75,10 @@ class Runtime:
         # the narrow view the panel path is given (workers/panel/ports.py)
         self.chord = Chord(store=self.store, registry=self.registry, jobs=self.jobs, caller=ModelCaller(self))
         self._providers: dict[str, Provider] = {}
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}  # panel id -> its calls' events (any thread adds)
+        self._waiters_lock = threading.Lock()
+        self._watch = threading.local()  # the panel this thread's member task watches (`watching`)
+        self._subscribed = False  # the decided channel is subscribed now: a watched call needs no check
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="panel-io", daemon=True)
         self._thread.start()
@@ -111,20 +115,58 @@ class Runtime:
                 pubsub = self._apubsub.pubsub()
                 await pubsub.subscribe(keys.DECIDED_CHANNEL)
                 async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        for ev in self._waiters.get(msg["data"].decode(), ()):
+                    if msg.get("type") == "subscribe":
+                        self._subscribed = True
+                    elif msg.get("type") == "message":
+                        with self._waiters_lock:
+                            events = tuple(self._waiters.get(msg["data"].decode(), ()))
+                        for ev in events:
                             ev.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a Redis blip: resubscribe; calls still check `decided` on start
+            except Exception as e:  # a Redis blip: resubscribe; calls check `decided` on start meanwhile
+                self._subscribed = False
                 log.warning("decision watch reconnecting after %s", type(e).__name__)
                 await asyncio.sleep(0.5)
 
-    async def _race(self, panel_id: str, make: Callable[[], Awaitable[T]]) -> T:
-        ev = asyncio.Event()
-        self._waiters.setdefault(panel_id, set()).add(ev)
+    def _add_waiter(self, panel_id: str, ev: asyncio.Event) -> None:
+        with self._waiters_lock:
+            self._waiters.setdefault(panel_id, set()).add(ev)
+
+    def _drop_waiter(self, panel_id: str, ev: asyncio.Event) -> None:
+        with self._waiters_lock:
+            waiters = self._waiters.get(panel_id)
+            if waiters is not None:
+                waiters.discard(ev)
+                if not waiters:
+                    self._waiters.pop(panel_id, None)
+
+    @contextmanager
+    def watching(self, panel_id: str) -> Iterator[None]:
+        """Watch `panel_id`'s decided message for this thread's member task, from before its
+        start read (PanelStore.turn, which reads `decided`) until it ends: a decision after that
+        read sets the event, one before it is seen by the read, so the member's calls need no
+        `decided` check of their own (one round trip less per member call). A call made while
+        the channel is not subscribed (the process starting, a Redis blip) still checks."""
+        ev = asyncio.Event()  # bound to the IO loop when first awaited there (Python >= 3.10)
+        self._add_waiter(panel_id, ev)
+        prior = getattr(self._watch, "current", None)
+        self._watch.current = (panel_id, ev)
         try:
-            if await self._aredis.hexists(keys.panel(panel_id), "decided"):
+            yield
+        finally:
+            self._watch.current = prior
+            self._drop_waiter(panel_id, ev)
+
+    async def _race(self, panel_id: str, make: Callable[[], Awaitable[T]],
+                    watched: asyncio.Event | None = None) -> T:  # fmt: skip
+        ev = watched or asyncio.Event()
+        if watched is None:
+            self._add_waiter(panel_id, ev)
+        try:
+            if watched is None and await self._aredis.hexists(keys.panel(panel_id), "decided"):
+                raise Cancelled(panel_id)
+            if ev.is_set():  # decided since the member's start read: nothing sent
                 raise Cancelled(panel_id)
             call = asyncio.ensure_future(make())
             stop = asyncio.ensure_future(ev.wait())
@@ -141,17 +183,16 @@ class Runtime:
                 pass
             raise Cancelled(panel_id, sent=True)
         finally:
-            waiters = self._waiters.get(panel_id)
-            if waiters is not None:
-                waiters.discard(ev)
-                if not waiters:
-                    self._waiters.pop(panel_id, None)
+            if watched is None:
+                self._drop_waiter(panel_id, ev)
 
     def call(self, panel_id: str | None, make: Callable[[], Awaitable[T]]) -> T:
         """Run `make()` on the IO loop; with a panel id, cancel it if the panel is decided first."""
         if panel_id is None:
             return self.run(make())
-        return self.run(self._race(panel_id, make))
+        current = getattr(self._watch, "current", None)
+        watched = current[1] if current is not None and current[0] == panel_id and self._subscribed else None
+        return self.run(self._race(panel_id, make, watched))
 
     def close(self) -> None:
         async def _close() -> None:

@@ -145,7 +145,8 @@ def _test_poison(job_id: str) -> None:
 
 def _member_turn(panel_id: str, member_id: str, batch: bool | None = None) -> str:
     rt = runtime()
-    turn = run_member(rt.chord, panel_id, member_id, batch=batch)
+    with rt.watching(panel_id):  # from before the member's start read: its call needs no decided check
+        turn = run_member(rt.chord, panel_id, member_id, batch=batch)
     carry_out(rt.store, dispatcher, turn)
     return turn.status
 

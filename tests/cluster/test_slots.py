@@ -25,7 +25,7 @@ import pytest
 from redis.cluster import key_slot
 
 from producer import keys
-from workers import jobs
+from workers import concluding, jobs
 from workers.batch import lane
 from workers.budget import Budget
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter
@@ -33,13 +33,19 @@ from workers.panel.state import Member, PanelRun, PanelStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("workers", "producer", "gateway")
-SCRIPTS = sorted(ROOT.glob("workers/**/*.lua"))  # gateway/admission.lua: NOT_CLUSTER_SAFE_SCRIPT_SITES
+# Scripts that name keys in more than one slot and are therefore sent on a single Redis only, and why.
+SINGLE_REDIS_SCRIPTS = {
+    "ledger_entry.lua": "the ledger stream and the job hash; finalise_job's cluster branch writes them apart",
+}
+SCRIPTS = sorted(p for p in ROOT.glob("workers/**/*.lua")  # gateway/admission.lua: NOT_CLUSTER_SAFE_SCRIPT_SITES
+                 if p.name not in SINGLE_REDIS_SCRIPTS)  # fmt: skip
 # (file, function) of every call that passes `keys=` to a registered script; `scenario` runs each.
 SCRIPT_CALL_SITES = {
     ("workers/panel/state.py", "vote"), ("workers/panel/state.py", "decide"),
     ("workers/limits/limiter.py", "_run"),
     ("workers/batch/lane.py", "_flush_model"), ("workers/batch/lane.py", "_reclaim_stale"),
     ("workers/jobs.py", "conclude_panel"), ("workers/limits/steps.py", "run"),
+    ("workers/concluding.py", "take_and_read"),
 }  # fmt: skip
 
 
@@ -55,6 +61,10 @@ EVAL_CALL_SITES = {
     ("producer/answer_cache.py", "rescue"): "one key (the job hash); tests/cluster/test_cluster_cache.py",
     ("workers/answer_cache.py", "promote"): "one key (a follower's job hash) or one slot {c:<cache key>}; "
     "tests/cluster/test_cluster_cache.py",
+    ("workers/concluding.py", "take_and_read"): "take_lease.lua with conclude_panel's keys (the panel's slot), "
+    "in the job's MULTI; a single Redis only (on a cluster the lease is taken on its own, as the scenario runs)",
+    ("workers/panel/state.py", "put_call_and_vote"): "vote.lua with vote's keys (the panel's slot); a single Redis only",
+    ("workers/ledger.py", "queue_entry_with_id"): "NOT cluster-safe: ledger_entry.lua (SINGLE_REDIS_SCRIPTS)",
 }
 
 
@@ -113,6 +123,9 @@ def scenario(r: Any) -> None:
     take, release = jobs._lease_scripts(rt)  # type: ignore[arg-type]  # the keys conclude_panel passes
     take(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[1, 30])
     release(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[time.time()])
+    r.rpush(keys.job_panels("job-1"), '{"panel_id": "job-1.1", "reason": "x"}')
+    (taken, concluded), _ = concluding.take_and_read(SimpleNamespace(redis=r, store=store), _spec("job-1.1"), take)  # type: ignore[arg-type]
+    assert taken and concluded  # the lease again, the panel concluded above
     rl = RateLimiter(r)
     model, account = Limit("openai:gpt-4o-mini", 100, 100_000), Limit("openai", 1000, 1_000_000)
     res = rl.try_acquire([model, account], 100)

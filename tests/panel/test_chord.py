@@ -22,7 +22,7 @@ from workers.jobstore import JobStore
 from workers.panel.act import carry_out, dispatch
 from workers.panel.arbiter import anonymise, run_arbiter
 from workers.panel.calls import CallOutcome
-from workers.panel.chord import cast_vote, run_member
+from workers.panel.chord import call_record, cast_vote, run_member
 from workers.panel.decision import CallArbiter, Cancel, Conclude, NextStage, Nothing, after_vote
 from workers.panel.ports import Chord
 from workers.panel.record import Call
@@ -322,6 +322,19 @@ def test_conclude_panel_finalises_the_job_once_with_its_receipt(r: fakeredis.Fak
     assert result["receipt"]["decision"] == "quorum" and result["receipt"]["early_exit"] is True
     assert r.lrange(keys.done_channel("j1"), 0, -1) == [b"decided"]  # the caller is told once
     assert r.xlen(keys.LEDGER_STREAM) == 1
+    [(first_id, _)] = r.xrange(keys.LEDGER_STREAM)
+    assert r.hget(keys.job("j1"), "ledger_id") == first_id  # written in the finalise MULTI (ledger_entry.lua)
+    spec = rt.store.spec(pid)
+    assert spec is not None
+    late = call_record(REGISTRY, spec, spec.member("m2"), "answered", answer_key="A", text="A", cost_usd=0.002)
+    rt.store.put_call(pid, late)  # m2 answers after the decision: its vote marks it late
+    assert cast_vote(rt.store, spec, late).status == "late"
+    conclude_panel(rt, d, pid)  # type: ignore[arg-type]  # the late call's charge: rendered again
+    [(entry_id, entry)] = r.xrange(keys.LEDGER_STREAM)  # still one entry per job: the re-render replaced it
+    assert entry_id != first_id and r.hget(keys.job("j1"), "ledger_id") == entry_id
+    result = orjson.loads(r.hget(keys.job("j1"), "result") or b"{}")
+    assert orjson.loads(entry[b"receipt"]) == result["receipt"]
+    assert [c["status"] for c in result["receipt"]["calls"]].count("late") == 1
 
 
 def test_a_call_record_round_trips_and_keeps_fields_a_newer_version_wrote() -> None:

@@ -8,9 +8,11 @@ from collections import Counter
 
 import fakeredis
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workers.panel.record import Call
 from workers.panel.state import Member, PanelRun, PanelStore
 
 
@@ -125,3 +127,33 @@ def test_concurrent_voters_on_real_redis_have_exactly_one_winner(redis_client) -
         for t in threads:
             t.join()
         assert results.count("quorum") == 1 and results.count("exhausted") == 0
+
+
+def _answered(member: str, key: str) -> Call:
+    return Call(member=member, model="gpt-4o-mini", provider="openai", tier="economy", status="answered",
+                answer_key=key, text=key, cost_usd=0.001)  # fmt: skip
+
+
+def test_a_record_and_its_vote_in_one_round_trip_count_once_and_decide(store: PanelStore) -> None:
+    """put_call_and_vote: the record lands with its vote (a pipeline on a single Redis, two steps on
+    a cluster); a redelivered copy sends both again and the vote still counts once."""
+    store.create(_spec("p"), 60)
+    assert store.put_call_and_vote("p", _answered("m0", "a"), 3).status == "pending"
+    stored = store.call("p", "m0")
+    assert stored is not None and stored.answer_key == "a" and stored.ended_at is not None
+    again = store.put_call_and_vote("p", _answered("m0", "a"), 3)
+    assert again.duplicate and store.tally("p") == {"a": 1}
+    out = store.put_call_and_vote("p", _answered("m1", "a"), 3)
+    assert (out.status, out.answer) == ("quorum", "a")
+    assert set(store.calls("p")) == {"m0", "m1"}
+
+
+def test_a_vote_script_redis_lost_is_loaded_and_the_vote_cast_once(redis_client: redis.Redis) -> None:
+    """After a Redis restart (scripts flushed) the pipeline's vote fails with NOSCRIPT while its
+    record was written: the vote is sent again on its own (loading the script), once."""
+    store = PanelStore(redis_client)
+    store.create(_spec("p"), 60)
+    redis_client.script_flush()
+    assert store.put_call_and_vote("p", _answered("m0", "a"), 3).status == "pending"
+    assert store.call("p", "m0") is not None and store.votes("p") == {"m0": "a"}
+    assert store.put_call_and_vote("p", _answered("m1", "a"), 3).status == "quorum"

@@ -52,12 +52,13 @@ def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions:
                 dispatch(store, d, spec, spec.members[action.send_from : action.send_to])
 
 
-def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence[Member]) -> None:
+def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence[Member], expected: bool = False) -> None:
     """Send members on the panel's route (batch or real time, decided once for the lot) and
-    record their task ids, so a quorum can revoke the ones still queued."""
+    record their task ids, so a quorum can revoke the ones still queued. `expected`: the
+    watchdog's entries were written already (with the panel: workers/jobs.py open_panel)."""
     r = route(spec)
-    if r != "batch":  # before sending: a member whose send failed (Redis went down mid-dispatch) or
-        # that never starts is sent again (workers/panel/watchdog.py)
+    if r != "batch" and not expected:  # before sending: a member whose send failed (Redis went down
+        # mid-dispatch) or that never starts is sent again (workers/panel/watchdog.py)
         watchdog.expect(store.r, spec.panel_id, [m.member for m in members])
     store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
 

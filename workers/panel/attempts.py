@@ -73,14 +73,18 @@ def end(r: redis.Redis, panel_id: str, aid: str, status: str, base: dict[str, An
         **fields: Any) -> None:  # fmt: skip
     """Close an attempt: `answered` (tokens), `failed` (error), `cancelled` (sent or not). With
     `base`, the record this process began (only it writes its attempts), it is not read back."""
-    k = key(panel_id)
     if base is None:
-        raw = r.hget(k, aid)
-        rec = orjson.loads(raw) if raw else {"member": aid.split("#")[0]}
-    else:
-        rec = dict(base)
+        raw = r.hget(key(panel_id), aid)
+        base = orjson.loads(raw) if raw else {"member": aid.split("#")[0]}
+    queue_end(r, panel_id, aid, status, base, **fields)
+
+
+def queue_end(pipe: Any, panel_id: str, aid: str, status: str, base: dict[str, Any], **fields: Any) -> None:
+    """`end` for a record this process began, queued on a pipeline (or sent on a client): the
+    call's give-back sends it with its own steps (workers/panel/calls.py), one round trip."""
+    rec = dict(base)
     rec.update(fields, status=status, ended=time.time())
-    r.hset(k, aid, orjson.dumps(rec))
+    pipe.hset(key(panel_id), aid, orjson.dumps(rec))
 
 
 @dataclass(frozen=True)

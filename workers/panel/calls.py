@@ -196,20 +196,19 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     reservation: Reservation | None
     permit, hold, reservation, opened = _admit(rt, model, messages, deadline, spend, panel_id, member)
     pid = panel_id or ""
+    ended: Callable[[Any], object] | None = None  # the attempt's closing record, sent with the give-back
+    failed_ok: bool | None = None  # a provider error's breaker outcome, recorded with the give-back
     try:  # the attempt's in_flight record went with the admission (attempts.py)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except Cancelled as c:
             if opened is not None:
-                attempts.end(rt.redis, pid, opened[0], "cancelled", base=opened[1], sent=c.sent,
-                             **({} if c.sent else {"tokens_in": 0}))  # fmt: skip
+                ended = partial(_queue_end, pid, opened, "cancelled", sent=c.sent, **({} if c.sent else {"tokens_in": 0}))
             raise
         except ProviderError as e:
             if opened is not None:
-                attempts.end(rt.redis, pid, opened[0], "failed", base=opened[1], error=str(e)[:300], tokens_in=0)
-            assert permit is not None
-            rt.breaker.record(permit, ok=not e.retryable or isinstance(e, RateLimited))
-            permit = None  # recorded
+                ended = partial(_queue_end, pid, opened, "failed", error=str(e)[:300], tokens_in=0)
+            failed_ok = not e.retryable or isinstance(e, RateLimited)
             if isinstance(e, RateLimited):
                 metrics.RATE_LIMITED.labels(spec.provider, model).inc()
                 rt.limiter.pause(key, e.retry_after or 1.0)
@@ -224,15 +223,26 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
         permit = hold = reservation = None  # settled, whatever happens below
         through_redis_outage(lambda: run_steps(rt.budget.r, steps))
         return completion
-    finally:  # no answer (refused, failed, cancelled, Redis gone): give back what is still held
+    finally:  # no answer (refused, failed, cancelled, Redis gone): give back what is still held, the
+        # breaker's outcome of a failed call and the attempt's closing record with it, one round trip
         try:
-            if reservation is not None:
-                through_redis_outage(lambda: rt.limiter.reconcile(reservation, 0))
-            if hold is not None:
-                through_redis_outage(lambda: rt.budget.settle(hold, 0.0))
+            back = [rt.limiter.reconcile_step(reservation, 0) if reservation is not None else None,
+                    rt.budget.settle_step(hold, 0.0) if hold is not None else None,
+                    rt.breaker.record_step(permit, ok=failed_ok) if permit is not None and failed_ok is not None else None]  # fmt: skip
+            if back[2] is not None:
+                permit = None  # recorded
+            together = rt.redis is rt.budget.r  # the attempts and the limits share a Redis
+            if any(back) or (ended is not None and together):
+                through_redis_outage(lambda: run_steps(rt.budget.r, back, also=ended if together else None))
+            if ended is not None and not together:
+                ended(rt.redis)
         finally:
             if permit is not None:
                 rt.breaker.release(permit)
+
+
+def _queue_end(panel_id: str, opened: Opened, status: str, pipe: Any, **fields: Any) -> None:
+    attempts.queue_end(pipe, panel_id, opened[0], status, opened[1], **fields)
 
 
 def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import redis
+
 from producer import keys
 from producer.contract import Job
 from workers import metrics
@@ -28,7 +30,7 @@ from workers.panel.decision import Action, Conclude, Nothing, after_vote
 from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
 from workers.panel.record import Call, Status
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
 from workers.providers.caching import price, record_fields
 from workers.registry import Registry
 
@@ -65,9 +67,13 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     # its last writes not yet replicated when a Sentinel failover promoted the replica, is re-sent
     # a lease after its lease ends, not a whole call budget later: the drill's lost job, 240 s).
     # A gone panel's entry, if any, is only pushed on: the watchdog forgets it when it comes due.
+    # And the job's spec when this process lacks it (the job and its panels share a slot).
     token = store.leases.token()
-    start = through_redis_outage(lambda: store.turn(panel_id, member_id, lease=token,
-                                                    also=lambda r: watchdog.started(r, panel_id, member_id, store.leases.lease_s)))  # fmt: skip
+    job_id = panel_id.rsplit(".", 1)[0]  # panel ids are f"{job_id}.{n}" (workers/jobs.py new_panel)
+    start = through_redis_outage(lambda: store.turn(
+        panel_id, member_id, lease=token,
+        also=lambda r: watchdog.started(r, panel_id, member_id, store.leases.lease_s),
+        job_spec_of=None if chord.jobs.has(job_id) else job_id))  # fmt: skip
     if start.spec is None:
         return Turn("gone", None)
     spec, prior = start.spec, start.prior
@@ -93,13 +99,13 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     if not start.held:
         return Turn(prior.status if prior else "cancelled", spec)  # the copy that held the lease recorded it
     with store.leases.holding(panel_id, member_id):
-        return _call(chord, spec, m, batch)
+        return _call(chord, spec, m, batch, start.job_spec)
 
 
-def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool) -> Turn:
+def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes | None = None) -> Turn:
     """The member's call, holding its lease, then its record and its vote."""
     store, panel_id, member_id = chord.store, spec.panel_id, m.member
-    job = chord.jobs.load(spec.job_id)
+    job = chord.jobs.load(spec.job_id, job_spec)
     fault_point(store, "before_call", panel_id, member_id)
     started = time.time()
     try:
@@ -175,11 +181,19 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
                           cost_usd=price(reg, res.model, c, batch),
                           realtime_cost_usd=price(reg, res.model, c) if batch else None,
                           answer_key=key, text=c.text, logprob=c.logprob, **record_fields(reg, res.model, c, batch))  # fmt: skip
-    # recorded before the vote, in its own step: a worker lost between the two (or a member slow to
-    # vote past the visibility timeout) is redelivered and re-uses the paid answer. A paid answer
-    # must not be dropped by a Redis restart either: the redelivered member would buy it again.
-    through_redis_outage(lambda: chord.store.put_call(panel_id, rec))
     observe_call(rec)
+    # recorded before the vote: a worker lost between the two (or a member slow to vote past the
+    # visibility timeout) is redelivered and re-uses the paid answer. Both go in one pipeline, the
+    # record first (PanelStore.put_call_and_vote); the test hooks stop a worker between them, so
+    # they go in two round trips there. A paid answer must not be dropped by a Redis restart
+    # either (the redelivered member would buy it again): in an outage the record waits for
+    # Redis on its own, as before, then the vote is cast.
+    if not TEST_HOOKS:
+        try:
+            return voted(chord.store, spec, rec, chord.store.put_call_and_vote(panel_id, rec, stage_step(spec)))
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+    through_redis_outage(lambda: chord.store.put_call(panel_id, rec))
     fault_point(chord.store, "after_answer", panel_id, m.member)
     return cast_vote(chord.store, spec, rec)
 
@@ -187,7 +201,11 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
 def cast_vote(store: PanelStore, spec: PanelRun, rec: Call) -> Turn:
     """Vote a recorded call (fresh, or re-used by a redelivered task); the vote's follow-ups come
     back as actions. The first vote of a call that arrives after the decision marks it `late`."""
-    outcome = store.vote(spec.panel_id, rec.member, rec.answer_key, stage_step(spec))
+    return voted(store, spec, rec, store.vote(spec.panel_id, rec.member, rec.answer_key, stage_step(spec)))
+
+
+def voted(store: PanelStore, spec: PanelRun, rec: Call, outcome: VoteOutcome) -> Turn:
+    """The turn a recorded call's vote gives (`cast_vote`, or the vote sent with the record)."""
     late = outcome.status == "decided" and not outcome.duplicate and rec.status == "answered"
     if late:
         rec = replace(rec, status="late")  # paid for, but the panel was decided without it

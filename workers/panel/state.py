@@ -116,6 +116,7 @@ class Start:
     decided: bool
     held: bool  # this copy took the member's lease: it may call
     running: bool  # another copy holds the lease: it is calling now
+    job_spec: bytes | None = None  # the job's stored spec, when asked for (`turn(job_spec_of=...)`)
 
 
 class PanelStore:
@@ -165,10 +166,22 @@ class PanelStore:
 
     def snapshot(self, panel_id: str) -> PanelSnapshot:
         pipe = self.r.pipeline()
+        self.queue_snapshot(pipe, panel_id)
+        return self.parse_snapshot(pipe.execute())
+
+    @staticmethod
+    def queue_snapshot(pipe: Pipeline, panel_id: str) -> int:
+        """Queue a snapshot's reads on `pipe` (the job's MULTI at a conclusion: one slot); returns
+        where its five replies start, for `parse_snapshot`."""
+        at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
         for k in (keys.panel(panel_id), keys.calls(panel_id), keys.votes(panel_id), keys.tally(panel_id),
                   attempts.key(panel_id)):  # fmt: skip
             pipe.hgetall(k)
-        state, calls, votes, tally, tried = pipe.execute()
+        return at
+
+    @staticmethod
+    def parse_snapshot(got: list[Any]) -> PanelSnapshot:
+        state, calls, votes, tally, tried = got[:5]
         return PanelSnapshot(
             state={k.decode(): v.decode() for k, v in state.items() if k != b"spec"},
             calls={k.decode(): Call.from_json(v) for k, v in calls.items()},
@@ -178,12 +191,15 @@ class PanelStore:
         )
 
     def turn(self, panel_id: str, member: str, lease: str | None = None,
-             also: Callable[[redis.Redis | Pipeline], object] | None = None) -> Start:  # fmt: skip
+             also: Callable[[redis.Redis | Pipeline], object] | None = None,
+             job_spec_of: str | None = None) -> Start:  # fmt: skip
         """A member's start, one round trip: the panel's spec (unless this process has it), the
         member's recorded call (a redelivery re-uses a paid answer), whether the panel is decided
         already, and the member's lease (workers/panel/lease.py): taken with token `lease`, or
         just looked at. `also` queues more writes after the reads (the watchdog's started mark),
-        in the same round trip on a single Redis; on a cluster (another slot) they go on their own."""
+        in the same round trip on a single Redis; on a cluster (another slot) they go on their own.
+        `job_spec_of`: a job id whose stored spec this process lacks, read in the same MULTI (the
+        job and its panels share a slot)."""
         spec = self._specs.get(panel_id)
         cluster = connect.is_cluster(self.r)
         pipe = self.r.pipeline()
@@ -193,16 +209,19 @@ class PanelStore:
             pipe.exists(keys.member_lease(panel_id, member))
         else:
             self.leases.take_step(pipe, panel_id, member, lease)
+        if job_spec_of is not None:
+            pipe.hget(keys.job(job_spec_of), "spec")
         if also is not None and not cluster:
             also(pipe)
-        raw, (decided, raw_spec), leased, *_ = pipe.execute()
+        raw, (decided, raw_spec), leased, *more = pipe.execute()
+        job_spec = more[0] if job_spec_of is not None else None
         if also is not None and cluster:
             also(self.r)
         if spec is None and raw_spec:
             spec = self._remember(PanelRun.from_json(raw_spec))
         held = bool(leased) if lease is not None else False
         running = not leased if lease is not None else bool(leased)
-        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running)
+        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running, job_spec)
 
     def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to
@@ -285,6 +304,30 @@ class PanelStore:
             return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
         self.r.hset(keys.calls(panel_id), record.member, data)
         return True
+
+    def put_call_and_vote(self, panel_id: str, record: Call, step: int) -> VoteOutcome:
+        """`put_call`, then `vote` the record's answer, in one round trip on a single Redis: one
+        pipeline, not a transaction, so Redis runs the record's write before the vote as two
+        steps did (a vote never exists without its paid record; a record without its vote is
+        re-used by the redelivered member). On a cluster, or a vote script Redis lost (a
+        restart: the record is written), the vote goes on its own."""
+        if record.ended_at is None:
+            record = replace(record, ended_at=time.time())
+        if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
+            self.put_call(panel_id, record)
+            return self.vote(panel_id, record.member, record.answer_key, step)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(keys.calls(panel_id), record.member, record.to_json())
+        pipe.evalsha(self._vote.sha, 3, keys.panel(panel_id), keys.votes(panel_id), keys.tally(panel_id),
+                     record.member, record.answer_key or "", step)  # fmt: skip
+        written, res = pipe.execute(raise_on_error=False)
+        if isinstance(written, Exception):
+            raise written
+        if isinstance(res, redis.exceptions.NoScriptError):
+            return self.vote(panel_id, record.member, record.answer_key, step)  # loads the script
+        if isinstance(res, Exception):
+            raise res
+        return self._outcome(res)
 
     def put_call_if_absent_finalised(self, panel_id: str, job_id: str, record: Call) -> tuple[bool, bool]:
         """`put_call(only_if_absent=True)`, then whether the job was finalised by then: (written,

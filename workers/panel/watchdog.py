@@ -54,8 +54,9 @@ def _entry(panel_id: str, member: str) -> str:
     return f"{panel_id}|{member}"
 
 
-def expect(r: redis.Redis, panel_id: str, members: Iterable[str], now: float | None = None) -> None:
-    """Members of `panel_id` just sent: each must start within the bound."""
+def expect(r: redis.Redis | Pipeline, panel_id: str, members: Iterable[str], now: float | None = None) -> None:
+    """Members of `panel_id` about to be sent: each must start within the bound. Given a
+    pipeline, the entries are queued on it (a new panel's MULTI sends them: workers/jobs.py)."""
     sent = time.time() if now is None else now
     mapping = {_entry(panel_id, m): sent for m in members}
     if mapping:

@@ -1,0 +1,101 @@
+"""What a panel's conclusion reads, in as few round trips as the keys allow: the job's view (its
+panels, whether it was finalised), the panel's snapshot, and with them the conclusion lease and
+the decided publish. The job and its panels share a slot (producer/keys.py), so on a single Redis
+or a cluster the reads are one MULTI; the lease script joins it on a single Redis.
+
+    (taken, concluded), read = take_and_read(rt, spec, take_lease)   # read: (JobView, PanelSnapshot)
+    view, snap = read_concluding(rt, panel_id, job_id, prior=True)   # a re-render's reads
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from producer import connect, keys
+from workers.panel.state import PanelRun, PanelSnapshot
+from workers.runtime import Runtime
+
+CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a conclusion reads of its job, in one round trip. `prior` and `ledger_id` (the result
+    and ledger entry a re-render replaces) are read only when asked for (`has_prior`)."""
+
+    panels: list[dict[str, Any]]
+    finalised: bool
+    submitted_at: float
+    schema_invalid: int
+    status: str
+    has_prior: bool = False
+    prior: bytes | None = None
+    ledger_id: bytes | None = None
+
+
+def job_view(rt: Runtime, job_id: str) -> JobView:
+    pipe = rt.redis.pipeline(transaction=False)  # reads, one slot: the job's
+    queue_view(pipe, job_id)
+    return parse_view(pipe.execute())
+
+
+def queue_view(pipe: Any, job_id: str, prior: bool = False) -> int:
+    """Queue the view's two reads (with `prior`, the result and ledger id too); returns their index."""
+    at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
+    pipe.lrange(keys.job_panels(job_id), 0, -1)
+    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status",
+               *(("result", "ledger_id") if prior else ()))  # fmt: skip
+    return at
+
+
+def parse_view(got: list[Any]) -> JobView:
+    panels, (finalised, submitted, invalid, status, *prior) = got[:2]
+    return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
+                   submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
+                   status=(status or b"").decode(), has_prior=bool(prior),
+                   prior=prior[0] if prior else None, ledger_id=prior[1] if prior else None)  # fmt: skip
+
+
+def read_concluding(rt: Runtime, panel_id: str, job_id: str, prior: bool = False,
+                    publish: bool = False) -> tuple[JobView, PanelSnapshot]:
+    """A conclusion's reads in one MULTI (the job and its panels share a slot: producer/keys.py):
+    the job's view and the panel's snapshot; with `publish`, the decided message too (tells
+    in-flight calls of the panel to stop), in the same round trip on a single Redis."""
+    cluster = connect.is_cluster(rt.redis)
+    if publish and cluster:  # redis-py's cluster pipeline refuses PUBLISH: a round trip of its own there
+        rt.store.publish_decided(panel_id)
+    pipe = rt.redis.pipeline()  # a MULTI, as snapshot's own
+    v = queue_view(pipe, job_id, prior)
+    if publish and not cluster:
+        pipe.publish(keys.DECIDED_CHANNEL, panel_id)
+    s = rt.store.queue_snapshot(pipe, panel_id)
+    got = pipe.execute()
+    return parse_view(got[v:]), rt.store.parse_snapshot(got[s:])
+
+
+def take_and_read(rt: Runtime, spec: PanelRun, take: Any) -> tuple[list[Any], tuple[JobView, PanelSnapshot] | None]:
+    """The conclusion lease (take_lease.lua) and, in the same MULTI on a single Redis, what the
+    conclusion reads (`read_concluding`, the decided publish with it): read in vain only when
+    another caller holds the lease or the panel was concluded. On a cluster (redis-py's cluster
+    pipeline refuses EVALSHA) or for a script Redis lost, the lease is taken on its own."""
+    lease = ([keys.concluding(spec.panel_id), keys.panel(spec.panel_id)], [os.getpid(), CONCLUDE_LEASE_S])
+    if connect.is_cluster(rt.redis):
+        return take(keys=lease[0], args=lease[1]), None
+    pipe = rt.redis.pipeline()
+    pipe.evalsha(take.sha, 2, *lease[0], *lease[1])
+    v = queue_view(pipe, spec.job_id)
+    pipe.publish(keys.DECIDED_CHANNEL, spec.panel_id)
+    s = rt.store.queue_snapshot(pipe, spec.panel_id)
+    got = pipe.execute(raise_on_error=False)
+    if isinstance(got[0], redis.exceptions.NoScriptError):  # a Redis restart: the reads went for nothing
+        return take(keys=lease[0], args=lease[1]), None
+    for res in got:
+        if isinstance(res, Exception):
+            raise res
+    return got[0], (parse_view(got[v:]), rt.store.parse_snapshot(got[s:]))
