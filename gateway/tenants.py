@@ -19,6 +19,7 @@ from importlib.resources import files
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from gateway.errors import BudgetExhausted, RateLimited, Unauthorized
 from gateway.settings import GatewaySettings
@@ -151,6 +152,7 @@ class Admission:
     def __init__(self, r: aredis.Redis, settings: GatewaySettings, budget_usd: float | None):
         self.settings = settings
         self.budget_usd = budget_usd
+        self.r = r
         self._script = r.register_script(files("gateway").joinpath("admission.lua").read_text())
 
     async def admit(self, authorization: str | None) -> Caller:
@@ -159,8 +161,17 @@ class Admission:
                                param="authorization", code="invalid_api_key")  # fmt: skip
         api_key = authorization[len("Bearer "):].strip()
         budget = -1.0 if self.budget_usd is None else self.budget_usd
-        res = await self._script(keys=[key_record(hash_key(api_key))],
-                                 args=[keys.tenant_tag_open(), today(), self.settings.rate_per_s, self.settings.rate_burst, budget])  # fmt: skip
+        limits = [today(), self.settings.rate_per_s, self.settings.rate_burst, budget]
+        if isinstance(self.r, AsyncRedisCluster):  # the key's record and its tenant are two slots
+            tenant, revoked = await self.r.hmget(key_record(hash_key(api_key)), ["tenant", "revoked_at"])
+            if tenant is None or revoked is not None:
+                res = [0, b"revoked" if tenant is not None else b"unknown"]
+            else:
+                t = tenant.decode()
+                res = await self._script(keys=[keys.gw_tenant(t), keys.gw_rate(t), keys.budget_tenant_day(t, today())],
+                                         args=[t, *limits])  # fmt: skip
+        else:
+            res = await self._script(keys=[key_record(hash_key(api_key))], args=[keys.tenant_tag_open(), *limits])
         if res[0] == 0:
             why = res[1].decode()
             if why == "rate":

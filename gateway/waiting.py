@@ -42,10 +42,10 @@ class Jobs:
             left = end - time.monotonic()
             if left <= 0:
                 return row
-            # BLPOP wakes on the done signal; put it back so other waiters see it too
-            got = await self.r.blpop([keys.done_channel(job_id)], timeout=min(1.0, max(left, 0.01)))
+            # Wake on the done signal without consuming it (BLMOVE onto itself: the list keeps its
+            # TTL; BLPOP + RPUSH re-created it without one, a key per job kept forever)
+            got = await self.r.blmove(keys.done_channel(job_id), keys.done_channel(job_id), min(1.0, max(left, 0.01)))
             if got is not None:
-                await self.r.rpush(keys.done_channel(job_id), got[1])
                 await asyncio.sleep(0)
 
 

@@ -14,6 +14,13 @@ the lead and the follow are one script (`_ADMIT`), atomic with the leader's sett
 decides the leader writes the entry and resolves the followers (workers/answer_cache.py); a
 leader that fails hands the lead to its first follower. A follower whose leader vanished (its
 lead key expired) is re-admitted by its own `wait` (`rescue`).
+
+Redis Cluster: a cache key's entry, lead and followers lists share the slot `{c:<key>}`; a job's
+hash is in its own slot, so no script touches both (tests/cluster/test_slots.py). The job's side is
+written around the script: `acache_role: admitting` before it, the role it got (and its leader)
+after it, by a one-key script that writes nothing once the job is finalised. A leader settling in
+between finds its follower still `admitting` and serves it (`_CLAIM` accepts that state); a
+follower whose role lands after its leader handed the lead on is taken back by its `rescue`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import orjson
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from producer import keys
+from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 
 log = logging.getLogger("panel.answer_cache")
@@ -152,11 +159,15 @@ def write_served(r: redis.Redis, job_id: str, job: Job, entry: CacheEntry, coale
     result = served_result(job_id, job, entry, coalesced, submitted_at)
     assert result.receipt is not None
     jkey = keys.job(job_id)
-    pipe = r.pipeline()
+    entry_fields = {"task_class": job.task_class, "receipt": result.receipt.model_dump_json()}
+    cluster = connect.is_cluster(r)
+    if cluster:  # the ledger is another slot: appended first, as finalise does (at least once)
+        r.xadd(keys.LEDGER_STREAM, entry_fields, maxlen=ledger_maxlen, approximate=True)  # type: ignore[arg-type]
+    pipe = r.pipeline(transaction=True)
     pipe.hset(jkey, mapping={"status": "decided", "result": result.model_dump_json(), "finalised": time.time()})
     pipe.rpush(keys.done_channel(job_id), "decided")
-    pipe.xadd(keys.LEDGER_STREAM, {"task_class": job.task_class, "receipt": result.receipt.model_dump_json()},
-              maxlen=ledger_maxlen, approximate=True)  # fmt: skip
+    if not cluster:
+        pipe.xadd(keys.LEDGER_STREAM, entry_fields, maxlen=ledger_maxlen, approximate=True)  # type: ignore[arg-type]
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, ttl_s)
     pipe.execute()
@@ -176,16 +187,20 @@ def admit(r: redis.Redis, job: Job, job_id: str, submitted_at: float, ttl_s: int
         r.hset(jkey, mapping={"acache_key": key, "acache_role": "bypass", "acache_ttl_s": meta.ttl_s})
         return Ticket("bypass", key)
     lead_ex = max(1, int(meta.lead_ttl_s))
+    r.hset(jkey, mapping={"acache_key": key, "acache_role": "admitting", "acache_ttl_s": meta.ttl_s})
     for _ in range(8):  # a turn repeats only when the entry it saw was poison or expired before the read
         # one script: the entry check, the lead and the follow are atomic with the leader's settle
         # (which writes the entry and frees the lead in one script), so no job sees "no entry"
         # before a settle and takes the freed lead after it: one leader per input, ever.
-        role, leader = r.eval(_ADMIT, 3, entry_key(key), lead_key(key), jkey, job_id, key, meta.ttl_s, lead_ex,
-                              lead_ex + ttl_s, followers_key(key, ""))  # fmt: skip
-        if role == b"leader":
-            return Ticket("leader", key, job_id)
-        if role == b"follower":
-            return Ticket("follower", key, text(leader))
+        role, leader = r.eval(_ADMIT, 2, entry_key(key), lead_key(key), job_id, lead_ex, lead_ex + ttl_s,
+                              followers_key(key, ""))  # fmt: skip
+        if role in (b"leader", b"follower"):
+            by = text(leader) if role == b"follower" else ""
+            if not r.eval(_ROLE, 1, jkey, role, by):  # its leader settled meanwhile and served it
+                if role == b"leader":  # (a rescued job still on an old leader's list): free the lead
+                    r.eval(_DELETE_IF_SAME, 1, lead_key(key), job_id)
+                return Ticket("hit", key, by or None)
+            return Ticket("follower", key, by) if by else Ticket("leader", key, job_id)
         entry = read_entry(r, key)
         if entry is not None:
             if r.hsetnx(jkey, "finalised", time.time()):
@@ -203,7 +218,9 @@ def rescue(r: redis.Redis, job_id: str) -> Ticket | None:
     leader, key = r.hmget(jkey, ["coalesced_with", "acache_key"])
     if leader is None or key is None:
         return None
-    if not r.eval(_RESCUE, 2, jkey, lead_key(text(key)), leader):
+    if r.get(lead_key(text(key))) == leader:  # still leads: wait on (a lead never comes back to a job
+        return None  # that lost it: a leader is no follower, so it is never rescued and re-admitted)
+    if not r.eval(_RESCUE, 1, jkey, leader):
         return None
     raw = r.hmget(jkey, ["spec", "submitted_at"])
     if raw[0] is None:
@@ -219,27 +236,30 @@ _DELETE_IF_SAME = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS entry, lead, job hash; ARGV job id, cache key, entry ttl s, lead ttl s, followers ttl s,
-# followers key prefix. An entry: the caller reads it. Else the job leads (the lead is free) or
-# joins the followers of the job that leads. Atomic with _SETTLE (workers/answer_cache.py).
+# KEYS entry, lead (slot {c:<cache key>}); ARGV job id, lead ttl s, followers ttl s, followers key
+# prefix (the same slot: `prefix .. leader` is a key of this cache key). An entry: the caller reads
+# it. Else the job leads (the lead is free) or joins the followers of the job that leads. Atomic
+# with _SETTLE (workers/answer_cache.py).
 _ADMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'entry', ''} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[4]) then
-  redis.call('HSET', KEYS[3], 'acache_key', ARGV[2], 'acache_role', 'leader', 'acache_ttl_s', ARGV[3])
-  return {'leader', ARGV[1]}
-end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then return {'leader', ARGV[1]} end
 local leader = redis.call('GET', KEYS[2])
-redis.call('RPUSH', ARGV[6] .. leader, ARGV[1])
-redis.call('EXPIRE', ARGV[6] .. leader, ARGV[5])
-redis.call('HSET', KEYS[3], 'acache_key', ARGV[2], 'acache_role', 'follower', 'acache_ttl_s', ARGV[3],
-           'coalesced_with', leader)
+redis.call('RPUSH', ARGV[4] .. leader, ARGV[1])
+redis.call('EXPIRE', ARGV[4] .. leader, ARGV[3])
 return {'follower', leader}
 """
-# KEYS job hash, lead; ARGV leader. Take a follower back when its leader no longer leads.
+# KEYS job hash; ARGV role, leader ('' for a leader). The job's side of its admission, unless a
+# leader's settle served it meanwhile (finalised): then nothing is written and 0 returned.
+_ROLE = """
+if redis.call('HEXISTS', KEYS[1], 'finalised') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'acache_role', ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'coalesced_with', ARGV[2]) end
+return 1
+"""
+# KEYS job hash; ARGV leader. Take a follower back (its caller saw that its leader no longer leads).
 _RESCUE = """
 if redis.call('HGET', KEYS[1], 'coalesced_with') ~= ARGV[1] then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'finalised') == 1 then return 0 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'coalesced_with')
 return 1
 """

@@ -335,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder with jobs.jsonl (and optionally sim.yaml)")
     s.add_argument("--keep", action="store_true", help="leave the fleet running (Ctrl-C stops it); see `panel up`")
     s.set_defaults(func=cmd_demo)
+
+    from producer import capacity  # the model: producer/capacity.py
+
+    text = "what a target load needs (processes, Redis, provider keys) from a measured profile; docs/capacity.md"
+    capacity.add_parser(sub, help=text, description=text, epilog=EXIT_CODES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     return p
 
 

@@ -177,10 +177,10 @@ class PanelClient:
             left = end - time.monotonic()
             if left <= 0:
                 raise JobTimeout(f"job {job_id} not done after {timeout}s (status {self.status(job_id)})")
-            # BLPOP wakes on the done signal; put it back so other waiters see it too
-            got = self.redis.blpop([keys.done_channel(job_id)], timeout=min(1.0, max(left, 0.01)))
-            if got is not None:
-                self.redis.rpush(keys.done_channel(job_id), got[1])
+            # Wake on the done signal without consuming it: BLMOVE of the list onto itself rotates it,
+            # so other waiters still see it and it keeps the TTL finalise gave it (BLPOP + RPUSH
+            # emptied it for an instant and re-created it with no TTL: one key per job kept forever).
+            self.redis.blmove(keys.done_channel(job_id), keys.done_channel(job_id), min(1.0, max(left, 0.01)))  # type: ignore[arg-type]  # Redis takes a float timeout
 
     def wait_many(self, job_ids: list[str], timeout: float = 600.0) -> Iterator[Result]:
         end = time.monotonic() + timeout

@@ -83,13 +83,6 @@ def census(process: str) -> str:
     return f"{PREFIX}{{c:{process}}}:census"
 
 
-def job_key_affixes() -> tuple[str, str]:
-    """(prefix, suffix) with `prefix .. job id .. suffix == job(job id)`, for a Lua script that
-    names job hashes from ids it reads (workers/answer_cache.py; not cluster-safe, docs/cluster.md)."""
-    prefix, _, suffix = job("\0").partition("\0")
-    return prefix, suffix
-
-
 # --- panels (in their job's slot) ------------------------------------------------------------------
 def panel(panel_id: str) -> str:
     """Hash: the panel's spec and state (`decided`, `outcome`, member count, quorum, ...)."""
@@ -208,8 +201,8 @@ GW_CALLBACKS_DUE = f"{PREFIX}{{gw}}:callbacks:due"  # zset of callbacks to deliv
 
 
 def tenant_tag_open() -> str:
-    """`tenant_tag_open() .. tenant .. '}:'` starts a tenant's keys: admission.lua names the
-    tenant's keys from the tenant it reads (not cluster-safe, docs/cluster.md)."""
+    """`tenant_tag_open() .. tenant .. '}:'` starts a tenant's keys: on one Redis, admission.lua
+    names the tenant's keys from the tenant it reads (on a cluster the gateway passes them)."""
     return f"{PREFIX}{{t:"
 
 

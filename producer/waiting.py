@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from producer import keys
+from producer import connect, keys
 from producer.client import PanelClient
 from producer.contract import Result
 from producer.errors import JobTimeout, NoWorker
@@ -45,10 +45,16 @@ def wait_all(client: PanelClient, job_ids: list[str], timeout: float) -> dict[st
                 if queued and not client.celery.control.ping(timeout=1.0):
                     raise NoWorker(f"job {queued[0]} is queued and no worker answers: start a fleet with `panel up` "
                                    "(or the workers by hand: README, 'Running it by hand')")  # fmt: skip
-            channels = [keys.done_channel(j) for j in pending[:200]]
-            got = client.redis.blpop(channels, timeout=1)
-            if got is not None:  # put the done signal back: other waiters see it too
-                client.redis.rpush(got[0], got[1])
+            # One BLPOP over many jobs' done lists (one job's on a cluster: their slots differ).
+            # Put the signal back with its TTL: the pop emptied the list, and a list re-created
+            # without a TTL is a key per job kept forever.
+            many = pending[:1] if connect.is_cluster(client.redis) else pending[:200]
+            got = client.redis.blpop([keys.done_channel(j) for j in many], timeout=1)
+            if got is not None:
+                pipe = client.redis.pipeline(transaction=True)  # one key
+                pipe.rpush(got[0], got[1])
+                pipe.expire(got[0], client.settings.result_ttl_s)
+                pipe.execute()
     return results
 
 

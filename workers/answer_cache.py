@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -126,11 +126,19 @@ def resolve(r: redis.Redis, leader: str, entry: pac.CacheEntry, followers: list[
 def promote(r: redis.Redis, key: str, leader: str, lead_ttl_s: float, send: Callable[[str], None]) -> str | None:
     """The leader failed: its first follower becomes the leader and runs (the rest now wait on
     it), so a failure never strands them and never fails them without a try of their own."""
-    nxt = r.eval(_PROMOTE, 2, pac.lead_key(key), pac.followers_key(key, leader), leader, int(lead_ttl_s),
-                 pac.followers_key(key, ""), *keys.job_key_affixes())  # fmt: skip
-    if nxt is None:
-        return None
-    fid = pac.text(nxt)
+    # Each step keeps to one slot (Redis Cluster): the cache key's lists and lead, or one job hash.
+    while True:  # the first follower still waiting on this leader takes the lead
+        nxt = cast("bytes | None", r.lpop(pac.followers_key(key, leader)))
+        if nxt is None:
+            r.eval(_FREE_LEAD, 1, pac.lead_key(key), leader)
+            return None
+        fid = pac.text(nxt)  # popped: a crash here leaves it to its own wait (`rescue`)
+        if r.eval(_TAKE_LEAD, 1, keys.job(fid), leader):
+            break
+    rest = r.eval(_HAND_OVER, 3, pac.lead_key(key), pac.followers_key(key, leader), pac.followers_key(key, fid),
+                  leader, fid, int(lead_ttl_s))  # fmt: skip
+    for f in rest:  # the rest now wait on the new leader (one that missed this is rescued by its wait)
+        r.eval(_FOLLOW, 1, keys.job(pac.text(f)), leader, fid)
     send(fid)  # the Dispatcher's `run` (workers/tasks.py): this module sends nothing itself
     log.info("job %s failed; coalesced job %s runs in its place", leader, fid)
     return fid
@@ -150,36 +158,41 @@ local f = redis.call('LRANGE', KEYS[3], 0, -1)
 redis.call('DEL', KEYS[3])
 return f
 """
-# KEYS follower's job hash; ARGV leader, now. Claim a follower still waiting on this leader.
+# KEYS follower's job hash; ARGV leader, now. Claim a follower still waiting on this leader, or one
+# on its list whose admission has not yet written whom it follows (producer/answer_cache.py).
 _CLAIM = """
-if redis.call('HGET', KEYS[1], 'coalesced_with') ~= ARGV[1] then return 0 end
+local with = redis.call('HGET', KEYS[1], 'coalesced_with')
+if with ~= ARGV[1] and not (not with and redis.call('HGET', KEYS[1], 'acache_role') == 'admitting') then
+  return 0
+end
 if redis.call('HSETNX', KEYS[1], 'finalised', ARGV[2]) == 0 then return 0 end
 return 1
 """
-# KEYS lead, leader's followers; ARGV leader, lead ttl, followers key prefix, job key prefix.
-# Pop the first follower still waiting; it leads (if the lead is still ours or free) and the
-# rest move to its list.
-_PROMOTE = """
-local nxt
-repeat
-  nxt = redis.call('LPOP', KEYS[2])
-  if not nxt then
-    if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-    return nil
-  end
-until redis.call('HGET', ARGV[4] .. nxt .. ARGV[5], 'coalesced_with') == ARGV[1]
+# KEYS lead; ARGV leader. A leader that failed with nobody waiting frees the key.
+_FREE_LEAD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+# KEYS a follower's job hash; ARGV the failed leader. It leads if it still waits on that leader.
+_TAKE_LEAD = """
+if redis.call('HGET', KEYS[1], 'coalesced_with') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'finalised') == 1 then return 0 end
+redis.call('HDEL', KEYS[1], 'coalesced_with')
+redis.call('HSET', KEYS[1], 'acache_role', 'leader')
+return 1
+"""
+# KEYS lead, failed leader's followers, new leader's followers (one slot); ARGV failed leader, new
+# leader, lead ttl. The new leader takes the lead (if still the failed one's, or free) and the
+# failed one's followers list, which it returns.
+_HAND_OVER = """
 local lead = redis.call('GET', KEYS[1])
-if lead == ARGV[1] or not lead then redis.call('SET', KEYS[1], nxt, 'EX', ARGV[2]) end
-redis.call('HDEL', ARGV[4] .. nxt .. ARGV[5], 'coalesced_with')
-redis.call('HSET', ARGV[4] .. nxt .. ARGV[5], 'acache_role', 'leader')
+if lead == ARGV[1] or not lead then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 local rest = redis.call('LRANGE', KEYS[2], 0, -1)
-if #rest > 0 then
-  redis.call('RENAME', KEYS[2], ARGV[3] .. nxt)
-  for _, f in ipairs(rest) do
-    if redis.call('HGET', ARGV[4] .. f .. ARGV[5], 'coalesced_with') == ARGV[1] then
-      redis.call('HSET', ARGV[4] .. f .. ARGV[5], 'coalesced_with', nxt)
-    end
-  end
-end
-return nxt
+if #rest > 0 then redis.call('RENAME', KEYS[2], KEYS[3]) end
+return rest
+"""
+# KEYS a follower's job hash; ARGV old leader, new leader.
+_FOLLOW = """
+if redis.call('HGET', KEYS[1], 'coalesced_with') == ARGV[1] then redis.call('HSET', KEYS[1], 'coalesced_with', ARGV[2]) end
+return 1
 """

@@ -3,7 +3,8 @@
 -- KEYS[i]  a spend counter (integer nano-USD): per job, per tenant and day
 -- ARGV[1]  amount to add (nano-USD; negative to refund or settle down)
 -- ARGV[1+i] cap for KEYS[i] (nano-USD; -1 = no cap)
--- ARGV[2+#KEYS] TTL in seconds for the counters
+-- ARGV[2+#KEYS] TTL in seconds for a counter this creates; an existing counter keeps its own (a job's
+--          is cut to the result TTL when it is finalised, and a late member's settle must not extend it)
 -- Returns {1, 0} when granted, {0, i} when KEYS[i] would pass its cap (nothing is added).
 -- Invariant: with only non-negative amounts, no counter ever exceeds its cap, whatever the
 -- concurrency (the check and the add are one atomic step).
@@ -19,6 +20,6 @@ end
 local ttl = tonumber(ARGV[2 + #KEYS])
 for i = 1, #KEYS do
   redis.call('INCRBY', KEYS[i], amount)
-  redis.call('EXPIRE', KEYS[i], ttl)
+  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return {1, 0}

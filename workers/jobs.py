@@ -23,7 +23,7 @@ from workers.concluding import JobView, job_view, read_concluding, take_and_read
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
-from workers.panel import watchdog
+from workers.panel import attempts, watchdog
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
 from workers.panel.ports import Dispatcher
@@ -252,6 +252,16 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
     finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap})
 
 
+def panel_members(rt: Runtime, snaps: dict[str, PanelSnapshot]) -> dict[str, list[str]]:
+    """Every member of each panel (its spec: cached in this process, which just concluded it),
+    those still running too: a decided panel's member is never re-sent (workers/panel/watchdog.py)."""
+    out: dict[str, list[str]] = {}
+    for pid, snap in snaps.items():
+        spec = rt.store.spec(pid)
+        out[pid] = [m.member for m in spec.members] if spec is not None else list(snap.calls)
+    return out
+
+
 NO_ANSWER = "no member answered before the deadline or all calls failed"
 
 
@@ -313,9 +323,13 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         pipe.rpush(keys.done_channel(job_id), result.status)
         if not cluster:
             pipe.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
-        for p in panels:  # created after their panel, so without a TTL until now
-            for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"])):
+        for p in panels:  # created after their panel, so without a TTL until now (attempts: 7 days)
+            for k in (keys.votes(p["panel_id"]), keys.tally(p["panel_id"]), keys.calls(p["panel_id"]),
+                      attempts.key(p["panel_id"])):  # fmt: skip
                 pipe.expire(k, rt.settings.result_ttl_s)
+        if not cluster:  # the job's budget counter (8 days, budget.TTL_S) lives as long as the job
+            pipe.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)
+            watchdog.queue_forget_members(pipe, panel_members(rt, snaps))
     if (not rerender or ledger_id) and not cluster:  # a re-render replaces the ledger entry: one per job
         ledger.queue_entry_with_id(pipe, receipt, jkey, replaces=ledger_id)  # and its id in the job hash
     elif (not rerender or ledger_id) and not unchanged:  # a cluster: the ledger is another slot
@@ -328,6 +342,10 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         pipe.execute()
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
+        rt.redis.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)  # the tenant's slot
+        wpipe = rt.redis.pipeline(transaction=False)  # the watchdog's slot
+        watchdog.queue_forget_members(wpipe, panel_members(rt, snaps))
+        wpipe.execute()
     if not rerender:
         metrics.DECISIONS.labels(job.task_class, receipt.decision).inc()
         metrics.CALLS_SAVED.labels(job.task_class).inc(receipt.calls_saved)

@@ -3,6 +3,7 @@ loopback). Mid-run: `SENTINEL FAILOVER`, then kill -9 of the old primary. Every 
 once, no provider answer is paid twice, and the time from the failover to the next decision is
 reported.
 
+    python3 -m pytest -q -s tests/cluster/test_sentinel_failover.py                                         # 20 jobs (default suite)
     PANEL_SENTINEL_DRILL=1 python3 -m pytest -q -s tests/cluster/test_sentinel_failover.py                  # 40 jobs
     PANEL_SENTINEL_DRILL=1 PANEL_SENTINEL_JOBS=200 python3 -m pytest -q -s tests/cluster/test_sentinel_failover.py
 """
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from producer import keys
@@ -24,11 +26,10 @@ from producer.fleet import Fleet, WorkerSpec
 from tests.cluster.test_cluster_fleet import assert_paid_once
 from tests.topologies import SentinelSet, redis_cli_binary
 
-JOBS = int(os.environ.get("PANEL_SENTINEL_JOBS", "40"))
-# Opt-in: in one run of six here a job was never decided after the failover (cause not found yet,
-# tests/reliability/README.md part C); a drill that can lose a job stays out of the default suite.
-pytestmark = pytest.mark.skipif(os.environ.get("PANEL_SENTINEL_DRILL") != "1",
-                                reason="opt-in: PANEL_SENTINEL_DRILL=1 (Sentinel failover drill, ~20 s)")
+DRILL = os.environ.get("PANEL_SENTINEL_DRILL") == "1"
+# A short run (20 jobs, ~20 s) is in the default suite; the drill sizes are opt-in. No job was lost
+# in 58 runs of 20-200 jobs here (tests/reliability/README.md part C has the counts and the fix).
+JOBS = int(os.environ.get("PANEL_SENTINEL_JOBS", "40" if DRILL else "20"))
 SINGLE_MODEL = "qwen2.5-32b-coder-instruct"  # code_review's single lane
 WORKERS = [WorkerSpec("control", "control", concurrency=16, beat=True),
            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=16)]  # fmt: skip
@@ -86,8 +87,8 @@ def test_sentinel_failover_then_kill9_of_the_old_primary_loses_no_job_and_pays_n
         for t in threads:
             t.join(300)
         missing = [j for j in ids if j not in results]
-        assert not missing, f"not decided in time: {missing}; states " + str(
-            {j: client.redis.hmget(keys.job(j), ["status", "error"]) for j in missing[:5]})
+        assert not missing, (f"not decided in time: {missing}; " + "; ".join(where(client, j) for j in missing[:3])
+                             + "; watchdog: " + " / ".join(watchdog_lines(fleet)))  # fmt: skip
         statuses = Counter(r.status for r in results.values())
         assert statuses == Counter({"decided": JOBS}), statuses
         ledger = Counter(r["job_id"] for r in client.ledger())
@@ -105,6 +106,30 @@ def test_sentinel_failover_then_kill9_of_the_old_primary_loses_no_job_and_pays_n
               f"longest stretch without a decision from the failover on {stall_s:.2f} s; {len(after_kill)} decided "
               f"after the kill -9; last decision {marks[-1] - t_failover:.1f} s after the failover; "
               f"all {JOBS} decided once, none paid twice")  # fmt: skip
+        for line in watchdog_lines(fleet):  # what the watchdog re-sent (a message or a record lost in the failover)
+            print(f"  {line}")
         client.close()
     finally:
         fleet.stop()
+
+
+def watchdog_lines(fleet: Fleet) -> list[str]:
+    return [line.split("] ", 1)[-1][:200] for log in sorted(fleet.log_dir.glob("worker-*.log"))
+            for line in log.read_text(errors="replace").splitlines() if "watchdog:" in line]  # fmt: skip
+
+
+def where(client: PanelClient, job_id: str) -> str:
+    """Everything Redis holds about a job that was not decided in time, and where its messages are."""
+    r = client.redis
+    row = {k.decode(): v.decode()[:80] for k, v in r.hgetall(keys.job(job_id)).items() if k != b"spec"}
+    panels = [orjson.loads(p)["panel_id"] for p in r.lrange(keys.job_panels(job_id), 0, -1)]
+    out = [f"job {job_id}: {row}", f"panels {panels}", f"watched {r.zscore(keys.JOB_WATCH, job_id)}"]
+    for pid in panels:
+        if pid:
+            ph = {k.decode(): v.decode()[:60] for k, v in r.hgetall(keys.panel(pid)).items() if k != b"spec"}
+            out.append(f"panel {pid}: {ph}; calls {list(r.hkeys(keys.calls(pid)))}; votes {r.hgetall(keys.votes(pid))}")
+            out.append(f"member watch {[e for e in r.zrange(keys.WATCH_MEMBERS, 0, -1, withscores=True) if pid in e[0].decode()]}")
+    queued = {q: r.llen(q) for q in ("control", "llm.economy", "llm.workhorse", "llm.frontier")}
+    unacked = [v.decode()[:200] for v in r.hvals("unacked") if job_id.encode() in v]
+    out.append(f"queues {queued}; unacked holding it: {unacked}")
+    return " | ".join(out)

@@ -56,9 +56,11 @@ EVAL_CALL_SITES = {
     ("workers/answer_cache.py", "resolve"): "one key",
     ("workers/batch/holds.py", "settle_line"): "one key",
     ("workers/answer_cache.py", "settle"): "one slot: {c:<cache key>}",
-    ("producer/answer_cache.py", "admit"): "NOT cluster-safe: the cache key's lead and followers + the follower's job",
-    ("producer/answer_cache.py", "rescue"): "NOT cluster-safe: a job hash + its cache key's lead",
-    ("workers/answer_cache.py", "promote"): "NOT cluster-safe: names followers' job hashes inside Lua",
+    ("producer/answer_cache.py", "admit"): "one slot {c:<cache key>} (its followers list named in Lua shares the tag); "
+    "the job's role: one key; tests/cluster/test_cluster_cache.py",
+    ("producer/answer_cache.py", "rescue"): "one key (the job hash); tests/cluster/test_cluster_cache.py",
+    ("workers/answer_cache.py", "promote"): "one key (a follower's job hash) or one slot {c:<cache key>}; "
+    "tests/cluster/test_cluster_cache.py",
     ("workers/concluding.py", "take_and_read"): "take_lease.lua with conclude_panel's keys (the panel's slot), "
     "in the job's MULTI; a single Redis only (on a cluster the lease is taken on its own, as the scenario runs)",
     ("workers/panel/state.py", "put_call_and_vote"): "vote.lua with vote's keys (the panel's slot); a single Redis only",
@@ -68,7 +70,8 @@ EVAL_CALL_SITES = {
 
 # Scripts registered and called with `keys=` that name keys the scenario cannot check, and why.
 NOT_CLUSTER_SAFE_SCRIPT_SITES = {
-    ("gateway/tenants.py", "admit"): "admission.lua derives the tenant's keys from the API key's record",
+    ("gateway/tenants.py", "admit"): "on one Redis admission.lua derives the tenant's keys from the API key's "
+    "record; on a cluster they are passed, one slot: tests/cluster/test_cluster_cache.py",
     (
         "gateway/callbacks.py",
         "deliver_loop",
@@ -233,7 +236,7 @@ def test_no_key_name_outside_producer_keys() -> None:
 
 def test_every_key_carries_a_hash_tag() -> None:
     for name, fn in inspect.getmembers(keys, inspect.isfunction):
-        if name.endswith("_tag") or name in ("job_of_panel", "job_key_affixes", "tenant_tag_open"):
+        if name.endswith("_tag") or name in ("job_of_panel", "tenant_tag_open"):
             continue
         args = ["x.1"] * len(inspect.signature(fn).parameters)
         assert re.match(r"^pf:\{[^}]+\}", fn(*args)), f"keys.{name} has no hash tag: {fn(*args)}"
@@ -243,8 +246,6 @@ def test_every_key_carries_a_hash_tag() -> None:
 
 
 def test_keys_a_script_derives_match_keys_py() -> None:
-    prefix, suffix = keys.job_key_affixes()
-    assert prefix + "j1" + suffix == keys.job("j1")
     tt = keys.tenant_tag_open() + "acme" + "}:"
     assert (tt + "gw:tenant", tt + "gw:rate", tt + "budget:day:20260101") == (
         keys.gw_tenant("acme"),

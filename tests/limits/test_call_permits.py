@@ -77,7 +77,7 @@ def _runtime(r: redis.Redis, clock: Clock, provider: ScriptedProvider, limiter: 
         breaker=CircuitBreaker(r, CONFIG, clock=clock),
         limiter=limiter or RateLimiter(r, clock=clock),
         budget=Budget(r),
-        settings=SimpleNamespace(call_timeout_s=5.0),
+        settings=SimpleNamespace(call_timeout_s=5.0, result_ttl_s=3600),
         provider=lambda name: provider,
         call=call,
         redis=r,

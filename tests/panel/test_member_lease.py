@@ -6,6 +6,7 @@ real chord and a caller that blocks until told to answer."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,4 +152,24 @@ def test_the_watchdog_does_not_resend_a_member_whose_lease_is_held(r: fakeredis.
     assert watchdog.resend_overdue(chord.store, d, later, bound_s=30.0) == 0  # calling now: not lost
     r.delete(keys.member_lease(spec.panel_id, "m0"))
     assert watchdog.resend_overdue(chord.store, d, later, bound_s=30.0) == 1  # no lease, never started: sent again
+    assert [m for _, m, _ in d.sent] == ["m0", "m0"]
+
+
+def test_a_started_member_whose_record_was_lost_is_resent_a_lease_after_not_a_call_budget(r: fakeredis.FakeRedis) -> None:
+    """The Sentinel drill's lost job: a member's call record and vote were acknowledged by the old
+    primary and never replicated before the replica was promoted, while its started mark (sent
+    earlier) was. Its watchdog entry used to wait a whole call budget (2 x 120 s) past the start;
+    the lease now says whether a copy still calls, so it is re-sent once its lease has ended."""
+    chord, d = _chord(r, FakeCaller({m: "B" for m in MODELS})), Recorder()
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    dispatch(chord.store, d, spec, spec.members[:1])
+    started = time.time()
+    assert run_member(chord, spec.panel_id, "m0").status == "answered"
+    for k in (keys.calls(spec.panel_id), keys.votes(spec.panel_id), keys.tally(spec.panel_id),
+              keys.member_lease(spec.panel_id, "m0")):  # fmt: skip
+        r.delete(k)  # the writes the failover lost; the lease has run out since
+    lease_s, bound = chord.store.leases.lease_s, 30.0
+    assert watchdog.resend_overdue(chord.store, d, started + bound - 1, bound_s=bound) == 0
+    assert watchdog.resend_overdue(chord.store, d, started + lease_s + bound + 1, bound_s=bound) == 1
     assert [m for _, m, _ in d.sent] == ["m0", "m0"]

@@ -56,7 +56,7 @@ class CallIO(Protocol):
     budget: Budget
     breaker: CircuitBreaker
     limiter: RateLimiter
-    settings: Any  # .call_timeout_s
+    settings: Any  # .call_timeout_s, .result_ttl_s
     redis: Any  # attempt records (workers/panel/attempts.py), when a member is named
 
     def provider(self, name: str) -> Provider: ...
@@ -114,7 +114,7 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
         try:
             got = run_steps(rt.budget.r, [rt.breaker.allow_step(key), rt.budget.reserve_step(want) if want else None,
                                           rt.limiter.acquire_step(limits, tokens)],
-                            also=_queue_opened(pid, opened) if together and opened else None)  # fmt: skip
+                            also=_queue_opened(pid, opened, rt.settings.result_ttl_s) if together and opened else None)  # fmt: skip
         except BaseException:
             if together and opened is not None:  # the record may have been written: nothing was sent
                 _drop_attempt(rt, pid, opened[0])
@@ -160,13 +160,15 @@ def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: flo
         time.sleep(reservation.wait_s + random.uniform(0, min(0.05, reservation.wait_s / 10)))
 
 
-def _queue_opened(panel_id: str, opened: Opened) -> Callable[[Any], object]:
-    return lambda pipe: attempts.queue_begin(pipe, panel_id, *opened)
+def _queue_opened(panel_id: str, opened: Opened, ttl_s: int) -> Callable[[Any], object]:
+    # the result TTL, as the panel's own: an attempt opened just after its job was finalised (a
+    # late member) must not give the panel's attempts back the 7-day TTL finalise took away
+    return lambda pipe: attempts.queue_begin(pipe, panel_id, *opened, ttl_s=ttl_s)
 
 
 def _write_opened(rt: CallIO, panel_id: str, opened: Opened) -> None:
     pipe = rt.redis.pipeline(transaction=False)
-    attempts.queue_begin(pipe, panel_id, *opened)
+    attempts.queue_begin(pipe, panel_id, *opened, ttl_s=rt.settings.result_ttl_s)
     pipe.execute()
 
 

@@ -62,13 +62,17 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     store = chord.store
     # a member that starts while Redis is away waits for it: raising would publish a retry, which
     # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
-    # with the watchdog's started mark in the same round trip: its bound now covers a whole call
-    # (a gone panel's entry, if any, is only pushed on: the watchdog forgets it when it comes due)
-    # and the job's spec when this process lacks it (the job and its panels share a slot)
+    # with the watchdog's started mark in the same round trip: its bound is pushed on by one lease
+    # (while the call runs the watchdog sees the lease and leaves it; a copy whose record was lost,
+    # its last writes not yet replicated when a Sentinel failover promoted the replica, is re-sent
+    # a lease after its lease ends, not a whole call budget later: the drill's lost job, 240 s).
+    # A gone panel's entry, if any, is only pushed on: the watchdog forgets it when it comes due.
+    # And the job's spec when this process lacks it (the job and its panels share a slot).
     token = store.leases.token()
     job_id = panel_id.rsplit(".", 1)[0]  # panel ids are f"{job_id}.{n}" (workers/jobs.py new_panel)
     start = through_redis_outage(lambda: store.turn(
-        panel_id, member_id, lease=token, also=lambda r: watchdog.started(r, panel_id, member_id),
+        panel_id, member_id, lease=token,
+        also=lambda r: watchdog.started(r, panel_id, member_id, store.leases.lease_s),
         job_spec_of=None if chord.jobs.has(job_id) else job_id))  # fmt: skip
     if start.spec is None:
         return Turn("gone", None)
