@@ -125,3 +125,13 @@ def test_tokens_granted_in_any_window_never_exceed_the_limit(tpm: int, rpm: int,
             span = end - start
             assert sum(g[2] for g in inside) * MINUTE_US <= tpm * (MINUTE_US + span)
             assert len(inside) * MINUTE_US <= rpm * (MINUTE_US + span)
+
+
+def test_a_refund_after_an_earlier_refund_moved_its_slice_gives_back_only_what_is_still_ahead() -> None:
+    """Hypothesis found it (tpm 60): two 30-token grants fill the burst; refunding the first moves
+    the second's slice 30 s earlier, so at t=30 s the second's capacity has come back by itself.
+    Refunding it there as though its slice were still where its grant put it let a 60-token grant
+    and a 30-token grant through in the same instant: 90 tokens against a limit of 60."""
+    steps = [("acquire", 0.5), ("acquire", 0.5), ("reconcile", 0, 0.0), ("acquire_after_wait", 1.0),
+             ("reconcile", 0, 0.0), ("acquire", 0.5)]  # fmt: skip
+    test_tokens_granted_in_any_window_never_exceed_the_limit.hypothesis.inner_test(tpm=60, rpm=3, steps=steps)  # type: ignore[attr-defined]

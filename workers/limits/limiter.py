@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from producer import keys
+from producer.wire import text
 from workers.limits.errors import RateLimitWait, TokensExceedLimit
 from workers.limits.steps import ScriptStep
 
@@ -75,6 +76,9 @@ class Reservation:
     # what a refund may give back
     granted_at_us: int = field(default=0, repr=False)
     token_tats: tuple[float, ...] = field(default=(), repr=False)
+    # each key's incarnation and the credit it had refunded at the grant (reserve.lua): a refund
+    # since moved this reservation's slice earlier, and a key that expired since refunds nothing
+    key_credits: tuple[tuple[str, float], ...] = field(default=(), repr=False)
     blocker: str = ""  # the key with the longest wait, when not granted
 
 
@@ -123,9 +127,12 @@ class RateLimiter:
     def reservation_from(self, limits: Sequence[Limit], tokens: int, result: list[Any]) -> Reservation:
         """The Reservation an `acquire_step` returned. Raises TokensExceedLimit."""
         limits = tuple(limits)
-        status, at_or_index, wait_us, *tats = result
+        status, at_or_index, wait_us, *rest = result
         if status == 1:
-            return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats))
+            n = len(limits)
+            tats, marks = rest[:n], rest[n:]
+            credits = tuple((text(marks[2 * i]), float(marks[2 * i + 1])) for i in range(n))
+            return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats), credits)
         blocker = limits[int(at_or_index) - 1]
         if status == -1:
             raise TokensExceedLimit(blocker.key, tokens, blocker.tpm)
@@ -165,8 +172,8 @@ class RateLimiter:
         if not reservation.granted or delta == 0 or not reservation.limits:
             return None
         args: list[Any] = [delta, reservation.granted_at_us]
-        for lim, tat in zip(reservation.limits, reservation.token_tats, strict=True):
-            args += [lim.tpm, repr(tat)]
+        for lim, tat, (k, c) in zip(reservation.limits, reservation.token_tats, reservation.key_credits, strict=True):
+            args += [lim.tpm, repr(tat), k, repr(c)]
         return ScriptStep(self._script, [keys.rate_limit(lim.key) for lim in reservation.limits],
                           self._argv("reconcile", args))  # fmt: skip
 
