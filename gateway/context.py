@@ -18,9 +18,10 @@ from gateway.settings import GatewaySettings
 from gateway.submission import Submitter
 from gateway.tenants import Admission, Caller
 from gateway.waiting import Jobs
-from producer import job_json
+from producer import connect, job_json
 from producer.client import PanelClient
 from producer.errors import ContractError
+from producer.settings import Settings
 
 T = TypeVar("T")
 
@@ -37,9 +38,19 @@ class Gateway:
 
     @classmethod
     def make(cls, settings: GatewaySettings, redis_url: str | None = None) -> Gateway:
-        client = PanelClient(redis_url)
-        r = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-            redis_url or client.settings.redis_url, max_connections=2048, timeout=30, health_check_interval=30))  # fmt: skip
+        env = Settings.from_env()
+        # the state Redis (PANEL_STATE_URL, else PANEL_REDIS_URL): jobs, results, tenants live there,
+        # not on the broker when the two are apart (a Sentinel URL is followed through failovers)
+        state = redis_url or env.state
+        if connect.parse(state).kind == "cluster":
+            raise connect.RedisUrlError(
+                "PANEL_STATE_URL: the gateway does not run on Redis Cluster state yet (its batch, file and "
+                "callback keys are not all in one slot per command; docs/cluster.md). Run the gateway against "
+                "a plain or Sentinel-managed state Redis, or submit through the Python client.")  # fmt: skip
+        client = PanelClient(redis_url, settings=env)
+        r, _ = connect.async_state_clients(state, sentinel_master=client.settings.sentinel_master,
+                                           max_connections=2048, pool_timeout_s=30, client_name="pf-gateway",
+                                           health_check_interval=30)  # fmt: skip
         return cls(settings, client, r, Admission(r, settings, client.settings.tenant_budget_usd),
                    Submitter(client), Jobs(r), Catalogue.load())  # fmt: skip
 

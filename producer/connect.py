@@ -171,20 +171,21 @@ def state_client(url: str, *, sentinel_master: str = "mymaster", max_connections
 
 def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
                         max_connections: int = 512, pool_timeout_s: float = 30.0,
-                        client_name: str | None = None) -> tuple[Any, aredis.Redis]:  # fmt: skip
+                        client_name: str | None = None, health_check_interval: int = 0) -> tuple[Any, aredis.Redis]:  # fmt: skip
     """(commands, pub/sub) async clients. A cluster's commands go through the cluster client; its
     pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node)."""
     ep = parse(url)
     if ep.kind == "redis":
         c = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout_s, client_name=client_name))  # fmt: skip
+            url, max_connections=max_connections, timeout=pool_timeout_s, client_name=client_name,
+            health_check_interval=health_check_interval))  # fmt: skip
         return c, c
     if ep.kind == "sentinel":
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
         s = AsyncSentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)  # type: ignore[no-untyped-call]
         c = s.master_for(sentinel_master, db=ep.db, password=ep.password, max_connections=max_connections,
-                         client_name=client_name)
+                         client_name=client_name, health_check_interval=health_check_interval)
         return c, c
     cluster = AsyncRedisCluster(startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in ep.nodes],
                                 ssl=ep.tls, password=ep.password, max_connections=max_connections,
