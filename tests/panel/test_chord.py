@@ -344,3 +344,27 @@ def test_a_call_record_round_trips_and_keeps_fields_a_newer_version_wrote() -> N
     assert (rec.status, rec.answer_key, rec.cost_usd, rec.tokens_in) == ("answered", "B", 0.5, 0)
     assert orjson.loads(rec.to_json())["from_the_future"] == 1
     assert "text" not in orjson.loads(rec.to_json())  # None fields are not stored
+
+
+def test_a_member_cut_off_in_flight_asks_for_the_conclusion_before_the_job_is_finalised(r: fakeredis.FakeRedis) -> None:
+    """Its charge must reach the receipt whether the conclusion has finished, is reading the
+    panel, or has not begun: asking only once the job was finalised lost a record that landed
+    between the conclusion's read and its finalise."""
+    from workers.errors import Cancelled
+
+    class CutOff(FakeCaller):
+        def __call__(self, panel_id: str | None, model: str, *a: Any, **k: Any) -> CallOutcome:
+            c = Cancelled(panel_id or "", sent=True)
+            c.tokens_in = 21
+            raise c
+
+    chord = _chord(r, CutOff({m: "B" for m in MODELS}))
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    assert not r.hexists(keys.job("j1"), "finalised")  # the conclusion has not finalised the job
+    turn = run_member(chord, spec.panel_id, "m2")
+    assert turn.status == "cancelled" and turn.actions == (Conclude(),)
+    rec = chord.store.call(spec.panel_id, "m2")
+    assert rec is not None and (rec.status, rec.tokens_in) == ("cancelled", 21)
+    again = run_member(chord, spec.panel_id, "m2")  # a redelivery writes nothing and asks for nothing
+    assert again.actions == Nothing

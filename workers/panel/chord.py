@@ -116,12 +116,17 @@ def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes 
         # In flight: the provider may bill the prompt, so charge its input tokens as sent
         sent = c.tokens_in if c.tokens_in is not None else estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS
         tokens_in = sent if c.sent else 0
-        _, finalised = store.put_call_if_absent_finalised(panel_id, spec.job_id, call_record(
+        written = store.put_call(panel_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
-            latency_ms=(time.time() - started) * 1000))  # fmt: skip
-        if finalised:
-            return Turn("cancelled", spec, (Conclude(),))  # the charge landed after the receipt: re-render it
+            latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
+        if written:
+            # Cut off by the decision, so the conclusion has begun, may be reading the panel now, or
+            # has finished: asking for it re-renders the receipt with this charge whichever it is
+            # (a conclusion in progress takes the request through its lease: jobs.conclude_panel).
+            # Asking only once the job was finalised missed a record that landed between the
+            # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
+            return Turn("cancelled", spec, (Conclude(),))
         return Turn("cancelled", spec)
     return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
 

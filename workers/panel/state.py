@@ -329,17 +329,6 @@ class PanelStore:
             raise res
         return self._outcome(res)
 
-    def put_call_if_absent_finalised(self, panel_id: str, job_id: str, record: Call) -> tuple[bool, bool]:
-        """`put_call(only_if_absent=True)`, then whether the job was finalised by then: (written,
-        finalised), one round trip (the job and its panels share a slot: producer/keys.py)."""
-        if record.ended_at is None:
-            record = replace(record, ended_at=time.time())
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hsetnx(keys.calls(panel_id), record.member, record.to_json())
-        pipe.hexists(keys.job(job_id), "finalised")
-        written, finalised = pipe.execute()
-        return bool(written), bool(finalised)
-
     def calls(self, panel_id: str) -> dict[str, Call]:
         return {text(k): Call.from_json(v) for k, v in self.r.hgetall(keys.calls(panel_id)).items()}
 
