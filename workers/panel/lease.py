@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,6 @@ class Leases:
         self.lease_s = lease_s
         self._held: dict[str, int] = {}  # lease key -> how many holders in this process
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
 
     @staticmethod
@@ -96,8 +96,7 @@ class Leases:
 
     def _renew_forever(self) -> None:
         while True:
-            with self._lock:
-                self._wake.wait(self.lease_s / 4)
+            time.sleep(self.lease_s / 4)
             try:
                 self.renew()
             except redis.RedisError as e:  # Redis away: the leases carry their TTL through a short outage
