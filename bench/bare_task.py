@@ -4,6 +4,11 @@ workers/app.py) and HTTP client library as the fleet; no panel logic, no Redis o
 one INCR that tells the benchmark it finished.
 
 Run as a worker: `celery -A bench.bare_task worker -Q bench.bare --pool threads -c 128`.
+
+Task events: by default Celery's own (each event asks the worker's event loop for a flush on its
+next turn, in effect one PUBLISH per event); with BARE_TASK_EVENTS=batched the worker runs the
+fleet's consumer step that publishes them in one message per 100 ms (workers/task_events.py), so
+`bench.hotpath` can print the bare task both as plain Celery runs it and with the fleet's setting.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from celery import Celery
 
 from workers.app import PanelTask
 from workers.app import app as fleet_app
+from workers.task_events import BufferedTaskEvents
 
 SAME = ("task_serializer", "result_serializer", "accept_content", "event_serializer", "task_ignore_result",
         "task_store_errors_even_if_ignored", "task_acks_late", "task_reject_on_worker_lost",
@@ -25,6 +31,8 @@ SAME = ("task_serializer", "result_serializer", "accept_content", "event_seriali
 url = os.environ.get("PANEL_REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("bare", broker=url, task_cls=PanelTask)  # the fleet's task class too (no task-started event)
 app.conf.update({k: fleet_app.conf[k] for k in SAME}, task_default_queue="bench.bare")
+if os.environ.get("BARE_TASK_EVENTS") == "batched":
+    app.steps["consumer"].add(BufferedTaskEvents)
 _http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
 _done = redis.Redis.from_url(url, client_name="bench-bare")
 KEY = os.environ.get("SIM_KEY", "sim-local-key-not-a-secret")

@@ -73,7 +73,11 @@ class Monitor:
                 except Exception:
                     return
                 who = "lua" if c.get("client_type") == "lua" else f"{c['client_address']}:{c['client_port']}"
-                self.lines.append((who, str(c["command"]).split(" ", 1)[0].upper()))
+                words = str(c["command"]).split(" ", 2)
+                cmd = words[0].upper()
+                if cmd == "PUBLISH" and len(words) > 1:  # the channel says whose: task events, pidbox, ours
+                    cmd = f"PUBLISH {words[1]}"
+                self.lines.append((who, cmd))
 
     def __enter__(self) -> Monitor:
         self._thread.start()
@@ -125,7 +129,13 @@ def run_ideal(base: str, panels: int, rate: float) -> list[float]:
     return asyncio.run(go())
 
 
-def run_bare(fleet: Fleet, r: redis.Redis, panels: int, rate: float) -> None:
+BARE = {  # queue -> how its worker publishes task events (bench/bare_task.py)
+    "bench.bare": "Celery's default",
+    "bench.bare.batched": "batched as the fleet's (workers/task_events.py)",
+}
+
+
+def run_bare(fleet: Fleet, r: redis.Redis, panels: int, rate: float, queue: str = "bench.bare") -> None:
     from bench import bare_task
 
     bare_task.app.conf.broker_url = fleet.redis_url
@@ -134,7 +144,7 @@ def run_bare(fleet: Fleet, r: redis.Redis, panels: int, rate: float) -> None:
         t = time.perf_counter()
         prompt = f"bare {uuid.uuid4().hex} A) x B) y"
         for m in MEMBERS:
-            bare_task.bare.apply_async(args=[fleet.sim_url, m, prompt], queue="bench.bare")
+            bare_task.bare.apply_async(args=[fleet.sim_url, m, prompt], queue=queue)
         time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
     end = time.time() + 120
     while int(r.get("bench:bare:done") or 0) < panels * len(MEMBERS) and time.time() < end:
@@ -184,23 +194,26 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0, help="panels/s for CPU, round trips and latency")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured step (60 for the full run)")
     ap.add_argument("--rates", default="20,30,45", help="panels/s tried for the highest sustained rate")
-    ap.add_argument("--threads", type=int, default=128, help="threads in the bare worker")
+    ap.add_argument("--threads", type=int, default=128, help="threads in each bare worker")
     ap.add_argument("--tier-processes", type=int, default=0, help="fleet tier processes (default: one per core)")
     args = ap.parse_args()
     fleet = Fleet(env={"PANEL_POLICIES": str(bench_policies())}, workers=default_workers(args.tier_processes or None))
     fleet.start()
-    bare = None
+    bares: dict[str, subprocess.Popen[bytes]] = {}
     try:
         fleet.sim("/_sim/config", {"models": {m: {"latency_ms": ms, "answer": "B"} for m, ms in MEMBERS.items()}})
-        bare = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.bare_task", "worker", "-Q", "bench.bare",
-                                 "--pool", "threads", "-c", str(args.threads), "--without-mingle", "--without-gossip",
-                                 "-E", "--loglevel", "INFO", "-n", "bare@%h"],
-                                env=child_env({"PANEL_REDIS_URL": fleet.redis_url}), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        for i, queue in enumerate(BARE):
+            events = {"BARE_TASK_EVENTS": "batched"} if queue.endswith(".batched") else {}
+            bares[queue] = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "bench.bare_task", "worker", "-Q", queue, "--pool", "threads",
+                 "-c", str(args.threads), "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO",
+                 "-n", f"bare{i}@%h"], env=child_env({"PANEL_REDIS_URL": fleet.redis_url, **events}),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         r = redis.Redis.from_url(fleet.redis_url, client_name="bench-main")
         client = PanelClient(fleet.redis_url)
         time.sleep(4)
-        run_bare(fleet, r, 5, 5)  # warm-up: imports, connections, the sim's caches
+        for queue in BARE:
+            run_bare(fleet, r, 5, 5, queue)  # warm-up: imports, connections, the sim's caches
         run_fleet(client, 5, 5)
         n = max(10, int(args.rate * args.duration))
         calls = n * len(MEMBERS)
@@ -214,42 +227,51 @@ def main() -> None:
 
         holder: dict[str, object] = {}
         cpu_ideal = measured({}, lambda: holder.update(ideal=run_ideal(fleet.sim_url, n, args.rate)), calls)
-        rt0 = reads(r)
-        cpu_bare = measured({"bare worker": bare.pid, **shared}, lambda: run_bare(fleet, r, n, args.rate), calls)
-        rt_bare = (reads(r) - rt0) / calls
+        cpu_bare, rt_bare = {}, {}
+        for queue in BARE:
+            rt0 = reads(r)
+            cpu_bare[queue] = measured({"bare worker": bares[queue].pid, **shared},
+                                       lambda q=queue: run_bare(fleet, r, n, args.rate, q), calls)  # fmt: skip
+            rt_bare[queue] = (reads(r) - rt0) / calls
         rt0 = reads(r)
         cpu_fleet = measured({**workers, **shared}, lambda: holder.update(fleet=run_fleet(client, n, args.rate)), calls)
         rt_fleet = (reads(r) - rt0) / calls
         ideal: list[float] = holder["ideal"]  # type: ignore[assignment]
         fl, undecided = holder["fleet"]  # type: ignore[misc]
 
-        print("1. CPU ms per member call, by process")
-        for name, cpu in (("ideal", cpu_ideal), ("bare task", cpu_bare), ("fleet", cpu_fleet)):
+        print("1. CPU ms per member call, by process (bare task: task events Celery's default / batched)")
+        paths = (("ideal", cpu_ideal), ("bare task", cpu_bare["bench.bare"]),
+                 ("bare batch", cpu_bare["bench.bare.batched"]), ("fleet", cpu_fleet))  # fmt: skip
+        for name, cpu in paths:
             print(f"   {name:10} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-        w_bare = cpu_bare["bare worker"]
-        w_fleet = sum(v for k, v in cpu_fleet.items() if k in workers)
-        a_bare, a_fleet = sum(cpu_bare.values()), sum(cpu_fleet.values())
-        print(f"   workers: fleet {w_fleet:.2f} / bare {w_bare:.2f} = {w_fleet / w_bare:.2f}x;  all processes: "
-              f"fleet {a_fleet:.2f} / bare {a_bare:.2f} = {a_fleet / a_bare:.2f}x;  ideal {sum(cpu_ideal.values()):.2f}")
+        w_fleet, a_fleet = sum(v for k, v in cpu_fleet.items() if k in workers), sum(cpu_fleet.values())
+        for queue, how in BARE.items():
+            w_bare, a_bare = cpu_bare[queue]["bare worker"], sum(cpu_bare[queue].values())
+            print(f"   against the bare task with task events {how}:\n"
+                  f"      workers: fleet {w_fleet:.2f} / bare {w_bare:.2f} = {w_fleet / w_bare:.2f}x;  all processes: "
+                  f"fleet {a_fleet:.2f} / bare {a_bare:.2f} = {a_fleet / a_bare:.2f}x;  ideal {sum(cpu_ideal.values()):.2f}")
 
         print("\n2. Redis round trips per member call (server total_reads_processed)")
-        print(f"   bare task {rt_bare:.1f};  fleet {rt_fleet:.1f}")
+        print(f"   bare task {rt_bare['bench.bare']:.1f} (events batched: {rt_bare['bench.bare.batched']:.1f});  "
+              f"fleet {rt_fleet:.1f}")
         k = max(10, n // 4)
-        with Monitor(fleet.redis_url) as mon_b:
-            run_bare(fleet, r, k, args.rate)
-        sb = split(mon_b.lines, client_names(r))
+        monitored: list[tuple[str, dict[str, Counter[str]]]] = []
+        for name, queue in (("bare task", "bench.bare"), ("bare batch", "bench.bare.batched")):
+            with Monitor(fleet.redis_url) as mon_b:
+                run_bare(fleet, r, k, args.rate, queue)
+            monitored.append((name, split(mon_b.lines, client_names(r))))
         with Monitor(fleet.redis_url) as mon_f:
             run_fleet(client, k, args.rate)
-        sf = split(mon_f.lines, client_names(r))
+        monitored.append(("fleet", split(mon_f.lines, client_names(r))))
         c = k * len(MEMBERS)
-        for name, s in (("bare task", sb), ("fleet", sf)):
+        for name, s in monitored:
             print(f"   {name:10} (MONITOR, {k} panels) Celery {s['celery']['round_trips'] / c:.1f} round trips "
                   f"({s['celery']['commands'] / c:.1f} commands); ours {s['ours']['round_trips'] / c:.1f} round trips "
                   f"({s['ours']['commands'] / c:.1f} commands, {s['lua']['commands'] / c:.1f} more inside Lua); "
                   f"benchmark's own {s['bench']['round_trips'] / c:.1f}")
             for kind in ("celery", "ours"):
                 top = [(cmd, v) for cmd, v in s[kind].most_common() if cmd not in ("commands", "round_trips")]
-                print(f"   {'':10} {kind} commands per call: " + ", ".join(f"{cmd} {v / c:.2f}" for cmd, v in top[:12]))
+                print(f"   {'':10} {kind} commands per call: " + ", ".join(f"{cmd} {v / c:.2f}" for cmd, v in top[:16]))
 
         print(f"\n3. Decision latency at {args.rate:g} panels/s ({len(fl)} decided, {undecided} not)")
         i50, i99, f50, f99 = pct(ideal, 0.5), pct(ideal, 0.99), pct(fl, 0.5), pct(fl, 0.99)
@@ -271,8 +293,8 @@ def main() -> None:
             best = rate
         print(f"   highest sustained: {best:g} panels/s;  load average at end {os.getloadavg()}")
     finally:
-        if bare:
-            stop_process(bare)
+        for proc in bares.values():
+            stop_process(proc)
         fleet.stop()
 
 

@@ -18,6 +18,7 @@ from kombu.entity import Queue
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings
 from workers import broker_reconnect
+from workers.task_events import BufferedTaskEvents
 
 broker_reconnect.install()  # kombu 5.7.0's reconnect crash after a Redis restart (see the module)
 
@@ -179,6 +180,7 @@ class Census(bootsteps.StartStopStep):
 app.steps["worker"].add(Heartbeat)
 app.steps["worker"].add(PolicyCheck)
 app.steps["worker"].add(Census)
+app.steps["consumer"].add(BufferedTaskEvents)
 
 
 from workers import tracing  # noqa: E402  (needs `app` above; connects nothing unless OTLP is configured)

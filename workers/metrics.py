@@ -58,15 +58,20 @@ def announce_decision(receipt: Receipt) -> None:
     """
     from celery import current_task
 
+    from workers import task_events
+
     if not current_task or not current_task.request.id:  # a Proxy: `is None` is never true
         return
+    fields = dict(
+        job_id=receipt.job_id, task_class=receipt.task_class, decision=receipt.decision, lane=receipt.lane,
+        early_exit=receipt.early_exit, calls=len(receipt.calls), calls_saved=receipt.calls_saved,
+        arbiter_calls=sum(1 for c in receipt.calls if c.role == "arbiter"), cost_usd=receipt.total_cost_usd,
+    )  # fmt: skip
     try:
-        current_task.send_event(
-            DECISION_EVENT, retry=False, job_id=receipt.job_id, task_class=receipt.task_class,
-            decision=receipt.decision, lane=receipt.lane, early_exit=receipt.early_exit,
-            calls=len(receipt.calls), calls_saved=receipt.calls_saved,
-            arbiter_calls=sum(1 for c in receipt.calls if c.role == "arbiter"),
-            cost_usd=receipt.total_cost_usd,
-        )  # fmt: skip
+        buffered = task_events.dispatcher()
+        if buffered is not None:  # in the worker: in the next batch of this process's task events
+            buffered.send(DECISION_EVENT, uuid=current_task.request.id, **fields)
+        else:  # a publisher of its own (Celery's default for a task's custom event)
+            current_task.send_event(DECISION_EVENT, retry=False, **fields)
     except Exception as e:  # the event is for people watching; the job is already decided
         log.warning("could not send %s for job %s: %s", DECISION_EVENT, receipt.job_id, type(e).__name__)
