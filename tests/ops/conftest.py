@@ -6,6 +6,7 @@ One fleet per test package: Flower and the metrics tests read the same finished 
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import threading
@@ -14,8 +15,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 from celery import Celery
@@ -212,3 +215,40 @@ def finished_panels(ops_fleet: MeteredFleet, flower: Flower, ops_client: PanelCl
     consumer.stop()
     yield FinishedPanels(early, arbitrated, prompts, events)
 
+
+class EventMessages:
+    """Every message on the task events' channels (`celeryev` fanout: `/<db>.celeryev/task.*`),
+    decoded to the list of events it carries."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.r = redis.Redis.from_url(redis_url)
+        self.messages: list[list[dict[str, Any]]] = []
+        self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe("*celeryev/task.*")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self._pubsub.get_message(timeout=0.2)
+            if m is None:
+                continue
+            envelope = orjson.loads(m["data"])
+            body = envelope["body"]
+            if envelope.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            events = orjson.loads(body)
+            self.messages.append(events if isinstance(events, list) else [events])
+
+    def __enter__(self) -> EventMessages:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self.r.close()
+
+    def events(self, of_tasks: set[str]) -> list[dict[str, Any]]:
+        return [e for m in self.messages for e in m if e.get("uuid") in of_tasks]

@@ -10,11 +10,8 @@ themselves: the batches are real, and none of their events is lost on the way to
 
 from __future__ import annotations
 
-import base64
-import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import orjson
@@ -26,7 +23,7 @@ from producer import keys
 from producer.client import PanelClient
 from producer.embedded import stop_process
 from producer.fleet import Fleet, WorkerSpec
-from tests.ops.conftest import Flower, start_flower
+from tests.ops.conftest import EventMessages, Flower, start_flower
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -35,44 +32,6 @@ JOBS = 24
 # multiple_choice: two agree at once, the slow third is cut off in flight (its task still settles)
 ANSWERS = {"qwen2.5-72b-instruct": "B", "qwen2.5-32b-coder-instruct": "B", "llama3.1-70b": "B"}
 LATENCY_MS = {"qwen2.5-72b-instruct": 150, "qwen2.5-32b-coder-instruct": 150, "llama3.1-70b": 1500}
-
-
-class EventMessages:
-    """Every message on the task events' channels (`celeryev` fanout: `/<db>.celeryev/task.*`),
-    decoded to the list of events it carries."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.r = redis.Redis.from_url(redis_url)
-        self.messages: list[list[dict[str, Any]]] = []
-        self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe("*celeryev/task.*")
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            m = self._pubsub.get_message(timeout=0.2)
-            if m is None:
-                continue
-            envelope = orjson.loads(m["data"])
-            body = envelope["body"]
-            if envelope.get("properties", {}).get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            events = orjson.loads(body)
-            self.messages.append(events if isinstance(events, list) else [events])
-
-    def __enter__(self) -> EventMessages:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._pubsub.close()
-        self.r.close()
-
-    def events(self, of_tasks: set[str]) -> list[dict[str, Any]]:
-        return [e for m in self.messages for e in m if e.get("uuid") in of_tasks]
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import redis
 from producer import keys
 from producer.client import PanelClient
 from producer.fleet import Fleet, WorkerSpec
-from tests.ops.conftest import start_worker_with
-from tests.waiting import settled
+from tests.ops.conftest import EventMessages, start_worker_with
+from tests.waiting import eventually, settled
 
 pytestmark = pytest.mark.integration
 
@@ -92,11 +92,19 @@ def assert_decided_once(fleet: Fleet, client: PanelClient, job_id: str, sim_stat
 
 def test_sigterm_during_a_slow_call_lets_the_call_finish_before_the_worker_exits(fleet: Fleet, client: PanelClient) -> None:
     worker = start_tier_worker(fleet, "tier-warm")
-    job_id = submit_and_wait_in_flight(fleet, client)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=60) == 0
-    exited = time.time()
-    forget(fleet, "tier-warm")
+    with EventMessages(fleet.redis_url) as seen:
+        job_id = submit_and_wait_in_flight(fleet, client)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        exited = time.time()
+        forget(fleet, "tier-warm")
+        # the task that finished while its worker stopped still tells Flower so: its events are
+        # batched (workers/task_events.py), and the last batch is sent before the process exits
+        def types_sent() -> set[str]:
+            return {e["type"] for m in seen.messages for e in m if str(e.get("hostname", "")).startswith("tier-warm@")}
+
+        eventually(lambda: types_sent() >= {"task-received", "task-succeeded", "task-panel-decided"},
+                   "the stopping worker's task events: received, succeeded, decided", timeout=10)  # fmt: skip
     (req,) = fleet.sim(f"/_sim/requests?model={MODEL}")["requests"]  # type: ignore[misc]
     assert req["status"] == 200 and req["ended"] - req["started"] >= CALL_S * 0.9
     assert req["ended"] <= exited, "the worker exited before its call finished"
