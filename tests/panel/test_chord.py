@@ -206,6 +206,32 @@ def test_a_judgeless_cascade_stage_that_splits_settles_as_split_without_an_arbit
     assert d.arbiters == [] and ARBITER not in [m for _, m in caller.calls]
 
 
+@pytest.mark.parametrize(("said", "decided", "answer"), [('{"equivalent": true}', "quorum", "12 apples"),
+                                                     ('{"equivalent": false}', "split", "12 apples")])
+def test_a_judgeless_stage_asks_its_equivalence_check_before_it_splits(r: fakeredis.FakeRedis, said: str,
+                                                                      decided: str, answer: str) -> None:  # fmt: skip
+    """A yes joins the near miss into the stage's quorum (accepted there); a no splits and escalates."""
+    check = "llama3.1-8b"
+    caller = FakeCaller({MODELS[0]: "12 apples", MODELS[1]: "twelve apples", MODELS[2]: "7 pears", check: said})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    agreement = {"rule": "similar", "threshold": 0.85, "equivalence": {"model": check, "min": 0.5}}
+    spec = PanelRun(panel_id="j1.1", job_id="j1", stage="panel", attempt=1, quorum=2, dispatch="parallel",
+                    members=[Member(f"m{i}", m, REGISTRY.model(m).tier) for i, m in enumerate(MODELS)],
+                    agreement=agreement, arbiter="", rubric=[], deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip
+    chord.store.create(spec, 60)
+    last = [run_member(chord, spec.panel_id, m) for m in ("m0", "m1", "m2")][-1]
+    assert last.actions == (CallArbiter(),)  # the arbiter's task asks the check; there is no arbiter to call
+    carry_out(chord.store, d, last)
+    assert d.arbiters == [(spec.panel_id, "realtime")]
+    turn = run_arbiter(chord, spec.panel_id)
+    carry_out(chord.store, d, turn)
+    assert chord.store.decided(spec.panel_id) == decided and chord.store.state(spec.panel_id)["answer"] == answer
+    assert [m for _, m in caller.calls].count(check) == 1 and d.concluded == [spec.panel_id]
+    recorded = chord.store.call(spec.panel_id, "equivalence")
+    assert recorded is not None and recorded.equivalent is (decided == "quorum") and recorded.cost_usd > 0
+
+
 def test_a_panel_where_every_member_failed_is_settled_as_failed(r: fakeredis.FakeRedis) -> None:
     chord, d = _chord(r, FakeCaller(dict.fromkeys(MODELS))), Recorder()
     _store_job(r, "j1")
