@@ -5,10 +5,12 @@ one INCR that tells the benchmark it finished.
 
 Run as a worker: `celery -A bench.bare_task worker -Q bench.bare --pool threads -c 128`.
 
-Task events: by default Celery's own (each event asks the worker's event loop for a flush on its
-next turn, in effect one PUBLISH per event); with BARE_TASK_EVENTS=batched the worker runs the
-fleet's consumer step that publishes them in one message per 100 ms (workers/task_events.py), so
-`bench.hotpath` can print the bare task both as plain Celery runs it and with the fleet's setting.
+Two forms, so `bench.hotpath` can print the bare task both as plain Celery runs it and with the
+fleet's own Celery-side settings: by default (BARE_AS=celery) task events are Celery's (each event
+asks the worker's event loop for a flush on its next turn, in effect one PUBLISH per event) and
+kombu builds a new redis-py client per broker command; with BARE_AS=fleet the worker runs the
+fleet's consumer step that publishes task events in one message per 100 ms
+(workers/task_events.py) and keeps one client per kombu channel (workers/kombu_client.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import httpx
 import redis
 from celery import Celery
 
+from workers import kombu_client
 from workers.app import PanelTask
 from workers.app import app as fleet_app
 from workers.task_events import BufferedTaskEvents
@@ -31,8 +34,11 @@ SAME = ("task_serializer", "result_serializer", "accept_content", "event_seriali
 url = os.environ.get("PANEL_REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("bare", broker=url, task_cls=PanelTask)  # the fleet's task class too (no task-started event)
 app.conf.update({k: fleet_app.conf[k] for k in SAME}, task_default_queue="bench.bare")
-if os.environ.get("BARE_TASK_EVENTS") == "batched":
+if os.environ.get("BARE_AS", "celery") == "fleet":
     app.steps["consumer"].add(BufferedTaskEvents)
+    kombu_client.install()
+else:
+    kombu_client.uninstall()  # importing workers.app installed it
 _http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500))
 _done = redis.Redis.from_url(url, client_name="bench-bare")
 KEY = os.environ.get("SIM_KEY", "sim-local-key-not-a-secret")

@@ -129,9 +129,9 @@ def run_ideal(base: str, panels: int, rate: float) -> list[float]:
     return asyncio.run(go())
 
 
-BARE = {  # queue -> how its worker publishes task events (bench/bare_task.py)
-    "bench.bare": "Celery's default",
-    "bench.bare.batched": "batched as the fleet's (workers/task_events.py)",
+BARE = {  # queue -> how its worker runs Celery (bench/bare_task.py)
+    "bench.bare": "Celery's defaults",
+    "bench.bare.fleet": "the fleet's task-event batches and kombu client (BARE_AS=fleet)",
 }
 
 
@@ -203,7 +203,7 @@ def main() -> None:
     try:
         fleet.sim("/_sim/config", {"models": {m: {"latency_ms": ms, "answer": "B"} for m, ms in MEMBERS.items()}})
         for i, queue in enumerate(BARE):
-            events = {"BARE_TASK_EVENTS": "batched"} if queue.endswith(".batched") else {}
+            events = {"BARE_AS": "fleet"} if queue.endswith(".fleet") else {}
             bares[queue] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "bench.bare_task", "worker", "-Q", queue, "--pool", "threads",
                  "-c", str(args.threads), "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO",
@@ -239,24 +239,24 @@ def main() -> None:
         ideal: list[float] = holder["ideal"]  # type: ignore[assignment]
         fl, undecided = holder["fleet"]  # type: ignore[misc]
 
-        print("1. CPU ms per member call, by process (bare task: task events Celery's default / batched)")
+        print("1. CPU ms per member call, by process (bare task: Celery's defaults; bare fleet: the fleet's settings)")
         paths = (("ideal", cpu_ideal), ("bare task", cpu_bare["bench.bare"]),
-                 ("bare batch", cpu_bare["bench.bare.batched"]), ("fleet", cpu_fleet))  # fmt: skip
+                 ("bare fleet", cpu_bare["bench.bare.fleet"]), ("fleet", cpu_fleet))  # fmt: skip
         for name, cpu in paths:
             print(f"   {name:10} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
         w_fleet, a_fleet = sum(v for k, v in cpu_fleet.items() if k in workers), sum(cpu_fleet.values())
         for queue, how in BARE.items():
             w_bare, a_bare = cpu_bare[queue]["bare worker"], sum(cpu_bare[queue].values())
-            print(f"   against the bare task with task events {how}:\n"
+            print(f"   against the bare task with {how}:\n"
                   f"      workers: fleet {w_fleet:.2f} / bare {w_bare:.2f} = {w_fleet / w_bare:.2f}x;  all processes: "
                   f"fleet {a_fleet:.2f} / bare {a_bare:.2f} = {a_fleet / a_bare:.2f}x;  ideal {sum(cpu_ideal.values()):.2f}")
 
         print("\n2. Redis round trips per member call (server total_reads_processed)")
-        print(f"   bare task {rt_bare['bench.bare']:.1f} (events batched: {rt_bare['bench.bare.batched']:.1f});  "
+        print(f"   bare task {rt_bare['bench.bare']:.1f} (as the fleet: {rt_bare['bench.bare.fleet']:.1f});  "
               f"fleet {rt_fleet:.1f}")
         k = max(10, n // 4)
         monitored: list[tuple[str, dict[str, Counter[str]]]] = []
-        for name, queue in (("bare task", "bench.bare"), ("bare batch", "bench.bare.batched")):
+        for name, queue in (("bare task", "bench.bare"), ("bare fleet", "bench.bare.fleet")):
             with Monitor(fleet.redis_url) as mon_b:
                 run_bare(fleet, r, k, args.rate, queue)
             monitored.append((name, split(mon_b.lines, client_names(r))))

@@ -17,10 +17,11 @@ from kombu.entity import Queue
 
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings
-from workers import broker_reconnect
+from workers import broker_reconnect, kombu_client
 from workers.task_events import BufferedTaskEvents
 
 broker_reconnect.install()  # kombu 5.7.0's reconnect crash after a Redis restart (see the module)
+kombu_client.install()  # one redis-py client per kombu channel, not one per broker command
 
 QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
 
