@@ -10,7 +10,8 @@ fleet's own Celery-side settings: by default (BARE_AS=celery) task events are Ce
 asks the worker's event loop for a flush on its next turn, in effect one PUBLISH per event) and
 kombu builds a new redis-py client per broker command; with BARE_AS=fleet the worker runs the
 fleet's consumer step that publishes task events in one message per 100 ms
-(workers/task_events.py) and keeps one client per kombu channel (workers/kombu_client.py).
+(workers/task_events.py), keeps one client per kombu channel (workers/kombu_client.py) and sends
+each ack with the next delivery's unacked record (workers/deferred_ack.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from celery import Celery
 from workers import kombu_client
 from workers.app import PanelTask
 from workers.app import app as fleet_app
+from workers.deferred_ack import DeferredAcks
 from workers.task_events import BufferedTaskEvents
 
 SAME = ("task_serializer", "result_serializer", "accept_content", "event_serializer", "task_ignore_result",
@@ -36,6 +38,7 @@ app = Celery("bare", broker=url, task_cls=PanelTask)  # the fleet's task class t
 app.conf.update({k: fleet_app.conf[k] for k in SAME}, task_default_queue="bench.bare")
 if os.environ.get("BARE_AS", "celery") == "fleet":
     app.steps["consumer"].add(BufferedTaskEvents)
+    app.steps["consumer"].add(DeferredAcks)
     kombu_client.install()
 else:
     kombu_client.uninstall()  # importing workers.app installed it

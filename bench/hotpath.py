@@ -131,7 +131,7 @@ def run_ideal(base: str, panels: int, rate: float) -> list[float]:
 
 BARE = {  # queue -> how its worker runs Celery (bench/bare_task.py)
     "bench.bare": "Celery's defaults",
-    "bench.bare.fleet": "the fleet's task-event batches and kombu client (BARE_AS=fleet)",
+    "bench.bare.fleet": "the fleet's Celery settings: event batches, kombu client, deferred acks (BARE_AS=fleet)",
 }
 
 

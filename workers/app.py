@@ -18,6 +18,7 @@ from kombu.entity import Queue
 import producer.wire  # noqa: F401  (registers the orjson codec)
 from producer.settings import Settings
 from workers import broker_reconnect, kombu_client
+from workers.deferred_ack import DeferredAcks
 from workers.task_events import BufferedTaskEvents
 
 broker_reconnect.install()  # kombu 5.7.0's reconnect crash after a Redis restart (see the module)
@@ -182,6 +183,7 @@ app.steps["worker"].add(Heartbeat)
 app.steps["worker"].add(PolicyCheck)
 app.steps["worker"].add(Census)
 app.steps["consumer"].add(BufferedTaskEvents)
+app.steps["consumer"].add(DeferredAcks)
 
 
 from workers import tracing  # noqa: E402  (needs `app` above; connects nothing unless OTLP is configured)
