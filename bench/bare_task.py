@@ -11,7 +11,8 @@ asks the worker's event loop for a flush on its next turn, in effect one PUBLISH
 kombu builds a new redis-py client per broker command; with BARE_AS=fleet the worker runs the
 fleet's consumer step that publishes task events in one message per 100 ms
 (workers/task_events.py), keeps one client per kombu channel (workers/kombu_client.py) and sends
-each ack with the next delivery's unacked record (workers/deferred_ack.py).
+each ack with the next delivery's unacked record (workers/deferred_ack.py). A comma list of
+`events`, `client`, `acks` turns on only those (`bench.celery_share` measures each alone).
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ SAME = ("task_serializer", "result_serializer", "accept_content", "event_seriali
 url = os.environ.get("PANEL_REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("bare", broker=url, task_cls=PanelTask)  # the fleet's task class too (no task-started event)
 app.conf.update({k: fleet_app.conf[k] for k in SAME}, task_default_queue="bench.bare")
-if os.environ.get("BARE_AS", "celery") == "fleet":
+# BARE_AS: "celery" (none of the three), "fleet" (all three) or a comma list of them
+FLEET_SETTINGS = ("events", "client", "acks")
+_as = os.environ.get("BARE_AS", "celery")
+SETTINGS = set(FLEET_SETTINGS if _as == "fleet" else () if _as == "celery" else _as.split(","))
+if SETTINGS - set(FLEET_SETTINGS):
+    raise SystemExit(f"BARE_AS: unknown {sorted(SETTINGS - set(FLEET_SETTINGS))}; use celery, fleet or of {FLEET_SETTINGS}")
+if "events" in SETTINGS:
     app.steps["consumer"].add(BufferedTaskEvents)
+if "acks" in SETTINGS:
     app.steps["consumer"].add(DeferredAcks)
+if "client" in SETTINGS:
     kombu_client.install()
 else:
     kombu_client.uninstall()  # importing workers.app installed it
