@@ -16,9 +16,10 @@ import pytest
 from producer import keys
 from producer.contract import Job
 from producer.settings import Settings
-from workers.budget import Spend
+from workers.budget import Budget, Spend
 from workers.jobs import conclude_panel, start_job
 from workers.jobstore import JobStore
+from workers.limits.steps import Owed
 from workers.panel.act import carry_out, dispatch
 from workers.panel.arbiter import anonymise, run_arbiter
 from workers.panel.calls import CallOutcome
@@ -40,19 +41,29 @@ ARBITER = "llama3.1-405b"
 
 @dataclass
 class FakeCaller:
-    """Answers per model from a table; counts calls. A model mapped to None fails its call."""
+    """Answers per model from a table; counts calls. A model mapped to None fails its call. With
+    a `budget`, each answer holds HOLD_USD of it and leaves its settlement (to COST_USD) owed, as
+    workers/panel/calls.py does."""
 
     answers: dict[str, str | None]
     calls: list[tuple[str | None, str]] = field(default_factory=list)
+    budget: Budget | None = None
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
-                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+                 member: str | None = None, in_panel: frozenset[str] = frozenset(),
+                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
         self.calls.append((panel_id, model))
         text = self.answers[model]
         if text is None:
             return CallOutcome(model, None, "HTTP 503: upstream unavailable", attempts=4)
+        if self.budget is not None and spend is not None and owed is not None:
+            hold = self.budget.reserve(spend.job_id, spend.tenant, None, HOLD_USD)
+            owed.r, owed.steps = self.budget.r, [self.budget.settle_step(hold, COST_USD)]
         return CallOutcome(model, Completion(text, 40, 3, 12.0, model, "sim", "stop"), attempts=1)
+
+
+HOLD_USD, COST_USD = 1.0, 0.25
 
 
 @dataclass
@@ -154,6 +165,42 @@ def test_quorum_of_two_cancels_third(r: fakeredis.FakeRedis) -> None:
     assert third.status == "cancelled" and len(caller.calls) == 2  # the straggler made no call
     carry_out(chord.store, d, second)
     assert d.revoked == [f"task-{spec.panel_id}-m2"]  # the cancel happens once per panel
+
+
+def test_an_answers_settlement_goes_with_its_record_and_vote_in_one_round_trip(r: fakeredis.FakeRedis) -> None:
+    budget = Budget(r)
+    chord = _chord(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "B"}, budget=budget))
+    job = _store_job(r, "j1")
+    spec = _panel(chord.store)
+    sent: list[int] = []
+    execute = type(r.pipeline()).execute
+
+    def counted(pipe: Any, raise_on_error: bool = True) -> Any:
+        sent.append(len(pipe.command_stack))
+        return execute(pipe, raise_on_error=raise_on_error)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(r.pipeline()), "execute", counted)
+        assert run_member(chord, spec.panel_id, "m0").status == "answered"
+    assert sent[-1] == 3  # the settlement, the record, the vote: one pipeline
+    assert budget.spent(keys.budget_job(job.tenant, "j1")) == pytest.approx(COST_USD)  # settled once
+
+
+def test_a_landing_that_raises_still_settles_the_answers_hold_once(r: fakeredis.FakeRedis) -> None:
+    budget = Budget(r)
+    chord = _chord(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "B"}, budget=budget))
+    job = _store_job(r, "j1")
+    spec = _panel(chord.store)
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("the record could not be written")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chord.store, "put_call_and_vote", broken)
+        with pytest.raises(RuntimeError):
+            run_member(chord, spec.panel_id, "m0")
+    # the hold (HOLD_USD) was neither left standing nor given back twice: settled to the answer's cost
+    assert budget.spent(keys.budget_job(job.tenant, "j1")) == pytest.approx(COST_USD)
 
 
 def test_a_redelivered_member_reuses_its_paid_answer_and_votes_once(r: fakeredis.FakeRedis) -> None:

@@ -13,7 +13,7 @@ idempotent for what ran.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -30,6 +30,47 @@ class ScriptStep:
 
     def run(self) -> Any:
         return self.script(keys=self.keys, args=self.args)
+
+
+@dataclass
+class Owed:
+    """Steps an answered call still owes (its tokens reconciled, the breaker's success, its budget
+    hold settled), handed to whoever writes the call's record, so they travel in the record's
+    round trip (workers/panel/state.py `put_call_and_vote`). Sent once: `sent` is set as soon as
+    a pipeline carrying them ran; whoever holds them last sends them alone if none did.
+
+        owed = Owed()                             # filled by the call (workers/panel/calls.py)
+        try: ...                                  # record + vote, with owed.steps in front
+        finally: owed.send()                      # alone, unless they went with the record
+    """
+
+    r: Any = None  # the Redis the steps run on
+    steps: list[ScriptStep | None] = field(default_factory=list)
+    sent: bool = False
+
+    def queue(self, pipe: Any) -> int:
+        """Queue the steps (EVALSHA) on `pipe`; returns how many were queued, in order."""
+        todo = [s for s in self.steps if s is not None]
+        for s in todo:
+            pipe.evalsha(s.script.sha, len(s.keys), *s.keys, *s.args)
+        return len(todo)
+
+    def ran(self, results: Sequence[Any]) -> None:
+        """The pipeline that carried the steps ran (`results`: the steps' replies, in order): a
+        step Redis had lost the script of (NOSCRIPT: it did not run) runs alone, loading it."""
+        self.sent = True
+        todo = [s for s in self.steps if s is not None]
+        for s, res in zip(todo, results, strict=True):
+            if isinstance(res, redis.exceptions.NoScriptError):
+                s.run()
+            elif isinstance(res, Exception):
+                raise res
+
+    def send(self) -> None:
+        """Send the steps alone (one round trip) unless they went already."""
+        if not self.sent and any(self.steps):
+            run_steps(self.r, self.steps)
+        self.sent = True
 
 
 def run_steps(r: redis.Redis, steps: Sequence[ScriptStep | None],

@@ -23,6 +23,7 @@ from producer import keys
 from producer.contract import Job
 from workers import metrics
 from workers.errors import Cancelled
+from workers.limits.steps import Owed
 from workers.panel import watchdog
 from workers.panel.agreement import Exact, make_rule
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, estimate_tokens
@@ -108,10 +109,23 @@ def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes 
     job = chord.jobs.load(spec.job_id, job_spec)
     fault_point(store, "before_call", panel_id, member_id)
     started = time.time()
+    # an answer's settlement (tokens, breaker, budget hold) is owed until it goes with the
+    # answer's record (`land`); if anything stops that, it goes alone here: once either way
+    owed = Owed()
+    try:
+        return _called(chord, spec, m, batch, job, started, owed)
+    finally:
+        if not owed.sent:
+            through_redis_outage(owed.send)
+
+
+def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, started: float, owed: Owed) -> Turn:
+    store, panel_id, member_id = chord.store, spec.panel_id, m.member
     try:
         res = chord.caller(panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
                            spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs, member=member_id,
-                           in_panel=frozenset(x.model for x in spec.members if x.member != member_id))  # fmt: skip
+                           in_panel=frozenset(x.model for x in spec.members if x.member != member_id),
+                           owed=owed)  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge its input tokens as sent
         sent = c.tokens_in if c.tokens_in is not None else estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS
@@ -128,7 +142,7 @@ def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes 
             # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
             return Turn("cancelled", spec, (Conclude(),))
         return Turn("cancelled", spec)
-    return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
+    return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch, owed=owed)
 
 
 def wait_for_holder(store: PanelStore, panel_id: str, member_id: str, token: str,
@@ -162,11 +176,12 @@ def json_mode(spec: PanelRun, job: Job) -> bool:
 
 
 def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, elapsed_ms: float,
-         batch: bool | None = None) -> Turn:  # fmt: skip
+         batch: bool | None = None, owed: Owed | None = None) -> Turn:  # fmt: skip
     """Record a member's call (answered or failed), then vote. Shared by the real-time and batch
     lanes. The record is written before the vote, so a redelivery re-uses a paid answer.
     `batch` prices the call (default: the panel's lane); a batch panel's line finished in real
-    time near its deadline passes False and pays, and says, the real-time price."""
+    time near its deadline passes False and pays, and says, the real-time price. `owed`: the
+    call's settlement, sent in front of the record in the same round trip (else before it)."""
     panel_id = spec.panel_id
     batch = spec.batch if batch is None else batch
     reg = chord.registry
@@ -193,12 +208,15 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
     # record first (PanelStore.put_call_and_vote); the test hooks stop a worker between them, so
     # they go in two round trips there. A paid answer must not be dropped by a Redis restart
     # either (the redelivered member would buy it again): in an outage the record waits for
-    # Redis on its own, as before, then the vote is cast.
+    # Redis on its own, as before, then the vote is cast. The call's settlement goes in front of
+    # the record (one round trip for the three), or alone before it.
     if not TEST_HOOKS:
         try:
-            return voted(chord.store, spec, rec, chord.store.put_call_and_vote(panel_id, rec, stage_step(spec)))
+            return voted(chord.store, spec, rec, chord.store.put_call_and_vote(panel_id, rec, stage_step(spec), owed))
         except (redis.ConnectionError, redis.TimeoutError):
             pass
+    if owed is not None:
+        through_redis_outage(owed.send)
     through_redis_outage(lambda: chord.store.put_call(panel_id, rec))
     fault_point(chord.store, "after_answer", panel_id, m.member)
     return cast_vote(chord.store, spec, rec)

@@ -19,6 +19,7 @@ from redis.client import Pipeline
 
 from producer import connect, keys
 from producer.wire import text
+from workers.limits.steps import Owed
 from workers.panel import attempts
 from workers.panel.attempts import Attempt
 from workers.panel.lease import LEASE_S, Leases
@@ -305,22 +306,28 @@ class PanelStore:
         self.r.hset(keys.calls(panel_id), record.member, data)
         return True
 
-    def put_call_and_vote(self, panel_id: str, record: Call, step: int) -> VoteOutcome:
+    def put_call_and_vote(self, panel_id: str, record: Call, step: int, owed: Owed | None = None) -> VoteOutcome:
         """`put_call`, then `vote` the record's answer, in one round trip on a single Redis: one
         pipeline, not a transaction, so Redis runs the record's write before the vote as two
         steps did (a vote never exists without its paid record; a record without its vote is
         re-used by the redelivered member). On a cluster, or a vote script Redis lost (a
-        restart: the record is written), the vote goes on its own."""
+        restart: the record is written), the vote goes on its own. `owed`: the call's settlement
+        steps, sent in front of the record when they share this Redis (`Owed.sent` says so once
+        the pipeline ran; a connection lost before a reply leaves them owed, as a settlement
+        sent alone would be: its caller sends them again)."""
         if record.ended_at is None:
             record = replace(record, ended_at=time.time())
         if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
             self.put_call(panel_id, record)
             return self.vote(panel_id, record.member, record.answer_key, step)
         pipe = self.r.pipeline(transaction=False)
+        carried = owed.queue(pipe) if owed is not None and not owed.sent and owed.r is self.r else 0
         pipe.hset(keys.calls(panel_id), record.member, record.to_json())
         pipe.evalsha(self._vote.sha, 3, keys.panel(panel_id), keys.votes(panel_id), keys.tally(panel_id),
                      record.member, record.answer_key or "", step)  # fmt: skip
-        written, res = pipe.execute(raise_on_error=False)
+        *settled, written, res = pipe.execute(raise_on_error=False)
+        if owed is not None and carried:
+            owed.ran(settled)
         if isinstance(written, Exception):
             raise written
         if isinstance(res, redis.exceptions.NoScriptError):
