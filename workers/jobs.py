@@ -19,7 +19,7 @@ import redis
 from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
-from workers.concluding import JobView, job_view, read_concluding, take_and_read
+from workers.concluding import JobView, LeaseRelease, job_view, read_concluding, take_and_read
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
@@ -176,32 +176,41 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
     return hits, invalid
 
 
-def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
+def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = False) -> list[str] | None:
     """A panel is decided: escalate, retry, or finalise the job. One caller at a time acts (a
     lease), and the panel is marked concluded only after the action, so a conclusion that raised
     or lost its worker is taken up again by a retry or the sweep. A caller that finds the lease
-    taken (a late member) leaves a re-render request that the holder serves before it lets go."""
+    taken (a late member) leaves a re-render request that the holder serves before it lets go.
+    The release goes in the finalise MULTI when there is one (`LeaseRelease`).
+
+    With `cancel` (a quorum), the panel's cancel is taken with the lease's reads: returns the task
+    ids to revoke ([]: none, or cancelled by another caller first); None: not cancelled here."""
     spec = rt.store.spec(panel_id)
     if spec is None:
-        return
+        return None
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
-    (taken, concluded), read = take_and_read(rt, spec, take)
+    (taken, concluded), read, pending = take_and_read(rt, spec, take, cancel=cancel)
     if not taken:
-        return
+        return pending
+    rel = LeaseRelease(release, panel_id, concluded=True)
     try:
         if not concluded:
-            act_on_decision(rt, d, spec, read)
-            if not release(keys=[keys.concluding(panel_id), pkey], args=[time.time()]):
-                return
+            act_on_decision(rt, d, spec, read, release=rel)
+            again = rel.again if rel.again is not None else release(keys=[keys.concluding(panel_id), pkey], args=[time.time()])
+            if not again:
+                return pending
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
             view, snap = read_concluding(rt, panel_id, spec.job_id, prior=True)
+            rel = LeaseRelease(release, panel_id, concluded=False)
             if view.status == "decided":
-                finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap})
-            if not release(keys=[keys.concluding(panel_id), pkey], args=[""]):
-                return
-    except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
-        rt.redis.delete(keys.concluding(panel_id))
+                finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap}, release=rel)
+            again = rel.again if rel.again is not None else release(keys=[keys.concluding(panel_id), pkey], args=[""])
+            if not again:
+                return pending
+    except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep (unless
+        if rel.again is not False:  # the finalise MULTI let it go: another caller may hold it now)
+            rt.redis.delete(keys.concluding(panel_id))
         raise
 
 
@@ -218,11 +227,12 @@ def _lease_scripts(rt: Runtime) -> tuple[Any, Any]:
     return got
 
 
-def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
-                    read: tuple[JobView, PanelSnapshot] | None = None) -> None:  # fmt: skip
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun, read: tuple[JobView, PanelSnapshot] | None = None,
+                    release: LeaseRelease | None = None) -> None:  # fmt: skip
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered). `read`: the job's view
-    and the panel's snapshot, read with the lease (`take_and_read`), else read here."""
+    and the panel's snapshot, read with the lease (`take_and_read`), else read here. `release`:
+    sent with the finalise MULTI when the action is to finalise (else left to the caller)."""
     panel_id = spec.panel_id
     view, snap = read if read is not None else read_concluding(rt, panel_id, spec.job_id, publish=True)
     newest = view.panels[-1]
@@ -249,7 +259,7 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
         if invalid:  # below the escalation count: one more try on the default lane
             new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry")
             return
-    finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap})
+    finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap}, release=release)
 
 
 def panel_members(rt: Runtime, snaps: dict[str, PanelSnapshot]) -> dict[str, list[str]]:
@@ -280,11 +290,12 @@ def failure_summary(receipt: Receipt, limit: int = 3) -> str:
 
 
 def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False, view: JobView | None = None,
-                 snaps: dict[str, PanelSnapshot] | None = None) -> Result:  # fmt: skip
+                 snaps: dict[str, PanelSnapshot] | None = None, release: LeaseRelease | None = None) -> Result:  # fmt: skip
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
     a repeat after a crash finds `finalised` and only re-renders. `view` and `snaps` are what the
-    caller has just read (panels it lacks are read here, one round trip each)."""
+    caller has just read (panels it lacks are read here, one round trip each). `release`: the
+    conclusion lease's release, at the end of the MULTI on a single Redis (its `again` says)."""
     jkey = keys.job(job_id)
     view = view or job_view(rt, job_id)
     rerender = rerender or view.finalised
@@ -339,7 +350,13 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
     if not unchanged:
-        pipe.execute()
+        freed = release.queue(pipe) if release is not None and not cluster else None
+        got = pipe.execute(raise_on_error=freed is None)
+        if release is not None and freed is not None:
+            for res in got[:freed]:
+                if isinstance(res, Exception):
+                    raise res
+            release.ran(got[freed])
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         rt.redis.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)  # the tenant's slot

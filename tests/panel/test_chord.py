@@ -16,6 +16,7 @@ import pytest
 from producer import keys
 from producer.contract import Job
 from producer.settings import Settings
+from workers import jobs
 from workers.budget import Budget, Spend
 from workers.jobs import conclude_panel, start_job
 from workers.jobstore import JobStore
@@ -83,8 +84,9 @@ class Recorder:
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         self.arbiters.append((spec.panel_id, route))
 
-    def conclude(self, panel_id: str) -> None:
+    def conclude(self, panel_id: str, cancel: bool = False) -> list[str] | None:
         self.concluded.append(panel_id)
+        return None  # the cancel is the chord's own (PanelStore.cancel)
 
     def revoke(self, task_ids: list[str]) -> None:
         self.revoked.extend(task_ids)
@@ -382,6 +384,35 @@ def test_conclude_panel_finalises_the_job_once_with_its_receipt(r: fakeredis.Fak
     result = orjson.loads(r.hget(keys.job("j1"), "result") or b"{}")
     assert orjson.loads(entry[b"receipt"]) == result["receipt"]
     assert [c["status"] for c in result["receipt"]["calls"]].count("late") == 1
+
+
+def test_a_quorums_conclusion_takes_the_cancel_with_its_reads_and_lets_the_lease_go_with_its_finalise(
+        r: fakeredis.FakeRedis) -> None:  # fmt: skip
+    rt, d = _runtime(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "A"})), Recorder()
+    _store_job(r, "j1")
+    start_job(rt, d, "j1")  # type: ignore[arg-type]
+    pid = "j1.1"
+    run_member(rt.chord, pid, "m0")
+    assert run_member(rt.chord, pid, "m1").actions == (Conclude(), Cancel())
+    for script in jobs._lease_scripts(rt):  # type: ignore[arg-type]  # loaded, as after a process's first conclusion
+        r.script_load(script.script)
+    pipes: list[list[str]] = []
+    execute = type(r.pipeline()).execute
+
+    def seen(pipe: Any, raise_on_error: bool = True) -> Any:
+        pipes.append([str(c[0][0]) for c in pipe.command_stack])
+        return execute(pipe, raise_on_error=raise_on_error)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(r.pipeline()), "execute", seen)
+        pending = conclude_panel(rt, d, pid, cancel=True)  # type: ignore[arg-type]
+    assert pending == [f"task-{pid}-m2"]  # the member sent and not recorded: revoked by the caller
+    assert len(pipes) == 2  # the lease, the cancel's guard and the reads; the finalise and the release
+    assert pipes[0][:2] == ["EVALSHA", "HSETNX"] and pipes[1][-1] == "EVALSHA"
+    assert r.hget(keys.job("j1"), "status") == b"decided"
+    assert not r.exists(keys.concluding(pid)) and r.hexists(keys.panel(pid), "once:concluded")
+    assert conclude_panel(rt, d, pid, cancel=True) == []  # type: ignore[arg-type]  # cancelled once
+    assert rt.store.cancel(rt.store.spec(pid))[0] is False  # type: ignore[arg-type]
 
 
 def test_a_call_record_round_trips_and_keeps_fields_a_newer_version_wrote() -> None:
