@@ -86,7 +86,8 @@ def take_and_read(rt: Runtime, spec: PanelRun, take: Any,
                   cancel: bool = False) -> tuple[list[Any], tuple[JobView, PanelSnapshot] | None, list[str] | None]:  # fmt: skip
     """The conclusion lease (take_lease.lua) and, in the same MULTI on a single Redis, what the
     conclusion reads (`read_concluding`, the decided publish with it): read in vain only when
-    another caller holds the lease or the panel was concluded. On a cluster (redis-py's cluster
+    another caller holds the lease. The view has the prior result and ledger id, so a concluded
+    panel's re-render (a late member) needs no read of its own. On a cluster (redis-py's cluster
     pipeline refuses EVALSHA) or for a script Redis lost, the lease is taken on its own.
 
     With `cancel` (a quorum: stop the stragglers), the cancel's once-guard goes in the MULTI too
@@ -100,7 +101,7 @@ def take_and_read(rt: Runtime, spec: PanelRun, take: Any,
     pipe.evalsha(take.sha, 2, *lease[0], *lease[1])
     if cancel:
         pipe.hsetnx(keys.panel(spec.panel_id), "once:cancel", time.time())
-    v = queue_view(pipe, spec.job_id)
+    v = queue_view(pipe, spec.job_id, prior=True)  # a concluded panel's re-render uses it (absent before)
     pipe.publish(keys.DECIDED_CHANNEL, spec.panel_id)
     s = rt.store.queue_snapshot(pipe, spec.panel_id)
     got = pipe.execute(raise_on_error=False)

@@ -69,11 +69,12 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
         rt.jobs.fail(job_id, str(e), d.run)
         return "failed"
     plan_json = orjson.dumps(plan.__dict__)
+    # a fresh run (its started mark was set just now) is the job's first: no panel was numbered yet
     if plan.lane == "cascade":
-        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, plan=plan_json)
+        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, plan=plan_json, first=bool(fresh))
     else:
         new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-                  plan=plan_json)  # fmt: skip
+                  plan=plan_json, first=bool(fresh))  # fmt: skip
     return plan.lane
 
 
@@ -91,10 +92,11 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
               attempt: int, triggers: list[str], reason: str,
-              plan: bytes | None = None) -> PanelRun:  # fmt: skip
+              plan: bytes | None = None, first: bool = False) -> PanelRun:  # fmt: skip
     """Plan and send a panel of the job; stored with the job's record of it (and, for its first
-    panel, the job's `plan` and running status) in one transaction."""
-    n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
+    panel, the job's `plan` and running status) in one transaction. `first`: the job has no
+    panel yet (a fresh run): it is number 1, counted in that transaction, not a round trip before."""
+    n = 1 if first else int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
     batch = job.mode == "batch" or policy.mode == "batch"
@@ -105,36 +107,39 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
         rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
     )  # fmt: skip
-    return open_panel(rt, d, spec, reason, plan)
+    return open_panel(rt, d, spec, reason, plan, first=first)
 
 
 def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: bytes | None = None,
-               **entry: Any) -> PanelRun:  # fmt: skip
+               first: bool = False, **entry: Any) -> PanelRun:  # fmt: skip
     """Store a new panel with the job's record of it (with `entry`, e.g. its cascade stage, and,
     for its first panel, the job's `plan` and running status) in one transaction, and send its
-    first members."""
+    first members. `first`: the panel was numbered 1 without counting it (`new_panel`): counted here."""
     # one MULTI on a single Redis; on a cluster the deadlines zset is another slot (producer/keys.py)
     pipe = rt.redis.pipeline(transaction=not connect.is_cluster(rt.redis))
+    if first:
+        pipe.hincrby(keys.job(spec.job_id), "panels_n", 1)
     rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
     if plan is not None:
         pipe.hset(keys.job(spec.job_id), mapping={"status": "running", "plan": plan})
     pipe.rpush(keys.job_panels(spec.job_id), orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
     pipe.expire(keys.job_panels(spec.job_id), rt.settings.result_ttl_s)
-    first = spec.members[: spec.first_stage_size]
+    sending = spec.members[: spec.first_stage_size]
     expect = route(spec) != "batch"  # the watchdog's entries with the panel, before the members are sent
     if expect:
-        watchdog.expect(pipe, spec.panel_id, [m.member for m in first])
+        watchdog.expect(pipe, spec.panel_id, [m.member for m in sending])
     pipe.execute()
-    dispatch(rt.store, d, spec, first, expected=expect)
+    dispatch(rt.store, d, spec, sending, expected=expect)
     return spec
 
 
 def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
-               triggers: list[str], reason: str, plan: bytes | None = None) -> PanelRun:  # fmt: skip
-    """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run)."""
+               triggers: list[str], reason: str, plan: bytes | None = None, first: bool = False) -> PanelRun:  # fmt: skip
+    """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run). `first`: as
+    `new_panel`'s."""
     assert policy.cascade is not None
-    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, job_deadline(rt, job, policy))
-    return open_panel(rt, d, spec, reason, plan, cascade={"stage": n, "of": len(policy.cascade.stages)})
+    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, job_deadline(rt, job, policy), first=first)
+    return open_panel(rt, d, spec, reason, plan, first=first, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
 def final_text(snap: PanelSnapshot) -> str | None:
@@ -200,8 +205,10 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = Fal
             again = rel.again if rel.again is not None else release(keys=[keys.concluding(panel_id), pkey], args=[time.time()])
             if not again:
                 return pending
+        fresh = read if concluded else None  # concluded before: what the lease's MULTI read is current
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
-            view, snap = read_concluding(rt, panel_id, spec.job_id, prior=True)
+            view, snap = fresh or read_concluding(rt, panel_id, spec.job_id, prior=True)
+            fresh = None
             rel = LeaseRelease(release, panel_id, concluded=False)
             if view.status == "decided":
                 finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap}, release=rel)

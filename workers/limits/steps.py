@@ -46,30 +46,34 @@ class Owed:
 
     r: Any = None  # the Redis the steps run on
     steps: list[ScriptStep | None] = field(default_factory=list)
+    also: Callable[[Any], object] | None = None  # plain commands sent after the steps (an attempt's closing record)
     sent: bool = False
 
     def queue(self, pipe: Any) -> int:
-        """Queue the steps (EVALSHA) on `pipe`; returns how many were queued, in order."""
-        todo = [s for s in self.steps if s is not None]
-        for s in todo:
-            pipe.evalsha(s.script.sha, len(s.keys), *s.keys, *s.args)
-        return len(todo)
+        """Queue the steps (EVALSHA), then `also`, on `pipe`; returns how many commands were queued."""
+        at = len(pipe)
+        for s in self.steps:
+            if s is not None:
+                pipe.evalsha(s.script.sha, len(s.keys), *s.keys, *s.args)
+        if self.also is not None:
+            self.also(pipe)
+        return len(pipe) - at
 
     def ran(self, results: Sequence[Any]) -> None:
-        """The pipeline that carried the steps ran (`results`: the steps' replies, in order): a
+        """The pipeline that carried them ran (`results`: the replies of what `queue` queued): a
         step Redis had lost the script of (NOSCRIPT: it did not run) runs alone, loading it."""
         self.sent = True
         todo = [s for s in self.steps if s is not None]
-        for s, res in zip(todo, results, strict=True):
-            if isinstance(res, redis.exceptions.NoScriptError):
-                s.run()
+        for i, res in enumerate(results):
+            if i < len(todo) and isinstance(res, redis.exceptions.NoScriptError):
+                todo[i].run()
             elif isinstance(res, Exception):
                 raise res
 
     def send(self) -> None:
         """Send the steps alone (one round trip) unless they went already."""
-        if not self.sent and any(self.steps):
-            run_steps(self.r, self.steps)
+        if not self.sent and (any(self.steps) or self.also is not None):
+            run_steps(self.r, self.steps, also=self.also)
         self.sent = True
 
 

@@ -202,11 +202,13 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     pid = panel_id or ""
     ended: Callable[[Any], object] | None = None  # the attempt's closing record, sent with the give-back
     failed_ok: bool | None = None  # a provider error's breaker outcome, recorded with the give-back
+    cut_off = False  # cancelled by the decision: with `owed`, the give-back goes with the cut-off record
     try:  # the attempt's in_flight record went with the admission (attempts.py)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except Cancelled as c:
             c.tokens_in = sent if c.sent else 0  # what the member's record charges
+            cut_off = True
             if opened is not None:
                 ended = partial(_queue_end, pid, opened, "cancelled", sent=c.sent, **({} if c.sent else {"tokens_in": 0}))
             raise
@@ -240,7 +242,9 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
             if back[2] is not None:
                 permit = None  # recorded
             together = rt.redis is rt.budget.r  # the attempts and the limits share a Redis
-            if any(back) or (ended is not None and together):
+            if cut_off and owed is not None and together:  # owed: sent with the member's cut-off record
+                owed.r, owed.steps, owed.also, owed.sent = rt.budget.r, back, ended, False
+            elif any(back) or (ended is not None and together):
                 through_redis_outage(lambda: run_steps(rt.budget.r, back, also=ended if together else None))
             if ended is not None and not together:
                 ended(rt.redis)

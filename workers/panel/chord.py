@@ -109,8 +109,9 @@ def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes 
     job = chord.jobs.load(spec.job_id, job_spec)
     fault_point(store, "before_call", panel_id, member_id)
     started = time.time()
-    # an answer's settlement (tokens, breaker, budget hold) is owed until it goes with the
-    # answer's record (`land`); if anything stops that, it goes alone here: once either way
+    # an answer's settlement (tokens, breaker, budget hold), or a cut-off call's give-back, is
+    # owed until it goes with the member's record (`land`, or the cancelled record below); if
+    # anything stops that, it goes alone here: once either way
     owed = Owed()
     try:
         return _called(chord, spec, m, batch, job, started, owed)
@@ -133,7 +134,7 @@ def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, star
         written = store.put_call(panel_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
-            latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
+            latency_ms=(time.time() - started) * 1000), only_if_absent=True, owed=owed)  # fmt: skip
         if written:
             # Cut off by the decision, so the conclusion has begun, may be reading the panel now, or
             # has finished: asking for it re-renders the receipt with this charge whichever it is
