@@ -92,8 +92,8 @@ def take_and_read(rt: Runtime, spec: PanelRun, take: Any,
 
     With `cancel` (a quorum: stop the stragglers), the cancel's once-guard goes in the MULTI too
     (`PanelStore.cancel` without its reads: the snapshot has the task ids and the calls), and the
-    third value is the task ids to revoke ([] when another caller cancelled first); None: not
-    cancelled here, the caller cancels on its own."""
+    third value is the task ids to revoke ([] when another caller cancelled first, or when every
+    member left has begun its call); None: not cancelled here, the caller cancels on its own."""
     lease = ([keys.concluding(spec.panel_id), keys.panel(spec.panel_id)], [os.getpid(), CONCLUDE_LEASE_S])
     if connect.is_cluster(rt.redis):
         return take(keys=lease[0], args=lease[1]), None, None
@@ -111,8 +111,11 @@ def take_and_read(rt: Runtime, spec: PanelRun, take: Any,
             raise res
     snap = rt.store.parse_snapshot(got[s:])
     pending = None
-    if cancel:  # first to cancel: the members sent (a task id) whose call is not recorded
-        tids = [snap.state.get(f"task:{m.member}") for m in spec.members if m.member not in snap.calls]
+    if cancel:  # first to cancel: the members sent (a task id) with no call recorded, nor begun: one
+        # that made a provider attempt is running (the decided publish above stops it), and a revoke
+        # reaches a task only before it starts, at the price of a broadcast every worker handles
+        tids = [snap.state.get(f"task:{m.member}") for m in spec.members
+                if m.member not in snap.calls and m.member not in snap.attempts]  # fmt: skip
         pending = [t for t in tids if t] if got[1] else []
     if lost:  # the reads went for nothing (they come before the lease): taken on its own, read again
         return take(keys=lease[0], args=lease[1]), None, pending

@@ -21,6 +21,7 @@ from workers.budget import Budget, Spend
 from workers.jobs import conclude_panel, start_job
 from workers.jobstore import JobStore
 from workers.limits.steps import Owed
+from workers.panel import attempts
 from workers.panel.act import carry_out, dispatch
 from workers.panel.arbiter import anonymise, run_arbiter
 from workers.panel.calls import CallOutcome
@@ -413,6 +414,17 @@ def test_a_quorums_conclusion_takes_the_cancel_with_its_reads_and_lets_the_lease
     assert not r.exists(keys.concluding(pid)) and r.hexists(keys.panel(pid), "once:concluded")
     assert conclude_panel(rt, d, pid, cancel=True) == []  # type: ignore[arg-type]  # cancelled once
     assert rt.store.cancel(rt.store.spec(pid))[0] is False  # type: ignore[arg-type]
+
+
+def test_a_member_already_calling_is_stopped_by_the_decided_message_not_revoked(r: fakeredis.FakeRedis) -> None:
+    rt, d = _runtime(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "A"})), Recorder()
+    _store_job(r, "j1")
+    start_job(rt, d, "j1")  # type: ignore[arg-type]
+    pid = "j1.1"
+    attempts.begin(r, pid, "m2", MODELS[2], 40, False)  # m2's provider attempt is in flight
+    run_member(rt.chord, pid, "m0")
+    run_member(rt.chord, pid, "m1")
+    assert conclude_panel(rt, d, pid, cancel=True) == []  # type: ignore[arg-type]  # nothing queued to revoke
 
 
 def test_a_call_record_round_trips_and_keeps_fields_a_newer_version_wrote() -> None:
