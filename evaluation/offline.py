@@ -7,7 +7,7 @@ key to the quorum (members not back by then are cancelled and charged their inpu
 fleet charges an in-flight cancel); staged sends `quorum` members, then one more per disagreement;
 every member voted without quorum and at least two answers -> one arbiter call, which answers as
 the simulator's arbiter does (its own recorded answer; `sim/arbiter.py`). Arbiter cost: the
-arbiter prompt's characters / 4 input tokens (what the simulator bills) and `ARBITER_TOKENS_OUT`.
+arbiter prompt's characters / 4 input tokens (what the simulator bills) and `ARBITER_TOKENS_OUT` (both in reference.py, with `vote_key` and `arbiter_cost`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from evaluation.reference import Score, recorded_cost
+from evaluation.reference import Prices, Score, arbiter_cost, recorded_cost, vote_key
 from evaluation.replay import Row, credit, is_correct
-
-ARBITER_TOKENS_OUT = 80  # a verdict JSON: final answer, chosen ids, one disagreement, a rationale
-ARBITER_PROMPT_CHARS = 1300  # the arbiter system prompt and wrapper around the task and answers
-
-Prices = dict[str, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -48,30 +43,6 @@ class Decision:
     latency_ms: float
     winner: str | None = None  # the model whose answer was taken (the judge's when it decided)
     quorum_reached: bool = False  # members agreed without the arbiter: a cascade's `agreement` check
-
-
-def vote_key(kind: str, answer: str | None) -> str | None:
-    if answer is None:
-        return None
-    if kind == "number":
-        try:
-            return repr(round(float(answer), 6))
-        except ValueError:
-            return answer
-    return " ".join(answer.split()).casefold()
-
-
-def arbiter_cost(row: Row, judge: str, answered: list[str], prices: Prices) -> float:
-    chars = ARBITER_PROMPT_CHARS + sum(len(m["content"]) for m in row.messages)
-    chars += sum(len(row.models[m].text or row.models[m].answer or "") for m in answered)
-    recorded = row.models[judge].cost_usd
-    if judge not in prices and recorded is not None:
-        # no price list (RouterBench records cost only): the judge's own recorded call on this
-        # question, scaled by how much longer the arbiter prompt is than the question's
-        own = sum(len(m["content"]) for m in row.messages) + len(row.models[judge].text or "")
-        return recorded * chars / max(own, 1)
-    p_in, p_out = prices.get(judge, (0.0, 0.0))
-    return (chars / 4 * p_in + ARBITER_TOKENS_OUT * p_out) / 1e6
 
 
 def cancelled_cost(row: Row, model: str, prices: Prices) -> float:

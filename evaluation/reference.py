@@ -9,6 +9,35 @@ from statistics import quantiles
 
 from evaluation.replay import Row, credit
 
+ARBITER_TOKENS_OUT = 80  # a verdict JSON: final answer, chosen ids, one disagreement, a rationale
+ARBITER_PROMPT_CHARS = 1300  # the arbiter system prompt and wrapper around the task and answers
+
+Prices = dict[str, tuple[float, float]]
+
+
+def vote_key(kind: str, answer: str | None) -> str | None:
+    if answer is None:
+        return None
+    if kind == "number":
+        try:
+            return repr(round(float(answer), 6))
+        except ValueError:
+            return answer
+    return " ".join(answer.split()).casefold()
+
+
+def arbiter_cost(row: Row, judge: str, answered: list[str], prices: Prices) -> float:
+    chars = ARBITER_PROMPT_CHARS + sum(len(m["content"]) for m in row.messages)
+    chars += sum(len(row.models[m].text or row.models[m].answer or "") for m in answered)
+    recorded = row.models[judge].cost_usd
+    if judge not in prices and recorded is not None:
+        # no price list (RouterBench records cost only): the judge's own recorded call on this
+        # question, scaled by how much longer the arbiter prompt is than the question's
+        own = sum(len(m["content"]) for m in row.messages) + len(row.models[judge].text or "")
+        return recorded * chars / max(own, 1)
+    p_in, p_out = prices.get(judge, (0.0, 0.0))
+    return (chars / 4 * p_in + ARBITER_TOKENS_OUT * p_out) / 1e6
+
 
 @dataclass
 class Score:
@@ -99,8 +128,6 @@ def majority_first(rows: list[Row], members: list[str], judge: str, prices: dict
                    label: str | None = None) -> Score:
     """Every member, waiting for all; a majority (2 of 3) decides, the judge only on a split: Fusion
     with majority first, and the fair baseline of early exit (same answers, nothing cancelled)."""
-    from evaluation.offline import arbiter_cost, vote_key
-
     s = Score(f"fusion:majority-first:{label or '+'.join(members) + '>' + judge}", "reference")
     for r in rows:
         keys = [vote_key(r.kind, r.models[m].answer) for m in members]

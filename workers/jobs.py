@@ -38,10 +38,26 @@ _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
 
-def job_deadline(rt: Runtime, job: Job, policy: TaskPolicy) -> float:
+def job_deadline(rt: Runtime, job: Job, policy: TaskPolicy, submitted_at: float) -> float:
+    """When the job must be decided: its own `deadline`, else its class's `deadline_s` (or the
+    defaults') counted from its submission. Set once, when the job starts: its escalations and
+    cascade stages inherit it from the panel before them, so a job that waited in a queue or
+    escalated twice has that much less time left, not a fresh deadline each time."""
     if job.deadline is not None:
         return job.deadline.timestamp()
-    return time.time() + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
+    return submitted_at + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
+
+
+def expired_in_queue(rt: Runtime, job: Job, policy: TaskPolicy, submitted_at: float) -> str:
+    """Why a job whose deadline passed before it started fails without a call."""
+    waited = time.time() - submitted_at
+    if job.deadline is not None:
+        return (f"deadline {job.deadline.isoformat()} passed while the job was queued ({waited:.0f} s after "
+                "submission): give the job a later `deadline`, or add workers for its queue")  # fmt: skip
+    limit = policy.deadline_s or rt.policies.file.defaults.deadline_s
+    return (f"deadline passed while the job was queued: it waited {waited:.0f} s against its deadline_s of "
+            f"{limit:g} s (task class {job.task_class!r}); raise `deadline_s` for the class in tasks.yaml, "
+            "or add workers for its queue")  # fmt: skip
 
 
 def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
@@ -52,7 +68,8 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     pipe = rt.redis.pipeline(transaction=False)  # one key: the started mark, and the spec it plans from
     pipe.hsetnx(jkey, "started", time.time())
     pipe.hget(jkey, "spec")
-    fresh, raw = pipe.execute()
+    pipe.hget(jkey, "submitted_at")
+    fresh, raw, submitted = pipe.execute()
     if not fresh:
         panels = rt.jobs.panels(job_id)
         if panels or rt.redis.hget(jkey, "status") in (b"decided", b"failed"):
@@ -68,13 +85,18 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
         rt.jobs.fail(job_id, str(e), d.run)
         return "failed"
+    since = float(submitted) if submitted else time.time()
+    deadline = job_deadline(rt, job, policy, since)
+    if deadline <= time.time():  # late already: no call can answer in time (seen under overload)
+        rt.jobs.fail(job_id, expired_in_queue(rt, job, policy, since), d.run)
+        return "failed"
     plan_json = orjson.dumps(plan.__dict__)
     # a fresh run (its started mark was set just now) is the job's first: no panel was numbered yet
     if plan.lane == "cascade":
-        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, plan=plan_json, first=bool(fresh))
+        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, deadline, plan=plan_json, first=bool(fresh))
     else:
         new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-                  plan=plan_json, first=bool(fresh))  # fmt: skip
+                  deadline=deadline, plan=plan_json, first=bool(fresh))  # fmt: skip
     return plan.lane
 
 
@@ -91,7 +113,7 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
-              attempt: int, triggers: list[str], reason: str,
+              attempt: int, triggers: list[str], reason: str, deadline: float,
               plan: bytes | None = None, first: bool = False) -> PanelRun:  # fmt: skip
     """Plan and send a panel of the job; stored with the job's record of it (and, for its first
     panel, the job's `plan` and running status) in one transaction. `first`: the job has no
@@ -105,7 +127,7 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         quorum=1 if stage == "single" else policy.panel.quorum,
         dispatch="staged" if batch and stage == "panel" else ("parallel" if stage == "single" else policy.panel.dispatch),
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
-        rubric=policy.rubric, deadline=job_deadline(rt, job, policy), batch=batch, triggers=triggers,
+        rubric=policy.rubric, deadline=deadline, batch=batch, triggers=triggers,
     )  # fmt: skip
     return open_panel(rt, d, spec, reason, plan, first=first)
 
@@ -134,11 +156,12 @@ def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: by
 
 
 def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
-               triggers: list[str], reason: str, plan: bytes | None = None, first: bool = False) -> PanelRun:  # fmt: skip
+               triggers: list[str], reason: str, deadline: float, plan: bytes | None = None,
+               first: bool = False) -> PanelRun:  # fmt: skip
     """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run). `first`: as
     `new_panel`'s."""
     assert policy.cascade is not None
-    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, job_deadline(rt, job, policy), first=first)
+    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, deadline, first=first)
     return open_panel(rt, d, spec, reason, plan, first=first, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
@@ -252,7 +275,8 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun, read: tuple[JobV
         n = int(newest["cascade"]["stage"])
         verdict = cascade_lane.judge_stage(rt, spec, job, policy, n, text, snap)
         if cascade.goes_on(verdict):
-            open_stage(rt, d, spec.job_id, job, policy, n + 1, [*spec.triggers, verdict.reason()], verdict.reason())
+            open_stage(rt, d, spec.job_id, job, policy, n + 1, [*spec.triggers, verdict.reason()], verdict.reason(),
+                       spec.deadline)
         else:
             finalise_job(rt, d, spec.job_id)  # read afresh: the receipt shows the acceptance just written
         return
@@ -261,10 +285,11 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun, read: tuple[JobV
         if invalid:
             rt.redis.hincrby(keys.job(spec.job_id), "schema_invalid", 1)
         if hits:
-            new_panel(rt, d, spec.job_id, job, policy, "panel", 1, hits, f"output trigger {hits[0]}")
+            new_panel(rt, d, spec.job_id, job, policy, "panel", 1, hits, f"output trigger {hits[0]}", spec.deadline)
             return
         if invalid:  # below the escalation count: one more try on the default lane
-            new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry")
+            new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry",
+                      spec.deadline)
             return
     finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap}, release=release)
 

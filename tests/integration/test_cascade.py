@@ -104,6 +104,22 @@ task_classes:
       quorum: 2
       agreement: {rule: similar, threshold: 0.85, equivalence: {model: gpt-4o-mini, min: 0.6}}
       arbiter: llama3.1-405b
+  qa_equivalence_stage:                     # a judge-less stage asks the equivalence check before it escalates
+    default_lane: cascade
+    single: {model: llama3.1-70b}
+    panel:
+      members: [llama3.1-70b, qwen2.5-72b-instruct]
+      quorum: 2
+      agreement: {rule: choice}
+      arbiter: llama3.1-405b
+    cascade:
+      stages:
+        - panel:
+            members: [llama3.1-70b, qwen2.5-72b-instruct]
+            quorum: 2
+            agreement: {rule: similar, threshold: 0.85, equivalence: {model: llama3.1-8b, min: 0.6}}
+          accept: {check: agreement}
+        - model: llama3.1-405b
   qa_equivalence:                           # near misses of `similar` go to an economy model first
     default_lane: panel
     single: {model: llama3.1-70b}
@@ -274,6 +290,36 @@ def test_a_near_miss_goes_to_the_equivalence_model_before_the_arbiter(fleet: Fle
     assert r.decision == decision and r.final_answer in (a, b)
     assert any(c.role == "arbiter" for c in r.calls) is (decision == "arbiter")
     assert judge_requests(fleet) == asked + 1  # one call to the economy model, the one in the receipt
+
+
+@pytest.mark.parametrize("said", ['{"equivalent": true}', '{"equivalent": false}'])
+def test_a_judgeless_stage_accepts_a_near_miss_the_check_joins_else_escalates(fleet: Fleet, client: PanelClient,
+                                                                             said: str) -> None:  # fmt: skip
+    a, b, last = "The answer is 12 apples.", "Final answer: twelve apples", "The answer is 13 apples."
+    asked = judge_requests(fleet)
+    r = run(fleet, client, {"llama3.1-70b": {"answer": a}, "qwen2.5-72b-instruct": {"answer": b},
+                            "llama3.1-8b": {"answer": said}, "llama3.1-405b": {"answer": last}},
+            task_class="qa_equivalence_stage")  # fmt: skip
+    joined = said.endswith("true}")
+    [check] = [c for c in r.calls if c.role == "equivalence"]
+    assert check.model == "llama3.1-8b" and check.equivalent is joined and check.cost_usd > 0
+    assert r.lanes[0].accepted is joined and len(r.lanes) == (1 if joined else 2)
+    assert r.final_answer in ((a, b) if joined else (last,))
+    assert any(c.model == "llama3.1-405b" for c in r.calls) is not joined and not any(c.role == "arbiter" for c in r.calls)
+    assert r.total_cost_usd == pytest.approx(sum(c.cost_usd for c in r.calls))
+    assert judge_requests(fleet) == asked + 1
+
+
+def test_a_batch_panel_asks_the_equivalence_check_in_real_time_before_queuing_its_arbiter(fleet: Fleet,
+                                                                                         client: PanelClient) -> None:  # fmt: skip
+    a, b = "The answer is 12 apples.", "Final answer: twelve apples"
+    r = run(fleet, client, {"llama3.1-70b": {"answer": a}, "qwen2.5-72b-instruct": {"answer": b},
+                            "llama3.1-8b": {"answer": '{"equivalent": true}'}, "llama3.1-405b": {"answer": ARBITER_PICKS_R1}},
+            task_class="qa_equivalence", mode="batch")  # fmt: skip
+    [check] = [c for c in r.calls if c.role == "equivalence"]
+    assert check.batch is False and check.equivalent is True  # one small real-time call, priced so
+    assert all(c.batch for c in r.calls if c.role == "member") and len([c for c in r.calls if c.role == "member"]) == 2
+    assert r.decision == "quorum" and not any(c.role == "arbiter" for c in r.calls) and r.final_answer in (a, b)
 
 
 def judge_requests(fleet: Fleet) -> int:

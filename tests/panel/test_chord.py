@@ -256,6 +256,32 @@ def test_a_judgeless_cascade_stage_that_splits_settles_as_split_without_an_arbit
     assert d.arbiters == [] and ARBITER not in [m for _, m in caller.calls]
 
 
+@pytest.mark.parametrize(("said", "decided", "answer"), [('{"equivalent": true}', "quorum", "12 apples"),
+                                                     ('{"equivalent": false}', "split", "12 apples")])
+def test_a_judgeless_stage_asks_its_equivalence_check_before_it_splits(r: fakeredis.FakeRedis, said: str,
+                                                                      decided: str, answer: str) -> None:  # fmt: skip
+    """A yes joins the near miss into the stage's quorum (accepted there); a no splits and escalates."""
+    check = "llama3.1-8b"
+    caller = FakeCaller({MODELS[0]: "12 apples", MODELS[1]: "twelve apples", MODELS[2]: "7 pears", check: said})
+    chord, d = _chord(r, caller), Recorder()
+    _store_job(r, "j1")
+    agreement = {"rule": "similar", "threshold": 0.85, "equivalence": {"model": check, "min": 0.5}}
+    spec = PanelRun(panel_id="j1.1", job_id="j1", stage="panel", attempt=1, quorum=2, dispatch="parallel",
+                    members=[Member(f"m{i}", m, REGISTRY.model(m).tier) for i, m in enumerate(MODELS)],
+                    agreement=agreement, arbiter="", rubric=[], deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip
+    chord.store.create(spec, 60)
+    last = [run_member(chord, spec.panel_id, m) for m in ("m0", "m1", "m2")][-1]
+    assert last.actions == (CallArbiter(),)  # the arbiter's task asks the check; there is no arbiter to call
+    carry_out(chord.store, d, last)
+    assert d.arbiters == [(spec.panel_id, "realtime")]
+    turn = run_arbiter(chord, spec.panel_id)
+    carry_out(chord.store, d, turn)
+    assert chord.store.decided(spec.panel_id) == decided and chord.store.state(spec.panel_id)["answer"] == answer
+    assert [m for _, m in caller.calls].count(check) == 1 and d.concluded == [spec.panel_id]
+    recorded = chord.store.call(spec.panel_id, "equivalence")
+    assert recorded is not None and recorded.equivalent is (decided == "quorum") and recorded.cost_usd > 0
+
+
 def test_a_panel_where_every_member_failed_is_settled_as_failed(r: fakeredis.FakeRedis) -> None:
     chord, d = _chord(r, FakeCaller(dict.fromkeys(MODELS))), Recorder()
     _store_job(r, "j1")
@@ -346,6 +372,43 @@ def test_start_job_plans_the_lane_and_sends_the_first_stage_once(r: fakeredis.Fa
     assert [m for _, m, _ in d.sent] == ["m0", "m1", "m2"]
     assert start_job(rt, d, "j1") == "already started"  # type: ignore[arg-type]
     assert len(d.sent) == 3  # a redelivered run sends nothing the first run recorded
+
+
+def test_the_default_deadline_counts_from_submission_and_a_job_late_in_the_queue_fails_without_a_call(
+        r: fakeredis.FakeRedis) -> None:  # fmt: skip
+    rt, d = _runtime(r, FakeCaller({})), Recorder()
+    limit = POLICIES.get("multiple_choice").deadline_s or POLICIES.file.defaults.deadline_s
+    _store_job(r, "fresh")
+    r.hset(keys.job("fresh"), "submitted_at", time.time() - 100)  # waited 100 s in the queue
+    start_job(rt, d, "fresh")  # type: ignore[arg-type]
+    spec = chord_spec(rt, "fresh")
+    assert spec.deadline == pytest.approx(float(r.hget(keys.job("fresh"), "submitted_at")) + limit)
+    _store_job(r, "late")
+    r.hset(keys.job("late"), "submitted_at", time.time() - limit - 5)
+    assert start_job(rt, d, "late") == "failed"  # type: ignore[arg-type]
+    error = (r.hget(keys.job("late"), "error") or b"").decode()
+    assert "deadline passed while the job was queued" in error and "deadline_s" in error
+    assert [pid for pid, _, _ in d.sent] == [spec.panel_id] * 3  # the late job sent nothing
+
+
+def test_a_cascade_stage_keeps_the_deadline_of_the_stage_before(r: fakeredis.FakeRedis) -> None:
+    """An escalation is not a fresh deadline: stage 2 must decide by stage 1's."""
+    caller = FakeCaller({"gpt-4o-mini": "A", "qwen2.5-32b-coder-instruct": "B"})  # no log-probability: unsure
+    rt, d = _runtime(r, caller), Recorder()
+    job = Job.model_validate({"id": "c1", "task_class": "multiple_choice", "prompt": "pick\nA) x\nB) y"})
+    r.hset(keys.job("c1"), mapping={"spec": job.model_dump_json(), "status": "queued", "submitted_at": time.time() - 50})
+    assert start_job(rt, d, "c1") == "cascade"  # type: ignore[arg-type]
+    carry_out(rt.store, d, run_member(rt.chord, "c1.1", "m0"))
+    conclude_panel(rt, d, "c1.1")  # type: ignore[arg-type]
+    first, second = rt.store.spec("c1.1"), rt.store.spec("c1.2")
+    assert first is not None and second is not None and second.members[0].model == "qwen2.5-32b-coder-instruct"
+    assert second.deadline == first.deadline
+
+
+def chord_spec(rt: SimpleNamespace, job_id: str) -> PanelRun:
+    spec = rt.store.spec(f"{job_id}.1")
+    assert spec is not None
+    return spec
 
 
 def test_a_job_of_an_unknown_task_class_fails_with_the_reason(r: fakeredis.FakeRedis) -> None:

@@ -116,12 +116,12 @@ def test_concurrent_voters_on_real_redis_have_exactly_one_winner(redis_client) -
         results: list[str] = []
         barrier = threading.Barrier(8)
 
-        def voter(i: int) -> None:
+        def voter(i: int, pid: str, barrier: threading.Barrier, results: list[str]) -> None:
             s = PanelStore(redis_client)
             barrier.wait()
             results.append(s.vote(pid, f"m{i}", "a" if i % 2 else "b", 8).status)
 
-        threads = [threading.Thread(target=voter, args=(i,)) for i in range(8)]
+        threads = [threading.Thread(target=voter, args=(i, pid, barrier, results)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:

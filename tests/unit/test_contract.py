@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from producer.contract import MAX_PROMPT_CHARS, Job, Receipt, Result
 from producer import job_json
+from producer.contract import MAX_PROMPT_CHARS, Job, Receipt, Result
 from producer.errors import ContractError
 
 

@@ -34,6 +34,7 @@ from workers.batch.backends import backend_for
 from workers.batch.lines import Line
 from workers.batch.realtime import run_arbiter_now
 from workers.panel.act import carry_out
+from workers.panel.arbiter import before_judge, member_answers
 from workers.panel.calls import CallOutcome
 from workers.panel.chord import call_record, cast_vote, json_mode, land
 from workers.panel.ports import Dispatcher
@@ -114,6 +115,13 @@ def enqueue_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
     spec = rt.store.spec(panel_id)
     if spec is None or not needs_arbiter(rt.store, panel_id):
         return "not needed"
+    if rt.store.call(panel_id, "arbiter") is None:  # the equivalence check (real time: one small call
+        # decides now, where a batch line would wait for another batch), or a judge-less stage's split
+        job = rt.chord.jobs.load(spec.job_id)
+        joined = before_judge(rt.chord, spec, job, member_answers(rt.store, panel_id), batch=False)
+        if joined is not None:
+            carry_out(rt.store, d, joined)
+            return joined.status
     if route(spec) == "batch_realtime":
         turn = run_arbiter_now(rt.chord, panel_id)
         carry_out(rt.store, d, turn)

@@ -136,10 +136,8 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
     job = chord.jobs.load(spec.job_id)
     calls = store.calls(panel_id)
     answers = member_answers(store, panel_id, calls)
-    checks = spec.agreement_spec().equivalence is not None and "arbiter" not in calls  # no extra read otherwise
-    pair = equivalence.near_miss(spec, answers, store.votes(panel_id)) if checks else None
-    if pair is not None and equivalence.ask(chord, spec, job, pair, answers, batch):
-        return decide_equivalent(store, spec, pair)
+    if "arbiter" not in calls and (joined := before_judge(chord, spec, job, answers, batch)) is not None:
+        return joined
     labels = anonymise(panel_id, sorted(answers))
     prior = calls.get("arbiter")
     verdict: Verdict | None = None
@@ -178,6 +176,20 @@ def run_arbiter(chord: Chord, panel_id: str, batch: bool | None = None) -> Turn:
         store.put_call(panel_id, record)
         observe_call(record)
     return decide_by_verdict(store, spec, job, verdict, answers)
+
+
+def before_judge(chord: Chord, spec: PanelRun, job: Job, answers: dict[str, str], batch: bool) -> Turn | None:
+    """What an exhausted panel does before its judge: the equivalence check on its closest near
+    miss (when its agreement has one), a yes deciding it as a quorum; then, for a cascade stage
+    without a judge, the split that escalates. None: the arbiter decides. Shared by the real-time
+    arbiter and the batch lane (which asks the check in real time before queuing a batch line)."""
+    if spec.agreement_spec().equivalence is not None:
+        pair = equivalence.near_miss(spec, answers, chord.store.votes(spec.panel_id))
+        if pair is not None and equivalence.ask(chord, spec, job, pair, answers, batch):
+            return decide_equivalent(chord.store, spec, pair)
+    if not spec.arbiter:
+        return Turn("split", spec, (Conclude(settle="split"),))
+    return None
 
 
 def member_answers(store: PanelStore, panel_id: str, calls: dict[str, Call] | None = None) -> dict[str, str]:

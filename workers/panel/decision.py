@@ -73,9 +73,11 @@ def after_vote(spec: PanelRun, vote: VoteOutcome, late: bool = False) -> tuple[A
 
 def arbiter_or_settle(spec: PanelRun, distinct: int) -> Action:
     """An exhausted panel calls its arbiter only when there is something to arbitrate, and has
-    one: a cascade stage without a judge settles as `split` (its plurality), which escalates."""
+    one: a cascade stage without a judge settles as `split` (its plurality), which escalates,
+    unless its agreement has an equivalence check to ask first (the arbiter's task asks it, and
+    settles the split on a no: workers/panel/arbiter.py before_judge)."""
     if distinct <= 1 or len(spec.members) == 1:
         return Conclude(settle="quorum" if distinct else "failed")
-    if not spec.arbiter:
+    if not spec.arbiter and spec.agreement_spec().equivalence is None:
         return Conclude(settle="split")
     return CallArbiter()
