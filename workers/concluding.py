@@ -21,10 +21,8 @@ import orjson
 import redis
 
 from producer import connect, keys
-from workers.panel.state import PanelRun, PanelSnapshot
+from workers.panel.state import CONCLUDE_LEASE_S, PanelRun, PanelSnapshot
 from workers.runtime import Runtime
-
-CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
 
 
 @dataclass(frozen=True)

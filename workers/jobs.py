@@ -204,7 +204,7 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
     return hits, invalid
 
 
-def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = False) -> list[str] | None:
+def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
     """A panel is decided: escalate, retry, or finalise the job. One caller at a time acts (a
     lease), and the panel is marked concluded only after the action, so a conclusion that raised
     or lost its worker is taken up again by a retry or the sweep. A caller that finds the lease
@@ -212,13 +212,18 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = Fal
     The release goes in the finalise MULTI when there is one (`LeaseRelease`).
 
     With `cancel` (a quorum), the panel's cancel is taken with the lease's reads: returns the task
-    ids to revoke ([]: none, or cancelled by another caller first); None: not cancelled here."""
+    ids to revoke ([]: none, or cancelled by another caller first); None: not cancelled here.
+    `lease` "taken" or "concluded": the caller took the lease already (a cut-off member, with its
+    record: `PanelStore.put_cut_off`), on a panel not concluded or concluded before."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return None
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
-    (taken, concluded), read, pending = take_and_read(rt, spec, take, cancel=cancel)
+    if lease in ("taken", "concluded"):
+        (taken, concluded), read, pending = (True, lease == "concluded"), None, None
+    else:
+        (taken, concluded), read, pending = take_and_read(rt, spec, take, cancel=cancel)
     if not taken:
         return pending
     rel = LeaseRelease(release, panel_id, concluded=True)

@@ -61,8 +61,8 @@ class CeleryDispatcher:
         else:  # through a batch, or in real time if the deadline is near when the task runs
             app.send_task("panel.batch_arbiter", args=[spec.panel_id], queue="llm.batch")
 
-    def conclude(self, panel_id: str, cancel: bool = False) -> list[str] | None:
-        return conclude_panel(runtime(), self, panel_id, cancel=cancel)
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
+        return conclude_panel(runtime(), self, panel_id, cancel=cancel, lease=lease)
 
     def revoke(self, task_ids: list[str]) -> None:
         app.control.revoke(task_ids)

@@ -66,6 +66,8 @@ EVAL_CALL_SITES = {
     ("workers/panel/state.py", "put_call_and_vote"): "vote.lua with vote's keys (the panel's slot); a single Redis only",
     ("workers/concluding.py", "queue"): "release_lease.lua with conclude_panel's keys (the panel's slot), at the "
     "end of the job's finalise MULTI; a single Redis only (on a cluster it is sent on its own)",
+    ("workers/panel/state.py", "put_cut_off"): "take_lease.lua with conclude_panel's keys (the panel's slot), after "
+    "the cut-off record; a single Redis only (on a cluster the record is written alone and the conclusion takes it)",
     ("workers/limits/steps.py", "queue"): "an answer's settlement (Owed: ScriptStep keys as built by the wrappers the "
     "scenario runs), queued in put_call_and_vote's pipeline on a single Redis only (on a cluster it runs as run_steps)",
     ("workers/ledger.py", "queue_entry_with_id"): "NOT cluster-safe: ledger_entry.lua (SINGLE_REDIS_SCRIPTS)",

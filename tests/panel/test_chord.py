@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from types import SimpleNamespace
 from typing import Any
 
@@ -85,7 +86,7 @@ class Recorder:
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         self.arbiters.append((spec.panel_id, route))
 
-    def conclude(self, panel_id: str, cancel: bool = False) -> list[str] | None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
         self.concluded.append(panel_id)
         return None  # the cancel is the chord's own (PanelStore.cancel)
 
@@ -515,9 +516,32 @@ def test_a_member_cut_off_in_flight_asks_for_the_conclusion_before_the_job_is_fi
     _store_job(r, "j1")
     spec = _panel(chord.store)
     assert not r.hexists(keys.job("j1"), "finalised")  # the conclusion has not finalised the job
-    turn = run_member(chord, spec.panel_id, "m2")
+    turn = run_member(chord, spec.panel_id, "m2")  # take_lease.lua not loaded yet: it asks for the conclusion
     assert turn.status == "cancelled" and turn.actions == (Conclude(),)
     rec = chord.store.call(spec.panel_id, "m2")
     assert rec is not None and (rec.status, rec.tokens_in) == ("cancelled", 21)
     again = run_member(chord, spec.panel_id, "m2")  # a redelivery writes nothing and asks for nothing
     assert again.actions == Nothing
+
+
+def test_a_cut_off_member_takes_the_conclusion_lease_with_its_record(r: fakeredis.FakeRedis) -> None:
+    """One round trip for the record and the lease: no conclusion running, this member's to run
+    (as the lease's holder); one running, its holder is asked to re-render, and nothing else."""
+    from workers.errors import Cancelled
+
+    class CutOff(FakeCaller):
+        def __call__(self, panel_id: str | None, model: str, *a: Any, **k: Any) -> CallOutcome:
+            raise Cancelled(panel_id or "", sent=True)
+
+    r.script_load(files("workers").joinpath("take_lease.lua").read_text())  # loaded, as after a first conclusion
+    chord = _chord(r, CutOff({m: "B" for m in MODELS}))
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    turn = run_member(chord, spec.panel_id, "m2")
+    assert turn.actions == (Conclude(lease="taken"),) and r.exists(keys.concluding(spec.panel_id))
+    assert chord.store.call(spec.panel_id, "m2") is not None
+    # while that conclusion holds the lease, another member's cut-off lands: its holder is asked
+    late = call_record(REGISTRY, spec, spec.member("m1"), "cancelled", tokens_in=9)
+    assert chord.store.put_cut_off(spec.panel_id, late) == (True, "held")
+    assert r.hexists(keys.panel(spec.panel_id), "rerender")  # the holder re-renders before it lets go
+    assert chord.store.put_cut_off(spec.panel_id, late) == (False, "held")  # written once

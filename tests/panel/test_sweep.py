@@ -18,7 +18,7 @@ class Recorder:
         self.concluded: list[str] = []
         self.revoked: list[str] = []
 
-    def conclude(self, panel_id: str, cancel: bool = False) -> list[str] | None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
         self.concluded.append(panel_id)
         return None  # the cancel is the chord's own (PanelStore.cancel)
 

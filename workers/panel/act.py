@@ -46,6 +46,8 @@ def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions:
                     cancelled = True
                     if pending:
                         d.revoke(pending)
+            elif action.lease:
+                d.conclude(pid, lease=action.lease)
             else:
                 d.conclude(pid)
         elif isinstance(action, Cancel):

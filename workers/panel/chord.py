@@ -131,18 +131,21 @@ def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, star
         # In flight: the provider may bill the prompt, so charge its input tokens as sent
         sent = c.tokens_in if c.tokens_in is not None else estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS
         tokens_in = sent if c.sent else 0
-        written = store.put_call(panel_id, call_record(
+        # Cut off by the decision, so the conclusion has begun, may be reading the panel now, or
+        # has finished: the record goes with the conclusion lease, so the receipt is rendered with
+        # this charge whichever it is (a conclusion in progress gets a re-render request through
+        # its lease: jobs.conclude_panel; a finished or unbegun one is this member's to run).
+        # Asking only once the job was finalised missed a record that landed between the
+        # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
+        written, lease = store.put_cut_off(panel_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
-            latency_ms=(time.time() - started) * 1000), only_if_absent=True, owed=owed)  # fmt: skip
-        if written:
-            # Cut off by the decision, so the conclusion has begun, may be reading the panel now, or
-            # has finished: asking for it re-renders the receipt with this charge whichever it is
-            # (a conclusion in progress takes the request through its lease: jobs.conclude_panel).
-            # Asking only once the job was finalised missed a record that landed between the
-            # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
+            latency_ms=(time.time() - started) * 1000), owed=owed)  # fmt: skip
+        if lease in ("taken", "concluded"):
+            return Turn("cancelled", spec, (Conclude(lease=lease),))
+        if lease is None and written:
             return Turn("cancelled", spec, (Conclude(),))
-        return Turn("cancelled", spec)
+        return Turn("cancelled", spec)  # "held": its holder re-renders
     return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch, owed=owed)
 
 

@@ -22,9 +22,13 @@ Settle = Literal["", "quorum", "failed", "split"]
 @dataclass(frozen=True)
 class Conclude:
     """The panel is decided: escalate, retry or finalise its job. With `settle`, an exhausted
-    panel that has nothing to arbitrate (one distinct answer, or none) is first decided so."""
+    panel that has nothing to arbitrate (one distinct answer, or none) is first decided so.
+    `lease`: the conclusion lease was taken already, with the member's record (a cut-off
+    member: workers/panel/state.py `put_cut_off`): "taken" on a panel not yet concluded,
+    "concluded" on one concluded before (re-render only); "": the conclusion takes it."""
 
     settle: Settle = ""
+    lease: Literal["", "taken", "concluded"] = ""
 
 
 @dataclass(frozen=True)

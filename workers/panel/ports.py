@@ -51,9 +51,10 @@ class Dispatcher(Protocol):
 
     def arbiter(self, spec: PanelRun, route: Route) -> None: ...
 
-    def conclude(self, panel_id: str, cancel: bool = False) -> list[str] | None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
         """Conclude a decided panel. With `cancel` (a quorum), its cancel may be taken with the
-        conclusion's reads: returns the task ids to revoke then ([]: none), None if not taken."""
+        conclusion's reads: returns the task ids to revoke then ([]: none), None if not taken.
+        `lease`: the caller holds the conclusion lease already (`Conclude.lease`)."""
         ...
 
     def revoke(self, task_ids: list[str]) -> None: ...

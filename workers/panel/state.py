@@ -5,6 +5,7 @@ can pick up any step after a crash.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -106,6 +107,8 @@ class PanelSnapshot:
 
 
 SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
+CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this (workers/take_lease.lua)
+CutOffLease = Literal["taken", "concluded", "held"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class PanelStore:
         here = files("workers.panel")
         self._vote = r.register_script(here.joinpath("vote.lua").read_text())
         self._decide = r.register_script(here.joinpath("decide.lua").read_text())
+        self._take = r.register_script(files("workers").joinpath("take_lease.lua").read_text())
 
     def create(self, spec: PanelRun, ttl_s: int, pipe: Pipeline | None = None) -> None:
         """Store a new panel. With `pipe`, the writes are queued on it for the caller to execute
@@ -317,6 +321,35 @@ class PanelStore:
             return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
         self.r.hset(keys.calls(panel_id), record.member, data)
         return True
+
+    def put_cut_off(self, panel_id: str, record: Call, owed: Owed | None = None) -> tuple[bool, CutOffLease | None]:
+        """A member cut off by the decision: its record (unless it has one) and the conclusion
+        lease (workers/take_lease.lua: taken, or a re-render request left for its holder), in one
+        round trip after the call's give-back (`owed`), so its charge reaches the receipt whether
+        the conclusion is running (its holder re-renders), finished, or not begun (this caller
+        concludes). Returns (written, lease): "taken" / "concluded" (this caller holds the lease;
+        the panel was concluded before), "held" (another caller does: it re-renders); None: not
+        asked here (a cluster, a script Redis lost): the caller asks for the conclusion itself.
+        A record another copy wrote first still takes the lease: a re-render that changes nothing."""
+        if record.ended_at is None:
+            record = replace(record, ended_at=time.time())
+        if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
+            return self.put_call(panel_id, record, only_if_absent=True, owed=owed), None
+        pipe = self.r.pipeline(transaction=False)
+        carried = owed.queue(pipe) if owed is not None and not owed.sent and owed.r is self.r else 0
+        pipe.hsetnx(keys.calls(panel_id), record.member, record.to_json())
+        pipe.evalsha(self._take.sha, 2, keys.concluding(panel_id), keys.panel(panel_id), os.getpid(), CONCLUDE_LEASE_S)
+        *settled, written, lease = pipe.execute(raise_on_error=False)
+        if owed is not None and carried:
+            owed.ran(settled)
+        if isinstance(written, Exception):
+            raise written
+        if isinstance(lease, redis.exceptions.NoScriptError):  # not run: the caller asks for the conclusion
+            return bool(written), None
+        if isinstance(lease, Exception):
+            raise lease
+        taken, concluded = lease
+        return bool(written), ("concluded" if concluded else "taken") if taken else "held"
 
     def put_call_and_vote(self, panel_id: str, record: Call, step: int, owed: Owed | None = None) -> VoteOutcome:
         """`put_call`, then `vote` the record's answer, in one round trip on a single Redis: one
