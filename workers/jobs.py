@@ -19,16 +19,17 @@ import redis
 from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
-from workers.concluding import JobView, LeaseRelease, job_view, read_concluding, take_and_read
+from workers.concluding import LeaseRelease, job_view, read_concluding, take_and_read
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
 from workers.panel import attempts, watchdog
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
+from workers.panel.jobview import JobView
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
-from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
+from workers.panel.state import Member, PanelRun, PanelSnapshot, Read, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
@@ -204,7 +205,8 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
     return hits, invalid
 
 
-def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
+def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = False, lease: str = "",
+                   read: Read | None = None) -> list[str] | None:  # fmt: skip
     """A panel is decided: escalate, retry, or finalise the job. One caller at a time acts (a
     lease), and the panel is marked concluded only after the action, so a conclusion that raised
     or lost its worker is taken up again by a retry or the sweep. A caller that finds the lease
@@ -214,14 +216,15 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = Fal
     With `cancel` (a quorum), the panel's cancel is taken with the lease's reads: returns the task
     ids to revoke ([]: none, or cancelled by another caller first); None: not cancelled here.
     `lease` "taken" or "concluded": the caller took the lease already (a cut-off member, with its
-    record: `PanelStore.put_cut_off`), on a panel not concluded or concluded before."""
+    record: `PanelStore.put_cut_off`), on a panel not concluded or concluded before, and `read`
+    is what it read after taking it (None: read here)."""
     spec = rt.store.spec(panel_id)
     if spec is None:
         return None
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
     if lease in ("taken", "concluded"):
-        (taken, concluded), read, pending = (True, lease == "concluded"), None, None
+        (taken, concluded), pending = (True, lease == "concluded"), None
     else:
         (taken, concluded), read, pending = take_and_read(rt, spec, take, cancel=cancel)
     if not taken:

@@ -86,7 +86,7 @@ class Recorder:
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         self.arbiters.append((spec.panel_id, route))
 
-    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Any = None) -> list[str] | None:
         self.concluded.append(panel_id)
         return None  # the cancel is the chord's own (PanelStore.cancel)
 
@@ -539,9 +539,11 @@ def test_a_cut_off_member_takes_the_conclusion_lease_with_its_record(r: fakeredi
     spec = _panel(chord.store)
     turn = run_member(chord, spec.panel_id, "m2")
     assert turn.actions == (Conclude(lease="taken"),) and r.exists(keys.concluding(spec.panel_id))
-    assert chord.store.call(spec.panel_id, "m2") is not None
+    [conclude] = turn.actions
+    assert isinstance(conclude, Conclude) and conclude.read is not None  # read after the lease, with it
+    assert "m2" in conclude.read[1].calls  # the snapshot has the record just written
     # while that conclusion holds the lease, another member's cut-off lands: its holder is asked
     late = call_record(REGISTRY, spec, spec.member("m1"), "cancelled", tokens_in=9)
-    assert chord.store.put_cut_off(spec.panel_id, late) == (True, "held")
+    assert chord.store.put_cut_off(spec.panel_id, "j1", late) == (True, "held", None)
     assert r.hexists(keys.panel(spec.panel_id), "rerender")  # the holder re-renders before it lets go
-    assert chord.store.put_cut_off(spec.panel_id, late) == (False, "held")  # written once
+    assert chord.store.put_cut_off(spec.panel_id, "j1", late) == (False, "held", None)  # written once

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import fakeredis
 
@@ -18,7 +19,7 @@ class Recorder:
         self.concluded: list[str] = []
         self.revoked: list[str] = []
 
-    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Any = None) -> list[str] | None:
         self.concluded.append(panel_id)
         return None  # the cancel is the chord's own (PanelStore.cancel)
 

@@ -47,7 +47,7 @@ def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions:
                     if pending:
                         d.revoke(pending)
             elif action.lease:
-                d.conclude(pid, lease=action.lease)
+                d.conclude(pid, lease=action.lease, read=action.read)
             else:
                 d.conclude(pid)
         elif isinstance(action, Cancel):

@@ -137,12 +137,12 @@ def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, star
         # its lease: jobs.conclude_panel; a finished or unbegun one is this member's to run).
         # Asking only once the job was finalised missed a record that landed between the
         # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
-        written, lease = store.put_cut_off(panel_id, call_record(
+        written, lease, read = store.put_cut_off(panel_id, spec.job_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
             latency_ms=(time.time() - started) * 1000), owed=owed)  # fmt: skip
-        if lease in ("taken", "concluded"):
-            return Turn("cancelled", spec, (Conclude(lease=lease),))
+        if lease == "taken" or lease == "concluded":
+            return Turn("cancelled", spec, (Conclude(lease=lease, read=read),))
         if lease is None and written:
             return Turn("cancelled", spec, (Conclude(),))
         return Turn("cancelled", spec)  # "held": its holder re-renders

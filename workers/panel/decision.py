@@ -11,10 +11,10 @@ An empty tuple means there is nothing to do (a vote that leaves the panel pendin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from workers.panel.state import PanelRun, VoteOutcome
+from workers.panel.state import PanelRun, Read, VoteOutcome
 
 Settle = Literal["", "quorum", "failed", "split"]
 
@@ -29,6 +29,7 @@ class Conclude:
 
     settle: Settle = ""
     lease: Literal["", "taken", "concluded"] = ""
+    read: Read | None = field(default=None, compare=False)  # what the lease's round trip read with it
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from workers.budget import Spend
 from workers.limits.steps import Owed
 from workers.panel.calls import CallOutcome
 from workers.panel.route import Route
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.state import Member, PanelRun, PanelStore, Read
 from workers.registry import Registry
 
 
@@ -51,10 +51,11 @@ class Dispatcher(Protocol):
 
     def arbiter(self, spec: PanelRun, route: Route) -> None: ...
 
-    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "") -> list[str] | None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Read | None = None) -> list[str] | None:
         """Conclude a decided panel. With `cancel` (a quorum), its cancel may be taken with the
         conclusion's reads: returns the task ids to revoke then ([]: none), None if not taken.
-        `lease`: the caller holds the conclusion lease already (`Conclude.lease`)."""
+        `lease`: the caller holds the conclusion lease already, and `read` what it read with it
+        (`Conclude.lease`, `Conclude.read`)."""
         ...
 
     def revoke(self, task_ids: list[str]) -> None: ...

@@ -23,6 +23,7 @@ from producer.wire import text
 from workers.limits.steps import Owed
 from workers.panel import attempts
 from workers.panel.attempts import Attempt
+from workers.panel.jobview import JobView, parse_view, queue_view
 from workers.panel.lease import LEASE_S, Leases
 from workers.panel.record import Call
 from workers.policy import AgreementSpec
@@ -106,6 +107,7 @@ class PanelSnapshot:
     attempts: dict[str, list[Attempt]] = field(default_factory=dict)  # member -> its provider attempts (attempts.py)
 
 
+Read = tuple[JobView, PanelSnapshot]  # what a conclusion reads: its job's view and the panel's snapshot
 SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
 CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this (workers/take_lease.lua)
 CutOffLease = Literal["taken", "concluded", "held"]
@@ -322,34 +324,44 @@ class PanelStore:
         self.r.hset(keys.calls(panel_id), record.member, data)
         return True
 
-    def put_cut_off(self, panel_id: str, record: Call, owed: Owed | None = None) -> tuple[bool, CutOffLease | None]:
-        """A member cut off by the decision: its record (unless it has one) and the conclusion
-        lease (workers/take_lease.lua: taken, or a re-render request left for its holder), in one
-        round trip after the call's give-back (`owed`), so its charge reaches the receipt whether
-        the conclusion is running (its holder re-renders), finished, or not begun (this caller
-        concludes). Returns (written, lease): "taken" / "concluded" (this caller holds the lease;
-        the panel was concluded before), "held" (another caller does: it re-renders); None: not
+    def put_cut_off(self, panel_id: str, job_id: str, record: Call,
+                    owed: Owed | None = None) -> tuple[bool, CutOffLease | None, Read | None]:  # fmt: skip
+        """A member cut off by the decision: its record (unless it has one), the conclusion lease
+        (workers/take_lease.lua: taken, or a re-render request left for its holder) and what the
+        conclusion reads (workers/panel/jobview.py, `snapshot`), in one round trip after the
+        call's give-back (`owed`), so its charge reaches the receipt whether the conclusion is
+        running (its holder re-renders), finished, or not begun (this caller concludes).
+
+        Returns (written, lease, read): lease "taken" / "concluded" (this caller holds it; the
+        panel was concluded before) with the read, taken after the lease (a write after it asks
+        this holder to re-render); "held" (another caller holds it and re-renders); None: not
         asked here (a cluster, a script Redis lost): the caller asks for the conclusion itself.
         A record another copy wrote first still takes the lease: a re-render that changes nothing."""
         if record.ended_at is None:
             record = replace(record, ended_at=time.time())
         if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
-            return self.put_call(panel_id, record, only_if_absent=True, owed=owed), None
+            return self.put_call(panel_id, record, only_if_absent=True, owed=owed), None, None
         pipe = self.r.pipeline(transaction=False)
         carried = owed.queue(pipe) if owed is not None and not owed.sent and owed.r is self.r else 0
         pipe.hsetnx(keys.calls(panel_id), record.member, record.to_json())
         pipe.evalsha(self._take.sha, 2, keys.concluding(panel_id), keys.panel(panel_id), os.getpid(), CONCLUDE_LEASE_S)
-        *settled, written, lease = pipe.execute(raise_on_error=False)
+        v = queue_view(pipe, job_id, prior=True)
+        s = self.queue_snapshot(pipe, panel_id)
+        got = pipe.execute(raise_on_error=False)
         if owed is not None and carried:
-            owed.ran(settled)
-        if isinstance(written, Exception):
-            raise written
+            owed.ran(got[:carried])
+        written, lease = got[carried], got[carried + 1]
+        for res in (written, *got[v:]):
+            if isinstance(res, Exception):
+                raise res
         if isinstance(lease, redis.exceptions.NoScriptError):  # not run: the caller asks for the conclusion
-            return bool(written), None
+            return bool(written), None, None
         if isinstance(lease, Exception):
             raise lease
         taken, concluded = lease
-        return bool(written), ("concluded" if concluded else "taken") if taken else "held"
+        if not taken:
+            return bool(written), "held", None
+        return bool(written), "concluded" if concluded else "taken", (parse_view(got[v:]), self.parse_snapshot(got[s:]))
 
     def put_call_and_vote(self, panel_id: str, record: Call, step: int, owed: Owed | None = None) -> VoteOutcome:
         """`put_call`, then `vote` the record's answer, in one round trip on a single Redis: one
