@@ -219,7 +219,9 @@ def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = Fal
     record: `PanelStore.put_cut_off`), on a panel not concluded or concluded before, and `read`
     is what it read after taking it (None: read here)."""
     spec = rt.store.spec(panel_id)
-    if spec is None:
+    if spec is None:  # gone: nothing to conclude (a lease the caller took goes with it)
+        if lease:
+            rt.redis.delete(keys.concluding(panel_id))
         return None
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)

@@ -34,10 +34,12 @@ class ScriptStep:
 
 @dataclass
 class Owed:
-    """Steps an answered call still owes (its tokens reconciled, the breaker's success, its budget
-    hold settled), handed to whoever writes the call's record, so they travel in the record's
-    round trip (workers/panel/state.py `put_call_and_vote`). Sent once: `sent` is set as soon as
-    a pipeline carrying them ran; whoever holds them last sends them alone if none did.
+    """Steps a call still owes when it ends: an answer's settlement (its tokens reconciled, the
+    breaker's success, its budget hold settled), or a cut-off call's give-back (tokens and hold
+    returned, with its attempt's closing record in `also`), handed to whoever writes the member's
+    record, so they travel in the record's round trip (workers/panel/state.py `put_call_and_vote`,
+    `put_cut_off`). Sent once: `sent` is set as soon as a pipeline carrying them ran; whoever
+    holds them last sends them alone if none did.
 
         owed = Owed()                             # filled by the call (workers/panel/calls.py)
         try: ...                                  # record + vote, with owed.steps in front

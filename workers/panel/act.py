@@ -40,14 +40,14 @@ def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions:
         if isinstance(action, Conclude):
             if action.settle:
                 store.decide(pid, action.settle, "", replace_exhausted=True)
-            if any(isinstance(a, Cancel) for a in actions[i + 1 :]):
+            if action.lease:  # taken with the member's record: the conclusion must not take it again
+                d.conclude(pid, lease=action.lease, read=action.read)
+            elif any(isinstance(a, Cancel) for a in actions[i + 1 :]):
                 pending = d.conclude(pid, cancel=True)
                 if pending is not None:
                     cancelled = True
                     if pending:
                         d.revoke(pending)
-            elif action.lease:
-                d.conclude(pid, lease=action.lease, read=action.read)
             else:
                 d.conclude(pid)
         elif isinstance(action, Cancel):
