@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -38,6 +39,8 @@ from producer.errors import ContractError
 ENDPOINTS = ("/v1/chat/completions",)
 MAX_LINE_ERRORS = 100
 
+WINDOW_S = 24 * 3600  # completion_window: 24h, the only one OpenAI offers
+
 
 def batch_key(batch_id: str) -> str:
     """Hash: tenant, object (the batch object as JSON); list `:lines` of [custom_id, job id, model]."""
@@ -54,7 +57,7 @@ def batch_object(batch_id: str, req: dict[str, Any], status: str, total: int) ->
     return {"id": batch_id, "object": "batch", "endpoint": req["endpoint"], "errors": None,
             "input_file_id": req["input_file_id"], "completion_window": req["completion_window"], "status": status,
             "output_file_id": None, "error_file_id": None, "created_at": now,
-            "in_progress_at": now if status == "in_progress" else None, "expires_at": now + 24 * 3600,
+            "in_progress_at": now if status == "in_progress" else None, "expires_at": now + WINDOW_S,
             "finalizing_at": None, "completed_at": None, "failed_at": now if status == "failed" else None,
             "expired_at": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": total, "completed": 0, "failed": 0}, "metadata": req.get("metadata")}  # fmt: skip
@@ -87,6 +90,9 @@ def parse_lines(g: Gateway, content: bytes, caller: Caller, endpoint: str) -> tu
     good: list[tuple[int, str, str, Draft]] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
+    # a line's job has the batch's completion window, not its class's deadline_s (counted from
+    # submission, that would fail the later lines of a large file while they wait their turn)
+    window_end = datetime.fromtimestamp(time.time() + WINDOW_S, UTC).isoformat()
     lines = content.split(b"\n")
     if len(lines) > g.settings.max_batch_lines + 1:
         raise BadRequest(f"input_file_id: {len(lines)} lines; at most {g.settings.max_batch_lines}", param="input_file_id",
@@ -114,8 +120,9 @@ def parse_lines(g: Gateway, content: bytes, caller: Caller, endpoint: str) -> tu
             req = parse_chat(line.get("body"), prefix="body.")
             if req.stream:
                 raise BadRequest("body.stream: not in a batch", param="body.stream", code="invalid_value")
-            good.append((n, cid, req.model, draft(to_job(req, g.catalogue, mode="batch", prefix="body."), caller, prefix="body.",
-                                                    private_ok=g.settings.callback_private_hosts)))
+            body = to_job(req, g.catalogue, mode="batch", prefix="body.")
+            body.setdefault("deadline", window_end)  # the panel extension may name an earlier one
+            good.append((n, cid, req.model, draft(body, caller, prefix="body.", private_ok=g.settings.callback_private_hosts)))
         except ApiError as e:
             err = e.body()["error"]
             errors.append({"code": err["code"], "message": f"line {n}: {err['message']}", "param": err["param"], "line": n})

@@ -11,8 +11,11 @@ import httpx
 import openai
 import orjson
 import pytest
+import redis as redis_lib
 from openai.types.chat import ChatCompletion
 
+from producer import keys
+from producer.contract import Job
 from tests.gateway.conftest import GatewayProc, Tenant
 
 QUESTION = "Which planet is largest?\nA) Mars\nB) Jupiter\nC) Venus\nD) Mercury\nAnswer with one letter."
@@ -112,7 +115,8 @@ def batch_line(n: int) -> dict[str, Any]:
             "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 50}}  # fmt: skip
 
 
-def test_files_and_batches_run_200_lines_as_panels_and_answer_in_openais_format(gateway: GatewayProc, tenant: Tenant) -> None:
+def test_files_and_batches_run_200_lines_as_panels_and_answer_in_openais_format(gateway: GatewayProc, tenant: Tenant,
+                                                                               gw_redis: redis_lib.Redis) -> None:  # fmt: skip
     client = sdk(gateway, tenant)
     content = b"\n".join(orjson.dumps(batch_line(n)) for n in range(200)) + b"\n"
     f = client.files.create(file=("requests.jsonl", content), purpose="batch")
@@ -141,6 +145,9 @@ def test_files_and_batches_run_200_lines_as_panels_and_answer_in_openais_format(
         assert completion.choices[0].message.content == receipt["final_answer"]
         assert all(c["batch"] for c in receipt["calls"] if c["status"] == "answered"), receipt["calls"]
         assert [s["lane"] for s in receipt["lanes"]][0] == "batch"
+    # each line's job is due at the batch's 24 h window, not its class's deadline_s after submission
+    spec = Job.model_validate_json(gw_redis.hget(keys.job(lines[0]["response"]["request_id"]), "spec") or b"")
+    assert spec.deadline is not None and abs(spec.deadline.timestamp() - batch.expires_at) < 60
 
 
 def test_the_panel_extension_carries_flags_that_trigger_a_panel(gateway: GatewayProc, tenant: Tenant) -> None:

@@ -123,3 +123,22 @@ async def test_on_attempt_sees_every_attempt_and_may_be_async() -> None:
     provider = Scripted(RateLimited("p", "429", 429, retry_after=0.0), ProviderUnavailable("p", "500", 500))
     await call_with_retries(provider, REQUEST, on_attempt=record, sleep=Clock().sleep)
     assert seen == [(1, "429"), (2, "500"), (3, None)]
+
+
+def top(lo: float, hi: float) -> float:
+    return hi  # the jitter's upper end: the cap itself
+
+
+def test_the_fleet_s_member_call_follows_the_same_rule() -> None:
+    """workers/panel/calls.py retries by `RetryPolicy.wait` too (sync, between its admission
+    steps): one rule, two drivers. Its policy: four attempts, waits capped at 0.5, 1, 2 s."""
+    from workers.panel.calls import RETRY
+    from workers.providers.retry import RetryPolicy
+
+    down = ProviderUnavailable("p", "HTTP 503")
+    assert [RETRY.wait(n, down, 0.0, None, top) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, None]
+    assert RETRY.wait(1, InputRejected("p", "HTTP 400"), 0.0, None, top) is None  # never retried
+    assert RETRY.wait(1, RateLimited("p", "429", retry_after=7.0), 0.0, None, top) == 7.0
+    assert RETRY.wait(1, RateLimited("p", "429", retry_after=7.0), 0.0, 5.0, top) is None  # past the deadline
+    assert RetryPolicy().wait(5, down, 0.0, None, top) is None and RetryPolicy().wait(9, down, 0.0, None, top) is None
+    assert RetryPolicy(max_attempts=20).wait(12, down, 0.0, None, top) == 20.0  # the cap

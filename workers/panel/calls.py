@@ -36,10 +36,12 @@ from workers.panel.outage import through_redis_outage
 from workers.providers import billing
 from workers.providers.base import ChatRequest, Completion, Provider, ProviderError, RateLimited
 from workers.providers.caching import limited_tokens, price
+from workers.providers.retry import RetryPolicy
 from workers.registry import Registry
 
 log = logging.getLogger("panel.calls")
-MAX_ATTEMPTS = 4
+RETRY = RetryPolicy(max_attempts=4, base_delay=0.5)  # per model: waits up to 0.5, 1, 2 s (full jitter), Retry-After obeyed
+MAX_ATTEMPTS = RETRY.max_attempts
 EXPECTED_OUTPUT_TOKENS = 256  # reserved with the limiter up front; reconciled with the real usage
 
 
@@ -279,12 +281,8 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
             return None, f"rate limit wait would pass the deadline ({e})", attempt
         except ProviderError as e:
             last_error = str(e)
-            if not e.retryable:
-                return None, last_error, attempt
-            wait = random.uniform(0, min(20.0, 0.25 * 2**attempt))  # full jitter
-            if e.retry_after:
-                wait = max(wait, e.retry_after)
-            if time.time() + wait >= deadline or attempt == MAX_ATTEMPTS:
+            wait = RETRY.wait(attempt, e, time.time(), deadline)
+            if wait is None:
                 return None, last_error, attempt
             time.sleep(wait)
     return None, last_error, MAX_ATTEMPTS

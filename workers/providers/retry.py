@@ -21,6 +21,32 @@ OnAttempt = Callable[[int, ProviderError | None], Awaitable[None] | None]
 MIN_ATTEMPT_TIMEOUT_S = 1.0  # a shorter read timeout fails calls that would have answered
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """When to try a failed call again, and after how long: the one rule both drivers follow (the
+    fleet's member call, workers/panel/calls.py, sync between its admission steps, and
+    `call_with_retries` here, async around a bare provider)."""
+
+    max_attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 20.0
+
+    def wait(self, attempt: int, error: ProviderError, now: float, deadline: float | None,
+             draw: Callable[[float, float], float] = random.uniform) -> float | None:  # fmt: skip
+        """Seconds to wait before attempt `attempt + 1`, or None to give up: the error is not
+        retryable, the attempts are spent, or the wait would end past `deadline`. Full jitter,
+        uniform in [0, min(max_delay, base_delay * 2**(attempt-1))], never shorter than the
+        provider's `retry_after` (a retry inside the provider's window fails again, and counts)."""
+        if not error.retryable or attempt >= self.max_attempts:
+            return None
+        wait = draw(0.0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+        if error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        if deadline is not None and now + wait >= deadline:
+            return None
+        return wait
+
+
 async def call_with_retries(
     provider: Provider,
     request: ChatRequest,
@@ -45,6 +71,7 @@ async def call_with_retries(
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
+    policy = RetryPolicy(max_attempts, base_delay, max_delay)
     draw = rng.uniform if rng is not None else random.uniform
     attempt = 0
     while True:
@@ -57,12 +84,8 @@ async def call_with_retries(
             completion = await provider.complete(request)
         except ProviderError as error:
             await _report(on_attempt, attempt, error)
-            if not error.retryable or attempt >= max_attempts:
-                raise
-            wait = draw(0.0, min(max_delay, base_delay * 2 ** (attempt - 1)))
-            if error.retry_after is not None:
-                wait = max(wait, error.retry_after)
-            if deadline is not None and clock() + wait >= deadline:
+            wait = policy.wait(attempt, error, clock(), deadline, draw)
+            if wait is None:
                 raise
             await sleep(wait)
         else:
