@@ -26,9 +26,10 @@ log = logging.getLogger("panel.cascade")
 
 
 def stage_run(rt: Runtime, job_id: str, job: Job, policy: TaskPolicy, n: int, triggers: list[str],
-              deadline: float) -> PanelRun:  # fmt: skip
+              deadline: float, first: bool = False) -> PanelRun:  # fmt: skip
     """Stage `n`'s panel run (not yet stored): through the batch lane for a batch job (a panel
-    stage then sends its quorum's worth first, as batch panels do), else in real time."""
+    stage then sends its quorum's worth first, as batch panels do), else in real time. `first`:
+    the job's first panel, number 1 (counted when stored: workers/jobs.py open_panel)."""
     assert policy.cascade is not None
     st = cascade.stage(policy.cascade, n)
     last = cascade.is_last(policy.cascade, n)
@@ -37,7 +38,7 @@ def stage_run(rt: Runtime, job_id: str, job: Job, policy: TaskPolicy, n: int, tr
     # a split of a stage that is not the last, judged by agreement, escalates: no arbiter is called
     arbiter = "" if panel is None or (st.check == "agreement" and not last) else (panel.arbiter or "")
     batch = job.mode == "batch" or policy.mode == "batch"
-    pid = f"{job_id}.{int(rt.redis.hincrby(keys.job(job_id), 'panels_n', 1))}"
+    pid = f"{job_id}.{1 if first else int(rt.redis.hincrby(keys.job(job_id), 'panels_n', 1))}"
     return PanelRun(
         panel_id=pid, job_id=job_id, stage="single" if panel is None else "panel", attempt=1, members=members,
         quorum=1 if panel is None else panel.quorum,

@@ -5,6 +5,9 @@ or a cluster the reads are one MULTI; the lease script joins it on a single Redi
 
     (taken, concluded), read = take_and_read(rt, spec, take_lease)   # read: (JobView, PanelSnapshot)
     view, snap = read_concluding(rt, panel_id, job_id, prior=True)   # a re-render's reads
+
+The lease's release goes at the end of the finalise MULTI when there is one (`LeaseRelease`),
+and a quorum's cancel (its once-guard) with the lease's reads (`take_and_read(cancel=True)`).
 """
 
 from __future__ import annotations
@@ -14,52 +17,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis
 
 from producer import connect, keys
-from workers.panel.state import PanelRun, PanelSnapshot
+from workers.panel.jobview import JobView, parse_view, queue_view
+from workers.panel.state import CONCLUDE_LEASE_S, PanelRun, PanelSnapshot
 from workers.runtime import Runtime
-
-CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What a conclusion reads of its job, in one round trip. `prior` and `ledger_id` (the result
-    and ledger entry a re-render replaces) are read only when asked for (`has_prior`)."""
-
-    panels: list[dict[str, Any]]
-    finalised: bool
-    submitted_at: float
-    schema_invalid: int
-    status: str
-    has_prior: bool = False
-    prior: bytes | None = None
-    ledger_id: bytes | None = None
 
 
 def job_view(rt: Runtime, job_id: str) -> JobView:
     pipe = rt.redis.pipeline(transaction=False)  # reads, one slot: the job's
     queue_view(pipe, job_id)
     return parse_view(pipe.execute())
-
-
-def queue_view(pipe: Any, job_id: str, prior: bool = False) -> int:
-    """Queue the view's two reads (with `prior`, the result and ledger id too); returns their index."""
-    at = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack of its own)
-    pipe.lrange(keys.job_panels(job_id), 0, -1)
-    pipe.hmget(keys.job(job_id), "finalised", "submitted_at", "schema_invalid", "status",
-               *(("result", "ledger_id") if prior else ()))  # fmt: skip
-    return at
-
-
-def parse_view(got: list[Any]) -> JobView:
-    panels, (finalised, submitted, invalid, status, *prior) = got[:2]
-    return JobView(panels=[orjson.loads(x) for x in panels], finalised=finalised is not None,
-                   submitted_at=float(submitted or time.time()), schema_invalid=int(invalid or 0),
-                   status=(status or b"").decode(), has_prior=bool(prior),
-                   prior=prior[0] if prior else None, ledger_id=prior[1] if prior else None)  # fmt: skip
 
 
 def read_concluding(rt: Runtime, panel_id: str, job_id: str, prior: bool = False,
@@ -79,23 +48,67 @@ def read_concluding(rt: Runtime, panel_id: str, job_id: str, prior: bool = False
     return parse_view(got[v:]), rt.store.parse_snapshot(got[s:])
 
 
-def take_and_read(rt: Runtime, spec: PanelRun, take: Any) -> tuple[list[Any], tuple[JobView, PanelSnapshot] | None]:
+def take_and_read(rt: Runtime, spec: PanelRun, take: Any,
+                  cancel: bool = False) -> tuple[list[Any], tuple[JobView, PanelSnapshot] | None, list[str] | None]:  # fmt: skip
     """The conclusion lease (take_lease.lua) and, in the same MULTI on a single Redis, what the
     conclusion reads (`read_concluding`, the decided publish with it): read in vain only when
-    another caller holds the lease or the panel was concluded. On a cluster (redis-py's cluster
-    pipeline refuses EVALSHA) or for a script Redis lost, the lease is taken on its own."""
+    another caller holds the lease. The view has the prior result and ledger id, so a concluded
+    panel's re-render (a late member) needs no read of its own. On a cluster (redis-py's cluster
+    pipeline refuses EVALSHA) or for a script Redis lost, the lease is taken on its own.
+
+    With `cancel` (a quorum: stop the stragglers), the cancel's once-guard goes in the MULTI too
+    (`PanelStore.cancel` without its reads: the snapshot has the task ids and the calls), and the
+    third value is the task ids to revoke ([] when another caller cancelled first, or when every
+    member left has begun its call); None: not cancelled here, the caller cancels on its own."""
     lease = ([keys.concluding(spec.panel_id), keys.panel(spec.panel_id)], [os.getpid(), CONCLUDE_LEASE_S])
     if connect.is_cluster(rt.redis):
-        return take(keys=lease[0], args=lease[1]), None
+        return take(keys=lease[0], args=lease[1]), None, None
     pipe = rt.redis.pipeline()
     pipe.evalsha(take.sha, 2, *lease[0], *lease[1])
-    v = queue_view(pipe, spec.job_id)
+    if cancel:
+        pipe.hsetnx(keys.panel(spec.panel_id), "once:cancel", time.time())
+    v = queue_view(pipe, spec.job_id, prior=True)  # a concluded panel's re-render uses it (absent before)
     pipe.publish(keys.DECIDED_CHANNEL, spec.panel_id)
     s = rt.store.queue_snapshot(pipe, spec.panel_id)
     got = pipe.execute(raise_on_error=False)
-    if isinstance(got[0], redis.exceptions.NoScriptError):  # a Redis restart: the reads went for nothing
-        return take(keys=lease[0], args=lease[1]), None
-    for res in got:
+    lost = isinstance(got[0], redis.exceptions.NoScriptError)  # a Redis restart: the lease was not taken
+    for res in got[1:] if lost else got:
         if isinstance(res, Exception):
             raise res
-    return got[0], (parse_view(got[v:]), rt.store.parse_snapshot(got[s:]))
+    snap = rt.store.parse_snapshot(got[s:])
+    pending = None
+    if cancel:  # first to cancel: the members sent (a task id) with no call recorded, nor begun: one
+        # that made a provider attempt is running (the decided publish above stops it), and a revoke
+        # reaches a task only before it starts, at the price of a broadcast every worker handles
+        tids = [snap.state.get(f"task:{m.member}") for m in spec.members
+                if m.member not in snap.calls and m.member not in snap.attempts]  # fmt: skip
+        pending = [t for t in tids if t] if got[1] else []
+    if lost:  # the reads went for nothing (they come before the lease): taken on its own, read again
+        return take(keys=lease[0], args=lease[1]), None, pending
+    return got[0], (parse_view(got[v:]), snap), pending
+
+
+@dataclass
+class LeaseRelease:
+    """The conclusion lease's release (release_lease.lua), queued at the end of the finalise
+    MULTI (`finalise_job(release=...)`): one round trip less per conclusion. `again` once that
+    MULTI ran: a re-render was asked for meanwhile (the lease is kept); None: it was not sent (a
+    cluster, a re-render that changed nothing, a script Redis lost): the holder releases alone."""
+
+    script: Any
+    panel_id: str
+    concluded: bool  # write `once:concluded` (a conclusion's first action), not a re-render's
+    again: bool | None = None
+
+    def queue(self, pipe: Any) -> int:
+        at = len(pipe)
+        pipe.evalsha(self.script.sha, 2, keys.concluding(self.panel_id), keys.panel(self.panel_id),
+                     time.time() if self.concluded else "")  # fmt: skip
+        return at
+
+    def ran(self, res: Any) -> None:
+        if isinstance(res, redis.exceptions.NoScriptError):
+            return  # not run: released alone (which loads the script)
+        if isinstance(res, Exception):
+            raise res
+        self.again = bool(res)

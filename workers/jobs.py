@@ -19,16 +19,17 @@ import redis
 from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
-from workers.concluding import JobView, job_view, read_concluding, take_and_read
+from workers.concluding import LeaseRelease, job_view, read_concluding, take_and_read
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
 from workers.panel import attempts, watchdog
 from workers.panel.act import dispatch
 from workers.panel.agreement import parse_json_object
+from workers.panel.jobview import JobView
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
-from workers.panel.state import Member, PanelRun, PanelSnapshot, Stage
+from workers.panel.state import Member, PanelRun, PanelSnapshot, Read, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
@@ -91,11 +92,12 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
         rt.jobs.fail(job_id, expired_in_queue(rt, job, policy, since), d.run)
         return "failed"
     plan_json = orjson.dumps(plan.__dict__)
+    # a fresh run (its started mark was set just now) is the job's first: no panel was numbered yet
     if plan.lane == "cascade":
-        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, deadline, plan=plan_json)
+        open_stage(rt, d, job_id, job, policy, 1, plan.triggers, plan.reason, deadline, plan=plan_json, first=bool(fresh))
     else:
         new_panel(rt, d, job_id, job, policy, plan.lane, attempt=1, triggers=plan.triggers, reason=plan.reason,
-                  deadline=deadline, plan=plan_json)  # fmt: skip
+                  deadline=deadline, plan=plan_json, first=bool(fresh))  # fmt: skip
     return plan.lane
 
 
@@ -113,10 +115,11 @@ def send_unsent_members(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
 
 def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, stage: Stage,
               attempt: int, triggers: list[str], reason: str, deadline: float,
-              plan: bytes | None = None) -> PanelRun:  # fmt: skip
+              plan: bytes | None = None, first: bool = False) -> PanelRun:  # fmt: skip
     """Plan and send a panel of the job; stored with the job's record of it (and, for its first
-    panel, the job's `plan` and running status) in one transaction."""
-    n = int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
+    panel, the job's `plan` and running status) in one transaction. `first`: the job has no
+    panel yet (a fresh run): it is number 1, counted in that transaction, not a round trip before."""
+    n = 1 if first else int(rt.redis.hincrby(keys.job(job_id), "panels_n", 1))
     models = [policy.single.model] if stage == "single" else policy.panel.members
     members = [Member(f"m{i}", mdl, rt.registry.model(mdl).tier) for i, mdl in enumerate(models)]
     batch = job.mode == "batch" or policy.mode == "batch"
@@ -127,36 +130,40 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
         rubric=policy.rubric, deadline=deadline, batch=batch, triggers=triggers,
     )  # fmt: skip
-    return open_panel(rt, d, spec, reason, plan)
+    return open_panel(rt, d, spec, reason, plan, first=first)
 
 
 def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: bytes | None = None,
-               **entry: Any) -> PanelRun:  # fmt: skip
+               first: bool = False, **entry: Any) -> PanelRun:  # fmt: skip
     """Store a new panel with the job's record of it (with `entry`, e.g. its cascade stage, and,
     for its first panel, the job's `plan` and running status) in one transaction, and send its
-    first members."""
+    first members. `first`: the panel was numbered 1 without counting it (`new_panel`): counted here."""
     # one MULTI on a single Redis; on a cluster the deadlines zset is another slot (producer/keys.py)
     pipe = rt.redis.pipeline(transaction=not connect.is_cluster(rt.redis))
+    if first:
+        pipe.hincrby(keys.job(spec.job_id), "panels_n", 1)
     rt.store.create(spec, rt.settings.result_ttl_s, pipe=pipe)
     if plan is not None:
         pipe.hset(keys.job(spec.job_id), mapping={"status": "running", "plan": plan})
     pipe.rpush(keys.job_panels(spec.job_id), orjson.dumps({"panel_id": spec.panel_id, "reason": reason, **entry}))
     pipe.expire(keys.job_panels(spec.job_id), rt.settings.result_ttl_s)
-    first = spec.members[: spec.first_stage_size]
+    sending = spec.members[: spec.first_stage_size]
     expect = route(spec) != "batch"  # the watchdog's entries with the panel, before the members are sent
     if expect:
-        watchdog.expect(pipe, spec.panel_id, [m.member for m in first])
+        watchdog.expect(pipe, spec.panel_id, [m.member for m in sending])
     pipe.execute()
-    dispatch(rt.store, d, spec, first, expected=expect)
+    dispatch(rt.store, d, spec, sending, expected=expect)
     return spec
 
 
 def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPolicy, n: int,
-               triggers: list[str], reason: str, deadline: float, plan: bytes | None = None) -> PanelRun:  # fmt: skip
-    """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run)."""
+               triggers: list[str], reason: str, deadline: float, plan: bytes | None = None,
+               first: bool = False) -> PanelRun:  # fmt: skip
+    """Open stage `n` of the job's cascade (workers/cascade_lane.py builds its run). `first`: as
+    `new_panel`'s."""
     assert policy.cascade is not None
-    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, deadline)
-    return open_panel(rt, d, spec, reason, plan, cascade={"stage": n, "of": len(policy.cascade.stages)})
+    spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, deadline, first=first)
+    return open_panel(rt, d, spec, reason, plan, first=first, cascade={"stage": n, "of": len(policy.cascade.stages)})
 
 
 def final_text(snap: PanelSnapshot) -> str | None:
@@ -198,32 +205,52 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
     return hits, invalid
 
 
-def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str) -> None:
+def conclude_panel(rt: Runtime, d: Dispatcher, panel_id: str, cancel: bool = False, lease: str = "",
+                   read: Read | None = None) -> list[str] | None:  # fmt: skip
     """A panel is decided: escalate, retry, or finalise the job. One caller at a time acts (a
     lease), and the panel is marked concluded only after the action, so a conclusion that raised
     or lost its worker is taken up again by a retry or the sweep. A caller that finds the lease
-    taken (a late member) leaves a re-render request that the holder serves before it lets go."""
+    taken (a late member) leaves a re-render request that the holder serves before it lets go.
+    The release goes in the finalise MULTI when there is one (`LeaseRelease`).
+
+    With `cancel` (a quorum), the panel's cancel is taken with the lease's reads: returns the task
+    ids to revoke ([]: none, or cancelled by another caller first); None: not cancelled here.
+    `lease` "taken" or "concluded": the caller took the lease already (a cut-off member, with its
+    record: `PanelStore.put_cut_off`), on a panel not concluded or concluded before, and `read`
+    is what it read after taking it (None: read here)."""
     spec = rt.store.spec(panel_id)
-    if spec is None:
-        return
+    if spec is None:  # gone: nothing to conclude (a lease the caller took goes with it)
+        if lease:
+            rt.redis.delete(keys.concluding(panel_id))
+        return None
     pkey = keys.panel(panel_id)
     take, release = _lease_scripts(rt)
-    (taken, concluded), read = take_and_read(rt, spec, take)
+    if lease in ("taken", "concluded"):
+        (taken, concluded), pending = (True, lease == "concluded"), None
+    else:
+        (taken, concluded), read, pending = take_and_read(rt, spec, take, cancel=cancel)
     if not taken:
-        return
+        return pending
+    rel = LeaseRelease(release, panel_id, concluded=True)
     try:
         if not concluded:
-            act_on_decision(rt, d, spec, read)
-            if not release(keys=[keys.concluding(panel_id), pkey], args=[time.time()]):
-                return
+            act_on_decision(rt, d, spec, read, release=rel)
+            again = rel.again if rel.again is not None else release(keys=[keys.concluding(panel_id), pkey], args=[time.time()])
+            if not again:
+                return pending
+        fresh = read if concluded else None  # concluded before: what the lease's MULTI read is current
         while True:  # concluded before, or a late member asked meanwhile: re-render its call
-            view, snap = read_concluding(rt, panel_id, spec.job_id, prior=True)
+            view, snap = fresh or read_concluding(rt, panel_id, spec.job_id, prior=True)
+            fresh = None
+            rel = LeaseRelease(release, panel_id, concluded=False)
             if view.status == "decided":
-                finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap})
-            if not release(keys=[keys.concluding(panel_id), pkey], args=[""]):
-                return
-    except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep
-        rt.redis.delete(keys.concluding(panel_id))
+                finalise_job(rt, d, spec.job_id, rerender=True, view=view, snaps={panel_id: snap}, release=rel)
+            again = rel.again if rel.again is not None else release(keys=[keys.concluding(panel_id), pkey], args=[""])
+            if not again:
+                return pending
+    except BaseException:  # raised mid-conclusion: free the lease for the retry or the sweep (unless
+        if rel.again is not False:  # the finalise MULTI let it go: another caller may hold it now)
+            rt.redis.delete(keys.concluding(panel_id))
         raise
 
 
@@ -240,11 +267,12 @@ def _lease_scripts(rt: Runtime) -> tuple[Any, Any]:
     return got
 
 
-def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
-                    read: tuple[JobView, PanelSnapshot] | None = None) -> None:  # fmt: skip
+def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun, read: tuple[JobView, PanelSnapshot] | None = None,
+                    release: LeaseRelease | None = None) -> None:  # fmt: skip
     """Escalate, retry or finalise; safe to repeat after a crash (a panel already followed by
     another is not escalated again, a finalised job is only re-rendered). `read`: the job's view
-    and the panel's snapshot, read with the lease (`take_and_read`), else read here."""
+    and the panel's snapshot, read with the lease (`take_and_read`), else read here. `release`:
+    sent with the finalise MULTI when the action is to finalise (else left to the caller)."""
     panel_id = spec.panel_id
     view, snap = read if read is not None else read_concluding(rt, panel_id, spec.job_id, publish=True)
     newest = view.panels[-1]
@@ -273,7 +301,7 @@ def act_on_decision(rt: Runtime, d: Dispatcher, spec: PanelRun,
             new_panel(rt, d, spec.job_id, job, policy, "single", spec.attempt + 1, [], "schema invalid: retry",
                       spec.deadline)
             return
-    finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap})
+    finalise_job(rt, d, spec.job_id, view=view, snaps={panel_id: snap}, release=release)
 
 
 def panel_members(rt: Runtime, snaps: dict[str, PanelSnapshot]) -> dict[str, list[str]]:
@@ -304,11 +332,12 @@ def failure_summary(receipt: Receipt, limit: int = 3) -> str:
 
 
 def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False, view: JobView | None = None,
-                 snaps: dict[str, PanelSnapshot] | None = None) -> Result:  # fmt: skip
+                 snaps: dict[str, PanelSnapshot] | None = None, release: LeaseRelease | None = None) -> Result:  # fmt: skip
     """Write the result and receipt. The first call (not `rerender`) also signals done and appends
     to the ledger, in one MULTI with the result, so a crash never leaves one without the other;
     a repeat after a crash finds `finalised` and only re-renders. `view` and `snaps` are what the
-    caller has just read (panels it lacks are read here, one round trip each)."""
+    caller has just read (panels it lacks are read here, one round trip each). `release`: the
+    conclusion lease's release, at the end of the MULTI on a single Redis (its `again` says)."""
     jkey = keys.job(job_id)
     view = view or job_view(rt, job_id)
     rerender = rerender or view.finalised
@@ -363,7 +392,13 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     for k in (jkey, keys.done_channel(job_id)):
         pipe.expire(k, rt.settings.result_ttl_s)
     if not unchanged:
-        pipe.execute()
+        freed = release.queue(pipe) if release is not None and not cluster else None
+        got = pipe.execute(raise_on_error=freed is None)
+        if release is not None and freed is not None:
+            for res in got[:freed]:
+                if isinstance(res, Exception):
+                    raise res
+            release.ran(got[freed])
     if cluster and not rerender:
         rt.redis.zrem(keys.PANEL_DEADLINES, *[p["panel_id"] for p in panels])
         rt.redis.expire(keys.budget_job(job.tenant, job_id), rt.settings.result_ttl_s)  # the tenant's slot

@@ -27,7 +27,7 @@ from workers.panel.act import carry_out
 from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
 from workers.panel.route import Route
-from workers.panel.state import Member, PanelRun
+from workers.panel.state import Member, PanelRun, Read
 from workers.panel.sweep import sweep
 from workers.runtime import runtime
 
@@ -61,8 +61,8 @@ class CeleryDispatcher:
         else:  # through a batch, or in real time if the deadline is near when the task runs
             app.send_task("panel.batch_arbiter", args=[spec.panel_id], queue="llm.batch")
 
-    def conclude(self, panel_id: str) -> None:
-        conclude_panel(runtime(), self, panel_id)
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Read | None = None) -> list[str] | None:
+        return conclude_panel(runtime(), self, panel_id, cancel=cancel, lease=lease, read=read)
 
     def revoke(self, task_ids: list[str]) -> None:
         app.control.revoke(task_ids)

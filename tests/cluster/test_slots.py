@@ -64,6 +64,12 @@ EVAL_CALL_SITES = {
     ("workers/concluding.py", "take_and_read"): "take_lease.lua with conclude_panel's keys (the panel's slot), "
     "in the job's MULTI; a single Redis only (on a cluster the lease is taken on its own, as the scenario runs)",
     ("workers/panel/state.py", "put_call_and_vote"): "vote.lua with vote's keys (the panel's slot); a single Redis only",
+    ("workers/concluding.py", "queue"): "release_lease.lua with conclude_panel's keys (the panel's slot), at the "
+    "end of the job's finalise MULTI; a single Redis only (on a cluster it is sent on its own)",
+    ("workers/panel/state.py", "put_cut_off"): "take_lease.lua with conclude_panel's keys (the panel's slot), after "
+    "the cut-off record; a single Redis only (on a cluster the record is written alone and the conclusion takes it)",
+    ("workers/limits/steps.py", "queue"): "an answer's settlement (Owed: ScriptStep keys as built by the wrappers the "
+    "scenario runs), queued in put_call_and_vote's pipeline on a single Redis only (on a cluster it runs as run_steps)",
     ("workers/ledger.py", "queue_entry_with_id"): "NOT cluster-safe: ledger_entry.lua (SINGLE_REDIS_SCRIPTS)",
 }
 
@@ -124,7 +130,7 @@ def scenario(r: Any) -> None:
     take(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[1, 30])
     release(keys=[keys.concluding("job-1.1"), keys.panel("job-1.1")], args=[time.time()])
     r.rpush(keys.job_panels("job-1"), '{"panel_id": "job-1.1", "reason": "x"}')
-    (taken, concluded), _ = concluding.take_and_read(SimpleNamespace(redis=r, store=store), _spec("job-1.1"), take)  # type: ignore[arg-type]
+    (taken, concluded), _, _ = concluding.take_and_read(SimpleNamespace(redis=r, store=store), _spec("job-1.1"), take)  # type: ignore[arg-type]
     assert taken and concluded  # the lease again, the panel concluded above
     rl = RateLimiter(r)
     model, account = Limit("openai:gpt-4o-mini", 100, 100_000), Limit("openai", 1000, 1_000_000)

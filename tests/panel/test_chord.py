@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,9 +17,12 @@ import pytest
 from producer import keys
 from producer.contract import Job
 from producer.settings import Settings
-from workers.budget import Spend
+from workers import jobs
+from workers.budget import Budget, Spend
 from workers.jobs import conclude_panel, start_job
 from workers.jobstore import JobStore
+from workers.limits.steps import Owed
+from workers.panel import attempts
 from workers.panel.act import carry_out, dispatch
 from workers.panel.arbiter import anonymise, run_arbiter
 from workers.panel.calls import CallOutcome
@@ -40,19 +44,29 @@ ARBITER = "llama3.1-405b"
 
 @dataclass
 class FakeCaller:
-    """Answers per model from a table; counts calls. A model mapped to None fails its call."""
+    """Answers per model from a table; counts calls. A model mapped to None fails its call. With
+    a `budget`, each answer holds HOLD_USD of it and leaves its settlement (to COST_USD) owed, as
+    workers/panel/calls.py does."""
 
     answers: dict[str, str | None]
     calls: list[tuple[str | None, str]] = field(default_factory=list)
+    budget: Budget | None = None
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
-                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+                 member: str | None = None, in_panel: frozenset[str] = frozenset(),
+                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
         self.calls.append((panel_id, model))
         text = self.answers[model]
         if text is None:
             return CallOutcome(model, None, "HTTP 503: upstream unavailable", attempts=4)
+        if self.budget is not None and spend is not None and owed is not None:
+            hold = self.budget.reserve(spend.job_id, spend.tenant, None, HOLD_USD)
+            owed.r, owed.steps = self.budget.r, [self.budget.settle_step(hold, COST_USD)]
         return CallOutcome(model, Completion(text, 40, 3, 12.0, model, "sim", "stop"), attempts=1)
+
+
+HOLD_USD, COST_USD = 1.0, 0.25
 
 
 @dataclass
@@ -72,8 +86,9 @@ class Recorder:
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         self.arbiters.append((spec.panel_id, route))
 
-    def conclude(self, panel_id: str) -> None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Any = None) -> list[str] | None:
         self.concluded.append(panel_id)
+        return None  # the cancel is the chord's own (PanelStore.cancel)
 
     def revoke(self, task_ids: list[str]) -> None:
         self.revoked.extend(task_ids)
@@ -154,6 +169,42 @@ def test_quorum_of_two_cancels_third(r: fakeredis.FakeRedis) -> None:
     assert third.status == "cancelled" and len(caller.calls) == 2  # the straggler made no call
     carry_out(chord.store, d, second)
     assert d.revoked == [f"task-{spec.panel_id}-m2"]  # the cancel happens once per panel
+
+
+def test_an_answers_settlement_goes_with_its_record_and_vote_in_one_round_trip(r: fakeredis.FakeRedis) -> None:
+    budget = Budget(r)
+    chord = _chord(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "B"}, budget=budget))
+    job = _store_job(r, "j1")
+    spec = _panel(chord.store)
+    sent: list[int] = []
+    execute = type(r.pipeline()).execute
+
+    def counted(pipe: Any, raise_on_error: bool = True) -> Any:
+        sent.append(len(pipe.command_stack))
+        return execute(pipe, raise_on_error=raise_on_error)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(r.pipeline()), "execute", counted)
+        assert run_member(chord, spec.panel_id, "m0").status == "answered"
+    assert sent[-1] == 3  # the settlement, the record, the vote: one pipeline
+    assert budget.spent(keys.budget_job(job.tenant, "j1")) == pytest.approx(COST_USD)  # settled once
+
+
+def test_a_landing_that_raises_still_settles_the_answers_hold_once(r: fakeredis.FakeRedis) -> None:
+    budget = Budget(r)
+    chord = _chord(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "B"}, budget=budget))
+    job = _store_job(r, "j1")
+    spec = _panel(chord.store)
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("the record could not be written")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chord.store, "put_call_and_vote", broken)
+        with pytest.raises(RuntimeError):
+            run_member(chord, spec.panel_id, "m0")
+    # the hold (HOLD_USD) was neither left standing nor given back twice: settled to the answer's cost
+    assert budget.spent(keys.budget_job(job.tenant, "j1")) == pytest.approx(COST_USD)
 
 
 def test_a_redelivered_member_reuses_its_paid_answer_and_votes_once(r: fakeredis.FakeRedis) -> None:
@@ -400,6 +451,46 @@ def test_conclude_panel_finalises_the_job_once_with_its_receipt(r: fakeredis.Fak
     assert [c["status"] for c in result["receipt"]["calls"]].count("late") == 1
 
 
+def test_a_quorums_conclusion_takes_the_cancel_with_its_reads_and_lets_the_lease_go_with_its_finalise(
+        r: fakeredis.FakeRedis) -> None:  # fmt: skip
+    rt, d = _runtime(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "A"})), Recorder()
+    _store_job(r, "j1")
+    start_job(rt, d, "j1")  # type: ignore[arg-type]
+    pid = "j1.1"
+    run_member(rt.chord, pid, "m0")
+    assert run_member(rt.chord, pid, "m1").actions == (Conclude(), Cancel())
+    for script in jobs._lease_scripts(rt):  # type: ignore[arg-type]  # loaded, as after a process's first conclusion
+        r.script_load(script.script)
+    pipes: list[list[str]] = []
+    execute = type(r.pipeline()).execute
+
+    def seen(pipe: Any, raise_on_error: bool = True) -> Any:
+        pipes.append([str(c[0][0]) for c in pipe.command_stack])
+        return execute(pipe, raise_on_error=raise_on_error)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(r.pipeline()), "execute", seen)
+        pending = conclude_panel(rt, d, pid, cancel=True)  # type: ignore[arg-type]
+    assert pending == [f"task-{pid}-m2"]  # the member sent and not recorded: revoked by the caller
+    assert len(pipes) == 2  # the lease, the cancel's guard and the reads; the finalise and the release
+    assert pipes[0][:2] == ["EVALSHA", "HSETNX"] and pipes[1][-1] == "EVALSHA"
+    assert r.hget(keys.job("j1"), "status") == b"decided"
+    assert not r.exists(keys.concluding(pid)) and r.hexists(keys.panel(pid), "once:concluded")
+    assert conclude_panel(rt, d, pid, cancel=True) == []  # type: ignore[arg-type]  # cancelled once
+    assert rt.store.cancel(rt.store.spec(pid))[0] is False  # type: ignore[arg-type]
+
+
+def test_a_member_already_calling_is_stopped_by_the_decided_message_not_revoked(r: fakeredis.FakeRedis) -> None:
+    rt, d = _runtime(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "A"})), Recorder()
+    _store_job(r, "j1")
+    start_job(rt, d, "j1")  # type: ignore[arg-type]
+    pid = "j1.1"
+    attempts.begin(r, pid, "m2", MODELS[2], 40, False)  # m2's provider attempt is in flight
+    run_member(rt.chord, pid, "m0")
+    run_member(rt.chord, pid, "m1")
+    assert conclude_panel(rt, d, pid, cancel=True) == []  # type: ignore[arg-type]  # nothing queued to revoke
+
+
 def test_a_call_record_round_trips_and_keeps_fields_a_newer_version_wrote() -> None:
     raw = orjson.dumps({"member": "m0", "model": "x", "provider": "p", "tier": "economy", "status": "answered",
                         "answer_key": "B", "cost_usd": 0.5, "from_the_future": 1})  # fmt: skip
@@ -425,9 +516,34 @@ def test_a_member_cut_off_in_flight_asks_for_the_conclusion_before_the_job_is_fi
     _store_job(r, "j1")
     spec = _panel(chord.store)
     assert not r.hexists(keys.job("j1"), "finalised")  # the conclusion has not finalised the job
-    turn = run_member(chord, spec.panel_id, "m2")
+    turn = run_member(chord, spec.panel_id, "m2")  # take_lease.lua not loaded yet: it asks for the conclusion
     assert turn.status == "cancelled" and turn.actions == (Conclude(),)
     rec = chord.store.call(spec.panel_id, "m2")
     assert rec is not None and (rec.status, rec.tokens_in) == ("cancelled", 21)
     again = run_member(chord, spec.panel_id, "m2")  # a redelivery writes nothing and asks for nothing
     assert again.actions == Nothing
+
+
+def test_a_cut_off_member_takes_the_conclusion_lease_with_its_record(r: fakeredis.FakeRedis) -> None:
+    """One round trip for the record and the lease: no conclusion running, this member's to run
+    (as the lease's holder); one running, its holder is asked to re-render, and nothing else."""
+    from workers.errors import Cancelled
+
+    class CutOff(FakeCaller):
+        def __call__(self, panel_id: str | None, model: str, *a: Any, **k: Any) -> CallOutcome:
+            raise Cancelled(panel_id or "", sent=True)
+
+    r.script_load(files("workers").joinpath("take_lease.lua").read_text())  # loaded, as after a first conclusion
+    chord = _chord(r, CutOff({m: "B" for m in MODELS}))
+    _store_job(r, "j1")
+    spec = _panel(chord.store)
+    turn = run_member(chord, spec.panel_id, "m2")
+    assert turn.actions == (Conclude(lease="taken"),) and r.exists(keys.concluding(spec.panel_id))
+    [conclude] = turn.actions
+    assert isinstance(conclude, Conclude) and conclude.read is not None  # read after the lease, with it
+    assert "m2" in conclude.read[1].calls  # the snapshot has the record just written
+    # while that conclusion holds the lease, another member's cut-off lands: its holder is asked
+    late = call_record(REGISTRY, spec, spec.member("m1"), "cancelled", tokens_in=9)
+    assert chord.store.put_cut_off(spec.panel_id, "j1", late) == (True, "held", None)
+    assert r.hexists(keys.panel(spec.panel_id), "rerender")  # the holder re-renders before it lets go
+    assert chord.store.put_cut_off(spec.panel_id, "j1", late) == (False, "held", None)  # written once

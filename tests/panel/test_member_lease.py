@@ -16,6 +16,7 @@ import pytest
 from producer import keys
 from tests.panel.test_chord import MODELS, FakeCaller, Recorder, _chord, _panel, _store_job
 from workers.budget import Spend
+from workers.limits.steps import Owed
 from workers.panel import chord as chord_mod
 from workers.panel import watchdog
 from workers.panel.act import dispatch
@@ -33,7 +34,8 @@ class GatedCaller(FakeCaller):
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
-                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+                 member: str | None = None, in_panel: frozenset[str] = frozenset(),
+                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
         self.entered.set()
         assert self.go.wait(30), "the test never let the call answer"
         return super().__call__(panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import fakeredis
 
@@ -18,8 +19,9 @@ class Recorder:
         self.concluded: list[str] = []
         self.revoked: list[str] = []
 
-    def conclude(self, panel_id: str) -> None:
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Any = None) -> list[str] | None:
         self.concluded.append(panel_id)
+        return None  # the cancel is the chord's own (PanelStore.cancel)
 
     def revoke(self, task_ids: list[str]) -> None:
         self.revoked.extend(task_ids)

@@ -13,7 +13,7 @@ idempotent for what ran.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -30,6 +30,53 @@ class ScriptStep:
 
     def run(self) -> Any:
         return self.script(keys=self.keys, args=self.args)
+
+
+@dataclass
+class Owed:
+    """Steps a call still owes when it ends: an answer's settlement (its tokens reconciled, the
+    breaker's success, its budget hold settled), or a cut-off call's give-back (tokens and hold
+    returned, with its attempt's closing record in `also`), handed to whoever writes the member's
+    record, so they travel in the record's round trip (workers/panel/state.py `put_call_and_vote`,
+    `put_cut_off`). Sent once: `sent` is set as soon as a pipeline carrying them ran; whoever
+    holds them last sends them alone if none did.
+
+        owed = Owed()                             # filled by the call (workers/panel/calls.py)
+        try: ...                                  # record + vote, with owed.steps in front
+        finally: owed.send()                      # alone, unless they went with the record
+    """
+
+    r: Any = None  # the Redis the steps run on
+    steps: list[ScriptStep | None] = field(default_factory=list)
+    also: Callable[[Any], object] | None = None  # plain commands sent after the steps (an attempt's closing record)
+    sent: bool = False
+
+    def queue(self, pipe: Any) -> int:
+        """Queue the steps (EVALSHA), then `also`, on `pipe`; returns how many commands were queued."""
+        at = len(pipe)
+        for s in self.steps:
+            if s is not None:
+                pipe.evalsha(s.script.sha, len(s.keys), *s.keys, *s.args)
+        if self.also is not None:
+            self.also(pipe)
+        return len(pipe) - at
+
+    def ran(self, results: Sequence[Any]) -> None:
+        """The pipeline that carried them ran (`results`: the replies of what `queue` queued): a
+        step Redis had lost the script of (NOSCRIPT: it did not run) runs alone, loading it."""
+        self.sent = True
+        todo = [s for s in self.steps if s is not None]
+        for i, res in enumerate(results):
+            if i < len(todo) and isinstance(res, redis.exceptions.NoScriptError):
+                todo[i].run()
+            elif isinstance(res, Exception):
+                raise res
+
+    def send(self) -> None:
+        """Send the steps alone (one round trip) unless they went already."""
+        if not self.sent and (any(self.steps) or self.also is not None):
+            run_steps(self.r, self.steps, also=self.also)
+        self.sent = True
 
 
 def run_steps(r: redis.Redis, steps: Sequence[ScriptStep | None],

@@ -35,12 +35,24 @@ def carry_out(store: PanelStore, d: Dispatcher, turn: HasActions) -> None:
 
 def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions: Sequence[Action]) -> None:
     pid = spec.panel_id
-    for action in actions:
+    cancelled = False  # a conclusion followed by a cancel takes the cancel with its reads
+    for i, action in enumerate(actions):
         if isinstance(action, Conclude):
             if action.settle:
                 store.decide(pid, action.settle, "", replace_exhausted=True)
-            d.conclude(pid)
+            if action.lease:  # taken with the member's record: the conclusion must not take it again
+                d.conclude(pid, lease=action.lease, read=action.read)
+            elif any(isinstance(a, Cancel) for a in actions[i + 1 :]):
+                pending = d.conclude(pid, cancel=True)
+                if pending is not None:
+                    cancelled = True
+                    if pending:
+                        d.revoke(pending)
+            else:
+                d.conclude(pid)
         elif isinstance(action, Cancel):
+            if cancelled:
+                continue
             first, pending = store.cancel(spec)
             if first and pending:
                 d.revoke(pending)

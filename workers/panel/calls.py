@@ -30,7 +30,7 @@ from workers.limits import (
     Reservation,
     TokensExceedLimit,
 )
-from workers.limits.steps import run_steps
+from workers.limits.steps import Owed, run_steps
 from workers.panel import attempts
 from workers.panel.outage import through_redis_outage
 from workers.providers import billing
@@ -185,9 +185,11 @@ def _drop_attempt(rt: CallIO, panel_id: str, aid: str) -> None:
 
 def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
              messages: list[dict[str, str]], deadline: float, spend: Spend | None,
-             member: str | None = None) -> Completion:  # fmt: skip
+             member: str | None = None, owed: Owed | None = None) -> Completion:  # fmt: skip
     """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
     settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled.
+    With `owed`, an answer's settlement is handed over in it instead of sent here (the member's
+    record carries it: workers/panel/chord.py `land`, which sends it once either way).
 
     A permit whose call never reported (the budget or the limiter refused it, the panel was
     decided, Redis failed) is released, not recorded: it says nothing about the provider, and a
@@ -202,11 +204,13 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     pid = panel_id or ""
     ended: Callable[[Any], object] | None = None  # the attempt's closing record, sent with the give-back
     failed_ok: bool | None = None  # a provider error's breaker outcome, recorded with the give-back
+    cut_off = False  # cancelled by the decision: with `owed`, the give-back goes with the cut-off record
     try:  # the attempt's in_flight record went with the admission (attempts.py)
         try:
             completion = rt.call(panel_id, lambda: rt.provider(spec.provider).complete(request))
         except Cancelled as c:
             c.tokens_in = sent if c.sent else 0  # what the member's record charges
+            cut_off = True
             if opened is not None:
                 ended = partial(_queue_end, pid, opened, "cancelled", sent=c.sent, **({} if c.sent else {"tokens_in": 0}))
             raise
@@ -226,6 +230,9 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
         steps = [rt.limiter.reconcile_step(reservation, used),
                  rt.breaker.record_step(permit, ok=True), rt.budget.settle_step(hold, actual) if hold else None]  # fmt: skip
         permit = hold = reservation = None  # settled, whatever happens below
+        if owed is not None:  # owed from here on: sent with the member's record, or alone (Owed.send)
+            owed.r, owed.steps, owed.sent = rt.budget.r, steps, False
+            return completion
         through_redis_outage(lambda: run_steps(rt.budget.r, steps))
         return completion
     finally:  # no answer (refused, failed, cancelled, Redis gone): give back what is still held, the
@@ -237,7 +244,9 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
             if back[2] is not None:
                 permit = None  # recorded
             together = rt.redis is rt.budget.r  # the attempts and the limits share a Redis
-            if any(back) or (ended is not None and together):
+            if cut_off and owed is not None and together:  # owed: sent with the member's cut-off record
+                owed.r, owed.steps, owed.also, owed.sent = rt.budget.r, back, ended, False
+            elif any(back) or (ended is not None and together):
                 through_redis_outage(lambda: run_steps(rt.budget.r, back, also=ended if together else None))
             if ended is not None and not together:
                 ended(rt.redis)
@@ -252,7 +261,7 @@ def _queue_end(panel_id: str, opened: Opened, status: str, pipe: Any, **fields: 
 
 def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                json_mode: bool, spend: Spend | None, logprobs: bool = False,
-               member: str | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+               member: str | None = None, owed: Owed | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
     """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
@@ -261,7 +270,7 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return _attempt(rt, panel_id, model, request, messages, deadline, spend, member), None, attempt
+            return _attempt(rt, panel_id, model, request, messages, deadline, spend, member, owed), None, attempt
         except BreakerOpen as e:
             if attempt > 1:  # it opened while this call retried: keep the call's last error in the reason
                 e.add_note(last_error)
@@ -281,8 +290,11 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
 
 def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
-               member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
+               member: str | None = None, in_panel: frozenset[str] = frozenset(),
+               owed: Owed | None = None) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
+    With `owed`, an answer's settlement (tokens, breaker, budget) is left in it for the caller to
+    send with its record (`_attempt`).
     With a `member`, every provider attempt is recorded (workers/panel/attempts.py). A fallback in
     `in_panel` (the other members' models) is passed over: one model never votes twice in a
     quorum; with no distinct fallback left the member gives up its vote, and its error says so."""
@@ -298,7 +310,7 @@ def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
         tried.append(candidate)
         try:
             completion, error, n = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs,
-                                              member)  # fmt: skip
+                                              member, owed)  # fmt: skip
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])
@@ -318,5 +330,7 @@ class ModelCaller:
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
-                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome:  # fmt: skip
-        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel)
+                 member: str | None = None, in_panel: frozenset[str] = frozenset(),
+                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
+        return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel,
+                          owed)  # fmt: skip

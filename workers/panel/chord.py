@@ -23,6 +23,7 @@ from producer import keys
 from producer.contract import Job
 from workers import metrics
 from workers.errors import Cancelled
+from workers.limits.steps import Owed
 from workers.panel import watchdog
 from workers.panel.agreement import Exact, make_rule
 from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, estimate_tokens
@@ -108,27 +109,44 @@ def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes 
     job = chord.jobs.load(spec.job_id, job_spec)
     fault_point(store, "before_call", panel_id, member_id)
     started = time.time()
+    # an answer's settlement (tokens, breaker, budget hold), or a cut-off call's give-back, is
+    # owed until it goes with the member's record (`land`, or the cancelled record below); if
+    # anything stops that, it goes alone here: once either way
+    owed = Owed()
+    try:
+        return _called(chord, spec, m, batch, job, started, owed)
+    finally:
+        if not owed.sent:
+            through_redis_outage(owed.send)
+
+
+def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, started: float, owed: Owed) -> Turn:
+    store, panel_id, member_id = chord.store, spec.panel_id, m.member
     try:
         res = chord.caller(panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
                            spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs, member=member_id,
-                           in_panel=frozenset(x.model for x in spec.members if x.member != member_id))  # fmt: skip
+                           in_panel=frozenset(x.model for x in spec.members if x.member != member_id),
+                           owed=owed)  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge its input tokens as sent
         sent = c.tokens_in if c.tokens_in is not None else estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS
         tokens_in = sent if c.sent else 0
-        written = store.put_call(panel_id, call_record(
+        # Cut off by the decision, so the conclusion has begun, may be reading the panel now, or
+        # has finished: the record goes with the conclusion lease, so the receipt is rendered with
+        # this charge whichever it is (a conclusion in progress gets a re-render request through
+        # its lease: jobs.conclude_panel; a finished or unbegun one is this member's to run).
+        # Asking only once the job was finalised missed a record that landed between the
+        # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
+        written, lease, read = store.put_cut_off(panel_id, spec.job_id, call_record(
             chord.registry, spec, m, "cancelled", tokens_in=tokens_in, batch=batch,
             cost_usd=chord.registry.cost(m.model, tokens_in, 0, batch),
-            latency_ms=(time.time() - started) * 1000), only_if_absent=True)  # fmt: skip
-        if written:
-            # Cut off by the decision, so the conclusion has begun, may be reading the panel now, or
-            # has finished: asking for it re-renders the receipt with this charge whichever it is
-            # (a conclusion in progress takes the request through its lease: jobs.conclude_panel).
-            # Asking only once the job was finalised missed a record that landed between the
-            # conclusion's read and its finalise (test_lanes, ~1 run in 10 on a loaded machine).
+            latency_ms=(time.time() - started) * 1000), owed=owed)  # fmt: skip
+        if lease == "taken" or lease == "concluded":
+            return Turn("cancelled", spec, (Conclude(lease=lease, read=read),))
+        if lease is None and written:
             return Turn("cancelled", spec, (Conclude(),))
-        return Turn("cancelled", spec)
-    return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch)
+        return Turn("cancelled", spec)  # "held": its holder re-renders
+    return land(chord, spec, m, job, res, elapsed_ms=(time.time() - started) * 1000, batch=batch, owed=owed)
 
 
 def wait_for_holder(store: PanelStore, panel_id: str, member_id: str, token: str,
@@ -162,11 +180,12 @@ def json_mode(spec: PanelRun, job: Job) -> bool:
 
 
 def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, elapsed_ms: float,
-         batch: bool | None = None) -> Turn:  # fmt: skip
+         batch: bool | None = None, owed: Owed | None = None) -> Turn:  # fmt: skip
     """Record a member's call (answered or failed), then vote. Shared by the real-time and batch
     lanes. The record is written before the vote, so a redelivery re-uses a paid answer.
     `batch` prices the call (default: the panel's lane); a batch panel's line finished in real
-    time near its deadline passes False and pays, and says, the real-time price."""
+    time near its deadline passes False and pays, and says, the real-time price. `owed`: the
+    call's settlement, sent in front of the record in the same round trip (else before it)."""
     panel_id = spec.panel_id
     batch = spec.batch if batch is None else batch
     reg = chord.registry
@@ -193,12 +212,15 @@ def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, el
     # record first (PanelStore.put_call_and_vote); the test hooks stop a worker between them, so
     # they go in two round trips there. A paid answer must not be dropped by a Redis restart
     # either (the redelivered member would buy it again): in an outage the record waits for
-    # Redis on its own, as before, then the vote is cast.
+    # Redis on its own, as before, then the vote is cast. The call's settlement goes in front of
+    # the record (one round trip for the three), or alone before it.
     if not TEST_HOOKS:
         try:
-            return voted(chord.store, spec, rec, chord.store.put_call_and_vote(panel_id, rec, stage_step(spec)))
+            return voted(chord.store, spec, rec, chord.store.put_call_and_vote(panel_id, rec, stage_step(spec), owed))
         except (redis.ConnectionError, redis.TimeoutError):
             pass
+    if owed is not None:
+        through_redis_outage(owed.send)
     through_redis_outage(lambda: chord.store.put_call(panel_id, rec))
     fault_point(chord.store, "after_answer", panel_id, m.member)
     return cast_vote(chord.store, spec, rec)

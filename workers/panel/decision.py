@@ -11,10 +11,10 @@ An empty tuple means there is nothing to do (a vote that leaves the panel pendin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from workers.panel.state import PanelRun, VoteOutcome
+from workers.panel.state import PanelRun, Read, VoteOutcome
 
 Settle = Literal["", "quorum", "failed", "split"]
 
@@ -22,9 +22,14 @@ Settle = Literal["", "quorum", "failed", "split"]
 @dataclass(frozen=True)
 class Conclude:
     """The panel is decided: escalate, retry or finalise its job. With `settle`, an exhausted
-    panel that has nothing to arbitrate (one distinct answer, or none) is first decided so."""
+    panel that has nothing to arbitrate (one distinct answer, or none) is first decided so.
+    `lease`: the conclusion lease was taken already, with the member's record (a cut-off
+    member: workers/panel/state.py `put_cut_off`): "taken" on a panel not yet concluded,
+    "concluded" on one concluded before (re-render only); "": the conclusion takes it."""
 
     settle: Settle = ""
+    lease: Literal["", "taken", "concluded"] = ""
+    read: Read | None = field(default=None, compare=False)  # what the lease's round trip read with it
 
 
 @dataclass(frozen=True)

@@ -14,19 +14,22 @@ from typing import Protocol
 
 from producer.contract import Job
 from workers.budget import Spend
+from workers.limits.steps import Owed
 from workers.panel.calls import CallOutcome
 from workers.panel.route import Route
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.state import Member, PanelRun, PanelStore, Read
 from workers.registry import Registry
 
 
 class Caller(Protocol):
     """One model call as the fleet makes it (workers/panel/calls.py `ModelCaller`). With a
-    panel id the call is cancelled (raises `Cancelled`) when the panel is decided first."""
+    panel id the call is cancelled (raises `Cancelled`) when the panel is decided first. With
+    `owed`, an answer's settlement is left in it, to be sent with the member's record."""
 
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
-                 member: str | None = None, in_panel: frozenset[str] = frozenset()) -> CallOutcome: ...  # fmt: skip
+                 member: str | None = None, in_panel: frozenset[str] = frozenset(),
+                 owed: Owed | None = None) -> CallOutcome: ...  # fmt: skip
 
 
 class Jobs(Protocol):
@@ -48,7 +51,12 @@ class Dispatcher(Protocol):
 
     def arbiter(self, spec: PanelRun, route: Route) -> None: ...
 
-    def conclude(self, panel_id: str) -> None: ...
+    def conclude(self, panel_id: str, cancel: bool = False, lease: str = "", read: Read | None = None) -> list[str] | None:
+        """Conclude a decided panel. With `cancel` (a quorum), its cancel may be taken with the
+        conclusion's reads: returns the task ids to revoke then ([]: none), None if not taken.
+        `lease`: the caller holds the conclusion lease already, and `read` what it read with it
+        (`Conclude.lease`, `Conclude.read`)."""
+        ...
 
     def revoke(self, task_ids: list[str]) -> None: ...
 

@@ -5,6 +5,7 @@ can pick up any step after a crash.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from redis.client import Pipeline
 
 from producer import connect, keys
 from producer.wire import text
+from workers.limits.steps import Owed
 from workers.panel import attempts
 from workers.panel.attempts import Attempt
+from workers.panel.jobview import JobView, parse_view, queue_view
 from workers.panel.lease import LEASE_S, Leases
 from workers.panel.record import Call
 from workers.policy import AgreementSpec
@@ -104,7 +107,10 @@ class PanelSnapshot:
     attempts: dict[str, list[Attempt]] = field(default_factory=dict)  # member -> its provider attempts (attempts.py)
 
 
+Read = tuple[JobView, PanelSnapshot]  # what a conclusion reads: its job's view and the panel's snapshot
 SPEC_CACHE = 4096  # panel specs kept per process: a member, its vote and the conclusion re-read them
+CONCLUDE_LEASE_S = 30  # a conclusion whose worker died is taken up again after this (workers/take_lease.lua)
+CutOffLease = Literal["taken", "concluded", "held"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,7 @@ class PanelStore:
         here = files("workers.panel")
         self._vote = r.register_script(here.joinpath("vote.lua").read_text())
         self._decide = r.register_script(here.joinpath("decide.lua").read_text())
+        self._take = r.register_script(files("workers").joinpath("take_lease.lua").read_text())
 
     def create(self, spec: PanelRun, ttl_s: int, pipe: Pipeline | None = None) -> None:
         """Store a new panel. With `pipe`, the writes are queued on it for the caller to execute
@@ -295,32 +302,89 @@ class PanelStore:
         raw = self.r.hget(keys.calls(panel_id), member)
         return Call.from_json(raw) if raw else None
 
-    def put_call(self, panel_id: str, record: Call, only_if_absent: bool = False) -> bool:
+    def put_call(self, panel_id: str, record: Call, only_if_absent: bool = False, owed: Owed | None = None) -> bool:
+        """Write a member's call record (`only_if_absent`: unless it has one). `owed`: the call's
+        give-back (a cut-off call's tokens and hold, its attempt's closing record), sent in front
+        of the record in one round trip when they share this Redis (`put_call_and_vote`)."""
         # ended_at: when the call's outcome was known (with latency_ms, a trace span's extent)
         if record.ended_at is None:
             record = replace(record, ended_at=time.time())
         data = record.to_json()
+        if owed is not None and not owed.sent and owed.r is self.r and not connect.is_cluster(self.r):
+            pipe = self.r.pipeline(transaction=False)
+            carried = owed.queue(pipe)
+            (pipe.hsetnx if only_if_absent else pipe.hset)(keys.calls(panel_id), record.member, data)
+            got = pipe.execute(raise_on_error=False)
+            owed.ran(got[:carried])
+            if isinstance(got[-1], Exception):
+                raise got[-1]
+            return bool(got[-1]) if only_if_absent else True
         if only_if_absent:
             return bool(self.r.hsetnx(keys.calls(panel_id), record.member, data))
         self.r.hset(keys.calls(panel_id), record.member, data)
         return True
 
-    def put_call_and_vote(self, panel_id: str, record: Call, step: int) -> VoteOutcome:
+    def put_cut_off(self, panel_id: str, job_id: str, record: Call,
+                    owed: Owed | None = None) -> tuple[bool, CutOffLease | None, Read | None]:  # fmt: skip
+        """A member cut off by the decision: its record (unless it has one), the conclusion lease
+        (workers/take_lease.lua: taken, or a re-render request left for its holder) and what the
+        conclusion reads (workers/panel/jobview.py, `snapshot`), in one round trip after the
+        call's give-back (`owed`), so its charge reaches the receipt whether the conclusion is
+        running (its holder re-renders), finished, or not begun (this caller concludes).
+
+        Returns (written, lease, read): lease "taken" / "concluded" (this caller holds it; the
+        panel was concluded before) with the read, taken after the lease (a write after it asks
+        this holder to re-render); "held" (another caller holds it and re-renders); None: not
+        asked here (a cluster, a script Redis lost): the caller asks for the conclusion itself.
+        A record another copy wrote first still takes the lease: a re-render that changes nothing."""
+        if record.ended_at is None:
+            record = replace(record, ended_at=time.time())
+        if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
+            return self.put_call(panel_id, record, only_if_absent=True, owed=owed), None, None
+        pipe = self.r.pipeline(transaction=False)
+        carried = owed.queue(pipe) if owed is not None and not owed.sent and owed.r is self.r else 0
+        pipe.hsetnx(keys.calls(panel_id), record.member, record.to_json())
+        pipe.evalsha(self._take.sha, 2, keys.concluding(panel_id), keys.panel(panel_id), os.getpid(), CONCLUDE_LEASE_S)
+        v = queue_view(pipe, job_id, prior=True)
+        s = self.queue_snapshot(pipe, panel_id)
+        got = pipe.execute(raise_on_error=False)
+        if owed is not None and carried:
+            owed.ran(got[:carried])
+        written, lease = got[carried], got[carried + 1]
+        for res in (written, *got[v:]):
+            if isinstance(res, Exception):
+                raise res
+        if isinstance(lease, redis.exceptions.NoScriptError):  # not run: the caller asks for the conclusion
+            return bool(written), None, None
+        if isinstance(lease, Exception):
+            raise lease
+        taken, concluded = lease
+        if not taken:
+            return bool(written), "held", None
+        return bool(written), "concluded" if concluded else "taken", (parse_view(got[v:]), self.parse_snapshot(got[s:]))
+
+    def put_call_and_vote(self, panel_id: str, record: Call, step: int, owed: Owed | None = None) -> VoteOutcome:
         """`put_call`, then `vote` the record's answer, in one round trip on a single Redis: one
         pipeline, not a transaction, so Redis runs the record's write before the vote as two
         steps did (a vote never exists without its paid record; a record without its vote is
         re-used by the redelivered member). On a cluster, or a vote script Redis lost (a
-        restart: the record is written), the vote goes on its own."""
+        restart: the record is written), the vote goes on its own. `owed`: the call's settlement
+        steps, sent in front of the record when they share this Redis (`Owed.sent` says so once
+        the pipeline ran; a connection lost before a reply leaves them owed, as a settlement
+        sent alone would be: its caller sends them again)."""
         if record.ended_at is None:
             record = replace(record, ended_at=time.time())
         if connect.is_cluster(self.r):  # redis-py's cluster pipeline refuses EVALSHA
             self.put_call(panel_id, record)
             return self.vote(panel_id, record.member, record.answer_key, step)
         pipe = self.r.pipeline(transaction=False)
+        carried = owed.queue(pipe) if owed is not None and not owed.sent and owed.r is self.r else 0
         pipe.hset(keys.calls(panel_id), record.member, record.to_json())
         pipe.evalsha(self._vote.sha, 3, keys.panel(panel_id), keys.votes(panel_id), keys.tally(panel_id),
                      record.member, record.answer_key or "", step)  # fmt: skip
-        written, res = pipe.execute(raise_on_error=False)
+        *settled, written, res = pipe.execute(raise_on_error=False)
+        if owed is not None and carried:
+            owed.ran(settled)
         if isinstance(written, Exception):
             raise written
         if isinstance(res, redis.exceptions.NoScriptError):
