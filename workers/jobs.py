@@ -20,6 +20,7 @@ from producer import connect, keys
 from producer.contract import Job, Receipt, Result
 from workers import answer_cache, cascade, cascade_lane, ledger, metrics, tracing
 from workers.concluding import LeaseRelease, job_view, read_concluding, take_and_read
+from workers.deadline import at_start
 from workers.errors import failure_reason
 from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
@@ -37,28 +38,6 @@ __all__ = ["DEAD_LETTER", "conclude_panel", "failure_reason", "finalise_job", "s
 log = logging.getLogger("panel.jobs")
 _CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
-
-
-def job_deadline(rt: Runtime, job: Job, policy: TaskPolicy, submitted_at: float) -> float:
-    """When the job must be decided: its own `deadline`, else its class's `deadline_s` (or the
-    defaults') counted from its submission. Set once, when the job starts: its escalations and
-    cascade stages inherit it from the panel before them, so a job that waited in a queue or
-    escalated twice has that much less time left, not a fresh deadline each time."""
-    if job.deadline is not None:
-        return job.deadline.timestamp()
-    return submitted_at + (policy.deadline_s or rt.policies.file.defaults.deadline_s)
-
-
-def expired_in_queue(rt: Runtime, job: Job, policy: TaskPolicy, submitted_at: float) -> str:
-    """Why a job whose deadline passed before it started fails without a call."""
-    waited = time.time() - submitted_at
-    if job.deadline is not None:
-        return (f"deadline {job.deadline.isoformat()} passed while the job was queued ({waited:.0f} s after "
-                "submission): give the job a later `deadline`, or add workers for its queue")  # fmt: skip
-    limit = policy.deadline_s or rt.policies.file.defaults.deadline_s
-    return (f"deadline passed while the job was queued: it waited {waited:.0f} s against its deadline_s of "
-            f"{limit:g} s (task class {job.task_class!r}); raise `deadline_s` for the class in tasks.yaml, "
-            "or add workers for its queue")  # fmt: skip
 
 
 def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
@@ -86,10 +65,9 @@ def start_job(rt: Runtime, d: Dispatcher, job_id: str) -> str:
     except Exception as e:  # unknown task class etc.: fail the job with the reason, lose nothing
         rt.jobs.fail(job_id, str(e), d.run)
         return "failed"
-    since = float(submitted) if submitted else time.time()
-    deadline = job_deadline(rt, job, policy, since)
-    if deadline <= time.time():  # late already: no call can answer in time (seen under overload)
-        rt.jobs.fail(job_id, expired_in_queue(rt, job, policy, since), d.run)
+    deadline, late = at_start(job, policy, rt.policies.file.defaults.deadline_s, submitted)
+    if late:  # no call can answer in time (seen under overload): fail it, saying why
+        rt.jobs.fail(job_id, late, d.run)
         return "failed"
     plan_json = orjson.dumps(plan.__dict__)
     # a fresh run (its started mark was set just now) is the job's first: no panel was numbered yet

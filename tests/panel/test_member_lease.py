@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 
 from producer import keys
-from tests.panel.test_chord import MODELS, FakeCaller, Recorder, _chord, _panel, _store_job
+from tests.panel.fakes import MODELS, FakeCaller, Recorder, make_chord, make_panel, store_job
 from workers.budget import Spend
 from workers.limits.steps import Owed
 from workers.panel import chord as chord_mod
@@ -70,14 +70,14 @@ def _in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Turn]]:
 def test_a_second_copy_of_a_member_in_flight_waits_and_reuses_the_one_paid_answer(
         r: fakeredis.FakeRedis, waiting: threading.Event) -> None:  # fmt: skip
     caller = GatedCaller({m: "B" for m in MODELS})
-    chord = _chord(r, caller)
-    _store_job(r, "j1")
-    spec = _panel(chord.store)
+    chord = make_chord(r, caller)
+    store_job(r, "j1")
+    spec = make_panel(chord.store)
     first, first_out = _in_thread(run_member, chord, spec.panel_id, "m0")
     assert caller.entered.wait(10)
     assert r.exists(keys.member_lease(spec.panel_id, "m0"))
     # the redelivered copy, in another process (its own store): it must not call while the first does
-    other = _chord(r, caller)
+    other = make_chord(r, caller)
     second, second_out = _in_thread(run_member, other, spec.panel_id, "m0")
     assert waiting.wait(10)  # the copy found the lease taken and waits for the holder's record
     caller.go.set()
@@ -91,9 +91,9 @@ def test_a_second_copy_of_a_member_in_flight_waits_and_reuses_the_one_paid_answe
 
 def test_a_copy_whose_holder_died_calls_once_the_lease_ends(r: fakeredis.FakeRedis) -> None:
     caller = FakeCaller({m: "B" for m in MODELS})
-    chord = _chord(r, caller)
-    _store_job(r, "j1")
-    spec = _panel(chord.store)
+    chord = make_chord(r, caller)
+    store_job(r, "j1")
+    spec = make_panel(chord.store)
     # a holder that was killed -9 mid-call: its lease is no longer renewed and runs out
     r.set(keys.member_lease(spec.panel_id, "m0"), "dead-holder", px=400)
     t, out = _in_thread(run_member, chord, spec.panel_id, "m0")
@@ -104,9 +104,9 @@ def test_a_copy_whose_holder_died_calls_once_the_lease_ends(r: fakeredis.FakeRed
 def test_a_copy_waiting_on_a_holder_stops_when_the_panel_is_decided_and_records_nothing(
         r: fakeredis.FakeRedis, waiting: threading.Event) -> None:  # fmt: skip
     caller = FakeCaller({m: "B" for m in MODELS})
-    chord = _chord(r, caller)
-    _store_job(r, "j1")
-    spec = _panel(chord.store)
+    chord = make_chord(r, caller)
+    store_job(r, "j1")
+    spec = make_panel(chord.store)
     r.set(keys.member_lease(spec.panel_id, "m0"), "live-holder", px=60_000)
     t, out = _in_thread(run_member, chord, spec.panel_id, "m0")
     assert waiting.wait(10)
@@ -122,14 +122,14 @@ def test_a_member_that_raises_gives_its_lease_up_so_its_retry_calls_at_once(r: f
             super().__call__(*a, **k)
             raise RuntimeError("bug in the call path")
 
-    chord = _chord(r, Boom({m: "B" for m in MODELS}))
-    _store_job(r, "j1")
-    spec = _panel(chord.store)
+    chord = make_chord(r, Boom({m: "B" for m in MODELS}))
+    store_job(r, "j1")
+    spec = make_panel(chord.store)
     with pytest.raises(RuntimeError):
         run_member(chord, spec.panel_id, "m0")
     assert not r.exists(keys.member_lease(spec.panel_id, "m0"))
     caller = FakeCaller({m: "B" for m in MODELS})
-    assert run_member(_chord(r, caller), spec.panel_id, "m0").status == "answered"
+    assert run_member(make_chord(r, caller), spec.panel_id, "m0").status == "answered"
 
 
 def test_held_leases_are_renewed_and_let_go_after_the_call(r: fakeredis.FakeRedis) -> None:
@@ -145,9 +145,9 @@ def test_held_leases_are_renewed_and_let_go_after_the_call(r: fakeredis.FakeRedi
 
 
 def test_the_watchdog_does_not_resend_a_member_whose_lease_is_held(r: fakeredis.FakeRedis) -> None:
-    chord, d = _chord(r, FakeCaller({m: "B" for m in MODELS})), Recorder()
-    _store_job(r, "j1")
-    spec = _panel(chord.store)
+    chord, d = make_chord(r, FakeCaller({m: "B" for m in MODELS})), Recorder()
+    store_job(r, "j1")
+    spec = make_panel(chord.store)
     dispatch(chord.store, d, spec, spec.members[:1])
     later = spec.deadline - 1  # long past the bound, before the deadline
     r.set(keys.member_lease(spec.panel_id, "m0"), "running-copy", px=60_000)
@@ -162,9 +162,9 @@ def test_a_started_member_whose_record_was_lost_is_resent_a_lease_after_not_a_ca
     primary and never replicated before the replica was promoted, while its started mark (sent
     earlier) was. Its watchdog entry used to wait a whole call budget (2 x 120 s) past the start;
     the lease now says whether a copy still calls, so it is re-sent once its lease has ended."""
-    chord, d = _chord(r, FakeCaller({m: "B" for m in MODELS})), Recorder()
-    _store_job(r, "j1")
-    spec = _panel(chord.store)
+    chord, d = make_chord(r, FakeCaller({m: "B" for m in MODELS})), Recorder()
+    store_job(r, "j1")
+    spec = make_panel(chord.store)
     dispatch(chord.store, d, spec, spec.members[:1])
     started = time.time()
     assert run_member(chord, spec.panel_id, "m0").status == "answered"
