@@ -115,8 +115,9 @@ def enqueue_arbiter(rt: Runtime, d: Dispatcher, panel_id: str) -> str:
     spec = rt.store.spec(panel_id)
     if spec is None or not needs_arbiter(rt.store, panel_id):
         return "not needed"
-    if rt.store.call(panel_id, "arbiter") is None:  # the equivalence check (real time: one small call
-        # decides now, where a batch line would wait for another batch), or a judge-less stage's split
+    before = spec.agreement_spec().equivalence is not None or not spec.arbiter
+    if before and rt.store.call(panel_id, "arbiter") is None:  # the equivalence check (real time: one
+        # small call decides now, where a batch line would wait for another batch), or a judge-less stage's split
         job = rt.chord.jobs.load(spec.job_id)
         joined = before_judge(rt.chord, spec, job, member_answers(rt.store, panel_id), batch=False)
         if joined is not None:
