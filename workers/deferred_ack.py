@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import time
 from typing import Any
 
-from celery import bootsteps
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
+
+from workers.ticking import TickingStep
 
 log = logging.getLogger("panel.deferred_ack")
 
@@ -56,17 +59,9 @@ class DeferredAckQoS(kombu_redis.QoS):
         """kombu's unacked record of a new delivery, with the held acks in the same MULTI."""
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
-        tags = self._take_acks()
-        try:
-            with self.pipe_or_acquire() as pipe:
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
-                pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
-                for tag in tags:
-                    self._remove_from_indices(tag, pipe)
-                pipe.execute()
-        except BaseException:
-            self._give_back(tags)
-            raise
+        with self._with_held_acks() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
@@ -76,11 +71,18 @@ class DeferredAckQoS(kombu_redis.QoS):
 
     def flush_acks(self) -> None:
         """Send the held acks now (one MULTI), if any."""
+        if self._acks:
+            with self._with_held_acks():
+                pass
+
+    @contextmanager
+    def _with_held_acks(self) -> Iterator[Any]:
+        """A MULTI carrying the held acks' ZREM+HDEL, executed after the caller's commands; when it
+        fails the acks are held again for the next try."""
         tags = self._take_acks()
-        if not tags:
-            return
         try:
             with self.pipe_or_acquire() as pipe:
+                yield pipe
                 for tag in tags:
                     self._remove_from_indices(tag, pipe)
                 pipe.execute()
@@ -117,7 +119,7 @@ def flush(c: Any) -> None:
         log.warning("could not send held acks: %s", type(e).__name__)
 
 
-class DeferredAcks(bootsteps.StartStopStep):
+class DeferredAcks(TickingStep):
     """Consumer step: the task consumer's acks ride with the next delivery, or leave within
     ACK_DELAY_S from the worker's timer (on the event loop's thread, where acks run)."""
 
@@ -126,20 +128,10 @@ class DeferredAcks(bootsteps.StartStopStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         install()  # before the consumer's channel builds its QoS
-        self.tref: Any = None
 
     def start(self, c: Any) -> None:
-        self._cancel()
-        self.tref = c.timer.call_repeatedly(ACK_DELAY_S, flush, (c,), priority=10)
+        self.every(c, ACK_DELAY_S, flush, c)
 
     def stop(self, c: Any) -> None:
-        self._cancel()
+        self.cancel()
         flush(c)
-
-    def shutdown(self, c: Any) -> None:
-        self.stop(c)
-
-    def _cancel(self) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None

@@ -34,8 +34,9 @@ import logging
 import os
 from typing import Any
 
-from celery import bootsteps
 from celery.events import EventDispatcher
+
+from workers.ticking import TickingStep
 
 log = logging.getLogger("panel.task_events")
 
@@ -80,14 +81,13 @@ def flush(d: EventDispatcher) -> None:
         log.warning("could not publish %d buffered task events: %s", len(waiting(d)), type(e).__name__)
 
 
-class BufferedTaskEvents(bootsteps.StartStopStep):
+class BufferedTaskEvents(TickingStep):
     """Consumer step: a worker process's task events in one PUBLISH per FLUSH_INTERVAL_S."""
 
     requires = ("celery.worker.consumer.events:Events",)
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
-        self.tref: Any = None
         self.dispatcher: EventDispatcher | None = None
 
     def start(self, c: Any) -> None:
@@ -98,18 +98,9 @@ class BufferedTaskEvents(bootsteps.StartStopStep):
         buffer_task_events(d, carried=self.dispatcher)
         self.dispatcher = d
         _current = (os.getpid(), d)
-        self._cancel()
-        self.tref = c.timer.call_repeatedly(FLUSH_INTERVAL_S, flush, (d,), priority=10)
+        self.every(c, FLUSH_INTERVAL_S, flush, d)
 
     def stop(self, c: Any) -> None:
-        self._cancel()
+        self.cancel()
         if self.dispatcher is not None:
             flush(self.dispatcher)
-
-    def shutdown(self, c: Any) -> None:
-        self.stop(c)
-
-    def _cancel(self) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
