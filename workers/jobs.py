@@ -335,20 +335,21 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         prior, ledger_id = view.prior, view.ledger_id
     else:
         prior, ledger_id = rt.redis.hmget(jkey, ["result", "ledger_id"])
-    if prior and (first := Result.model_validate_json(prior).receipt) is not None:
-        receipt = receipt.model_copy(update={"latency_ms": first.latency_ms})  # decided then, not now
+    if prior and (first := ledger.prior_latency_ms(prior)) is not None:
+        receipt = receipt.model_copy(update={"latency_ms": first})  # decided then, not now
     decided = receipt.decision != "failed" and text is not None
     parsed = parse_json_object(text) if (text and job.response_schema) else None
     result = Result(job_id=job_id, status="decided" if decided else "failed", answer=text, parsed=parsed,
                     disagreement=receipt.disagreement, receipt=receipt,
                     error=None if decided else failure_summary(receipt))  # fmt: skip
-    unchanged = prior is not None and prior == result.model_dump_json().encode()  # a re-render writes nothing then
+    written = result.model_dump_json()  # serialised once: compared with the prior, and stored
+    unchanged = prior is not None and ledger.text_of(prior) == written  # a re-render writes nothing then
     # One MULTI on a single Redis. On a cluster it keeps to the job's slot (its panels share it):
     # the ledger entry goes first (a crash before the MULTI appends it again on the re-run: at
     # least once, summaries count a job once; `wait` still implies it is there), the deadlines after.
     cluster = connect.is_cluster(rt.redis)
     pipe = rt.redis.pipeline(transaction=True)
-    pipe.hset(jkey, mapping={"status": result.status, "result": result.model_dump_json()})
+    pipe.hset(jkey, mapping={"status": result.status, "result": written})
     if not rerender:
         pipe.hset(jkey, "finalised", time.time())
         pipe.rpush(keys.done_channel(job_id), result.status)
@@ -395,6 +396,6 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     if rt.policies.get(job.task_class).cache is not None:  # idempotent, so a re-render after a crash finishes it
         answer_cache.settle(rt.redis, job_id, result, rt.settings.result_ttl_s, answer_cache.lead_ttl(rt.policies),
                             d.run)  # fmt: skip
-    log.info("job %s %s via %s (%s calls, $%.6f)", job_id, result.status, receipt.decision,
-             len(receipt.calls), receipt.total_cost_usd)  # fmt: skip
+    log.log(logging.DEBUG if rerender else logging.INFO, "job %s %s via %s (%s calls, $%.6f)", job_id, result.status,
+            receipt.decision, len(receipt.calls), receipt.total_cost_usd)  # a re-render (a straggler's charge): DEBUG
     return result

@@ -163,3 +163,9 @@ def queue_entry_with_id(pipe: Any, receipt: Receipt, job_key: str, replaces: byt
 def text_of(raw: bytes | str | None) -> str:
     return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
+
+def prior_latency_ms(prior: bytes | str) -> float | None:
+    """A stored result's receipt latency (the decision's, which a re-render keeps), read without
+    validating the whole result again: `finalise_job` wrote it through `Result`."""
+    receipt = orjson.loads(prior).get("receipt")
+    return None if receipt is None else float(receipt["latency_ms"])

@@ -222,3 +222,51 @@ def test_a_cut_off_member_takes_the_conclusion_lease_with_its_record(r: fakeredi
     assert chord.store.put_cut_off(spec.panel_id, "j1", late) == (True, "held", None)
     assert r.hexists(keys.panel(spec.panel_id), "rerender")  # the holder re-renders before it lets go
     assert chord.store.put_cut_off(spec.panel_id, "j1", late) == (False, "held", None)  # written once
+
+
+def test_a_finalise_renders_the_receipt_once_and_serialises_the_result_once(r: fakeredis.FakeRedis,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """A quorum's decision and a late member's re-render are one render and one serialisation
+    each (a re-render compares the bytes it writes with the prior's, and reads the decision's
+    latency from the prior without validating it again), and only the decision logs at INFO."""
+    from producer.contract import Result
+    from workers import ledger
+
+    rt, d = make_runtime(r, FakeCaller({MODELS[0]: "B", MODELS[1]: "B", MODELS[2]: "A"})), Recorder()
+    store_job(r, "j1")
+    start_job(rt, d, "j1")  # type: ignore[arg-type]
+    pid = "j1.1"
+    run_member(rt.chord, pid, "m0")
+    carry_out(rt.store, d, run_member(rt.chord, pid, "m1"))
+    counts = {"render": 0, "dump": 0, "validate": 0}
+    render, dump, validate = jobs.render_receipt, Result.model_dump_json, Result.model_validate_json
+
+    def counted(name: str, f: Any) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            counts[name] += 1
+            return f(*a, **k)
+
+        return call
+
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level("DEBUG", logger="panel.jobs"):
+        mp.setattr(jobs, "render_receipt", counted("render", render))
+        mp.setattr(Result, "model_dump_json", counted("dump", dump))
+        mp.setattr(Result, "model_validate_json", classmethod(counted("validate", validate.__func__)))  # type: ignore[attr-defined]
+        conclude_panel(rt, d, pid)  # type: ignore[arg-type]
+        decided_ms = orjson.loads(r.hget(keys.job("j1"), "result") or b"{}")["receipt"]["latency_ms"]
+        assert counts == {"render": 1, "dump": 1, "validate": 0}
+        spec = rt.store.spec(pid)
+        assert spec is not None
+        late = call_record(REGISTRY, spec, spec.member("m2"), "answered", answer_key="A", text="A", cost_usd=0.002)
+        rt.store.put_call(pid, late)
+        cast_vote(rt.store, spec, late)
+        time.sleep(0.01)  # a re-render later than the decision keeps the decision's latency
+        conclude_panel(rt, d, pid)  # type: ignore[arg-type]  # the late call's charge: rendered again
+        assert counts == {"render": 2, "dump": 2, "validate": 0}
+    result = orjson.loads(r.hget(keys.job("j1"), "result") or b"{}")
+    assert result["receipt"]["latency_ms"] == decided_ms and result["receipt"]["total_cost_usd"] >= 0.002
+    [(_, entry)] = r.xrange(keys.LEDGER_STREAM)
+    assert orjson.loads(entry[b"receipt"]) == result["receipt"]
+    decided = [rec for rec in caplog.records if rec.name == "panel.jobs" and "via quorum" in rec.getMessage()]
+    assert [rec.levelname for rec in decided] == ["INFO", "DEBUG"]  # the decision once at INFO; the re-render at DEBUG
+    assert ledger.prior_latency_ms(r.hget(keys.job("j1"), "result") or b"") == decided_ms

@@ -7,7 +7,7 @@ panel's calls hash before its vote, and rendered into the receipt's `CallRecord`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import orjson
@@ -52,16 +52,20 @@ class Call:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # fields of a newer version, kept
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data.update(data.pop("extra"))
-        return orjson.dumps({k: v for k, v in data.items() if v is not None})
+        # not `asdict`, which deep-copies every field first: a record is written on every member call
+        data = {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
+        data.update((k, v) for k, v in self.extra.items() if v is not None)
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Call:
         data = orjson.loads(raw)
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})
+        return cls(**{k: v for k, v in data.items() if k in _KNOWN}, extra={k: v for k, v in data.items() if k not in _KNOWN})
 
     def receipt_fields(self) -> dict[str, Any]:
         """The fields producer.contract.CallRecord has (the receipt's line for this call)."""
         return {k: getattr(self, k) for k in _RECEIPT_FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(Call) if f.name != "extra")  # stored, in declaration order
+_KNOWN = frozenset(_FIELDS)

@@ -5,7 +5,7 @@ conclusion pass between them. Redis access lives in `state.py`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Literal
 
@@ -64,7 +64,8 @@ class PanelRun:
         return self.agreement_rule
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        # not `asdict` (a deep copy first); orjson writes the members, dataclasses, as asdict would
+        return orjson.dumps({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> PanelRun:
