@@ -92,8 +92,10 @@ class Runtime:
         metrics.serve(settings.metrics_port)
 
     async def _make_http(self) -> httpx.AsyncClient:
+        from workers.providers import network  # its pool's liveness check made cheap (the module says)
+
         return httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+            transport=network.transport(httpx.Limits(max_connections=2000, max_keepalive_connections=500)),
             timeout=httpx.Timeout(self.settings.call_timeout_s, connect=10.0),
         )
 
