@@ -1,5 +1,5 @@
 """What a member's provider request costs in httpx, and whether building it differently helps:
-CPU per request of four ways to send the same chat completion to the simulator on loopback.
+CPU per request of five ways to send the same chat completion to the simulator on loopback.
 
     python3 -m bench.http_request                    # 3 rounds of 3000 requests per way, ~1 min
     python3 -m bench.http_request --rounds 5
@@ -9,7 +9,11 @@ Ways, each on one pooled `httpx.AsyncClient` (the runtime's limits), 24 requests
   content type merged per request and an `httpx.Timeout` per request;
 - `client_headers`: the headers set once on the client, `client.request` with the body only;
 - `prebuilt`: an `httpx.Request` built by hand (client headers, timeout extension) and `client.send`;
-- `prebuilt_timeout`: the same with the timeout extension built once.
+- `prebuilt_timeout`: the same with the timeout extension built once;
+- `network`: `request` on the runtime's transport (workers/providers/network.py: httpx's pool on a
+  backend whose per-connection liveness check looks the socket up once).
+`--in-flight` sets the concurrency, and so the pool's size: httpcore checks every pooled connection
+per request, so the client's CPU per request grows with it (8 and 32 show the spread).
 Rounds alternate the ways; the simulator answers at once (the client's CPU, not the wait, is measured).
 """
 
@@ -28,10 +32,11 @@ import httpx
 import orjson
 
 from producer.embedded import free_port, stop_process, wait_port
+from workers.providers import network
 
 MODEL = "qwen2.5-72b-instruct"
 KEY = "sim-local-key-not-a-secret"
-WAYS = ("request", "client_headers", "prebuilt", "prebuilt_timeout")
+WAYS = ("request", "client_headers", "prebuilt", "prebuilt_timeout", "network")
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
@@ -45,15 +50,16 @@ async def cpu_per_request(url: str, way: str, n: int, in_flight: int = 24) -> fl
     headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "pick A) x B) y " * 5}], "max_tokens": 64}
-    on_client = headers if way != "request" else None
+    on_client = headers if way not in ("request", "network") else None
     timeout_once = TIMEOUT.as_dict()
-    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT, headers=on_client) as client:
+    transport = network.transport(limits) if way == "network" else None
+    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT, headers=on_client, transport=transport) as client:
         sem = asyncio.Semaphore(in_flight)
 
         async def one() -> None:
             async with sem:
                 content = orjson.dumps(body)
-                if way == "request":
+                if way in ("request", "network"):
                     h = dict(headers)
                     r = await client.request("POST", url, headers=h, content=content, timeout=httpx.Timeout(30.0, connect=10.0))
                 elif way == "client_headers":
@@ -76,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=3000, help="per way and round")
+    ap.add_argument("--in-flight", type=int, default=24, help="concurrent requests (the pool grows to about this)")
     args = ap.parse_args()
     port = free_port()
     models = Path(__file__).resolve().parent.parent / "policies" / "models.yaml"
@@ -88,7 +95,7 @@ def main() -> None:
         got: dict[str, list[float]] = {w: [] for w in WAYS}
         for _ in range(args.rounds):
             for way in WAYS:
-                got[way].append(asyncio.run(cpu_per_request(url, way, args.requests)))
+                got[way].append(asyncio.run(cpu_per_request(url, way, args.requests, args.in_flight)))
         base = statistics.median(got["request"])
         for way in WAYS:
             med = statistics.median(got[way])
