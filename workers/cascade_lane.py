@@ -18,7 +18,7 @@ from producer import keys
 from producer.contract import Job
 from workers import cascade
 from workers.panel.record import NOT_MEMBERS
-from workers.panel.state import Member, PanelRun, PanelSnapshot
+from workers.panel.run import Member, PanelRun, PanelSnapshot
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 

@@ -21,7 +21,8 @@ import redis
 
 from producer import connect, keys
 from workers.panel.jobview import JobView, parse_view, queue_view
-from workers.panel.state import CONCLUDE_LEASE_S, PanelRun, PanelSnapshot
+from workers.panel.run import PanelRun, PanelSnapshot
+from workers.panel.state import CONCLUDE_LEASE_S
 from workers.runtime import Runtime
 
 

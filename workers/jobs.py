@@ -30,7 +30,7 @@ from workers.panel.agreement import parse_json_object
 from workers.panel.jobview import JobView
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
-from workers.panel.state import Member, PanelRun, PanelSnapshot, Read, Stage
+from workers.panel.run import Member, PanelRun, PanelSnapshot, Read, Stage
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 

@@ -15,7 +15,7 @@ from producer.contract import CallRecord, Job, LaneStep, Receipt, Verdict
 from workers.panel import attempts
 from workers.panel.chord import call_record
 from workers.panel.record import NOT_MEMBERS, Call
-from workers.panel.state import PanelSnapshot
+from workers.panel.run import PanelSnapshot
 from workers.runtime import Runtime
 
 LEDGER_MAXLEN = 200_000

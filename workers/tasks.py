@@ -27,7 +27,7 @@ from workers.panel.act import carry_out
 from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
 from workers.panel.route import Route
-from workers.panel.state import Member, PanelRun, Read
+from workers.panel.run import Member, PanelRun, Read
 from workers.panel.sweep import sweep
 from workers.runtime import runtime
 

@@ -29,7 +29,8 @@ from workers import concluding, jobs
 from workers.batch import lane
 from workers.budget import Budget
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.run import Member, PanelRun
+from workers.panel.state import PanelStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("workers", "producer", "gateway")

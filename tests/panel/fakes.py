@@ -19,7 +19,8 @@ from workers.limits.steps import Owed
 from workers.panel.calls import CallOutcome
 from workers.panel.ports import Chord
 from workers.panel.route import Route
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.run import Member, PanelRun
+from workers.panel.state import PanelStore
 from workers.policy import PolicyTable
 from workers.providers.base import Completion
 from workers.registry import Registry

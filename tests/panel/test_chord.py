@@ -31,7 +31,8 @@ from workers.panel.chord import cast_vote, run_member
 from workers.panel.decision import CallArbiter, Cancel, Conclude, NextStage, Nothing, after_vote
 from workers.panel.record import Call
 from workers.panel.route import route
-from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
+from workers.panel.run import Member, PanelRun, VoteOutcome
+from workers.panel.state import PanelStore
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from workers.panel.calls import CallOutcome
 from workers.panel.chord import call_record, cast_vote, run_member
 from workers.panel.decision import Cancel, Conclude, Nothing
 from workers.panel.record import Call
-from workers.panel.state import PanelRun
+from workers.panel.run import PanelRun
 
 
 @pytest.fixture

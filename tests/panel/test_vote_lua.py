@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers.panel.record import Call
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.run import Member, PanelRun
+from workers.panel.state import PanelStore
 
 
 def _spec(pid: str, n: int = 3, quorum: int = 2, dispatch: str = "parallel") -> PanelRun:

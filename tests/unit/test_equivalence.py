@@ -12,7 +12,7 @@ import pytest
 from producer.contract import Job
 from workers.errors import PolicyError
 from workers.panel.equivalence import messages, near_miss, parse
-from workers.panel.state import Member, PanelRun
+from workers.panel.run import Member, PanelRun
 from workers.policy import PolicyTable
 from workers.registry import Registry
 

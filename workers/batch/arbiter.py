@@ -26,7 +26,8 @@ from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude, Nothing
 from workers.panel.ports import Chord
 from workers.panel.record import Call
-from workers.panel.state import PanelRun, PanelStore
+from workers.panel.run import PanelRun
+from workers.panel.state import PanelStore
 from workers.providers.caching import price
 from workers.registry import Registry
 

@@ -16,7 +16,7 @@ from producer import keys as pk
 from workers.budget import Hold
 from workers.errors import BudgetExceeded
 from workers.panel.calls import estimate_tokens
-from workers.panel.state import PanelRun
+from workers.panel.run import PanelRun
 from workers.runtime import Runtime
 
 # KEYS[1] line hash. Take the hold out of the line: returns it once, then nil.

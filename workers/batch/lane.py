@@ -40,7 +40,7 @@ from workers.panel.chord import call_record, cast_vote, json_mode, land
 from workers.panel.ports import Dispatcher
 from workers.panel.record import Call
 from workers.panel.route import realtime_margin_s, route
-from workers.panel.state import PanelRun
+from workers.panel.run import PanelRun
 from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
 from workers.runtime import Runtime
 

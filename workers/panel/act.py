@@ -17,7 +17,8 @@ from workers.panel import watchdog
 from workers.panel.decision import Action, CallArbiter, Cancel, Conclude, NextStage
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
-from workers.panel.state import Member, PanelRun, PanelStore
+from workers.panel.run import Member, PanelRun
+from workers.panel.state import PanelStore
 
 
 class HasActions(Protocol):

@@ -26,7 +26,8 @@ from workers.panel.chord import Turn, observe_call
 from workers.panel.decision import Conclude
 from workers.panel.ports import Chord
 from workers.panel.record import NOT_MEMBERS, Call
-from workers.panel.state import PanelRun, PanelStore
+from workers.panel.run import PanelRun
+from workers.panel.state import PanelStore
 from workers.providers.caching import price, record_fields
 
 log = logging.getLogger("panel.arbiter")

@@ -31,7 +31,8 @@ from workers.panel.decision import Action, Conclude, Nothing, after_vote
 from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
 from workers.panel.record import Call, Status
-from workers.panel.state import Member, PanelRun, PanelStore, VoteOutcome
+from workers.panel.run import Member, PanelRun, VoteOutcome
+from workers.panel.state import PanelStore
 from workers.providers.caching import price, record_fields
 from workers.registry import Registry
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from workers.panel.state import PanelRun, Read, VoteOutcome
+from workers.panel.run import PanelRun, Read, VoteOutcome
 
 Settle = Literal["", "quorum", "failed", "split"]
 

@@ -24,7 +24,7 @@ from workers.panel.agreement import Similar, extract_answer, parse_json_object
 from workers.panel.chord import observe_call
 from workers.panel.ports import Chord
 from workers.panel.record import Call
-from workers.panel.state import PanelRun
+from workers.panel.run import PanelRun
 from workers.providers.caching import price
 
 MEMBER = "equivalence"  # its call's name in the panel's calls hash (not a member: it never votes)

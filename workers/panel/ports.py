@@ -17,7 +17,8 @@ from workers.budget import Spend
 from workers.limits.steps import Owed
 from workers.panel.calls import CallOutcome
 from workers.panel.route import Route
-from workers.panel.state import Member, PanelRun, PanelStore, Read
+from workers.panel.run import Member, PanelRun, Read
+from workers.panel.state import PanelStore
 from workers.registry import Registry
 
 

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Literal
 
-from workers.panel.state import PanelRun
+from workers.panel.run import PanelRun
 
 Route = Literal["realtime", "batch", "batch_realtime"]
 DEFAULT_MARGIN_S = 120.0
