@@ -16,9 +16,10 @@ quantiles of the train half's rows, as the space's own gates):
 - `four`: three log-probability gates, cheapest first, then the last (the schema allows 4 stages);
 - `vote`: gate -> gate -> last, the last answer overruled when both earlier answers agree against
   it (no extra call);
-- `confirm`: the existing `--confirm` stages; `budget0.45`: a selection rule, not a family: among the
-  default rule's eligible candidates, those costing <= 0.45x the strongest model's on the train
-  half, the most accurate (smoothed); none: the default's pick.
+- `confirm`: the existing `--confirm` stages; `budget0.45`: a selection rule, not a family
+  (`panel tune --budget 0.45`, `tune.Rule.budget`): among the default rule's eligible candidates,
+  those costing <= 0.45x the strongest model's on the train half, the most accurate (smoothed);
+  none: the default's pick.
 
 Scoring: "tuned" is the candidate `tune.choose` picks on the train half's space, scored on the
 eval half's matrix (the space built on the eval half with `fit=train` has the same candidates,
@@ -140,7 +141,7 @@ def extend(
 class Variant:
     families: frozenset[str] = frozenset()
     confirms: bool = False
-    budget: float | None = None  # the selection variant: the most accurate eligible at <= budget x the strongest's cost
+    budget: float | None = None  # the selection variant (`tune.Rule.budget`)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -159,22 +160,6 @@ def space_for(
     if variant.families:
         extend(s, m, fit or m, agreement, rule, variant.families)
     return s
-
-
-def choose(space: search.Space, bar: float, rule: tune.Rule, max_cost: float, budget: float | None) -> int:
-    i = tune.choose(space, bar, rule, max_cost)
-    if budget is None or i < 0:
-        return i
-    correct, smooth, cost, stages = space.flat()
-    n = space.n
-    w, lo = space.paired()
-    se = np.sqrt(np.maximum(w + lo - (w - lo) ** 2 / n, 0.0)) / n
-    ok = (smooth / n >= bar - rule.tolerance - 1e-12) & ((w - lo) / n - rule.z * se >= -rule.margin * bar - 1e-12)
-    eligible = np.flatnonzero(ok & (cost <= budget * max_cost))
-    if eligible.size == 0:
-        return i
-    best = eligible[smooth[eligible] >= smooth[eligible].max() - 1e-12]
-    return int(best[np.lexsort((stages[best], cost[best]))[0]])
 
 
 @dataclass(frozen=True)
@@ -199,13 +184,7 @@ def one(m: Matrix, agreement: dict[str, object], rule: tune.Rule, variant: Varia
     acc, mean_cost = correct / test.n, cost / test.n
     cheap = mean_cost <= COST_GOAL * bar_cost + 1e-12
     p = tune.strongest(train)
-    i = choose(
-        space_for(train, agreement, rule, variant),
-        float(train.right[:, p].mean()),
-        rule,
-        float(train.cost[:, p].sum()),
-        variant.budget,
-    )
+    i = tune.choose(space_for(train, agreement, rule, variant), float(train.right[:, p].mean()), rule, float(train.cost[:, p].sum()))
     ta, tc = (
         (float(test.right[:, p].mean()), float(test.cost[:, p].mean()))
         if i < 0
@@ -255,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         agreement = agreement_for(rows[0].kind)
         print(f"{name} ({m.n} rows, {args.splits} half splits, seeds {args.seed}..{args.seed + args.splits - 1})")
         for label, v in variants.items():
-            rule = tune.Rule(confirms=v.confirms)
+            rule = tune.Rule(confirms=v.confirms, budget=v.budget)
             res = [one(m, agreement, rule, v, args.seed + k) for k in range(args.splits)]
             print(line(label, res, in_sample(m, agreement, rule, v)), flush=True)
     return 0

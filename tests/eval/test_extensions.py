@@ -80,19 +80,6 @@ def test_thresholds_come_from_the_fit_rows_not_from_the_rows_scored(make: object
     assert make(fit, fit, "a", "b", np.array([0.25, 0.5, 0.95])).accept.any()  # type: ignore[operator]
 
 
-def test_a_budget_pick_is_never_dearer_than_the_budget_when_it_differs_from_the_default(tmp_path: Path) -> None:
-    _, m = synthetic(tmp_path)
-    train = m.take(np.arange(100))
-    space = extensions.space_for(train, AGREEMENT, tune.Rule(), Variant())
-    s = tune.strongest(train)
-    bar, max_cost = float(train.right[:, s].mean()), float(train.cost[:, s].sum())
-    default = tune.choose(space, bar, tune.Rule(), max_cost)
-    picked = extensions.choose(space, bar, tune.Rule(), max_cost, 0.45)
-    _, smooth, cost, _ = space.flat()
-    if picked != default:
-        assert cost[picked] <= 0.45 * max_cost and smooth[picked] >= smooth[default]
-
-
 def test_an_unknown_variant_names_the_flag_and_the_choices() -> None:
     with pytest.raises(ValueError, match=r"--variants: unknown \['fourr'\]; use pairconf"):
         Variant.parse("four+fourr")
