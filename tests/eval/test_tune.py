@@ -255,3 +255,20 @@ def test_a_budget_outside_0_1_is_refused_naming_the_flag(tmp_path: Path, capsys:
     path = cascade_data.write(tmp_path / "s.jsonl", cascade_data.rows(40))
     assert cli.main(["tune", str(path), "--budget", "0"]) == 2
     assert "panel tune: --budget: a share of the strongest model's cost in (0, 1], got 0.0" in capsys.readouterr().err
+
+
+def test_transfer_pools_files_as_one_file_of_their_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--pool`: the files' rows are split as one file (halves the size of the hidden test's)."""
+    from evaluation import transfer
+
+    a, b = cascade_data.rows(80, seed=2), cascade_data.rows(80, seed=3)
+    for r in b:
+        r["id"] = f"b{r['id']}"
+    fa, fb = cascade_data.write(tmp_path / "a.jsonl", a), cascade_data.write(tmp_path / "b.jsonl", b)
+    both = cascade_data.write(tmp_path / "both.jsonl", a + b)
+    assert transfer.main([str(fa), str(fb), "--pool", "--splits", "2", "--budget", "0.45"]) == 0
+    pooled = capsys.readouterr().out
+    assert transfer.main([str(both), "--splits", "2", "--budget", "0.45"]) == 0
+    whole = capsys.readouterr().out
+    assert pooled.startswith("a.jsonl+b.jsonl: 2 random half splits") and "--budget 0.45" in pooled
+    assert pooled.split("\n", 1)[1] == whole.split("\n", 1)[1]  # the same splits, policies and figures
