@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
+import redis
 from celery import Celery
 from redis.typing import EncodableT
 
-from producer import answer_cache, job_json, keys
+from producer import answer_cache, connect, job_json, keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
@@ -28,6 +29,15 @@ from producer.wire import NAME as CODEC
 from producer.wire import text
 
 RUN_TASK = "panel.run"
+CLASSES_TTL_S = 5.0  # how long a submit trusts the task classes it read (`_check_task_class`)
+# KEYS job hash; ARGV spec, TTL s, then field, value pairs: the job's spec unless its id is taken
+# (a resubmitted job id: the first one stands, its status untouched), then its fields and TTL
+STORE_JOB = """
+if redis.call('HSETNX', KEYS[1], 'spec', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 @dataclass
@@ -83,6 +93,9 @@ class PanelClient:
             task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=broker_options, task_publish_retry_policy=self.settings.publish_retry_policy(),
             broker_connection_retry_on_startup=True, task_send_sent_event=True,
         )  # fmt: skip
+        self._store_job = self.redis.register_script(STORE_JOB)
+        self._classes: set[str] = set()  # the published task classes, read at most every CLASSES_TTL_S
+        self._classes_until = 0.0
 
     # --- submit
     def submit(self, job: Job | dict[str, Any] | bytes | str) -> str:
@@ -100,25 +113,42 @@ class PanelClient:
                 if first is not None:
                     return text(first)
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
-        jkey = keys.job(job_id)
-        if not self.redis.hsetnx(jkey, "spec", spec):
-            return job_id  # same job id resubmitted: the first one stands
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
             submitted_at = time.time()
-            fields: dict[EncodableT, EncodableT] = {"status": "queued", "submitted_at": submitted_at,
-                                                    "tenant": job.tenant}  # fmt: skip
+            fields: dict[str, EncodableT] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
-            self.redis.hset(jkey, mapping=fields)
-            self.redis.expire(jkey, self.settings.result_ttl_s)
+            stored, meta = self._store(job_id, spec, fields, job.task_class)
+            if not stored:
+                return job_id  # same job id resubmitted: the first one stands
             # a cached answer is served here; an identical job in flight is waited on (single flight)
-            if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in (
-                "hit",
-                "follower",
-            ):
+            if meta is not None and answer_cache.admit_with(
+                self.redis, meta, job, job_id, submitted_at, self.settings.result_ttl_s
+            ).role in ("hit", "follower"):
                 return job_id
             self._enqueue(job_id, trace_headers)
         return job_id
+
+    def _store(self, job_id: str, spec: str, fields: dict[str, EncodableT],
+               task_class: str) -> tuple[bool, answer_cache.ClassCache | None]:  # fmt: skip
+        """Store the job unless its id is taken (its spec first, then its status fields and TTL:
+        one script), and read its class's answer-cache settings: one round trip on a single
+        Redis (two on a cluster, whose pipeline refuses EVALSHA). Returns (stored, cache settings)."""
+        jkey, ttl = keys.job(job_id), self.settings.result_ttl_s
+        flat = [x for kv in fields.items() for x in kv]
+        if connect.is_cluster(self.redis):
+            stored = self._store_job(keys=[jkey], args=[spec, ttl, *flat])
+            return bool(stored), answer_cache.published(self.redis, task_class)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._store_job.sha, 1, jkey, spec, ttl, *flat)
+        pipe.hget(answer_cache.POLICY_CACHE, task_class)
+        stored, raw_meta = pipe.execute(raise_on_error=False)
+        if isinstance(stored, redis.exceptions.NoScriptError):  # not run (Redis restarted): load it and run it
+            stored = self._store_job(keys=[jkey], args=[spec, ttl, *flat])
+        for res in (stored, raw_meta):
+            if isinstance(res, Exception):
+                raise res
+        return bool(stored), answer_cache.parse_published(task_class, raw_meta)
 
     def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None) -> None:
         self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})  # the watchdog re-sends a `panel.run` that never starts
@@ -127,8 +157,15 @@ class PanelClient:
 
     def _check_task_class(self, job: Job) -> None:
         """Against the classes the workers published; before any worker has, against the policy
-        files a worker started here would load (PANEL_POLICIES, else the shipped policies/)."""
+        files a worker started here would load (PANEL_POLICIES, else the shipped policies/). The
+        published set is kept CLASSES_TTL_S: a class not in it is looked up again before it is
+        refused (one added since is found); a class removed since is still sent for that long, and
+        the worker fails its job saying why (workers/jobs.py `start_job`)."""
+        now = time.monotonic()
+        if job.task_class in self._classes and now < self._classes_until:
+            return
         published = {text(k) for k in self.redis.smembers(keys.task_classes())}
+        self._classes, self._classes_until = published, now + CLASSES_TTL_S
         known, where = (published, "published by the workers") if published else policy_file_classes()
         if known and job.task_class not in known:
             names = ", ".join(sorted(known))
@@ -165,22 +202,39 @@ class PanelClient:
         return Result.model_validate_json(raw[1]) if raw[1] else None
 
     def wait(self, job_id: str, timeout: float = 300.0) -> Result:
+        """One round trip per look: the job's result with what a rescue needs, after a wait on its
+        done signal (BLMOVE) in the same pipeline once the first look found it running (Redis runs
+        a client's commands in order, so the reads see what woke the wait)."""
         end = time.monotonic() + timeout
+        block = 0.0
         while True:
-            res = self.result(job_id)
+            res, follower = self._look(job_id, block)
             if res is not None and res.status in ("decided", "failed"):
                 return res
-            if res is None and (ticket := answer_cache.rescue(self.redis, job_id)) is not None:
+            if res is None and follower and (ticket := answer_cache.rescue(self.redis, job_id)) is not None:
                 if ticket.role in ("leader", "bypass", "off"):  # its leader vanished: it runs itself
                     self._enqueue(job_id)
+                block = 0.0
                 continue
             left = end - time.monotonic()
             if left <= 0:
                 raise JobTimeout(f"job {job_id} not done after {timeout}s (status {self.status(job_id)})")
-            # Wake on the done signal without consuming it: BLMOVE of the list onto itself rotates it,
-            # so other waiters still see it and it keeps the TTL finalise gave it (BLPOP + RPUSH
-            # emptied it for an instant and re-created it with no TTL: one key per job kept forever).
-            self.redis.blmove(keys.done_channel(job_id), keys.done_channel(job_id), min(1.0, max(left, 0.01)))  # type: ignore[arg-type]  # Redis takes a float timeout
+            block = min(1.0, max(left, 0.01))
+
+    def _look(self, job_id: str, block: float) -> tuple[Result | None, bool]:
+        """(result, whether the job follows another's answer) after waiting up to `block` s for its
+        done signal. The wait does not consume the signal: BLMOVE of the list onto itself rotates
+        it, so other waiters still see it and it keeps the TTL finalise gave it (BLPOP + RPUSH
+        emptied it for an instant and re-created it with no TTL: one key per job kept forever)."""
+        jkey = keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        if block:
+            pipe.blmove(keys.done_channel(job_id), keys.done_channel(job_id), block)  # type: ignore[arg-type]  # Redis takes a float timeout
+        pipe.hmget(jkey, ["status", "result", "coalesced_with", "acache_key"])
+        status, raw, leader, key = pipe.execute()[-1]
+        if status is None:
+            raise UnknownJob(job_id)
+        return (Result.model_validate_json(raw) if raw else None), leader is not None and key is not None
 
     def wait_many(self, job_ids: list[str], timeout: float = 600.0) -> Iterator[Result]:
         end = time.monotonic() + timeout

@@ -1,0 +1,114 @@
+"""The producer's own Redis round trips per job (issue 13: a member call's round trips count the
+producer's too): a submit stores the job and reads its class's cache settings in one round trip,
+and a wait on a decided job is one look. Counted on a real redis-server with nothing else on it
+(its `total_reads_processed`: one per request a client sends; a pipeline is one)."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from producer import keys
+from producer.client import PanelClient
+from producer.contract import Result
+
+JOB = {"task_class": "multiple_choice", "prompt": "Which? A) x B) y"}
+
+
+def reads(r: redis.Redis) -> int:
+    """The server's reads so far; this INFO is one of them."""
+    return int(r.info("stats")["total_reads_processed"])
+
+
+def trips(r: redis.Redis, step: object) -> int:
+    before = reads(r)
+    step()  # type: ignore[operator]
+    return reads(r) - before - 1  # the INFO after the step counts itself
+
+
+def test_a_submit_and_the_wait_for_its_result_cost_five_round_trips(redis_client: redis.Redis, redis_url: str) -> None:
+    redis_client.sadd(keys.task_classes(), "multiple_choice")
+    client = PanelClient(redis_url)
+    try:
+        client.submit(JOB)  # warm-up: the broker connection, the script loaded
+        held: dict[str, str] = {}
+        # the class check (kept from the submit before), the store + cache settings, the watchdog's
+        # entry, the task's LPUSH and its task-sent event: before, 8 (SMEMBERS, HSETNX, HSET,
+        # EXPIRE, HGET, ZADD, LPUSH, PUBLISH)
+        assert trips(redis_client, lambda: held.update(id=client.submit(JOB))) == 4
+        jid = held["id"]
+        stored = redis_client.hgetall(keys.job(jid))
+        assert stored[b"status"] == b"queued" and b"spec" in stored and b"submitted_at" in stored
+        assert 0 < redis_client.ttl(keys.job(jid)) <= client.settings.result_ttl_s
+        # decided as a worker decides it: the result, then the done signal
+        redis_client.hset(keys.job(jid), mapping={"status": "decided",
+                                                  "result": Result(job_id=jid, status="decided", answer="B").model_dump_json()})  # fmt: skip
+        redis_client.rpush(keys.done_channel(jid), "decided")
+        got: dict[str, Result] = {}
+        # one look: before, 3 (the result, the rescue's read, and for a job still running the wait)
+        assert trips(redis_client, lambda: got.update(res=client.wait(jid, timeout=10))) == 1
+        assert got["res"].status == "decided" and got["res"].answer == "B"
+    finally:
+        client.close()
+
+
+def test_a_running_job_is_waited_for_and_read_in_one_round_trip_per_look(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    redis_client.sadd(keys.task_classes(), "multiple_choice")
+    client = PanelClient(redis_url)
+    try:
+        jid = client.submit(JOB)
+
+        # a worker decides it while the client waits: the look after the wait reads the result
+        # in the same pipeline as the BLMOVE that the done signal woke
+        def decide() -> None:
+            w = redis.Redis.from_url(redis_url)
+            w.hset(keys.job(jid), mapping={"status": "decided",
+                                           "result": Result(job_id=jid, status="decided", answer="A").model_dump_json()})  # fmt: skip
+            w.rpush(keys.done_channel(jid), "decided")
+            w.close()
+
+        t = threading.Timer(0.3, decide)
+        t.start()
+        res = client.wait(jid, timeout=10)
+        t.join()
+        assert res.status == "decided" and res.answer == "A"
+        assert redis_client.lrange(keys.done_channel(jid), 0, -1) == [b"decided"]  # the signal is left for others
+    finally:
+        client.close()
+
+
+def test_a_resubmitted_job_id_leaves_the_first_job_untouched(redis_client: redis.Redis, redis_url: str) -> None:
+    redis_client.sadd(keys.task_classes(), "multiple_choice")
+    client = PanelClient(redis_url)
+    try:
+        jid = client.submit({**JOB, "id": "job-1"})
+        redis_client.hset(keys.job(jid), "status", "running")
+        assert client.submit({**JOB, "id": "job-1", "prompt": "another"}) == jid
+        assert redis_client.hget(keys.job(jid), "status") == b"running"
+        assert b"Which?" in redis_client.hget(keys.job(jid), "spec")  # type: ignore[operator]
+        assert redis_client.llen("control") == 1  # sent once
+    finally:
+        client.close()
+
+
+def test_a_class_published_after_the_client_read_the_classes_is_accepted(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    from producer.errors import ContractError
+
+    redis_client.sadd(keys.task_classes(), "multiple_choice")
+    client = PanelClient(redis_url)
+    try:
+        client.submit(JOB)
+        try:
+            client.submit({**JOB, "task_class": "extraction"})
+            raise AssertionError("an unpublished class was accepted")
+        except ContractError as e:
+            assert "task_class" in str(e) and "extraction" in str(e)
+        redis_client.sadd(keys.task_classes(), "extraction")  # a worker with new policies started
+        client.submit({**JOB, "task_class": "extraction"})  # looked up again, not refused from the cache
+    finally:
+        client.close()
