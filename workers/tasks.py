@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from celery import Task
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from producer import keys
 from producer.wire import text
@@ -52,8 +53,26 @@ class CeleryDispatcher:
     (workers/panel/route.py chose it); concludes in this process."""
 
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
-        task, queue = MEMBER_TASKS[route]
-        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=queue or f"llm.{member.tier}").id)
+        task = MEMBER_TASKS[route][0]
+        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=_queue(route, member)).id)
+
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route) -> dict[str, str]:
+        """The members' messages in one pipeline (kombu's publish batch: their LPUSHes sent
+        together). A batch that fails is "delivery uncertain" (some may have gone) and kombu does
+        not retry it: each member is then sent on its own, with Celery's publish retries; a copy
+        sent twice votes once and calls once (its lease). A broker connection whose pipelines
+        could be replayed (kombu's `supports_batch_publish`) sends them one by one."""
+        task = MEMBER_TASKS[route][0]
+        sent: dict[str, str] = {}
+        try:
+            with app.producer_or_acquire() as producer, producer.batch():
+                for m in members:
+                    sent[m.member] = str(app.send_task(task, args=[spec.panel_id, m.member], queue=_queue(route, m),
+                                                       producer=producer).id)  # fmt: skip
+        except (BatchPublishError, OperationalError, ConnectionError) as e:
+            log.warning("panel %s: the members' batch publish failed (%s): sending each on its own", spec.panel_id, e)
+            return {m.member: self.member(spec, m, route) for m in members}
+        return sent
 
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         if route == "realtime":
@@ -72,6 +91,10 @@ class CeleryDispatcher:
 
 
 dispatcher = CeleryDispatcher()
+
+
+def _queue(route: Route, member: Member) -> str:
+    return MEMBER_TASKS[route][1] or f"llm.{member.tier}"
 
 
 def job_of(panel_id: str) -> str:

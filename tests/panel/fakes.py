@@ -4,6 +4,7 @@ fakeredis, a chord and a runtime over them (tests/panel/test_chord.py, test_jobs
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -71,6 +72,9 @@ class Recorder:
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
         self.sent.append((spec.panel_id, member.member, route))
         return f"task-{spec.panel_id}-{member.member}"
+
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route) -> dict[str, str]:
+        return {m.member: self.member(spec, m, route) for m in members}
 
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         self.arbiters.append((spec.panel_id, route))

@@ -73,7 +73,8 @@ def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence
     if r != "batch" and not expected:  # before sending: a member whose send failed (Redis went down
         # mid-dispatch) or that never starts is sent again (workers/panel/watchdog.py)
         watchdog.expect(store.r, spec.panel_id, [m.member for m in members])
-    store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
+    sent = d.members(spec, members, r) if len(members) > 1 else {m.member: d.member(spec, m, r) for m in members}
+    store.set_task_ids(spec.panel_id, sent)
 
 
 def cancel_stragglers(store: PanelStore, d: Dispatcher, spec: PanelRun) -> None:

@@ -9,6 +9,7 @@ turn reads and writes through. Nothing here imports Celery or the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,12 @@ class Dispatcher(Protocol):
 
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
         """Send one member's call on `route`; returns the task id (revoked if a quorum wins)."""
+        ...
+
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route) -> dict[str, str]:
+        """Send several members' calls on `route` at once (one round trip on Celery); returns
+        member -> task id. A member may go twice (a batch whose delivery was uncertain sent
+        again): its vote counts once and its lease stops a second call."""
         ...
 
     def arbiter(self, spec: PanelRun, route: Route) -> None: ...
