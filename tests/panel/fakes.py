@@ -45,7 +45,7 @@ class FakeCaller:
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                  member: str | None = None, in_panel: frozenset[str] = frozenset(),
-                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
+                 owed: Owed | None = None, admitted: Any = None) -> CallOutcome:  # fmt: skip
         self.calls.append((panel_id, model))
         text = self.answers[model]
         if text is None:
@@ -73,7 +73,7 @@ class Recorder:
         self.sent.append((spec.panel_id, member.member, route))
         return f"task-{spec.panel_id}-{member.member}"
 
-    def members(self, spec: PanelRun, members: Sequence[Member], route: Route) -> dict[str, str]:
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route, asks: Any = None) -> dict[str, str]:
         return {m.member: self.member(spec, m, route) for m in members}
 
     def arbiter(self, spec: PanelRun, route: Route) -> None:
