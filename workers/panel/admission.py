@@ -143,7 +143,29 @@ class Speculation:
         """Read the replies of what `queue` queued: the admission to call with when every part
         granted (its record written, or written now if the script did not run it), else None
         with every part granted given back (the call asks again the usual way)."""
-        breaker, budget, limiter, *rest = results  # the three steps `speculate` queues, then the record
+        self.read(results)
+        if self.permit is None or self.reservation is None or (self.want is not None and self.hold is None):
+            self.give_back()
+            return None
+        if not self.written:  # a record to re-use was there but not reusable, or the script was lost
+            try:
+                through_redis_outage(self._write_opened)
+            except BaseException:
+                self.give_back()
+                raise
+            self.written = True
+        # handed to the call, which settles it whatever happens (calls.py `_attempt`); its caller
+        # gives it back only if it never reaches the call
+        return self.permit, self.hold, self.reservation, self.opened
+
+    def read(self, results: list[Any]) -> None:
+        """What each part granted, from the replies of what `queue` queued (the three steps, then
+        the record); a part that did not run (a script Redis lost) granted nothing."""
+        if len(results) < 4:
+            return
+        breaker, budget, limiter, opened = results[:4]
+        if isinstance(opened, redis.exceptions.NoScriptError):  # Redis lost it (a restart): loaded for the
+            self.io.redis.script_load(OPEN_ATTEMPT)  # next member (the limits' scripts load on the usual path)
         try:
             self.permit = None if isinstance(breaker, Exception) else self.io.breaker.permit_from(self.key, breaker)
         except BreakerOpen:
@@ -155,22 +177,7 @@ class Speculation:
         except TokensExceedLimit:
             res = None
         self.reservation = res if res is not None and res.granted else None
-        self.written = bool(rest) and rest[0] == 1
-        if self.permit is None or self.reservation is None or (self.want is not None and self.hold is None):
-            self.give_back()
-            return None
-        if not self.written:  # a record to re-use was there but not reusable, or the script was lost
-            if rest and isinstance(rest[0], redis.exceptions.NoScriptError):
-                self.io.redis.script_load(OPEN_ATTEMPT)  # for the next member: this one writes its record alone
-            try:
-                through_redis_outage(self._write_opened)
-            except BaseException:
-                self.give_back()
-                raise
-            self.written = True
-        # handed to the call, which settles it whatever happens (calls.py `_attempt`); its caller
-        # gives it back only if it never reaches the call
-        return self.permit, self.hold, self.reservation, self.opened
+        self.written = opened == 1
 
     def give_back(self) -> None:
         """Everything granted goes back, with the attempt record if written: one round trip (none

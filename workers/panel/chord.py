@@ -95,7 +95,8 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     if pre[0] is not None:
         if calling and len(start.admitted) == 4:
             admitted = pre[0].took(start.admitted)
-        else:  # not calling (or its admission never ran: a retried start): all of it goes back
+        else:  # not calling (or its admission never ran: a retried start): what it granted goes back
+            pre[0].read(start.admitted)
             pre[0].give_back()
     spec, prior = start.spec, start.prior
     if spec is None:
