@@ -30,12 +30,14 @@ from producer.wire import text
 
 RUN_TASK = "panel.run"
 CLASSES_TTL_S = 5.0  # how long a submit trusts the task classes it read (`_check_task_class`)
-# KEYS job hash; ARGV spec, TTL s, then field, value pairs: the job's spec unless its id is taken
-# (a resubmitted job id: the first one stands, its status untouched), then its fields and TTL
+# KEYS job hash [, the watchdog's jobs zset]; ARGV spec, TTL s, job id, time, then field, value
+# pairs: the job's spec unless its id is taken (a resubmitted job id: the first one stands, its
+# status and watch entry untouched), then its fields and TTL, and (given the zset) its watch entry
 STORE_JOB = """
 if redis.call('HSETNX', KEYS[1], 'spec', ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
 return 1
 """
 
@@ -118,40 +120,46 @@ class PanelClient:
             fields: dict[str, EncodableT] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
-            stored, meta = self._store(job_id, spec, fields, job.task_class)
+            stored, watched, meta = self._store(job_id, spec, fields, job.task_class)
             if not stored:
                 return job_id  # same job id resubmitted: the first one stands
             # a cached answer is served here; an identical job in flight is waited on (single flight)
             if meta is not None and answer_cache.admit_with(
                 self.redis, meta, job, job_id, submitted_at, self.settings.result_ttl_s
             ).role in ("hit", "follower"):
+                if watched:  # nothing is sent for it: the watchdog must not send its run
+                    self.redis.zrem(keys.JOB_WATCH, job_id)
                 return job_id
-            self._enqueue(job_id, trace_headers)
+            self._enqueue(job_id, trace_headers, watched=watched)
         return job_id
 
     def _store(self, job_id: str, spec: str, fields: dict[str, EncodableT],
-               task_class: str) -> tuple[bool, answer_cache.ClassCache | None]:  # fmt: skip
-        """Store the job unless its id is taken (its spec first, then its status fields and TTL:
-        one script), and read its class's answer-cache settings: one round trip on a single
-        Redis (two on a cluster, whose pipeline refuses EVALSHA). Returns (stored, cache settings)."""
+               task_class: str) -> tuple[bool, bool, answer_cache.ClassCache | None]:  # fmt: skip
+        """Store the job unless its id is taken (its spec first, then its status fields and TTL,
+        and its watchdog entry: one script), and read its class's answer-cache settings: one round
+        trip on a single Redis (two on a cluster, whose pipeline refuses EVALSHA and whose script
+        keeps to one slot: the entry is then written at enqueue). Returns (stored, watched, cache settings)."""
         jkey, ttl = keys.job(job_id), self.settings.result_ttl_s
-        flat = [x for kv in fields.items() for x in kv]
+        args = [spec, ttl, job_id, time.time(), *(x for kv in fields.items() for x in kv)]
         if connect.is_cluster(self.redis):
-            stored = self._store_job(keys=[jkey], args=[spec, ttl, *flat])
-            return bool(stored), answer_cache.published(self.redis, task_class)
+            stored = self._store_job(keys=[jkey], args=args)
+            return bool(stored), False, answer_cache.published(self.redis, task_class)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self._store_job.sha, 1, jkey, spec, ttl, *flat)
+        pipe.evalsha(self._store_job.sha, 2, jkey, keys.JOB_WATCH, *args)
         pipe.hget(answer_cache.POLICY_CACHE, task_class)
         stored, raw_meta = pipe.execute(raise_on_error=False)
         if isinstance(stored, redis.exceptions.NoScriptError):  # not run (Redis restarted): load it and run it
-            stored = self._store_job(keys=[jkey], args=[spec, ttl, *flat])
+            stored = self._store_job(keys=[jkey, keys.JOB_WATCH], args=args)
         for res in (stored, raw_meta):
             if isinstance(res, Exception):
                 raise res
-        return bool(stored), answer_cache.parse_published(task_class, raw_meta)
+        return bool(stored), True, answer_cache.parse_published(task_class, raw_meta)
 
-    def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None) -> None:
-        self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})  # the watchdog re-sends a `panel.run` that never starts
+    def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None, watched: bool = False) -> None:
+        """Send the job's `panel.run`; `watched`: its watchdog entry (the watchdog re-sends a run
+        that never starts) was written with the job, else it is written here first."""
+        if not watched:
+            self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})
         self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
                               headers=trace_headers or None)  # fmt: skip
 

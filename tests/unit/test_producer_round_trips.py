@@ -27,20 +27,21 @@ def trips(r: redis.Redis, step: object) -> int:
     return reads(r) - before - 1  # the INFO after the step counts itself
 
 
-def test_a_submit_and_the_wait_for_its_result_cost_five_round_trips(redis_client: redis.Redis, redis_url: str) -> None:
+def test_a_submit_and_the_wait_for_its_result_cost_four_round_trips(redis_client: redis.Redis, redis_url: str) -> None:
     redis_client.sadd(keys.task_classes(), "multiple_choice")
     client = PanelClient(redis_url)
     try:
         client.submit(JOB)  # warm-up: the broker connection, the script loaded
         held: dict[str, str] = {}
-        # the class check (kept from the submit before), the store + cache settings, the watchdog's
-        # entry, the task's LPUSH and its task-sent event: before, 8 (SMEMBERS, HSETNX, HSET,
-        # EXPIRE, HGET, ZADD, LPUSH, PUBLISH)
-        assert trips(redis_client, lambda: held.update(id=client.submit(JOB))) == 4
+        # the class check (kept from the submit before), the store with its watchdog entry and the
+        # cache settings, the task's LPUSH and its task-sent event: before, 8 (SMEMBERS, HSETNX,
+        # HSET, EXPIRE, HGET, ZADD, LPUSH, PUBLISH)
+        assert trips(redis_client, lambda: held.update(id=client.submit(JOB))) == 3
         jid = held["id"]
         stored = redis_client.hgetall(keys.job(jid))
         assert stored[b"status"] == b"queued" and b"spec" in stored and b"submitted_at" in stored
         assert 0 < redis_client.ttl(keys.job(jid)) <= client.settings.result_ttl_s
+        assert redis_client.zscore(keys.JOB_WATCH, jid) is not None  # the watchdog sends a run that never starts
         # decided as a worker decides it: the result, then the done signal
         redis_client.hset(keys.job(jid), mapping={"status": "decided",
                                                   "result": Result(job_id=jid, status="decided", answer="B").model_dump_json()})  # fmt: skip
@@ -90,6 +91,7 @@ def test_a_resubmitted_job_id_leaves_the_first_job_untouched(redis_client: redis
         assert redis_client.hget(keys.job(jid), "status") == b"running"
         assert b"Which?" in redis_client.hget(keys.job(jid), "spec")  # type: ignore[operator]
         assert redis_client.llen("control") == 1  # sent once
+        assert redis_client.zcard(keys.JOB_WATCH) == 1
     finally:
         client.close()
 
