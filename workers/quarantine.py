@@ -7,7 +7,7 @@ child that dies ran nothing else, so its death is charged to its task (workers/t
 it as a failed attempt); the neighbours finish in their own children and keep their attempts,
 and the worker itself survives whatever the suspect does.
 
-    python3 -m workers.quarantine FD   # the child: request JSON on stdin, its outcome written to FD
+    python3 -m workers.alone FD   # the child (workers/alone.py): request JSON on stdin, its outcome written to FD
 
 A child costs an interpreter start (~1 s) and a worker's memory, so at most `quarantine_slots`
 (PANEL_QUARANTINE_SLOTS, default 2) run at once per worker process; other suspects wait a turn.
@@ -62,7 +62,7 @@ def run_alone(task: str, args: list[Any], job_id: str, slots: int, timeout_s: fl
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "PANEL_METRICS_PORT": "0"}  # the worker's exporter keeps its port
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "workers.quarantine", str(write_fd)],
+            proc = subprocess.Popen([sys.executable, "-m", "workers.alone", str(write_fd)],
                                     stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env)  # fmt: skip
         finally:
             os.close(write_fd)
@@ -81,31 +81,3 @@ def run_alone(task: str, args: list[Any], job_id: str, slots: int, timeout_s: fl
         return Outcome("ok", out=str(got["out"]))
     log.warning("%s for job %s killed its quarantine process (exit %s)", task, job_id, proc.returncode)
     return Outcome("died", exit_code=proc.returncode)
-
-
-def _child(fd: int) -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="[quarantine %(process)d] %(name)s: %(message)s")
-    req = orjson.loads(sys.stdin.buffer.read())
-    from workers.errors import failure_reason
-    from workers.tasks import run_body
-
-    try:
-        got: dict[str, str] = {"out": run_body(str(req["task"]), list(req["args"]), str(req["job_id"]))}
-    except Exception as e:
-        got = {"error": failure_reason(e)}
-    os.write(fd, orjson.dumps(got))
-    os.close(fd)
-    from workers.runtime import Runtime
-
-    if Runtime._instance is not None:  # let its HTTP client and Redis clients close cleanly
-        try:
-            Runtime._instance.close()
-        except Exception:  # exiting anyway; the outcome is written
-            pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    _child(int(sys.argv[1]))
