@@ -7,10 +7,10 @@ input tokens as sent and whose budget: not the prompt. Whoever sends the member 
 and puts that in the task's kwargs as an `Ask` (no prompt, no key: Flower may show it). The
 member then queues the admission after the turn's reads, in the same MULTI, speculatively:
 
-    pre = speculate(io, panel_id, "m0", ask, token)     # None: no ask, a cluster, over a limit
+    pre = speculate(io, r, panel_id, "m0", ask, token)  # None: a cluster, other clients, over a limit
     start = store.turn(panel_id, "m0", lease=token, admit=pre.queue)
     admitted = pre.took(start.admitted)                 # calling: (permit, hold, reservation, opened)
-    pre.give_back()                                     # not calling: everything granted goes back
+    pre.read(start.admitted); pre.give_back()           # not calling: everything granted goes back
 
 The attempt's record is written only when the member will call (open_attempt.lua: the panel
 undecided, no record, this copy's lease). A turn that says the member does not call (decided,
@@ -23,7 +23,6 @@ the ask against the job it loaded before it calls (`matches`); one that differs 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -47,7 +46,6 @@ from workers.providers import billing
 from workers.providers.base import ChatRequest
 from workers.registry import Registry
 
-log = logging.getLogger("panel.admission")
 OPEN_ATTEMPT = files("workers.panel").joinpath("open_attempt.lua").read_text()
 OPEN_SHA = sha1(OPEN_ATTEMPT.encode()).hexdigest()
 
