@@ -13,11 +13,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import orjson
 import redis
 from celery import Celery
+from kombu.exceptions import KombuError
 from redis.typing import EncodableT
 
 from producer import answer_cache, connect, job_json, keys
@@ -156,12 +158,21 @@ class PanelClient:
         return bool(stored), True, answer_cache.parse_published(task_class, raw_meta)
 
     def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None, watched: bool = False) -> None:
-        """Send the job's `panel.run`; `watched`: its watchdog entry (the watchdog re-sends a run
-        that never starts) was written with the job, else it is written here first."""
+        """Send the job's `panel.run` and its task-sent event (Flower lists the run while it
+        is queued) in one pipeline: kombu's publish batch, which Celery's event goes through
+        too (it publishes on the task's producer). A batch whose delivery is uncertain (kombu
+        does not retry it) is sent again the usual way, with Celery's publish retries: a second
+        `run-<job>` only finds the job started. `watched`: its watchdog entry (the watchdog
+        re-sends a run that never starts) was written with the job, else it is written here first."""
         if not watched:
             self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})
-        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
-                              headers=trace_headers or None)  # fmt: skip
+        send = partial(self.celery.send_task, RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
+                       headers=trace_headers or None)  # fmt: skip
+        try:
+            with self.celery.producer_or_acquire() as producer, producer.batch():
+                send(producer=producer)
+        except (KombuError, redis.RedisError, OSError):
+            send()
 
     def _check_task_class(self, job: Job) -> None:
         """Against the classes the workers published; before any worker has, against the policy

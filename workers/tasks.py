@@ -14,8 +14,9 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 
+import redis
 from celery import Task
-from kombu.exceptions import BatchPublishError, OperationalError
+from kombu.exceptions import KombuError
 
 from producer import keys
 from producer.wire import text
@@ -74,7 +75,7 @@ class CeleryDispatcher:
                     sent[m.member] = str(app.send_task(task, args=[spec.panel_id, m.member], queue=_queue(route, m),
                                                        kwargs={"admit": ask.args()} if ask else None,
                                                        producer=producer).id)  # fmt: skip
-        except (BatchPublishError, OperationalError, ConnectionError) as e:
+        except (KombuError, redis.RedisError, OSError) as e:
             log.warning("panel %s: the members' batch publish failed (%s): sending each on its own", spec.panel_id, e)
             return {m.member: self.member(spec, m, route) for m in members}
         return sent

@@ -5,8 +5,10 @@ and a wait on a decided job is one look. Counted on a real redis-server with not
 
 from __future__ import annotations
 
+import json
 import threading
 
+import pytest
 import redis
 
 from producer import keys
@@ -34,9 +36,9 @@ def test_a_submit_and_the_wait_for_its_result_cost_four_round_trips(redis_client
         client.submit(JOB)  # warm-up: the broker connection, the script loaded
         held: dict[str, str] = {}
         # the class check (kept from the submit before), the store with its watchdog entry and the
-        # cache settings, the task's LPUSH and its task-sent event: before, 8 (SMEMBERS, HSETNX,
-        # HSET, EXPIRE, HGET, ZADD, LPUSH, PUBLISH)
-        assert trips(redis_client, lambda: held.update(id=client.submit(JOB))) == 3
+        # cache settings, then the task's LPUSH with its task-sent event: before, 8 (SMEMBERS,
+        # HSETNX, HSET, EXPIRE, HGET, ZADD, LPUSH, PUBLISH)
+        assert trips(redis_client, lambda: held.update(id=client.submit(JOB))) == 2
         jid = held["id"]
         stored = redis_client.hgetall(keys.job(jid))
         assert stored[b"status"] == b"queued" and b"spec" in stored and b"submitted_at" in stored
@@ -113,4 +115,50 @@ def test_a_class_published_after_the_client_read_the_classes_is_accepted(
         redis_client.sadd(keys.task_classes(), "extraction")  # a worker with new policies started
         client.submit({**JOB, "task_class": "extraction"})  # looked up again, not refused from the cache
     finally:
+        client.close()
+
+
+def sent_events(p: redis.client.PubSub) -> list[dict[str, object]]:
+    """task-sent events published so far (Celery's event exchange: a PUBLISH per event)."""
+    import base64
+
+    got = []
+    while (msg := p.get_message(timeout=1.0)) is not None:
+        if msg["type"] == "pmessage":
+            body = json.loads(msg["data"])["body"]
+            got.append(json.loads(base64.b64decode(body)))
+    return got
+
+
+def test_the_run_and_its_task_sent_event_go_out_together_or_again_on_their_own(redis_client: redis.Redis, redis_url: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from kombu.exceptions import BatchPublishError
+    from kombu.transport import redis as kombu_redis
+
+    redis_client.sadd(keys.task_classes(), "multiple_choice")
+    client = PanelClient(redis_url)
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    try:
+        first = client.submit(JOB)
+        assert [e["uuid"] for e in sent_events(events) if e["type"] == "task-sent"] == [
+            f"run-{first}"
+        ]  # Flower lists it
+        flush = kombu_redis.PublishBatch.flush
+
+        failed: list[bool] = []
+
+        def failing(self: object) -> None:  # the pipeline fails before Redis ran it: delivery uncertain
+            failed.append(True)
+            monkeypatch.setattr(kombu_redis.PublishBatch, "flush", flush)
+            raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
+
+        monkeypatch.setattr(kombu_redis.PublishBatch, "flush", failing)
+        again = client.submit(JOB)
+        assert failed  # the batch was tried and failed
+        assert [e["uuid"] for e in sent_events(events) if e["type"] == "task-sent"] == [f"run-{again}"]
+        queued = [json.loads(m)["headers"]["id"] for m in redis_client.lrange("control", 0, -1)]
+        assert sorted(queued) == sorted([f"run-{first}", f"run-{again}"])  # sent again on its own, once
+    finally:
+        events.close()
         client.close()
