@@ -76,8 +76,9 @@ def one_split(file: Path, rows: list[Row], m: matrix.Matrix, rule: tune.Rule, se
                  ratio(tuned.accuracy, pick.accuracy), ratio(tuned.mean_cost, pick.mean_cost))  # fmt: skip
 
 
-def run(file: Path, rule: tune.Rule, splits: int, seed: int = 0) -> list[Split]:
-    rows = load(file)
+def run(file: Path, rule: tune.Rule, splits: int, seed: int = 0, rows: list[Row] | None = None) -> list[Split]:
+    """`rows`: these instead of `file`'s (its prices still come from beside `file`)."""
+    rows = rows if rows is not None else load(file)
     m = matrix.build(rows, prices_near(file))
     with tempfile.TemporaryDirectory() as d:
         return [one_split(file, rows, m, rule, seed + i, Path(d)) for i in range(splits)]
@@ -159,15 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lofo", action="store_true", help="score every candidate rule; choose each file's rule on the other files")
+    p.add_argument("--budget", type=float, help="the default rule with `panel tune --budget B` (tune.Rule.budget)")
+    p.add_argument("--pool", action="store_true", help="the files' rows as one file (same models): halves the size of the hidden test's")
     args = p.parse_args(argv)
     if args.lofo:
         lofo(args.files, args.splits, args.seed)
         return 0
-    for f in args.files:
-        res = run(f, tune.Rule(), args.splits, args.seed)
-        print(f"{f.name}: {args.splits} random half splits (seeds {args.seed}..{args.seed + args.splits - 1}), "
-              f"tuned on one half by `panel tune`'s default rule, replayed on the other")  # fmt: skip
-        print("  " + line("default rule", summary(res)))
+    rule = tune.Rule(budget=args.budget)
+    name = "default rule" + (f", --budget {args.budget}" if args.budget is not None else "")
+    groups = [(f.name, f, None) for f in args.files]
+    if args.pool:
+        groups = [("+".join(f.name for f in args.files), args.files[0], [r for f in args.files for r in load(f)])]
+    for label, f, rows in groups:
+        res = run(f, rule, args.splits, args.seed, rows)
+        print(f"{label}: {args.splits} random half splits (seeds {args.seed}..{args.seed + args.splits - 1}), "
+              f"tuned on one half by `panel tune`'s {name}, replayed on the other")  # fmt: skip
+        print("  " + line(name, summary(res)))
         for policy, n in sorted({r.policy: sum(x.policy == r.policy for x in res) for r in res}.items(), key=lambda kv: -kv[1])[:3]:
             print(f"  {n:3}x {policy}")
     return 0

@@ -208,7 +208,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         given = {"tolerance": args.tolerance, "max_stages": args.max_stages, "inner_folds": args.inner_folds,
                  "min_support": args.min_support, "rate_step": args.rate_step, "last": args.last, "z": args.z, "margin": args.margin,
-                 "confirms": True if args.confirm else None, "pick": args.pick}
+                 "confirms": True if args.confirm else None, "pick": args.pick, "budget": args.budget}
         rule = Rule(**{k: v for k, v in given.items() if v is not None})  # unset: the default rule's constants
         return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
                          args.task_class, rule, command)  # fmt: skip
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--margin", type=float, help="with --z: the share of the strongest model's accuracy a policy may lose on that lower bound (0.01)")
     s.add_argument("--confirm", action="store_true", help="also search gate -> a model confirming its answer (agrees_previous) -> last")
     s.add_argument("--pick", choices=["cheapest", "max_lcb"], help="among eligible policies: the cheapest, or the best paired lower bound")
+    s.add_argument("--budget", type=float, help="a share of the strongest model's cost (0.45): the most accurate eligible policy that cheap")
     s.set_defaults(func=cmd_tune)
 
     s = parser("demo", "start redis, the simulator and workers; run examples/; stop all")

@@ -226,3 +226,49 @@ def test_confirm_stages_score_in_the_search_as_the_replay_does(tmp_path: Path) -
         assert right.sum() == correct[i] and c.sum() == pytest.approx(cost[i]), s.spec(i).describe()
     with pytest.raises(ValueError, match="agrees_previous needs a stage before it"):
         CascadeSpec.from_entry({"stages": [{"model": "cheap", "accept": {"check": "agrees_previous"}}, {"model": "strong"}]})
+
+
+def test_a_budget_buys_the_most_accurate_eligible_policy_it_can_afford(tmp_path: Path) -> None:
+    """`--budget B`: of the policies the default rule finds eligible, the most accurate (smoothed)
+    costing <= B x the strongest model; none that cheap: the default's pick, the cheapest."""
+    from evaluation import space as search
+
+    _, m = setup(tmp_path, cascade_data.rows(200))
+    space = search.build(m, AGREE, rates=tune.Rule().rates(m.n))
+    s = tune.strongest(m)
+    bar, max_cost = float(m.right[:, s].mean()), float(m.cost[:, s].sum())
+    cheapest = tune.choose(space, bar, tune.Rule(), max_cost)
+    bought = tune.choose(space, bar, tune.Rule(budget=0.45), max_cost)
+    _, smooth, cost, _ = space.flat()
+    eligible = np.flatnonzero(tune.eligible(space, bar, tune.Rule(), max_cost)).tolist()
+    affordable = [i for i in eligible if cost[i] <= 0.45 * max_cost]
+    assert cheapest != bought and cost[bought] <= 0.45 * max_cost and bought in eligible
+    assert smooth[bought] == max(smooth[i] for i in affordable) > smooth[cheapest]
+    assert tune.choose(space, bar, tune.Rule(budget=1e-6), max_cost) == cheapest  # nothing that cheap
+
+
+def test_a_budget_outside_0_1_is_refused_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from producer import cli
+
+    with pytest.raises(ValueError, match=r"--budget: a share of the strongest model's cost in \(0, 1\], got 1.5"):
+        tune.Rule(budget=1.5)
+    path = cascade_data.write(tmp_path / "s.jsonl", cascade_data.rows(40))
+    assert cli.main(["tune", str(path), "--budget", "0"]) == 2
+    assert "panel tune: --budget: a share of the strongest model's cost in (0, 1], got 0.0" in capsys.readouterr().err
+
+
+def test_transfer_pools_files_as_one_file_of_their_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--pool`: the files' rows are split as one file (halves the size of the hidden test's)."""
+    from evaluation import transfer
+
+    a, b = cascade_data.rows(80, seed=2), cascade_data.rows(80, seed=3)
+    for r in b:
+        r["id"] = f"b{r['id']}"
+    fa, fb = cascade_data.write(tmp_path / "a.jsonl", a), cascade_data.write(tmp_path / "b.jsonl", b)
+    both = cascade_data.write(tmp_path / "both.jsonl", a + b)
+    assert transfer.main([str(fa), str(fb), "--pool", "--splits", "2", "--budget", "0.45"]) == 0
+    pooled = capsys.readouterr().out
+    assert transfer.main([str(both), "--splits", "2", "--budget", "0.45"]) == 0
+    whole = capsys.readouterr().out
+    assert pooled.startswith("a.jsonl+b.jsonl: 2 random half splits") and "--budget 0.45" in pooled
+    assert pooled.split("\n", 1)[1] == whole.split("\n", 1)[1]  # the same splits, policies and figures
