@@ -9,9 +9,12 @@ broker, pool, Celery settings and HTTP library, no panel logic) and the fleet (a
 panels, quorum 2, the slow member cancelled):
 1. CPU ms per member call by process at `--rate` panels/s, and the fleet / bare-task ratio;
 2. Redis round trips per member call, from the server's `total_reads_processed` (one per request
-   a client sends; a pipeline or a script is one), and split by client from MONITOR: Celery's
-   (kombu: unnamed connections), ours (connections named pf-*), the benchmark's own (bench-*);
-   commands inside MULTI..EXEC count as one round trip, commands run by Lua as none;
+   a client sends; a pipeline or a script is one), split by connection from the kernel's count of
+   data segments each connection sent the server (`ss -ti`: the same count, per socket): Celery's
+   (kombu: unnamed connections), ours (connections named pf-*), the producer's (pf-producer: the
+   benchmark's PanelClient), the benchmark's own (bench-*); then the commands by MONITOR, where
+   MULTI..EXEC counts as one round trip, every other command as one (a pipeline's too: MONITOR
+   does not show where a pipeline ends) and commands run by Lua as none;
 3. decision latency at `--rate` panels/s against the ideal's (p50, p99);
 4. the highest of `--rates` at which the fleet's p99 stays within 100 ms of the ideal's.
 The machine is shared: the load average is printed, and every figure is a ratio to a path
@@ -91,6 +94,35 @@ class Monitor:
 
 def client_names(r: redis.Redis) -> dict[str, str]:
     return {c["addr"]: c.get("name", "") for c in r.client_list()}
+
+
+def segments_in(port: int) -> dict[str, int]:
+    """Data segments the redis-server on `port` received, per client "ip:port" (`ss -ti`): one per
+    request a client writes (a pipeline or MULTI..EXEC is one; a write past redis-py's 6,000-byte
+    chunks is two), what `total_reads_processed` counts, split by connection."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=False).stdout  # fmt: skip
+    got, peer = {}, ""
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) >= 4 and not line[:1].isspace():
+            peer = words[3]
+        elif peer and (seg := next((w for w in words if w.startswith("data_segs_in:")), None)):
+            got[peer] = int(seg.split(":")[1])
+    return got
+
+
+def whose(name: str) -> str:
+    return "producer" if name == "pf-producer" else "ours" if name.startswith("pf-") else "bench" if name.startswith("bench") else "celery"
+
+
+def by_client(before: dict[str, int], after: dict[str, int], names: dict[str, str]) -> Counter[str]:
+    """Round trips between two `segments_in`, by kind of client (a connection opened meanwhile counts
+    from zero; one closed meanwhile is missed: the totals are printed beside the server's)."""
+    out: Counter[str] = Counter()
+    for addr, n in after.items():
+        out[whose(names.get(addr, ""))] += n - before.get(addr, 0)
+    return out
 
 
 def split(lines: list[tuple[str, str]], names: dict[str, str]) -> dict[str, Counter[str]]:
@@ -227,15 +259,18 @@ def main() -> None:
 
         holder: dict[str, object] = {}
         cpu_ideal = measured({}, lambda: holder.update(ideal=run_ideal(fleet.sim_url, n, args.rate)), calls)
-        cpu_bare, rt_bare = {}, {}
+        cpu_bare, rt_bare, split_bare = {}, {}, {}
+        port = int(fleet.redis_url.rsplit(":", 1)[1].split("/")[0])
         for queue in BARE:
-            rt0 = reads(r)
+            rt0, seg0 = reads(r), segments_in(port)
             cpu_bare[queue] = measured({"bare worker": bares[queue].pid, **shared},
                                        lambda q=queue: run_bare(fleet, r, n, args.rate, q), calls)  # fmt: skip
             rt_bare[queue] = (reads(r) - rt0) / calls
-        rt0 = reads(r)
+            split_bare[queue] = by_client(seg0, segments_in(port), client_names(r))
+        rt0, seg0 = reads(r), segments_in(port)
         cpu_fleet = measured({**workers, **shared}, lambda: holder.update(fleet=run_fleet(client, n, args.rate)), calls)
         rt_fleet = (reads(r) - rt0) / calls
+        split_fleet = by_client(seg0, segments_in(port), client_names(r))
         ideal: list[float] = holder["ideal"]  # type: ignore[assignment]
         fl, undecided = holder["fleet"]  # type: ignore[misc]
 
@@ -254,6 +289,12 @@ def main() -> None:
         print("\n2. Redis round trips per member call (server total_reads_processed)")
         print(f"   bare task {rt_bare['bench.bare']:.1f} (as the fleet: {rt_bare['bench.bare.fleet']:.1f});  "
               f"fleet {rt_fleet:.1f}")
+        print("   by connection (the server's data segments in, `ss -ti`; producer: the benchmark's PanelClient, "
+              "its Celery publishes in Celery's):")
+        for name, sp in (("bare task", split_bare["bench.bare"]), ("bare fleet", split_bare["bench.bare.fleet"]),
+                         ("fleet", split_fleet)):  # fmt: skip
+            print(f"   {name:10} " + ", ".join(f"{k} {sp[k] / calls:.1f}" for k in ("celery", "ours", "producer", "bench"))
+                  + f"; all {sum(sp.values()) / calls:.1f}")
         k = max(10, n // 4)
         monitored: list[tuple[str, dict[str, Counter[str]]]] = []
         for name, queue in (("bare task", "bench.bare"), ("bare fleet", "bench.bare.fleet")):

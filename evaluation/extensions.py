@@ -17,9 +17,10 @@ quantiles of the train half's rows, as the space's own gates):
 - `vote`: gate -> gate -> last, the last answer overruled when both earlier answers agree against
   it (no extra call);
 - `confirm`: the existing `--confirm` stages; `budget0.45`: a selection rule, not a family
-  (`panel tune --budget 0.45`, `tune.Rule.budget`): among the default rule's eligible candidates,
+  (`panel tune --budget 0.45`, `tune.Rule.budget`): among the rule's eligible candidates,
   those costing <= 0.45x the strongest model's on the train half, the most accurate (smoothed);
-  none: the default's pick.
+  none: the cheapest eligible. Without it the default budget (0.40); `budgetoff`: the cheapest
+  eligible always (the rule before the budget pick, which the families were measured with).
 
 Scoring: "tuned" is the candidate `tune.choose` picks on the train half's space, scored on the
 eval half's matrix (the space built on the eval half with `fit=train` has the same candidates,
@@ -141,15 +142,16 @@ def extend(
 class Variant:
     families: frozenset[str] = frozenset()
     confirms: bool = False
-    budget: float | None = None  # the selection variant (`tune.Rule.budget`)
+    budget: float | None = tune.DEFAULT_BUDGET  # the selection variant (`tune.Rule.budget`); budgetoff: None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         parts = [p for p in text.split("+") if p and p != "default"]
         bad = [p for p in parts if p not in FAMILIES and p != "confirm" and not p.startswith("budget")]
         if bad:
-            raise ValueError(f"--variants: unknown {bad}; use {', '.join(FAMILIES)}, confirm, budget0.45 (joined by +)")
-        budget = next((float(p.removeprefix("budget")) for p in parts if p.startswith("budget")), None)
+            raise ValueError(f"--variants: unknown {bad}; use {', '.join(FAMILIES)}, confirm, budget0.45 or budgetoff (joined by +)")
+        given = [tune.parse_budget(p.removeprefix("budget")) for p in parts if p.startswith("budget")]
+        budget = given[0] if given else tune.DEFAULT_BUDGET
         return cls(frozenset(p for p in parts if p in FAMILIES), "confirm" in parts, budget)
 
 
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--variants",
-        default="default,confirm,pairconf,confirmconf,band,four,vote,budget0.45",
+        default="default,budgetoff,confirm,pairconf,confirmconf,band,four,vote",
         help="comma-separated; each a +-joined set of families (and confirm, budgetB)",
     )
     p.add_argument(

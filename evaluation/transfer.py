@@ -103,8 +103,9 @@ def score(s: dict[str, float]) -> float:
     return s["met"] + 0.5 * s["acc_ok"] - 0.1 * min(s["cost_median"], 2.0)
 
 
-# every constant that differs from the earlier rule is spelled out, so a change of tune.Rule's defaults cannot change a candidate
-CANDIDATES: dict[str, tune.Rule] = {
+# every constant that differs from the earlier rule is spelled out, so a change of tune.Rule's defaults cannot change a
+# candidate; the budget pick (the default since) is off in all of them, as when they were measured
+_CANDIDATES: dict[str, tune.Rule] = {
     "earlier rule (z 0, support 0)": tune.Rule(z=0.0, min_support=0, relative_margin=False),
     "tol 0": tune.Rule(tolerance=0.0, z=0.0, min_support=0),
     "tol .01": tune.Rule(tolerance=0.01, z=0.0, min_support=0),
@@ -131,6 +132,7 @@ CANDIDATES: dict[str, tune.Rule] = {
     "default support 50": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=50),
     "default + confirm stages": tune.Rule(z=1.0, margin=0.01, relative_margin=True, min_support=30, confirms=True),
 }
+CANDIDATES = {name: dataclasses.replace(rule, budget=None) for name, rule in _CANDIDATES.items()}
 
 
 def line(name: str, s: dict[str, float]) -> str:
@@ -160,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lofo", action="store_true", help="score every candidate rule; choose each file's rule on the other files")
-    p.add_argument("--budget", type=float, help="the default rule with `panel tune --budget B` (tune.Rule.budget)")
+    p.add_argument("--budget", type=tune.parse_budget, default=tune.DEFAULT_BUDGET,
+                   help=f"as `panel tune --budget`: a share of the strongest model's cost ({tune.DEFAULT_BUDGET}), or off")
     p.add_argument("--pool", action="store_true", help="the files' rows as one file (same models): halves the size of the hidden test's")
     args = p.parse_args(argv)
     if args.lofo:
         lofo(args.files, args.splits, args.seed)
         return 0
     rule = tune.Rule(budget=args.budget)
-    name = "default rule" + (f", --budget {args.budget}" if args.budget is not None else "")
+    name = "default rule" + (f", --budget {args.budget}" if args.budget is not None else ", --budget off")
     groups = [(f.name, f, None) for f in args.files]
     if args.pool:
         groups = [("+".join(f.name for f in args.files), args.files[0], [r for f in args.files for r in load(f)])]

@@ -107,8 +107,8 @@ class Submitter:
     """Stores and enqueues jobs as `PanelClient.submit` does. A job with an idempotency key or
     its own id goes through the client itself (its set-if-absent protocol); a fresh job (a new
     uuid cannot collide) is stored in one pipeline and its task sent in another, without the
-    checks a repeat needs: 2 round trips instead of the client's 6. Task classes are re-read at
-    most every 2 s."""
+    checks a repeat needs: 2 round trips for a batch of jobs (the client's submit: 2 per job).
+    Task classes are re-read at most every 2 s."""
 
     KNOWN_TTL_S = 2.0
 

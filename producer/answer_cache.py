@@ -96,7 +96,11 @@ def text(v: bytes | str) -> str:
 
 
 def published(r: redis.Redis, task_class: str) -> ClassCache | None:
-    raw = r.hget(POLICY_CACHE, task_class)
+    return parse_published(task_class, r.hget(POLICY_CACHE, task_class))
+
+
+def parse_published(task_class: str, raw: bytes | str | None) -> ClassCache | None:
+    """A class's cache settings as read from POLICY_CACHE (None: the class does not cache)."""
     if raw is None:
         return None
     try:
@@ -178,7 +182,12 @@ def admit(r: redis.Redis, job: Job, job_id: str, submitted_at: float, ttl_s: int
     """Decide a stored, not yet enqueued job against the cache. `hit`: served and done. `leader`
     or `bypass`: enqueue it (the worker writes the entry when it decides). `follower`: enqueue
     nothing; the leader's decision resolves it. `off`: the class does not cache."""
-    meta = published(r, job.task_class)
+    return admit_with(r, published(r, job.task_class), job, job_id, submitted_at, ttl_s)
+
+
+def admit_with(r: redis.Redis, meta: ClassCache | None, job: Job, job_id: str, submitted_at: float,
+               ttl_s: int) -> Ticket:  # fmt: skip
+    """`admit`, with the class's cache settings read already (the submit's round trip)."""
     if meta is None:
         return Ticket("off")
     key = cache_key(job, meta.version)

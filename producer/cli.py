@@ -6,6 +6,7 @@ Errors are one line (no traceback) naming the fix. Exit codes are in EXIT_CODES 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -201,15 +202,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from evaluation.replay import ReplayFormatError
-    from evaluation.tune import Rule
+    from evaluation.tune import Rule, parse_budget
     from evaluation.tune_cli import main as tune_main
 
     command = "panel tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else f"panel tune {args.file}"
     try:
         given = {"tolerance": args.tolerance, "max_stages": args.max_stages, "inner_folds": args.inner_folds,
                  "min_support": args.min_support, "rate_step": args.rate_step, "last": args.last, "z": args.z, "margin": args.margin,
-                 "confirms": True if args.confirm else None, "pick": args.pick, "budget": args.budget}
+                 "confirms": True if args.confirm else None, "pick": args.pick}
         rule = Rule(**{k: v for k, v in given.items() if v is not None})  # unset: the default rule's constants
+        if args.budget is not None:
+            rule = dataclasses.replace(rule, budget=parse_budget(args.budget))
         return tune_main(Path(args.file), args.folds, args.seed, Path(args.write) if args.write else None,
                          args.task_class, rule, command)  # fmt: skip
     except (ValueError, ReplayFormatError) as e:
@@ -328,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--margin", type=float, help="with --z: the share of the strongest model's accuracy a policy may lose on that lower bound (0.01)")
     s.add_argument("--confirm", action="store_true", help="also search gate -> a model confirming its answer (agrees_previous) -> last")
     s.add_argument("--pick", choices=["cheapest", "max_lcb"], help="among eligible policies: the cheapest, or the best paired lower bound")
-    s.add_argument("--budget", type=float, help="a share of the strongest model's cost (0.45): the most accurate eligible policy that cheap")
+    s.add_argument("--budget", help="a share of the strongest model's cost (default 0.40): the most accurate eligible policy that cheap; off: the cheapest eligible")
     s.set_defaults(func=cmd_tune)
 
     s = parser("demo", "start redis, the simulator and workers; run examples/; stop all")

@@ -13,13 +13,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import orjson
+import redis
 from celery import Celery
+from kombu.exceptions import KombuError
 from redis.typing import EncodableT
 
-from producer import answer_cache, job_json, keys
+from producer import answer_cache, connect, job_json, keys
 from producer.contract import Job, Result
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
@@ -28,6 +31,17 @@ from producer.wire import NAME as CODEC
 from producer.wire import text
 
 RUN_TASK = "panel.run"
+CLASSES_TTL_S = 5.0  # how long a submit trusts the task classes it read (`_check_task_class`)
+# KEYS job hash [, the watchdog's jobs zset]; ARGV spec, TTL s, job id, time, then field, value
+# pairs: the job's spec unless its id is taken (a resubmitted job id: the first one stands, its
+# status and watch entry untouched), then its fields and TTL, and (given the zset) its watch entry
+STORE_JOB = """
+if redis.call('HSETNX', KEYS[1], 'spec', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
+return 1
+"""
 
 
 @dataclass
@@ -83,6 +97,9 @@ class PanelClient:
             task_serializer=CODEC, accept_content=[CODEC], broker_transport_options=broker_options, task_publish_retry_policy=self.settings.publish_retry_policy(),
             broker_connection_retry_on_startup=True, task_send_sent_event=True,
         )  # fmt: skip
+        self._store_job = self.redis.register_script(STORE_JOB)
+        self._classes: set[str] = set()  # the published task classes, read at most every CLASSES_TTL_S
+        self._classes_until = 0.0
 
     # --- submit
     def submit(self, job: Job | dict[str, Any] | bytes | str) -> str:
@@ -100,35 +117,74 @@ class PanelClient:
                 if first is not None:
                     return text(first)
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
-        jkey = keys.job(job_id)
-        if not self.redis.hsetnx(jkey, "spec", spec):
-            return job_id  # same job id resubmitted: the first one stands
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
             submitted_at = time.time()
-            fields: dict[EncodableT, EncodableT] = {"status": "queued", "submitted_at": submitted_at,
-                                                    "tenant": job.tenant}  # fmt: skip
+            fields: dict[str, EncodableT] = {"status": "queued", "submitted_at": submitted_at, "tenant": job.tenant}
             # the worker that decides the job (any of them) parents its spans on the submit span
             fields.update(trace_headers)
-            self.redis.hset(jkey, mapping=fields)
-            self.redis.expire(jkey, self.settings.result_ttl_s)
+            stored, watched, meta = self._store(job_id, spec, fields, job.task_class)
+            if not stored:
+                return job_id  # same job id resubmitted: the first one stands
             # a cached answer is served here; an identical job in flight is waited on (single flight)
-            if answer_cache.admit(self.redis, job, job_id, submitted_at, self.settings.result_ttl_s).role in (
-                "hit",
-                "follower",
-            ):
+            if meta is not None and answer_cache.admit_with(
+                self.redis, meta, job, job_id, submitted_at, self.settings.result_ttl_s
+            ).role in ("hit", "follower"):
+                if watched:  # nothing is sent for it: the watchdog must not send its run
+                    self.redis.zrem(keys.JOB_WATCH, job_id)
                 return job_id
-            self._enqueue(job_id, trace_headers)
+            self._enqueue(job_id, trace_headers, watched=watched)
         return job_id
 
-    def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None) -> None:
-        self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})  # the watchdog re-sends a `panel.run` that never starts
-        self.celery.send_task(RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
-                              headers=trace_headers or None)  # fmt: skip
+    def _store(self, job_id: str, spec: str, fields: dict[str, EncodableT],
+               task_class: str) -> tuple[bool, bool, answer_cache.ClassCache | None]:  # fmt: skip
+        """Store the job unless its id is taken (its spec first, then its status fields and TTL,
+        and its watchdog entry: one script), and read its class's answer-cache settings: one round
+        trip on a single Redis (two on a cluster, whose pipeline refuses EVALSHA and whose script
+        keeps to one slot: the entry is then written at enqueue). Returns (stored, watched, cache settings)."""
+        jkey, ttl = keys.job(job_id), self.settings.result_ttl_s
+        args = [spec, ttl, job_id, time.time(), *(x for kv in fields.items() for x in kv)]
+        if connect.is_cluster(self.redis):
+            stored = self._store_job(keys=[jkey], args=args)
+            return bool(stored), False, answer_cache.published(self.redis, task_class)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._store_job.sha, 2, jkey, keys.JOB_WATCH, *args)
+        pipe.hget(answer_cache.POLICY_CACHE, task_class)
+        stored, raw_meta = pipe.execute(raise_on_error=False)
+        if isinstance(stored, redis.exceptions.NoScriptError):  # not run (Redis restarted): load it and run it
+            stored = self._store_job(keys=[jkey, keys.JOB_WATCH], args=args)
+        for res in (stored, raw_meta):
+            if isinstance(res, Exception):
+                raise res
+        return bool(stored), True, answer_cache.parse_published(task_class, raw_meta)
+
+    def _enqueue(self, job_id: str, trace_headers: dict[str, str] | None = None, watched: bool = False) -> None:
+        """Send the job's `panel.run` and its task-sent event (Flower lists the run while it
+        is queued) in one pipeline: kombu's publish batch, which Celery's event goes through
+        too (it publishes on the task's producer). A batch whose delivery is uncertain (kombu
+        does not retry it) is sent again the usual way, with Celery's publish retries: a second
+        `run-<job>` only finds the job started. `watched`: its watchdog entry (the watchdog
+        re-sends a run that never starts) was written with the job, else it is written here first."""
+        if not watched:
+            self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})
+        send = partial(self.celery.send_task, RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
+                       headers=trace_headers or None)  # fmt: skip
+        try:
+            with self.celery.producer_or_acquire() as producer, producer.batch():
+                send(producer=producer)
+        except (KombuError, redis.RedisError, OSError):
+            send()
 
     def _check_task_class(self, job: Job) -> None:
         """Against the classes the workers published; before any worker has, against the policy
-        files a worker started here would load (PANEL_POLICIES, else the shipped policies/)."""
+        files a worker started here would load (PANEL_POLICIES, else the shipped policies/). The
+        published set is kept CLASSES_TTL_S: a class not in it is looked up again before it is
+        refused (one added since is found); a class removed since is still sent for that long, and
+        the worker fails its job saying why (workers/jobs.py `start_job`)."""
+        now = time.monotonic()
+        if job.task_class in self._classes and now < self._classes_until:
+            return
         published = {text(k) for k in self.redis.smembers(keys.task_classes())}
+        self._classes, self._classes_until = published, now + CLASSES_TTL_S
         known, where = (published, "published by the workers") if published else policy_file_classes()
         if known and job.task_class not in known:
             names = ", ".join(sorted(known))
@@ -165,22 +221,39 @@ class PanelClient:
         return Result.model_validate_json(raw[1]) if raw[1] else None
 
     def wait(self, job_id: str, timeout: float = 300.0) -> Result:
+        """One round trip per look: the job's result with what a rescue needs, after a wait on its
+        done signal (BLMOVE) in the same pipeline once the first look found it running (Redis runs
+        a client's commands in order, so the reads see what woke the wait)."""
         end = time.monotonic() + timeout
+        block = 0.0
         while True:
-            res = self.result(job_id)
+            res, follower = self._look(job_id, block)
             if res is not None and res.status in ("decided", "failed"):
                 return res
-            if res is None and (ticket := answer_cache.rescue(self.redis, job_id)) is not None:
+            if res is None and follower and (ticket := answer_cache.rescue(self.redis, job_id)) is not None:
                 if ticket.role in ("leader", "bypass", "off"):  # its leader vanished: it runs itself
                     self._enqueue(job_id)
+                block = 0.0
                 continue
             left = end - time.monotonic()
             if left <= 0:
                 raise JobTimeout(f"job {job_id} not done after {timeout}s (status {self.status(job_id)})")
-            # Wake on the done signal without consuming it: BLMOVE of the list onto itself rotates it,
-            # so other waiters still see it and it keeps the TTL finalise gave it (BLPOP + RPUSH
-            # emptied it for an instant and re-created it with no TTL: one key per job kept forever).
-            self.redis.blmove(keys.done_channel(job_id), keys.done_channel(job_id), min(1.0, max(left, 0.01)))  # type: ignore[arg-type]  # Redis takes a float timeout
+            block = min(1.0, max(left, 0.01))
+
+    def _look(self, job_id: str, block: float) -> tuple[Result | None, bool]:
+        """(result, whether the job follows another's answer) after waiting up to `block` s for its
+        done signal. The wait does not consume the signal: BLMOVE of the list onto itself rotates
+        it, so other waiters still see it and it keeps the TTL finalise gave it (BLPOP + RPUSH
+        emptied it for an instant and re-created it with no TTL: one key per job kept forever)."""
+        jkey = keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        if block:
+            pipe.blmove(keys.done_channel(job_id), keys.done_channel(job_id), block)  # type: ignore[arg-type]  # Redis takes a float timeout
+        pipe.hmget(jkey, ["status", "result", "coalesced_with", "acache_key"])
+        status, raw, leader, key = pipe.execute()[-1]
+        if status is None:
+            raise UnknownJob(job_id)
+        return (Result.model_validate_json(raw) if raw else None), leader is not None and key is not None
 
     def wait_many(self, job_ids: list[str], timeout: float = 600.0) -> Iterator[Result]:
         end = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from workers.jobstore import DEAD_LETTER
 from workers.ledger import render_receipt
 from workers.panel import attempts, watchdog
 from workers.panel.act import dispatch
+from workers.panel.admission import asks_for
 from workers.panel.agreement import parse_json_object
 from workers.panel.jobview import JobView
 from workers.panel.ports import Dispatcher
@@ -108,14 +109,14 @@ def new_panel(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPol
         agreement=policy.panel.agreement.model_dump(), arbiter=policy.panel.arbiter,
         rubric=policy.rubric, deadline=deadline, batch=batch, triggers=triggers,
     )  # fmt: skip
-    return open_panel(rt, d, spec, reason, plan, first=first)
+    return open_panel(rt, d, spec, reason, plan, first=first, job=job)
 
 
 def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: bytes | None = None,
-               first: bool = False, **entry: Any) -> PanelRun:  # fmt: skip
-    """Store a new panel with the job's record of it (with `entry`, e.g. its cascade stage, and,
-    for its first panel, the job's `plan` and running status) in one transaction, and send its
-    first members. `first`: the panel was numbered 1 without counting it (`new_panel`): counted here."""
+               first: bool = False, job: Job | None = None, **entry: Any) -> PanelRun:  # fmt: skip
+    """Store a new panel with the job's record of it (`entry`, e.g. its cascade stage; a first panel's `plan`
+    and running status) in one transaction; send its first members (given the `job`, with their admission's
+    asks). `first`: the panel was numbered 1 without counting it (`new_panel`): counted here."""
     # one MULTI on a single Redis; on a cluster the deadlines zset is another slot (producer/keys.py)
     pipe = rt.redis.pipeline(transaction=not connect.is_cluster(rt.redis))
     if first:
@@ -130,7 +131,7 @@ def open_panel(rt: Runtime, d: Dispatcher, spec: PanelRun, reason: str, plan: by
     if expect:
         watchdog.expect(pipe, spec.panel_id, [m.member for m in sending])
     pipe.execute()
-    dispatch(rt.store, d, spec, sending, expected=expect)
+    dispatch(rt.store, d, spec, sending, expected=expect, asks=asks_for(rt.chord, spec, sending, job) if job else None)
     return spec
 
 

@@ -27,6 +27,7 @@ from workers.budget import Budget
 from workers.errors import Cancelled
 from workers.jobstore import JobStore
 from workers.limits import BreakerConfig, CircuitBreaker, RateLimiter
+from workers.panel.admission import Admissions
 from workers.panel.calls import ModelCaller
 from workers.panel.ports import Chord
 from workers.panel.state import PanelStore
@@ -73,7 +74,8 @@ class Runtime:
             failure_rate=settings.breaker_failure_rate, open_s=settings.breaker_open_s))  # fmt: skip
         self.budget = Budget(self.redis, settings.tenant_budget_usd)
         # the narrow view the panel path is given (workers/panel/ports.py)
-        self.chord = Chord(store=self.store, registry=self.registry, jobs=self.jobs, caller=ModelCaller(self))
+        self.chord = Chord(store=self.store, registry=self.registry, jobs=self.jobs, caller=ModelCaller(self),
+                           admission=Admissions(self))  # fmt: skip
         self._providers: dict[str, Provider] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}  # panel id -> its calls' events (any thread adds)
         self._waiters_lock = threading.Lock()

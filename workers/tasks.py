@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
+import redis
 from celery import Task
+from kombu.exceptions import KombuError
 
 from producer import keys
 from producer.wire import text
@@ -24,6 +26,7 @@ from workers.batch import lane as batch_lane
 from workers.errors import failure_reason
 from workers.jobs import conclude_panel, start_job
 from workers.panel.act import carry_out
+from workers.panel.admission import Ask
 from workers.panel.arbiter import run_arbiter
 from workers.panel.chord import TEST_HOOKS, abandon_member, run_member
 from workers.panel.route import Route
@@ -52,8 +55,30 @@ class CeleryDispatcher:
     (workers/panel/route.py chose it); concludes in this process."""
 
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
-        task, queue = MEMBER_TASKS[route]
-        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=queue or f"llm.{member.tier}").id)
+        task = MEMBER_TASKS[route][0]
+        return str(app.send_task(task, args=[spec.panel_id, member.member], queue=_queue(route, member)).id)
+
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route,
+                asks: Mapping[str, Ask] | None = None) -> dict[str, str]:  # fmt: skip
+        """The members' messages in one pipeline (kombu's publish batch: their LPUSHes sent
+        together). A batch that fails is "delivery uncertain" (some may have gone) and kombu does
+        not retry it: each member is then sent on its own, with Celery's publish retries; a copy
+        sent twice votes once and calls once (its lease). A broker connection whose pipelines
+        could be replayed (kombu's `supports_batch_publish`) sends them one by one. `asks`: each
+        member's admission ask, in its kwargs (workers/panel/admission.py); not on a re-send."""
+        task = MEMBER_TASKS[route][0]
+        sent: dict[str, str] = {}
+        try:
+            with app.producer_or_acquire() as producer, producer.batch():
+                for m in members:
+                    ask = asks.get(m.member) if asks else None
+                    sent[m.member] = str(app.send_task(task, args=[spec.panel_id, m.member], queue=_queue(route, m),
+                                                       kwargs={"admit": ask.args()} if ask else None,
+                                                       producer=producer).id)  # fmt: skip
+        except (KombuError, redis.RedisError, OSError) as e:
+            log.warning("panel %s: the members' batch publish failed (%s): sending each on its own", spec.panel_id, e)
+            return {m.member: self.member(spec, m, route) for m in members}
+        return sent
 
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         if route == "realtime":
@@ -72,6 +97,10 @@ class CeleryDispatcher:
 
 
 dispatcher = CeleryDispatcher()
+
+
+def _queue(route: Route, member: Member) -> str:
+    return MEMBER_TASKS[route][1] or f"llm.{member.tier}"
 
 
 def job_of(panel_id: str) -> str:
@@ -190,10 +219,10 @@ def _test_poison(job_id: str, task: str, args: list[str]) -> None:
         os._exit(137)  # what the OOM killer or a segfault looks like from the broker's side
 
 
-def _member_turn(panel_id: str, member_id: str, batch: bool | None = None) -> str:
+def _member_turn(panel_id: str, member_id: str, batch: bool | None = None, admit: object = None) -> str:
     rt = runtime()
     with rt.watching(panel_id):  # from before the member's start read: its call needs no decided check
-        turn = run_member(rt.chord, panel_id, member_id, batch=batch)
+        turn = run_member(rt.chord, panel_id, member_id, batch=batch, ask=Ask.from_args(admit))
     carry_out(rt.store, dispatcher, turn)
     return turn.status
 
@@ -253,9 +282,10 @@ def run(self: Task, job_id: str) -> str:
 
 
 @app.task(name="panel.member", bind=True, acks_late=True)
-def member(self: Task, panel_id: str, member_id: str) -> str:
-    """One member's call and vote."""
-    return attempt(self, job_of(panel_id), lambda: _member_turn(panel_id, member_id),
+def member(self: Task, panel_id: str, member_id: str, admit: dict[str, object] | None = None) -> str:
+    """One member's call and vote. `admit`: what its admission needs, so it goes with the
+    member's first round trip (workers/panel/admission.py `Ask`; no prompt, no key)."""
+    return attempt(self, job_of(panel_id), lambda: _member_turn(panel_id, member_id, admit=admit),
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 

@@ -229,16 +229,17 @@ def test_confirm_stages_score_in_the_search_as_the_replay_does(tmp_path: Path) -
 
 
 def test_a_budget_buys_the_most_accurate_eligible_policy_it_can_afford(tmp_path: Path) -> None:
-    """`--budget B`: of the policies the default rule finds eligible, the most accurate (smoothed)
-    costing <= B x the strongest model; none that cheap: the default's pick, the cheapest."""
+    """`--budget B` (the default 0.40): of the eligible policies, the most accurate (smoothed)
+    costing <= B x the strongest model; none that cheap, or `--budget off`: the cheapest."""
     from evaluation import space as search
 
     _, m = setup(tmp_path, cascade_data.rows(200))
     space = search.build(m, AGREE, rates=tune.Rule().rates(m.n))
     s = tune.strongest(m)
     bar, max_cost = float(m.right[:, s].mean()), float(m.cost[:, s].sum())
-    cheapest = tune.choose(space, bar, tune.Rule(), max_cost)
+    cheapest = tune.choose(space, bar, tune.Rule(budget=None), max_cost)
     bought = tune.choose(space, bar, tune.Rule(budget=0.45), max_cost)
+    assert tune.Rule().budget == tune.DEFAULT_BUDGET == 0.40
     _, smooth, cost, _ = space.flat()
     eligible = np.flatnonzero(tune.eligible(space, bar, tune.Rule(), max_cost)).tolist()
     affordable = [i for i in eligible if cost[i] <= 0.45 * max_cost]
@@ -255,6 +256,10 @@ def test_a_budget_outside_0_1_is_refused_naming_the_flag(tmp_path: Path, capsys:
     path = cascade_data.write(tmp_path / "s.jsonl", cascade_data.rows(40))
     assert cli.main(["tune", str(path), "--budget", "0"]) == 2
     assert "panel tune: --budget: a share of the strongest model's cost in (0, 1], got 0.0" in capsys.readouterr().err
+    assert cli.main(["tune", str(path), "--budget", "half"]) == 2
+    assert "panel tune: --budget: a share of the strongest model's cost in (0, 1], or off; got 'half'" in capsys.readouterr().err
+    assert tune.parse_budget("off") is None and tune.parse_budget("0.3") == 0.3
+    assert cli.main(["tune", str(path), "--budget", "off"]) == 0  # the cheapest eligible, the rule before
 
 
 def test_transfer_pools_files_as_one_file_of_their_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ fakeredis, a chord and a runtime over them (tests/panel/test_chord.py, test_jobs
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -44,7 +45,7 @@ class FakeCaller:
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                  member: str | None = None, in_panel: frozenset[str] = frozenset(),
-                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
+                 owed: Owed | None = None, admitted: Any = None) -> CallOutcome:  # fmt: skip
         self.calls.append((panel_id, model))
         text = self.answers[model]
         if text is None:
@@ -71,6 +72,9 @@ class Recorder:
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
         self.sent.append((spec.panel_id, member.member, route))
         return f"task-{spec.panel_id}-{member.member}"
+
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route, asks: Any = None) -> dict[str, str]:
+        return {m.member: self.member(spec, m, route) for m in members}
 
     def arbiter(self, spec: PanelRun, route: Route) -> None:
         self.arbiters.append((spec.panel_id, route))

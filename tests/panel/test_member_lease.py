@@ -35,7 +35,7 @@ class GatedCaller(FakeCaller):
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                  member: str | None = None, in_panel: frozenset[str] = frozenset(),
-                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
+                 owed: Owed | None = None, admitted: Any = None) -> CallOutcome:  # fmt: skip
         self.entered.set()
         assert self.go.wait(30), "the test never let the call answer"
         return super().__call__(panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel)

@@ -36,11 +36,11 @@ from workers.batch.realtime import run_arbiter_now
 from workers.panel.act import carry_out
 from workers.panel.arbiter import before_judge, member_answers
 from workers.panel.calls import CallOutcome
-from workers.panel.chord import call_record, cast_vote, json_mode, land
+from workers.panel.chord import call_record, cast_vote, land
 from workers.panel.ports import Dispatcher
 from workers.panel.record import Call
 from workers.panel.route import realtime_margin_s, route
-from workers.panel.run import PanelRun
+from workers.panel.run import PanelRun, json_mode
 from workers.providers.base import ChatRequest, Completion, ProviderError, ProviderUnavailable
 from workers.runtime import Runtime
 

@@ -118,6 +118,10 @@ class CircuitBreaker:
         if permit.lease:
             self._run("release", permit.key, (permit.generation, permit.lease))
 
+    def release_step(self, permit: Permit) -> ScriptStep | None:
+        """`release` as a step to send with others in one round trip; None for an ordinary permit."""
+        return self._step("release", permit.key, (permit.generation, permit.lease)) if permit.lease else None
+
     def state(self, key: str) -> str:
         """The state now: "closed", "open" or "half_open"."""
         return str(self.snapshot(key)["state"])

@@ -10,10 +10,11 @@ Guards: `Cancel` and `CallArbiter` run once per panel and `NextStage` once per s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from workers.panel import watchdog
+from workers.panel.admission import Ask
 from workers.panel.decision import Action, CallArbiter, Cancel, Conclude, NextStage
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
@@ -65,15 +66,19 @@ def carry_out_actions(store: PanelStore, d: Dispatcher, spec: PanelRun, actions:
                 dispatch(store, d, spec, spec.members[action.send_from : action.send_to])
 
 
-def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence[Member], expected: bool = False) -> None:
+def dispatch(store: PanelStore, d: Dispatcher, spec: PanelRun, members: Sequence[Member], expected: bool = False,
+             asks: Mapping[str, Ask] | None = None) -> None:  # fmt: skip
     """Send members on the panel's route (batch or real time, decided once for the lot) and
     record their task ids, so a quorum can revoke the ones still queued. `expected`: the
-    watchdog's entries were written already (with the panel: workers/jobs.py open_panel)."""
+    watchdog's entries were written already (with the panel: workers/jobs.py open_panel).
+    `asks`: each member's admission ask (workers/panel/admission.py), sent with a real-time member."""
     r = route(spec)
     if r != "batch" and not expected:  # before sending: a member whose send failed (Redis went down
         # mid-dispatch) or that never starts is sent again (workers/panel/watchdog.py)
         watchdog.expect(store.r, spec.panel_id, [m.member for m in members])
-    store.set_task_ids(spec.panel_id, {m.member: d.member(spec, m, r) for m in members})
+    asks = asks if r == "realtime" else None
+    sent = d.members(spec, members, r, asks) if len(members) > 1 or asks else {m.member: d.member(spec, m, r) for m in members}
+    store.set_task_ids(spec.panel_id, sent)
 
 
 def cancel_stragglers(store: PanelStore, d: Dispatcher, spec: PanelRun) -> None:

@@ -46,7 +46,7 @@ EXPECTED_OUTPUT_TOKENS = 256  # reserved with the limiter up front; reconciled w
 
 
 T = TypeVar("T")
-__all__ = ["CallIO", "CallOutcome", "ModelCaller", "Spend", "call_model", "estimate_tokens"]
+__all__ = ["Admitted", "CallIO", "CallOutcome", "ModelCaller", "Spend", "call_model", "estimate_tokens"]
 
 
 class CallIO(Protocol):
@@ -81,11 +81,12 @@ def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTE
 
 
 Opened = tuple[str, dict[str, Any]]  # an attempt's id and its in_flight record (attempts.py)
+# a call's admission, granted: breaker permit, budget hold, limiter grant, the attempt's record
+Admitted = tuple[Permit, Hold | None, Reservation, Opened | None]
 
 
 def _admit(rt: CallIO, model: str, messages: list[dict[str, str]], deadline: float, spend: Spend | None,
-           panel_id: str | None = None, member: str | None = None, sent_tokens: int = 0,
-           ) -> tuple[Permit, Hold | None, Reservation, Opened | None]:  # fmt: skip
+           panel_id: str | None = None, member: str | None = None, sent_tokens: int = 0) -> Admitted:  # fmt: skip
     """Breaker permit, budget hold and limiter grant, asked for together in one round trip. A
     refusal by any gives back what the others granted (a budget hold is refunded, limiter tokens
     returned, a probe slot released; an ordinary permit holds nothing), then raises BreakerOpen,
@@ -185,9 +186,10 @@ def _drop_attempt(rt: CallIO, panel_id: str, aid: str) -> None:
 
 def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
              messages: list[dict[str, str]], deadline: float, spend: Spend | None,
-             member: str | None = None, owed: Owed | None = None) -> Completion:  # fmt: skip
+             member: str | None = None, owed: Owed | None = None, admitted: Admitted | None = None) -> Completion:  # fmt: skip
     """One attempt: breaker permit, budget hold, limiter grant, the call; every hold released or
-    settled whatever happens. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled.
+    settled whatever happens. `admitted`: granted already, with the member's start
+    (workers/panel/admission.py): not asked again. Raises BreakerOpen, BudgetExceeded, RateLimitWait, ProviderError, Cancelled.
     With `owed`, an answer's settlement is handed over in it instead of sent here (the member's
     record carries it: workers/panel/chord.py `land`, which sends it once either way).
 
@@ -200,7 +202,7 @@ def _attempt(rt: CallIO, panel_id: str | None, model: str, request: ChatRequest,
     hold: Hold | None
     reservation: Reservation | None
     sent = billing.input_tokens(rt.registry.provider_of(model).api, request) if member is not None else 0
-    permit, hold, reservation, opened = _admit(rt, model, messages, deadline, spend, panel_id, member, sent)
+    permit, hold, reservation, opened = admitted or _admit(rt, model, messages, deadline, spend, panel_id, member, sent)
     pid = panel_id or ""
     ended: Callable[[Any], object] | None = None  # the attempt's closing record, sent with the give-back
     failed_ok: bool | None = None  # a provider error's breaker outcome, recorded with the give-back
@@ -261,8 +263,10 @@ def _queue_end(panel_id: str, opened: Opened, status: str, pipe: Any, **fields: 
 
 def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                json_mode: bool, spend: Spend | None, logprobs: bool = False,
-               member: str | None = None, owed: Owed | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
-    """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen."""
+               member: str | None = None, owed: Owed | None = None,
+               admitted: Admitted | None = None) -> tuple[Completion | None, str | None, int]:  # fmt: skip
+    """Retry one model until success, a non-retryable error, or the deadline. Raises BreakerOpen.
+    `admitted`: the first attempt's admission, granted already."""
     spec = rt.registry.model(model)
     timeout = max(1.0, min(rt.settings.call_timeout_s, deadline - time.time()))
     request = ChatRequest(model=spec.wire_model, messages=messages, max_tokens=spec.max_output_tokens,
@@ -270,7 +274,8 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
     last_error = "no attempt made"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return _attempt(rt, panel_id, model, request, messages, deadline, spend, member, owed), None, attempt
+            first, admitted = admitted, None
+            return _attempt(rt, panel_id, model, request, messages, deadline, spend, member, owed, first), None, attempt
         except BreakerOpen as e:
             if attempt > 1:  # it opened while this call retried: keep the call's last error in the reason
                 e.add_note(last_error)
@@ -291,8 +296,9 @@ def _one_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
 def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                member: str | None = None, in_panel: frozenset[str] = frozenset(),
-               owed: Owed | None = None) -> CallOutcome:  # fmt: skip
+               owed: Owed | None = None, admitted: Admitted | None = None) -> CallOutcome:  # fmt: skip
     """Call `model`, failing over along its fallbacks while their breakers are open. Raises Cancelled.
+    `admitted`: the first attempt's admission at `model`, granted with the member's start.
     With `owed`, an answer's settlement (tokens, breaker, budget) is left in it for the caller to
     send with its record (`_attempt`).
     With a `member`, every provider attempt is recorded (workers/panel/attempts.py). A fallback in
@@ -309,8 +315,9 @@ def call_model(rt: CallIO, panel_id: str | None, model: str, messages: list[dict
             continue
         tried.append(candidate)
         try:
+            first, admitted = admitted, None
             completion, error, n = _one_model(rt, panel_id, candidate, messages, deadline, json_mode, spend, logprobs,
-                                              member, owed)  # fmt: skip
+                                              member, owed, first)  # fmt: skip
         except BreakerOpen as e:
             log.info("breaker open for %s (%s); failing over", candidate, e)
             causes += getattr(e, "__notes__", [])
@@ -331,6 +338,6 @@ class ModelCaller:
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                  member: str | None = None, in_panel: frozenset[str] = frozenset(),
-                 owed: Owed | None = None) -> CallOutcome:  # fmt: skip
+                 owed: Owed | None = None, admitted: Admitted | None = None) -> CallOutcome:  # fmt: skip
         return call_model(self.io, panel_id, model, messages, deadline, json_mode, spend, logprobs, member, in_panel,
-                          owed)  # fmt: skip
+                          owed, admitted)  # fmt: skip

@@ -25,14 +25,15 @@ from workers import metrics
 from workers.errors import Cancelled
 from workers.limits.steps import Owed
 from workers.panel import watchdog
+from workers.panel.admission import Ask, Speculation, matches
 from workers.panel.agreement import Exact, make_rule
-from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, CallOutcome, estimate_tokens
+from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, Admitted, CallOutcome, estimate_tokens
 from workers.panel.decision import Action, Conclude, Nothing, after_vote
 from workers.panel.outage import through_redis_outage
 from workers.panel.ports import Chord
 from workers.panel.record import Call, Status
-from workers.panel.run import Member, PanelRun, VoteOutcome
-from workers.panel.state import PanelStore
+from workers.panel.run import Member, PanelRun, VoteOutcome, json_mode
+from workers.panel.state import PanelStore, Start
 from workers.providers.caching import price, record_fields
 from workers.registry import Registry
 
@@ -58,9 +59,11 @@ def call_record(registry: Registry, spec: PanelRun, m: Member, status: Status, *
                 batch=extra.pop("batch", spec.batch), **extra)  # fmt: skip
 
 
-def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None = None) -> Turn:
+def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None = None, ask: Ask | None = None) -> Turn:
     """One member's whole turn. `batch` prices the call (default: the panel's lane); a batch
-    panel's member made in real time (workers/panel/route.py) passes False."""
+    panel's member made in real time (workers/panel/route.py) passes False. `ask`: what its
+    admission needs (the task's kwargs): the admission then goes with the start's round trip
+    (workers/panel/admission.py), and is given back if the member does not call."""
     store = chord.store
     # a member that starts while Redis is away waits for it: raising would publish a retry, which
     # fails in the same outage, and the member would be lost (seen in the Redis-stop drill)
@@ -72,13 +75,32 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     # And the job's spec when this process lacks it (the job and its panels share a slot).
     token = store.leases.token()
     job_id = panel_id.rsplit(".", 1)[0]  # panel ids are f"{job_id}.{n}" (workers/jobs.py new_panel)
-    start = through_redis_outage(lambda: store.turn(
-        panel_id, member_id, lease=token,
-        also=lambda r: watchdog.started(r, panel_id, member_id, store.leases.lease_s),
-        job_spec_of=None if chord.jobs.has(job_id) else job_id))  # fmt: skip
-    if start.spec is None:
-        return Turn("gone", None)
+    pre: list[Speculation | None] = [None]
+
+    def turn() -> Start:  # the admission rides with the first try only: a retry after a lost reply
+        # must not be granted twice (an outage's retry starts without it, as the usual path would)
+        first = pre[0] is None and ask is not None and chord.admission is not None and not fault_armed(
+            store, "before_call", panel_id, member_id)  # fmt: skip
+        if first and ask is not None and chord.admission is not None:
+            pre[0] = chord.admission.speculate(store.r, panel_id, member_id, ask, token)
+        return store.turn(panel_id, member_id, lease=token,
+                          also=lambda r: watchdog.started(r, panel_id, member_id, store.leases.lease_s),
+                          job_spec_of=None if chord.jobs.has(job_id) else job_id,
+                          admit=pre[0].queue if first and pre[0] is not None else None)  # fmt: skip
+
+    start = through_redis_outage(turn)
+    calling = (start.spec is not None and start.held and not start.decided
+               and not (start.prior is not None and start.prior.status in REUSABLE))  # fmt: skip
+    admitted: Admitted | None = None
+    if pre[0] is not None:
+        if calling and len(start.admitted) == 4:
+            admitted = pre[0].took(start.admitted)
+        else:  # not calling (or its admission never ran: a retried start): what it granted goes back
+            pre[0].read(start.admitted)
+            pre[0].give_back()
     spec, prior = start.spec, start.prior
+    if spec is None:
+        return Turn("gone", None)
     batch = spec.batch if batch is None else batch
     m = spec.member(member_id)
     reusable = prior is not None and prior.status in REUSABLE
@@ -101,33 +123,47 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
     if not start.held:
         return Turn(prior.status if prior else "cancelled", spec)  # the copy that held the lease recorded it
     with store.leases.holding(panel_id, member_id):
-        return _call(chord, spec, m, batch, start.job_spec)
+        return _call(chord, spec, m, batch, start.job_spec, admitted, pre[0])
 
 
-def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes | None = None) -> Turn:
-    """The member's call, holding its lease, then its record and its vote."""
+def _call(chord: Chord, spec: PanelRun, m: Member, batch: bool, job_spec: bytes | None = None,
+          admitted: Admitted | None = None, pre: Speculation | None = None) -> Turn:  # fmt: skip
+    """The member's call, holding its lease, then its record and its vote. `admitted`: its first
+    attempt's admission, granted with its start (`pre` gives it back if the call does not use it)."""
     store, panel_id, member_id = chord.store, spec.panel_id, m.member
-    job = chord.jobs.load(spec.job_id, job_spec)
-    fault_point(store, "before_call", panel_id, member_id)
+    try:
+        job = chord.jobs.load(spec.job_id, job_spec)
+        if admitted is not None and pre is not None and not matches(
+                pre.ask, chord.registry, m.model, job.chat(), json_mode(spec, job), spec.logprobs,
+                chord.jobs.spend(job, batch)):  # fmt: skip
+            log.warning("member %s of %s: its task's admission ask differs from its job: asked again", member_id, panel_id)
+            admitted = None
+            pre.give_back()
+        fault_point(store, "before_call", panel_id, member_id)
+    except BaseException:
+        if pre is not None and admitted is not None:  # not handed to the call: it goes back
+            pre.give_back()
+        raise
     started = time.time()
     # an answer's settlement (tokens, breaker, budget hold), or a cut-off call's give-back, is
     # owed until it goes with the member's record (`land`, or the cancelled record below); if
     # anything stops that, it goes alone here: once either way
     owed = Owed()
     try:
-        return _called(chord, spec, m, batch, job, started, owed)
+        return _called(chord, spec, m, batch, job, started, owed, admitted)
     finally:
         if not owed.sent:
             through_redis_outage(owed.send)
 
 
-def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, started: float, owed: Owed) -> Turn:
+def _called(chord: Chord, spec: PanelRun, m: Member, batch: bool, job: Job, started: float, owed: Owed,
+            admitted: Admitted | None = None) -> Turn:  # fmt: skip
     store, panel_id, member_id = chord.store, spec.panel_id, m.member
     try:
         res = chord.caller(panel_id, m.model, job.chat(), spec.deadline, json_mode=json_mode(spec, job),
                            spend=chord.jobs.spend(job, batch), logprobs=spec.logprobs, member=member_id,
                            in_panel=frozenset(x.model for x in spec.members if x.member != member_id),
-                           owed=owed)  # fmt: skip
+                           owed=owed, admitted=admitted)  # fmt: skip
     except Cancelled as c:
         # In flight: the provider may bill the prompt, so charge its input tokens as sent
         sent = c.tokens_in if c.tokens_in is not None else estimate_tokens(job.chat()) - EXPECTED_OUTPUT_TOKENS
@@ -174,10 +210,6 @@ def abandon_member(chord: Chord, panel_id: str, member_id: str, reason: str) -> 
     failed = call_record(chord.registry, spec, m, "failed", error=reason)
     chord.store.put_call(panel_id, failed, only_if_absent=True)
     return cast_vote(chord.store, spec, chord.store.call(panel_id, member_id) or failed)
-
-
-def json_mode(spec: PanelRun, job: Job) -> bool:
-    return job.response_schema is not None or spec.agreement.get("rule") == "json"
 
 
 def land(chord: Chord, spec: PanelRun, m: Member, job: Job, res: CallOutcome, elapsed_ms: float,
@@ -261,6 +293,12 @@ def stage_step(spec: PanelRun) -> int:
 # field (a member late to its own vote).
 TEST_HOOKS = os.environ.get("PANEL_TEST_HOOKS") == "1"
 PARK_LIMIT_S = 600.0
+
+
+def fault_armed(store: PanelStore, point: str, panel_id: str, member_id: str) -> bool:
+    """A park is armed at `point` for this member: its start asks nothing of the limits before it
+    parks (a worker killed there has made no admission, as before admissions rode with the start)."""
+    return TEST_HOOKS and bool(store.r.exists(keys.test_park(point, panel_id, member_id)))
 
 
 def fault_point(store: PanelStore, point: str, panel_id: str, member_id: str) -> None:

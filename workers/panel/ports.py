@@ -9,13 +9,15 @@ turn reads and writes through. Nothing here imports Celery or the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from producer.contract import Job
 from workers.budget import Spend
 from workers.limits.steps import Owed
-from workers.panel.calls import CallOutcome
+from workers.panel.admission import Ask, Speculation
+from workers.panel.calls import Admitted, CallOutcome
 from workers.panel.route import Route
 from workers.panel.run import Member, PanelRun, Read
 from workers.panel.state import PanelStore
@@ -30,7 +32,13 @@ class Caller(Protocol):
     def __call__(self, panel_id: str | None, model: str, messages: list[dict[str, str]], deadline: float,
                  json_mode: bool = False, spend: Spend | None = None, logprobs: bool = False,
                  member: str | None = None, in_panel: frozenset[str] = frozenset(),
-                 owed: Owed | None = None) -> CallOutcome: ...  # fmt: skip
+                 owed: Owed | None = None, admitted: Admitted | None = None) -> CallOutcome: ...  # fmt: skip
+
+
+class Admission(Protocol):
+    """A member's admission queued with its start (workers/panel/admission.py `Admissions`)."""
+
+    def speculate(self, store_r: Any, panel_id: str, member: str, ask: Ask, token: str) -> Speculation | None: ...
 
 
 class Jobs(Protocol):
@@ -48,6 +56,14 @@ class Dispatcher(Protocol):
 
     def member(self, spec: PanelRun, member: Member, route: Route) -> str:
         """Send one member's call on `route`; returns the task id (revoked if a quorum wins)."""
+        ...
+
+    def members(self, spec: PanelRun, members: Sequence[Member], route: Route,
+                asks: Mapping[str, Ask] | None = None) -> dict[str, str]:  # fmt: skip
+        """Send several members' calls on `route` at once (one round trip on Celery); returns
+        member -> task id. A member may go twice (a batch whose delivery was uncertain sent
+        again): its vote counts once and its lease stops a second call. `asks`: each member's
+        admission ask, sent in its task's kwargs (workers/panel/admission.py)."""
         ...
 
     def arbiter(self, spec: PanelRun, route: Route) -> None: ...
@@ -74,3 +90,4 @@ class Chord:
     registry: Registry
     jobs: Jobs
     caller: Caller
+    admission: Admission | None = None  # None: a member asks for its admission when it calls

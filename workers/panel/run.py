@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import orjson
 
+from producer.contract import Job
 from workers.panel.attempts import Attempt
 from workers.panel.jobview import JobView
 from workers.panel.record import Call
@@ -97,3 +98,8 @@ class PanelSnapshot:
 
 
 Read = tuple[JobView, PanelSnapshot]  # what a conclusion reads: its job's view and the panel's snapshot
+
+
+def json_mode(spec: PanelRun, job: Job) -> bool:
+    """A member of this panel asks its model for JSON (a response schema, or a JSON agreement rule)."""
+    return job.response_schema is not None or spec.agreement.get("rule") == "json"

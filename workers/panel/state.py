@@ -9,7 +9,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ class Start:
     held: bool  # this copy took the member's lease: it may call
     running: bool  # another copy holds the lease: it is calling now
     job_spec: bytes | None = None  # the job's stored spec, when asked for (`turn(job_spec_of=...)`)
+    admitted: list[Any] = field(default_factory=list)  # the replies of what `turn(admit=...)` queued
 
 
 class PanelStore:
@@ -116,14 +117,16 @@ class PanelStore:
 
     def turn(self, panel_id: str, member: str, lease: str | None = None,
              also: Callable[[redis.Redis | Pipeline], object] | None = None,
-             job_spec_of: str | None = None) -> Start:  # fmt: skip
+             job_spec_of: str | None = None, admit: Callable[[Pipeline], object] | None = None) -> Start:  # fmt: skip
         """A member's start, one round trip: the panel's spec (unless this process has it), the
         member's recorded call (a redelivery re-uses a paid answer), whether the panel is decided
         already, and the member's lease (workers/panel/lease.py): taken with token `lease`, or
         just looked at. `also` queues more writes after the reads (the watchdog's started mark),
         in the same round trip on a single Redis; on a cluster (another slot) they go on their own.
         `job_spec_of`: a job id whose stored spec this process lacks, read in the same MULTI (the
-        job and its panels share a slot)."""
+        job and its panels share a slot). `admit` queues the member's admission last (its replies
+        in `Start.admitted`; an error among them, a script Redis lost, is left for its reader);
+        never on a cluster (workers/panel/admission.py does not ask there)."""
         spec = self._specs.get(panel_id)
         cluster = connect.is_cluster(self.r)
         pipe = self.r.pipeline()
@@ -137,7 +140,14 @@ class PanelStore:
             pipe.hget(keys.job(job_spec_of), "spec")
         if also is not None and not cluster:
             also(pipe)
-        raw, (decided, raw_spec), leased, *more = pipe.execute()
+        at = len(pipe)
+        if admit is not None:
+            admit(pipe)
+        got = pipe.execute(raise_on_error=admit is None)
+        for res in got[:at]:
+            if isinstance(res, Exception):
+                raise res
+        raw, (decided, raw_spec), leased, *more = got[:at]
         job_spec = more[0] if job_spec_of is not None else None
         if also is not None and cluster:
             also(self.r)
@@ -145,7 +155,7 @@ class PanelStore:
             spec = self._remember(PanelRun.from_json(raw_spec))
         held = bool(leased) if lease is not None else False
         running = not leased if lease is not None else bool(leased)
-        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running, job_spec)
+        return Start(spec, Call.from_json(raw) if raw else None, bool(decided), held, running, job_spec, got[at:])
 
     def cancel(self, spec: PanelRun) -> tuple[bool, list[str]]:
         """Decided: tell in-flight calls to stop (the decided channel), and return (first to
