@@ -12,7 +12,6 @@ import time
 from importlib.resources import files
 from typing import Any
 
-import jsonschema
 import orjson
 import redis
 
@@ -37,7 +36,6 @@ from workers.runtime import Runtime
 
 __all__ = ["DEAD_LETTER", "conclude_panel", "failure_reason", "finalise_job", "start_job"]
 log = logging.getLogger("panel.jobs")
-_CONFIDENCE = re.compile(r"(?i)confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)")
 _CITATION = re.compile(r"(?im)\[\d+\]|https?://|^\s*sources?\s*:")
 
 
@@ -164,21 +162,12 @@ def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_f
     if text is None:
         return ["output:call_failed"], False
     hits: list[str] = []
-    invalid = False
-    if job.response_schema is not None:
-        obj = parse_json_object(text)
-        try:
-            jsonschema.validate(obj, job.response_schema)
-        except jsonschema.ValidationError:
-            invalid = True
-        if invalid and invalid_so_far + 1 >= (out.schema_invalid or 2):
-            hits.append(f"output:schema_invalid_x{invalid_so_far + 1}")
-    if out.low_confidence is not None:
-        m = _CONFIDENCE.search(text)
-        if m:
-            conf = float(m.group(1)) / (100 if m.group(2) or float(m.group(1)) > 1 else 1)
-            if conf < out.low_confidence:
-                hits.append(f"output:low_confidence<{out.low_confidence}")
+    invalid = job.response_schema is not None and not cascade.schema_valid(text, job.response_schema)
+    if invalid and invalid_so_far + 1 >= (out.schema_invalid or 2):
+        hits.append(f"output:schema_invalid_x{invalid_so_far + 1}")
+    conf = cascade.self_reported(text) if out.low_confidence is not None else None
+    if out.low_confidence is not None and conf is not None and conf < out.low_confidence:
+        hits.append(f"output:low_confidence<{out.low_confidence}")
     if out.missing_citations and not _CITATION.search(text):
         hits.append("output:missing_citations")
     return hits, invalid
