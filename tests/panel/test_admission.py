@@ -6,6 +6,7 @@ redis-server for the round-trip count); only the provider is a stand-in."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -188,6 +189,53 @@ def test_an_attempt_script_redis_lost_is_loaded_and_the_record_written_alone(r: 
     assert turn.status == "answered" and len(provider.requests) == 1
     assert len(attempts.parse(r.hgetall(attempts.key("j1.1")))["m0"]) == 1  # the given-back record is gone
     assert r.script_exists(OPEN_SHA) == [True]  # the next member's record rides with its start again
+
+
+def test_a_start_that_does_not_call_takes_none_of_its_models_requests_per_minute(r: fakeredis.FakeRedis) -> None:
+    """The limiter's grant is one request as well as its tokens. A member that does not call gives
+    both back (before: its request stayed taken, one of the model's rpm per start that never
+    called, which the usual path never took), and a call whose ask was given back and asked again
+    takes one request, not two. On one instant of the limiter's clock: nothing drains meanwhile."""
+    chord, io, provider = fleet(r)
+    now = time.time()
+    io.limiter = RateLimiter(r, clock=lambda: now)
+    spec = REGISTRY.model(M0)
+    lim = Limit(KEY, spec.rpm, spec.tpm, spec.burst_s)
+    full = io.limiter.headroom(lim)
+    store_job(r, "j1")
+    make_panel(chord.store)
+    ask = ask_of(chord, "j1")
+    chord.store.decide("j1.1", "quorum", "B")
+    assert run_member(chord, "j1.1", "m0", ask=ask).status == "cancelled" and provider.requests == []
+    assert io.limiter.headroom(lim) == full
+    store_job(r, "j2")
+    make_panel(chord.store, job_id="j2")
+    turn = run_member(chord, "j2.1", "m0", ask=ask_of(chord, "j2", chars=10_000))  # given back, asked again
+    assert turn.status == "answered" and len(provider.requests) == 1
+    assert io.limiter.headroom(lim)["requests"] == pytest.approx(full["requests"] - 1)
+
+
+def test_a_released_grant_keeps_a_later_grants_request() -> None:
+    """A grant given back after another was granted returns its tokens, not a request: the
+    schedule's end is the later grant's, and taking an interval off it would let one request more
+    through than the limit (the limiter's bound: tests/limits/test_limiter_bounds.py)."""
+    r = fakeredis.FakeRedis()
+    now = time.time()
+    rl = RateLimiter(r, clock=lambda: now)
+    lim = Limit("p:m", rpm=600, tpm=60_000, burst_s=1.0)
+    first, second = rl.try_acquire([lim], 100), rl.try_acquire([lim], 100)
+    assert first.granted and second.granted
+    after_two = rl.headroom(lim)
+    step = rl.release_step(first)
+    assert step is not None
+    step.run()
+    got = rl.headroom(lim)
+    assert got["requests"] == pytest.approx(after_two["requests"])  # the later grant's end stands
+    assert got["tokens"] == pytest.approx(after_two["tokens"] + 100)
+    step = rl.release_step(second)
+    assert step is not None
+    step.run()
+    assert rl.headroom(lim)["requests"] == pytest.approx(after_two["requests"] + 1)
 
 
 def reads(r: redis.Redis) -> int:

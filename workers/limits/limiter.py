@@ -80,6 +80,9 @@ class Reservation:
     # since moved this reservation's slice earlier, and a key that expired since refunds nothing
     key_credits: tuple[tuple[str, float], ...] = field(default=(), repr=False)
     blocker: str = ""  # the key with the longest wait, when not granted
+    # each key's request schedule end relative to the grant: a grant never used gives its request
+    # back while it is still the last one (`release_step`)
+    request_tats: tuple[float, ...] = field(default=(), repr=False)
 
 
 class RateLimiter:
@@ -130,9 +133,10 @@ class RateLimiter:
         status, at_or_index, wait_us, *rest = result
         if status == 1:
             n = len(limits)
-            tats, marks = rest[:n], rest[n:]
+            tats, marks, requests = rest[:n], rest[n : 3 * n], rest[3 * n : 4 * n]
             credits = tuple((text(marks[2 * i]), float(marks[2 * i + 1])) for i in range(n))
-            return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats), credits)
+            return Reservation(True, 0.0, tokens, limits, int(at_or_index), tuple(float(t) for t in tats), credits,
+                               request_tats=tuple(float(x) for x in requests))  # fmt: skip
         blocker = limits[int(at_or_index) - 1]
         if status == -1:
             raise TokensExceedLimit(blocker.key, tokens, blocker.tpm)
@@ -182,6 +186,22 @@ class RateLimiter:
         never shortens a longer one already in place."""
         if seconds > 0:
             self._run("pause", [keys.rate_limit(key)], [round(seconds * US)])
+
+    def release_step(self, reservation: Reservation) -> ScriptStep | None:
+        """A grant whose call was never made, given back as a step (workers/limits/steps.py): its
+        tokens as `reconcile_step(reservation, 0)` would, and its request too while no later grant
+        has moved the key's request schedule (else it stays taken: capacity idles, never exceeds).
+        None when there is nothing to give back."""
+        if not reservation.granted or not reservation.limits:
+            return None
+        if len(reservation.request_tats) != len(reservation.limits):  # granted by an older script
+            return self.reconcile_step(reservation, 0)
+        args: list[Any] = [reservation.tokens, reservation.granted_at_us]
+        for lim, r, t, (k, c) in zip(reservation.limits, reservation.request_tats, reservation.token_tats,
+                                     reservation.key_credits, strict=True):  # fmt: skip
+            args += [lim.rpm, lim.tpm, repr(r), repr(t), k, repr(c)]
+        return ScriptStep(self._script, [keys.rate_limit(lim.key) for lim in reservation.limits],
+                          self._argv("release", args))  # fmt: skip
 
     def headroom(self, limit: Limit) -> dict[str, float]:
         """Requests and tokens grantable now, and `paused_until` (epoch seconds, 0 if not paused).

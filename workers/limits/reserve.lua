@@ -3,17 +3,23 @@
 -- KEYS[i]  one hash per limit key: b (base, integer microseconds on the Redis clock) and, as
 --          offsets from b, r (request TAT), t (token TAT), p (paused until); k (the key's
 --          incarnation: the microsecond it was created) and c (token credit refunded since, us)
--- ARGV[1]  op: "acquire" | "reconcile" | "pause" | "peek"
+-- ARGV[1]  op: "acquire" | "reconcile" | "release" | "pause" | "peek"
 -- ARGV[2]  now in integer microseconds, or "" to read redis.call('TIME'). Production always
 --          sends ""; tests inject a value to exercise clock edges.
 --
 -- acquire    ARGV[3] tokens; ARGV[1+3i], ARGV[2+3i], ARGV[3+3i] rpm, tpm and burst (us) of KEYS[i]
---            -> {1, now, 0, t_1, ..., t_n, k_1, c_1, ..., k_n, c_n}  granted at `now`;
---               t_i = KEYS[i]'s token TAT - now, k_i and c_i its incarnation and credit so far
+--            -> {1, now, 0, t_1, ..., t_n, k_1, c_1, ..., k_n, c_n, r_1, ..., r_n}  granted at `now`;
+--               t_i (r_i) = KEYS[i]'s token (request) TAT - now, k_i and c_i its incarnation and
+--               credit so far
 --            -> {0, i, wait_us}             not granted: KEYS[i] waits longest; nothing written
 --            -> {-1, i, 0}                  never grantable: tokens exceed KEYS[i]'s tpm
 -- reconcile  ARGV[3] actual - reserved tokens; ARGV[4] the grant's now;
 --            ARGV[1+4i] .. ARGV[4+4i]: tpm of KEYS[i], and its t_i, k_i, c_i from the grant -> {1}
+-- release    a grant whose call was never made, given back: ARGV[3] its tokens; ARGV[4] the grant's
+--            now; ARGV[5+6(i-1)] .. ARGV[10+6(i-1)]: rpm and tpm of KEYS[i], and its r_i, t_i, k_i,
+--            c_i from the grant -> {1}. The tokens go back as reconcile's refund does; the request
+--            only while no later grant has moved the key's request schedule (else it stays taken:
+--            capacity idles, never exceeds)
 -- pause      ARGV[3] microseconds -> paused-until (string), the later of the old and the new one
 -- peek       ARGV[3] rpm, ARGV[4] tpm, ARGV[5] burst (us) -> {requests, tokens, paused_until}
 --            as strings, read-only
@@ -90,6 +96,7 @@ if op == 'acquire' then
     out[3 + i] = fmt(ts[i])
     out[2 + n + 2 * i] = ks[i]
     out[3 + n + 2 * i] = fmt(cs[i])
+    out[3 + 3 * n + i] = fmt(rs[i])
   end
   return out
 end
@@ -107,6 +114,27 @@ if op == 'reconcile' then
       -- since the grant has moved that slice earlier by its credit
       local ahead = (granted_at - now) + granted_t - math.max(0, c - granted_c)
       local credit = math.min(-delta * MINUTE / tpm, math.max(0, ahead), math.max(t, 0))
+      store(KEYS[i], r, t - credit, p, k, c + credit)
+    end
+  end
+  return {1}
+end
+
+if op == 'release' then
+  local tokens, granted_at = tonumber(ARGV[3]), tonumber(ARGV[4])
+  for i = 1, #KEYS do
+    local a = 4 + 6 * (i - 1)
+    local rpm, tpm, granted_r, granted_t = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+      tonumber(ARGV[a + 4])
+    local granted_k, granted_c = ARGV[a + 5], tonumber(ARGV[a + 6])
+    local r, t, p, exists, k, c = load(KEYS[i])
+    if exists and k == granted_k then
+      local ahead = (granted_at - now) + granted_t - math.max(0, c - granted_c)
+      local credit = math.min(tokens * MINUTE / tpm, math.max(0, ahead), math.max(t, 0))
+      -- the request schedule still ends at this grant's request (to float slack, far under the
+      -- whole interval a later grant moves it by): take that request off it
+      local interval = MINUTE / rpm
+      if math.abs(r - ((granted_at - now) + granted_r)) < math.min(1, interval / 2) then r = r - interval end
       store(KEYS[i], r, t - credit, p, k, c + credit)
     end
   end

@@ -15,10 +15,11 @@ member then queues the admission after the turn's reads, in the same MULTI, spec
 The attempt's record is written only when the member will call (open_attempt.lua: the panel
 undecided, no record, this copy's lease). A turn that says the member does not call (decided,
 another copy calling, a record to re-use, the panel gone) gives back what was granted in one more
-round trip, the rare path: a budget hold is refunded, limiter tokens returned, a half-open probe
-slot released (an ordinary permit holds nothing). A refusal or a limiter wait gives back too, and
-the call then asks again the usual way, which raises or waits as it always did. The member checks
-the ask against the job it loaded before it calls (`matches`); one that differs is given back.
+round trip, the rare path: a budget hold is refunded, the limiter's tokens and its request
+returned (the request while no later grant came after it: `RateLimiter.release_step`), a half-open
+probe slot released (an ordinary permit holds nothing). A refusal or a limiter wait gives back too,
+and the call then asks again the usual way, which raises or waits as it always did. The member
+checks the ask against the job it loaded before it calls (`matches`); one that differs is given back.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class Speculation:
         if self.returned:
             return
         self.returned = True
-        back = [self.io.limiter.reconcile_step(self.reservation, 0) if self.reservation is not None else None,
+        back = [self.io.limiter.release_step(self.reservation) if self.reservation is not None else None,
                 self.io.budget.settle_step(self.hold, 0.0) if self.hold is not None else None,
                 self.io.breaker.release_step(self.permit) if self.permit is not None else None]  # fmt: skip
         drop = partial(_queue_drop, self.panel_id, self.opened[0]) if self.written else None
