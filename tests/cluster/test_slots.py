@@ -37,6 +37,8 @@ CODE_DIRS = ("workers", "producer", "gateway")
 # Scripts that name keys in more than one slot and are therefore sent on a single Redis only, and why.
 SINGLE_REDIS_SCRIPTS = {
     "ledger_entry.lua": "the ledger stream and the job hash; finalise_job's cluster branch writes them apart",
+    "open_attempt.lua": "its own keys share the panel's slot, but it is sent only in a member's start MULTI with the "
+    "limits' scripts (other slots), on a single Redis: workers/panel/admission.py `speculate` returns None on a cluster",
 }
 SCRIPTS = sorted(p for p in ROOT.glob("workers/**/*.lua")  # gateway/admission.lua: NOT_CLUSTER_SAFE_SCRIPT_SITES
                  if p.name not in SINGLE_REDIS_SCRIPTS)  # fmt: skip
@@ -57,7 +59,7 @@ EVAL_CALL_SITES = {
     ("workers/answer_cache.py", "resolve"): "one key",
     ("workers/batch/holds.py", "settle_line"): "one key",
     ("workers/answer_cache.py", "settle"): "one slot: {c:<cache key>}",
-    ("producer/answer_cache.py", "admit"): "one slot {c:<cache key>} (its followers list named in Lua shares the tag); "
+    ("producer/answer_cache.py", "admit_with"): "one slot {c:<cache key>} (its followers list named in Lua shares the tag); "
     "the job's role: one key; tests/cluster/test_cluster_cache.py",
     ("producer/answer_cache.py", "rescue"): "one key (the job hash); tests/cluster/test_cluster_cache.py",
     ("workers/answer_cache.py", "promote"): "one key (a follower's job hash) or one slot {c:<cache key>}; "
@@ -72,6 +74,10 @@ EVAL_CALL_SITES = {
     ("workers/limits/steps.py", "queue"): "an answer's settlement (Owed: ScriptStep keys as built by the wrappers the "
     "scenario runs), queued in put_call_and_vote's pipeline on a single Redis only (on a cluster it runs as run_steps)",
     ("workers/ledger.py", "queue_entry_with_id"): "NOT cluster-safe: ledger_entry.lua (SINGLE_REDIS_SCRIPTS)",
+    ("workers/panel/admission.py", "queue"): "the limits' ScriptSteps and open_attempt.lua in a member's start MULTI: "
+    "a single Redis only (SINGLE_REDIS_SCRIPTS; `speculate` returns None on a cluster)",
+    ("producer/client.py", "_store"): "STORE_JOB with the job hash and the watchdog's JOB_WATCH (two slots) in one "
+    "pipeline: a single Redis only; on a cluster `_store` calls it with the job hash alone",
 }
 
 
@@ -83,6 +89,8 @@ NOT_CLUSTER_SAFE_SCRIPT_SITES = {
         "gateway/callbacks.py",
         "deliver_loop",
     ): "safe, not run in the scenario: claim_due.lua, one key (GW_CALLBACKS_DUE)",
+    ("producer/client.py", "_store"): "safe, not run in the scenario: STORE_JOB, on a cluster with one key (the job "
+    "hash; its watchdog entry is written at enqueue); tests/cluster/test_cluster_fleet.py submits through it",
 }
 
 
