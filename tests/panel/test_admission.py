@@ -215,6 +215,32 @@ def test_a_start_that_does_not_call_takes_none_of_its_models_requests_per_minute
     assert io.limiter.headroom(lim)["requests"] == pytest.approx(full["requests"] - 1)
 
 
+def test_a_start_whose_reply_was_lost_leaves_no_attempt_on_record(r: fakeredis.FakeRedis) -> None:
+    """The start's MULTI ran (its admission granted, the attempt's in_flight record written) but its
+    reply was lost: the retry goes without the admission and finds the panel decided meanwhile. The
+    record of that never-made attempt goes (before: left in flight, the receipt showed the member
+    "lost in flight, may be billed" for a call never sent; the usual path drops it on any error)."""
+    chord, io, provider = fleet(r)
+    store_job(r, "j1")
+    make_panel(chord.store)
+    ask = ask_of(chord, "j1")
+    real = chord.store.turn
+    lost: list[bool] = []
+
+    def turn(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        if not lost:  # ran, then the connection dropped before its reply was read
+            lost.append(True)
+            chord.store.decide("j1.1", "quorum", "B")
+            raise redis.ConnectionError("Connection closed by server.")
+        return got
+
+    chord.store.turn = turn  # type: ignore[method-assign]
+    assert run_member(chord, "j1.1", "m0", ask=ask).status == "cancelled" and lost
+    assert provider.requests == []
+    assert r.hlen(attempts.key("j1.1")) == 0
+
+
 def test_a_released_grant_keeps_a_later_grants_request() -> None:
     """A grant given back after another was granted returns its tokens, not a request: the
     schedule's end is the later grant's, and taking an interval off it would let one request more

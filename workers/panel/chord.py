@@ -97,6 +97,8 @@ def run_member(chord: Chord, panel_id: str, member_id: str, batch: bool | None =
             admitted = pre[0].took(start.admitted)
         else:  # not calling (or its admission never ran: a retried start): what it granted goes back
             pre[0].read(start.admitted)
+            # sent with a try whose reply was lost: it may have run, its attempt's record with it
+            pre[0].written = pre[0].written or len(start.admitted) < 4
             pre[0].give_back()
     spec, prior = start.spec, start.prior
     if spec is None:
