@@ -96,10 +96,8 @@ class Runtime:
     async def _make_http(self) -> httpx.AsyncClient:
         from workers.providers import network  # its pool's liveness check made cheap (the module says)
 
-        return httpx.AsyncClient(
-            transport=network.transport(httpx.Limits(max_connections=2000, max_keepalive_connections=500)),
-            timeout=httpx.Timeout(self.settings.call_timeout_s, connect=10.0),
-        )
+        return network.client(httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+                              httpx.Timeout(self.settings.call_timeout_s, connect=10.0))  # fmt: skip
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]

@@ -93,3 +93,30 @@ async def test_a_refused_connection_is_httpxs_connect_error(llmock: Llmock) -> N
     async with httpx.AsyncClient(transport=network.transport(LIMITS)) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{free_port()}/")
+
+
+async def test_a_proxy_named_in_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx honours HTTP(S)_PROXY only in a client whose transport it builds: with a proxy named,
+    the runtime's client is httpx's own (before: our transport bypassed the proxy silently, and a
+    provider behind an egress proxy could not be reached)."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
+        body = b'{"data": []}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    target = "http://127.0.0.1:9/v1/models"  # nothing listens there: only the proxy answers
+    async with server, network.client(LIMITS, httpx.Timeout(10.0)) as client:
+        got = await client.get(target)
+    assert got.status_code == 200 and seen == [f"GET {target} HTTP/1.1".encode()]
+    monkeypatch.delenv("HTTP_PROXY")
+    async with network.client(LIMITS, httpx.Timeout(10.0)) as client:  # no proxy named: our transport
+        assert isinstance(client._transport._pool._network_backend, network.Backend)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ whole attribute table (a dict of lambdas) on every lookup: ~25% of an async requ
 here (py-spy, `python3 -m bench.hotpath`). This stream looks the socket up once and polls it, as
 httpcore's sync stream does; reads, writes, TLS and timeouts stay anyio's.
 
-    client = httpx.AsyncClient(transport=transport(limits, timeout))
+    client = network.client(limits, timeout)  # httpx.AsyncClient(transport=transport(limits), ...)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
+from urllib.request import getproxies
 
 import httpcore
 import httpx
@@ -79,6 +80,15 @@ class Backend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def client(limits: httpx.Limits, timeout: httpx.Timeout) -> httpx.AsyncClient:
+    """The runtime's client: on `transport`, unless the environment names a proxy (HTTP_PROXY,
+    HTTPS_PROXY, ALL_PROXY), which httpx honours only in a client it builds the transport of:
+    there httpx's own, so providers behind an egress proxy are still reached through it."""
+    if any(scheme in ("http", "https", "all") for scheme in getproxies()):
+        return httpx.AsyncClient(limits=limits, timeout=timeout)
+    return httpx.AsyncClient(transport=transport(limits), timeout=timeout)
 
 
 def transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
