@@ -228,7 +228,9 @@ def main() -> None:
     ap.add_argument("--rates", default="20,30,45", help="panels/s tried for the highest sustained rate")
     ap.add_argument("--threads", type=int, default=128, help="threads in each bare worker")
     ap.add_argument("--tier-processes", type=int, default=0, help="fleet tier processes (default: one per core)")
+    ap.add_argument("--hold", type=float, default=0.0, help="seconds per sustained-rate step (default: --duration)")
     args = ap.parse_args()
+    hold = args.hold or args.duration
     fleet = Fleet(env={"PANEL_POLICIES": str(bench_policies())}, workers=default_workers(args.tier_processes or None))
     fleet.start()
     bares: dict[str, subprocess.Popen[bytes]] = {}
@@ -254,7 +256,7 @@ def main() -> None:
         shared = {"redis": fleet.redis.proc.pid}
         print(f"machine: {os.cpu_count()} cores; load average at start {os.getloadavg()}")
         print(f"command: python3 -m bench.hotpath --rate {args.rate:g} --duration {args.duration:g} --rates {args.rates}"
-              f"{f' --tier-processes {args.tier_processes}' if args.tier_processes else ''}")
+              f"{f' --tier-processes {args.tier_processes}' if args.tier_processes else ''}{f' --hold {hold:g}' if args.hold else ''}")
         print(f"fleet processes: {', '.join(workers)}; members (latency ms) {MEMBERS}; {n} panels = {calls} member calls per path\n")
 
         holder: dict[str, object] = {}
@@ -319,10 +321,10 @@ def main() -> None:
         print(f"   ideal p50 {i50 * 1000:.0f} ms p99 {i99 * 1000:.0f} ms; fleet p50 {f50 * 1000:.0f} ms p99 {f99 * 1000:.0f} ms"
               f"  -> +{(f50 - i50) * 1000:.0f} / +{(f99 - i99) * 1000:.0f} ms")
 
-        print(f"\n4. Highest sustained rate with fleet p99 <= ideal p99 + {P99_MARGIN_MS:.0f} ms ({args.duration:g} s each)")
+        print(f"\n4. Highest sustained rate with fleet p99 <= ideal p99 + {P99_MARGIN_MS:.0f} ms ({hold:g} s each)")
         best = 0.0
         for rate in [float(x) for x in args.rates.split(",")]:
-            m = max(10, int(rate * args.duration))
+            m = max(10, int(rate * hold))
             idl = run_ideal(fleet.sim_url, m, rate)
             load = os.getloadavg()[0]
             got, lost = run_fleet(client, m, rate)
