@@ -282,9 +282,10 @@ def run(self: Task, job_id: str) -> str:
 
 
 @app.task(name="panel.member", bind=True, acks_late=True)
-def member(self: Task, panel_id: str, member_id: str, admit: dict[str, object] | None = None) -> str:
+def member(self: Task, panel_id: str, member_id: str, admit: dict[str, object] | None = None, **later: object) -> str:
     """One member's call and vote. `admit`: what its admission needs, so it goes with the
-    member's first round trip (workers/panel/admission.py `Ask`; no prompt, no key)."""
+    member's first round trip (workers/panel/admission.py `Ask`; no prompt, no key). `later`:
+    hints a newer control may add, ignored here, so a rolling upgrade in either order loses no member."""
     return attempt(self, job_of(panel_id), lambda: _member_turn(panel_id, member_id, admit=admit),
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 

@@ -285,3 +285,15 @@ def test_a_members_start_and_admission_are_one_round_trip_on_redis_server(redis_
         counts[with_ask] = reads(redis_client) - before - 1  # the INFO after counts itself
         assert turn.status == "answered"
     assert counts == {True: 2, False: 3}
+
+
+def test_a_member_task_accepts_hints_it_does_not_know() -> None:
+    """A rolling upgrade: a newer control may send a member kwargs this worker does not know;
+    Celery checks a message's arguments against the task's signature (`check_arguments`), and a
+    refusal would fail the member."""
+    from workers.tasks import member
+
+    check = member.__header__  # what Celery's check_arguments calls with a message's args and kwargs
+    check("p1", "m0", admit=None, a_hint_from_a_newer_control={"x": 1})  # no TypeError
+    with pytest.raises(TypeError):
+        check("p1")  # a missing member id is still refused
