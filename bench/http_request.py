@@ -1,5 +1,5 @@
 """What a member's provider request costs in httpx, and whether building it differently helps:
-CPU per request of five ways to send the same chat completion to the simulator on loopback.
+CPU per request of six ways to send the same chat completion to the simulator on loopback.
 
     python3 -m bench.http_request                    # 3 rounds of 3000 requests per way, ~1 min
     python3 -m bench.http_request --rounds 5
@@ -12,6 +12,8 @@ Ways, each on one pooled `httpx.AsyncClient` (the runtime's limits), 24 requests
 - `prebuilt_timeout`: the same with the timeout extension built once;
 - `network`: `request` on the runtime's transport (workers/providers/network.py: httpx's pool on a
   backend whose per-connection liveness check looks the socket up once).
+- `pools`: `request` on the runtime's client transport, `network.Pools` (eight such pools, requests
+  dealt in turn: each pool's bookkeeping stays small).
 `--in-flight` sets the concurrency, and so the pool's size: httpcore checks every pooled connection
 per request, so the client's CPU per request grows with it (8 and 32 show the spread).
 Rounds alternate the ways; the simulator answers at once (the client's CPU, not the wait, is measured).
@@ -36,7 +38,7 @@ from workers.providers import network
 
 MODEL = "qwen2.5-72b-instruct"
 KEY = "sim-local-key-not-a-secret"
-WAYS = ("request", "client_headers", "prebuilt", "prebuilt_timeout", "network")
+WAYS = ("request", "client_headers", "prebuilt", "prebuilt_timeout", "network", "pools")
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
@@ -50,16 +52,17 @@ async def cpu_per_request(url: str, way: str, n: int, in_flight: int = 24) -> fl
     headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "pick A) x B) y " * 5}], "max_tokens": 64}
-    on_client = headers if way not in ("request", "network") else None
+    on_client = headers if way not in ("request", "network", "pools") else None
     timeout_once = TIMEOUT.as_dict()
-    transport = network.transport(limits) if way == "network" else None
+    transport: httpx.AsyncBaseTransport | None = (
+        network.transport(limits) if way == "network" else network.Pools(limits) if way == "pools" else None)
     async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT, headers=on_client, transport=transport) as client:
         sem = asyncio.Semaphore(in_flight)
 
         async def one() -> None:
             async with sem:
                 content = orjson.dumps(body)
-                if way in ("request", "network"):
+                if way in ("request", "network", "pools"):
                     h = dict(headers)
                     r = await client.request("POST", url, headers=h, content=content, timeout=httpx.Timeout(30.0, connect=10.0))
                 elif way == "client_headers":

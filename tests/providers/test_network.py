@@ -74,6 +74,25 @@ async def test_a_provider_call_through_the_transport_answers_and_reuses_its_conn
     assert first.text and second.text and first.tokens_in > 0
 
 
+async def test_the_runtimes_pools_take_requests_in_turn_each_keeping_its_connection(llmock: Llmock) -> None:
+    """`Pools`: requests dealt to the pools in turn, each pool an n-th of the limits, and each
+    keeps (and reuses) its own connection: one pool's bookkeeping stays small (httpcore#1035)."""
+    pools = network.Pools(httpx.Limits(max_connections=2000, max_keepalive_connections=500), n=4)
+    assert [(p._pool._max_connections, p._pool._max_keepalive_connections) for p in pools.pools] == [(500, 125)] * 4
+    client = httpx.AsyncClient(transport=pools)
+    chat = OpenAIChat("openai", llmock.openai_base, "sk-test", client=client)
+    request = ChatRequest(model="gpt-4o-mini", messages=[{"role": "user", "content": "yes or no?"}], max_tokens=16,
+                          timeout_s=5)  # fmt: skip
+    try:
+        for _ in range(8):
+            assert (await chat.complete(request)).text
+        held = [p._pool.connections for p in pools.pools]
+        assert [len(c) for c in held] == [1, 1, 1, 1]  # two requests each, on one kept-alive connection
+        assert all(c[0]._connection._request_count == 2 for c in held)  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()
+
+
 def test_a_socket_reads_as_readable_once_its_peer_closes_and_not_before() -> None:
     """What the pool asks of an idle keep-alive connection: readable means the server hung up."""
     ours, peer = socket.socketpair()
@@ -119,4 +138,5 @@ async def test_a_proxy_named_in_the_environment_is_still_used(monkeypatch: pytes
     assert got.status_code == 200 and seen == [f"GET {target} HTTP/1.1".encode()]
     monkeypatch.delenv("HTTP_PROXY")
     async with network.client(LIMITS, httpx.Timeout(10.0)) as client:  # no proxy named: our transport
-        assert isinstance(client._transport._pool._network_backend, network.Backend)  # type: ignore[attr-defined]
+        pools = client._transport.pools  # type: ignore[attr-defined]
+        assert len(pools) == network.POOLS and all(isinstance(p._pool._network_backend, network.Backend) for p in pools)
