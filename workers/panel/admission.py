@@ -40,7 +40,7 @@ from workers.budget import Hold, Spend
 from workers.limits import BreakerOpen, Limit, Permit, Reservation, TokensExceedLimit
 from workers.limits.steps import ScriptStep, run_steps
 from workers.panel import attempts
-from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, Admitted, CallIO, Opened, estimate_tokens
+from workers.panel.calls import EXPECTED_OUTPUT_TOKENS, Admitted, CallIO, Opened, tokens_for_size
 from workers.panel.outage import through_redis_outage
 from workers.panel.run import Member, PanelRun, json_mode
 from workers.providers import billing
@@ -214,10 +214,11 @@ def speculate(io: CallIO, store_r: Any, panel_id: str, member: str, ask: Ask, to
         return None
     key = f"{spec.provider}:{ask.model}"
     limits = [Limit(key, spec.rpm, spec.tpm, spec.burst_s)]
-    tokens = _estimate(ask, min(EXPECTED_OUTPUT_TOKENS, spec.max_output_tokens))
+    tokens = tokens_for_size(ask.chars, ask.turns, min(EXPECTED_OUTPUT_TOKENS, spec.max_output_tokens))
     if tokens > spec.tpm:
         return None
-    worst = io.registry.cost(ask.model, _estimate(ask, EXPECTED_OUTPUT_TOKENS), spec.max_output_tokens, ask.batch)
+    worst = io.registry.cost(ask.model, tokens_for_size(ask.chars, ask.turns, EXPECTED_OUTPUT_TOKENS),
+                             spec.max_output_tokens, ask.batch)  # fmt: skip
     job_id = panel_id.rsplit(".", 1)[0]
     want = io.budget.reserve_hold(job_id, ask.tenant, ask.cap_usd, worst)
     opened = attempts.opening(member, ask.model, ask.sent, ask.batch)
@@ -236,14 +237,8 @@ class Admissions:
         return speculate(self.io, store_r, panel_id, member, ask, token)
 
 
-def _estimate(ask: Ask, output_tokens: int) -> int:
-    """`estimate_tokens` from the ask's size (the same arithmetic, without the prompt)."""
-    return ask.chars // 4 + 8 * ask.turns + output_tokens
-
-
 def matches(ask: Ask, registry: Registry, model: str, messages: list[dict[str, str]], json_mode: bool,
             logprobs: bool, spend: Spend) -> bool:  # fmt: skip
     """The ask is what the member's call would have asked for itself (else it is given back)."""
-    mine = ask_for(registry, model, messages, json_mode, logprobs, spend)
-    return mine == ask and _estimate(ask, 0) == estimate_tokens(messages, 0)
+    return ask_for(registry, model, messages, json_mode, logprobs, spend) == ask  # sizes, tokens sent, budget
 

@@ -77,7 +77,12 @@ class CallOutcome:
 
 def estimate_tokens(messages: list[dict[str, str]], output_tokens: int = EXPECTED_OUTPUT_TOKENS) -> int:
     """Input at four characters a token, plus `output_tokens` expected back."""
-    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + output_tokens
+    return tokens_for_size(sum(len(m["content"]) for m in messages), len(messages), output_tokens)
+
+
+def tokens_for_size(chars: int, turns: int, output_tokens: int) -> int:
+    """`estimate_tokens` from the prompt's size alone (a member's admission ask carries no prompt)."""
+    return chars // 4 + 8 * turns + output_tokens
 
 
 Opened = tuple[str, dict[str, Any]]  # an attempt's id and its in_flight record (attempts.py)
