@@ -41,11 +41,14 @@ import redis
 import yaml
 
 from bench.overhead import MEMBERS, cpu_seconds, ideal_panel, pct
+from bench.tracing import tree
 from producer.client import PanelClient
 from producer.embedded import child_env, stop_process
 from producer.fleet import Fleet, default_workers
 
 P99_MARGIN_MS = 100.0
+SWEEP_S = 1.0  # Settings.sweep_interval_s's default, what compose and k8s run
+IDLE_S = 10.0  # seconds of no work over which each process's idle CPU is measured
 
 
 def own_cpu() -> float:
@@ -199,12 +202,18 @@ def run_fleet(client: PanelClient, panels: int, rate: float) -> tuple[list[float
     return out, undecided
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (the control's embedded beat is a child process,
+    whose time /proc/PID/stat does not count until it is reaped)."""
+    return sum(cpu_seconds(p) for p in tree(pid))
+
+
 def measured(pids: dict[str, int], step: object, calls: int) -> dict[str, float]:
-    """CPU ms per member call of each process while `step()` runs."""
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    """CPU ms per member call of each process (with its children) while `step()` runs."""
+    before = {k: tree_cpu(p) for k, p in pids.items()}
     own = own_cpu()
     step()  # type: ignore[operator]
-    cpu = {k: (cpu_seconds(p) - before[k]) * 1000 / calls for k, p in pids.items()}
+    cpu = {k: (tree_cpu(p) - before[k]) * 1000 / calls for k, p in pids.items()}
     cpu["bench (producer)"] = (own_cpu() - own) * 1000 / calls
     return cpu
 
@@ -231,7 +240,9 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=0.0, help="seconds per sustained-rate step (default: --duration)")
     args = ap.parse_args()
     hold = args.hold or args.duration
-    fleet = Fleet(env={"PANEL_POLICIES": str(bench_policies())}, workers=default_workers(args.tier_processes or None))
+    # the deployed sweep interval (producer/settings.py; the test fleet's 0.5 s would add a control task a second)
+    fleet = Fleet(env={"PANEL_POLICIES": str(bench_policies()), "PANEL_SWEEP_INTERVAL_S": str(SWEEP_S)},
+                  workers=default_workers(args.tier_processes or None))
     fleet.start()
     bares: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -258,6 +269,14 @@ def main() -> None:
         print(f"command: python3 -m bench.hotpath --rate {args.rate:g} --duration {args.duration:g} --rates {args.rates}"
               f"{f' --tier-processes {args.tier_processes}' if args.tier_processes else ''}{f' --hold {hold:g}' if args.hold else ''}")
         print(f"fleet processes: {', '.join(workers)}; members (latency ms) {MEMBERS}; {n} panels = {calls} member calls per path\n")
+
+        time.sleep(1)
+        idle_pids = {**workers, **{f"bare ({how.split(':')[0]})": bares[q].pid for q, how in BARE.items()}, **shared}
+        idle0, t0 = {k: tree_cpu(p) for k, p in idle_pids.items()}, time.monotonic()
+        time.sleep(IDLE_S)
+        idle = {k: (tree_cpu(p) - idle0[k]) * 1000 / (time.monotonic() - t0) for k, p in idle_pids.items()}
+        print(f"0. Idle CPU ms per second, no job for {IDLE_S:g} s (timers, beat and the sweep every {SWEEP_S:g} s, "
+              "heartbeats, BRPOP timeouts):\n   " + ", ".join(f"{k} {v:.1f}" for k, v in idle.items()) + "\n")
 
         holder: dict[str, object] = {}
         cpu_ideal = measured({}, lambda: holder.update(ideal=run_ideal(fleet.sim_url, n, args.rate)), calls)

@@ -8,7 +8,8 @@ ZREM HDEL EXEC): two round trips per task, both on the worker's event-loop threa
 acks to the loop with `call_soon`).
 
 Here an ack is recorded in the channel and its ZREM+HDEL go out in the next delivery's MULTI,
-or, when no delivery comes first, from the worker's timer within ACK_DELAY_S: one round trip per
+or, when no delivery comes first, from the worker's timer within ACK_DELAY_S (armed by the first
+held ack, so an idle worker's loop is not woken: workers/ticking.py): one round trip per
 task instead of two once deliveries are closer together than that. The local bookkeeping (prefetch
 credit, `_delivered`) is updated at once, as before. Before a channel restores its unacked messages
 at close (a warm shutdown, a reconnect), it sends the acks it holds.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import time
 from typing import Any
@@ -45,6 +46,7 @@ class DeferredAckQoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)
         self._acks: list[str] = []
         self._acks_lock = threading.Lock()
+        self.on_held: Callable[[], None] | None = None  # runs after an ack is held (arms the flush)
 
     def _take_acks(self) -> list[str]:
         with self._acks_lock:
@@ -68,6 +70,11 @@ class DeferredAckQoS(kombu_redis.QoS):
         with self._acks_lock:
             self._acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+        if self.on_held is not None:
+            self.on_held()
+
+    def holding(self) -> bool:
+        return bool(self._acks)
 
     def flush_acks(self) -> None:
         """Send the held acks now (one MULTI), if any."""
@@ -130,7 +137,11 @@ class DeferredAcks(TickingStep):
         install()  # before the consumer's channel builds its QoS
 
     def start(self, c: Any) -> None:
-        self.every(c, ACK_DELAY_S, flush, c)
+        qos = held_acks_qos(c)
+        if qos is None:
+            return
+        qos.on_held = self.poke
+        self.lazily(c, ACK_DELAY_S, lambda: flush(c), qos.holding)
 
     def stop(self, c: Any) -> None:
         self.cancel()

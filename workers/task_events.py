@@ -10,10 +10,12 @@ with prefetch off the loop turns once per message: MONITOR showed 2.83 `task.mul
 member call for 2.86 events, i.e. a batch of one (a Redis round trip and kombu's message CPU each,
 on the member's hot path).
 
-This consumer step makes the batches real: sends no longer ask for a flush; the worker's timer
-flushes every FLUSH_INTERVAL_S (on the loop's thread with an event loop, on the timer thread
-without one, where it also turns the `task` group's buffering on), and the sending thread flushes
-at once when BUFFER_LIMIT events wait (Celery's own check in `EventDispatcher.send`). Celery's
+This consumer step makes the batches real: a send no longer asks for a flush on the loop's next
+turn; the first event after a flush arms the worker's timer, which flushes FLUSH_INTERVAL_S later
+(on the loop's thread with an event loop, on the timer thread without one, where it also turns the
+`task` group's buffering on) with every event sent meanwhile (workers/ticking.py: an idle worker
+is never woken), and the sending thread flushes at once when BUFFER_LIMIT events wait (Celery's
+own check in `EventDispatcher.send`). Celery's
 EventReceiver (what Flower and any monitor use) takes a list body as that many events, in order
 (`celery/events/receiver.py` `_receive`). Worker heartbeats (group `worker`) stay unbuffered.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from celery.events import EventDispatcher
@@ -61,10 +64,12 @@ def waiting(d: EventDispatcher) -> list[Any]:
     return buf
 
 
-def buffer_task_events(d: EventDispatcher, carried: EventDispatcher | None = None) -> None:
-    """Make `d` buffer the task group; move what `carried` (a replaced dispatcher) still holds."""
+def buffer_task_events(d: EventDispatcher, carried: EventDispatcher | None = None,
+                       on_buffered: Callable[[], None] | None = None) -> None:
+    """Make `d` buffer the task group; move what `carried` (a replaced dispatcher) still holds.
+    `on_buffered` runs after each buffered send (arms the flush; None: nothing does)."""
     d.buffer_limit = BUFFER_LIMIT
-    d.on_send_buffered = None  # no flush per event on the loop's next turn: the timer flushes
+    d.on_send_buffered = on_buffered  # not a flush per event on the loop's next turn
     with d.mutex:
         buf = waiting(d)  # created here, once: a first send from two threads never races to create it
         if carried is not None and carried is not d:
@@ -72,6 +77,11 @@ def buffer_task_events(d: EventDispatcher, carried: EventDispatcher | None = Non
             buf[:0] = old[:]
             del old[:]
     d.buffer_group = frozenset({GROUP})
+
+
+def pending(d: EventDispatcher) -> bool:
+    """Events waiting for a flush: buffered, or kept from a failed publish."""
+    return bool(waiting(d)) or bool(d._outbound_buffer)
 
 
 def flush(d: EventDispatcher) -> None:
@@ -82,7 +92,8 @@ def flush(d: EventDispatcher) -> None:
 
 
 class BufferedTaskEvents(TickingStep):
-    """Consumer step: a worker process's task events in one PUBLISH per FLUSH_INTERVAL_S."""
+    """Consumer step: a worker process's task events in one PUBLISH per FLUSH_INTERVAL_S at most,
+    none while no event is sent."""
 
     requires = ("celery.worker.consumer.events:Events",)
 
@@ -95,10 +106,10 @@ class BufferedTaskEvents(TickingStep):
         d: EventDispatcher | None = c.event_dispatcher
         if d is None or not d.enabled:
             return
-        buffer_task_events(d, carried=self.dispatcher)
+        buffer_task_events(d, carried=self.dispatcher, on_buffered=self.poke)
         self.dispatcher = d
         _current = (os.getpid(), d)
-        self.every(c, FLUSH_INTERVAL_S, flush, d)
+        self.lazily(c, FLUSH_INTERVAL_S, lambda: flush(d), lambda: pending(d))
 
     def stop(self, c: Any) -> None:
         self.cancel()
