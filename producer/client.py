@@ -32,6 +32,7 @@ from producer.wire import text
 
 RUN_TASK = "panel.run"
 CLASSES_TTL_S = 5.0  # how long a submit trusts the task classes it read (`_check_task_class`)
+IDEMPOTENCY_WAIT_S = 5.0  # how long an idempotency key may name a job not yet stored (`_claim_idempotency`)
 # KEYS job hash [, the watchdog's jobs zset]; ARGV spec, TTL s, job id, time, then field, value
 # pairs: the job's spec unless its id is taken (a resubmitted job id: the first one stands, its
 # status and watch entry untouched), then its fields and TTL, and (given the zset) its watch entry
@@ -110,12 +111,9 @@ class PanelClient:
         self._check_task_class(job)
         job_id = job.id or uuid.uuid4().hex
         if job.idempotency_key:
-            key = keys.idempotency(job.tenant, job.idempotency_key)
-            # SET NX then GET (SET NX GET needs Redis 7; the embedded default may be 6.2)
-            if not self.redis.set(key, job_id, nx=True, ex=self.settings.result_ttl_s):
-                first = self.redis.get(key)
-                if first is not None:
-                    return text(first)
+            first = self._claim_idempotency(keys.idempotency(job.tenant, job.idempotency_key), job_id)
+            if first is not None:
+                return first
         spec = job.model_copy(update={"id": job_id}).model_dump_json()
         with submit_span(job.task_class, job_id, job.lane, job.mode) as trace_headers:
             submitted_at = time.time()
@@ -134,6 +132,41 @@ class PanelClient:
                 return job_id
             self._enqueue(job_id, trace_headers, watched=watched)
         return job_id
+
+    def _claim_idempotency(self, key: str, job_id: str) -> str | None:
+        """None when (tenant, key) is now this job's; else the id of the job that holds it.
+
+        SET NX then GET (SET NX GET needs Redis 7; the embedded default may be 6.2). The key may
+        name a job that is not stored: this very SET, whose reply was lost and which redis-py sent
+        again (then the key holds `job_id`: the job is stored below as usual), or a submit that
+        stopped between its SET and its store (its caller got an error, never the id). Returning
+        such an id would lose the job: a wait on it finds nothing. So an id is returned only once
+        its job exists; one still missing after IDEMPOTENCY_WAIT_S (its submitter is gone, not
+        slow) is replaced by this job's, if the key still names it (WATCH: one winner)."""
+        ttl = self.settings.result_ttl_s
+        until = time.monotonic() + IDEMPOTENCY_WAIT_S
+        while True:
+            if self.redis.set(key, job_id, nx=True, ex=ttl):
+                return None
+            raw = self.redis.get(key)
+            if raw is None:  # expired since the SET: try again
+                continue
+            first = text(raw)
+            if first == job_id or self.redis.exists(keys.job(first)):
+                return None if first == job_id else first
+            if time.monotonic() < until:
+                time.sleep(0.05)
+                continue
+            with self.redis.pipeline() as pipe:
+                try:
+                    cast(Any, pipe).watch(key)  # redis-py leaves watch untyped
+                    if pipe.get(key) == raw:
+                        pipe.multi()
+                        pipe.set(key, job_id, ex=ttl)
+                        pipe.execute()
+                        return None
+                except redis.WatchError:  # another submit took it meanwhile: look again
+                    pass
 
     def _store(self, job_id: str, spec: str, fields: dict[str, EncodableT],
                task_class: str) -> tuple[bool, bool, answer_cache.ClassCache | None]:  # fmt: skip
