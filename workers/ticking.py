@@ -11,9 +11,12 @@ flush is never later than `seconds` after the item that armed it (as with the re
 and an idle worker is never woken.
 
 Arming is thread-safe: the buffering side (a task thread, or the loop's own thread) calls `poke`;
-with an event loop the entry is added on the loop's thread through `hub.call_soon` (the loop
-works out its poll timeout from the timer queue, and kombu's timer heap is not for other
-threads), without one the worker's threaded timer takes it directly. After its tick the step
+with an event loop, from another thread the entry is added on the loop's thread through
+`hub.call_soon` (the loop works out its poll timeout from the timer queue, and kombu's timer heap
+is not for other threads), and on the loop's own thread directly: there kombu's call_soon sends
+no wakeup, and a callback queued while the loop runs its ready callbacks (where Celery's acks run)
+or its timers would wait for the poll's next wakeup, up to seconds. Without a loop the worker's
+threaded timer takes it directly. After its tick the step
 asks `pending()` and arms again when something is left (a failed publish kept for the next try,
 or items buffered while the tick ran)."""
 
@@ -52,9 +55,9 @@ class TickingStep(bootsteps.StartStopStep):
             self._armed = True
             c = self._plan[0]
         hub = getattr(c, "hub", None)
-        if hub is not None:
-            hub.call_soon(self._arm)
-        else:
+        if hub is not None and threading.get_ident() != getattr(hub, "_loop_thread", None):
+            hub.call_soon(self._arm)  # wakes the loop (kombu 5.7)
+        else:  # the loop's own thread (its call_soon would wait for the next wakeup), or no loop
             self._arm()
 
     def _arm(self) -> None:

@@ -126,3 +126,40 @@ def test_on_celerys_threaded_timer_without_a_loop() -> None:
         assert buf.ticks == [[1, 2]]
     finally:
         timer.stop()
+
+
+def test_an_item_buffered_by_a_callback_the_loop_runs_is_flushed_within_the_period() -> None:
+    """Celery hands an ack to the loop with `hub.call_soon` (Consumer.call_soon_ack), so the QoS
+    holds it, and pokes, on the loop's own thread while the loop runs its ready callbacks. kombu's
+    call_soon from the loop's thread sends no wakeup, and the ready set was already taken for this
+    turn: an `_arm` queued that way waits for whatever wakes the poll next (a BRPOP timeout, the
+    worker's 2 s heartbeat timer, up to the timer's 10 s max_interval), not `seconds`."""
+    hub = Hub(timer=Timer(max_interval=10.0))  # Celery's event-loop timer (celery/worker/components.py)
+    import socket
+
+    a, b = socket.socketpair()
+    hub.add_reader(a, lambda *_: None)
+    hub.call_repeatedly(2.0, lambda: None)  # the consumer's heartbeat (celery/worker/heartbeat.py)
+    c = SimpleNamespace(hub=hub, timer=hub.timer)
+    buf = Buffer()
+    step = TickingStep(c)
+    step.lazily(c, 0.05, buf.tick, buf.pending)
+    loop = threading.Thread(target=hub.run_forever, daemon=True)
+    loop.start()
+    try:
+        time.sleep(0.3)  # the loop is polling
+
+        def ack() -> None:  # on the loop's thread, as QoS.ack -> on_held
+            buf.items.append(1)
+            step.poke()
+
+        t0 = time.monotonic()
+        hub.call_soon(ack)  # from a task thread: wakes the loop
+        until(lambda: bool(buf.ticks), timeout=5.0)
+        assert time.monotonic() - t0 < 0.5, "flushed within the period, not at the loop's next wakeup"
+    finally:
+        hub.stop()
+        loop.join(5)
+        hub.close()
+        a.close()
+        b.close()
