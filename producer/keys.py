@@ -250,6 +250,7 @@ WATCH_RESENDS = f"{PREFIX}{{watchdog}}:resends"  # hash: "panel_id|member" -> ti
 WATCH_SCAN_LOCK = f"{PREFIX}{{watchdog}}:scan"
 DEAD_LETTER = f"{PREFIX}{{deadletter}}"  # list, newest first: what operators inspect and replay
 SWEEP_FAILURES = f"{PREFIX}{{sweep}}:failures"  # hash: panel id -> ticks it made the sweep raise
+SWEEP_TURN = f"{PREFIX}{{sweep}}:turn"  # string with a TTL: a control worker's turn to sweep (workers/sweeper.py)
 PROVIDERS_SNAPSHOT = f"{PREFIX}{{providers}}"  # string: JSON breaker + headroom per provider:model
 PROVIDERS_SNAPSHOT_GUARD = f"{PREFIX}{{providers}}:guard"
 # Pub/sub: panel id, for in-flight cancellation. Classic PUBLISH reaches every node of a cluster.

@@ -84,7 +84,6 @@ app.conf.update(
     broker_transport_options=BROKER_OPTIONS,
     task_publish_retry_policy=settings.publish_retry_policy(),
     beat_schedule={
-        "panel-deadline-sweep": {"task": "panel.sweep", "schedule": settings.sweep_interval_s},
         "panel-batch-flush": {"task": "panel.batch_flush", "schedule": settings.batch_tick_s,
                               "options": {"queue": "control"}},
         "panel-batch-poll": {"task": "panel.batch_poll", "schedule": settings.batch_tick_s,
@@ -179,9 +178,31 @@ class Census(bootsteps.StartStopStep):
             self.stop_flush.set()
 
 
+class Sweeper(bootsteps.StartStopStep):
+    """On workers that consume `control`: the deadline sweep every PANEL_SWEEP_INTERVAL_S, one
+    per interval fleet-wide (workers/sweeper.py), instead of a beat-sent task."""
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **kwargs)
+        self.stop_sweeps = None
+
+    def start(self, worker):  # type: ignore[no-untyped-def]
+        from workers import sweeper
+        from workers.runtime import runtime
+        from workers.tasks import run_sweep
+
+        if sweeper.consumes_control(worker.app):
+            self.stop_sweeps = sweeper.start(runtime().redis, settings.sweep_interval_s, run_sweep)
+
+    def stop(self, worker):  # type: ignore[no-untyped-def]
+        if self.stop_sweeps is not None:
+            self.stop_sweeps.set()
+
+
 app.steps["worker"].add(Heartbeat)
 app.steps["worker"].add(PolicyCheck)
 app.steps["worker"].add(Census)
+app.steps["worker"].add(Sweeper)
 app.steps["consumer"].add(BufferedTaskEvents)
 app.steps["consumer"].add(DeferredAcks)
 

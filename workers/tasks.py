@@ -325,11 +325,18 @@ def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
-@app.task(name="panel.sweep", ignore_result=True, expires=30)
-def deadline_sweep() -> int:
+def run_sweep() -> int:
+    """One deadline sweep (workers/panel/sweep.py) with the provider snapshot: what every control
+    worker's sweeper thread runs in its turn (workers/sweeper.py), and `panel.sweep` for a beat of
+    an earlier release or an operator."""
     rt = runtime()
     status.publish(rt)
     def dead_letter(job_id: str, task: str, task_id: str, reason: str, attempts: int) -> bool:
         return rt.jobs.dead_letter(job_id, task, task_id, reason, attempts, send=dispatcher.run)
 
     return sweep(rt.store, dispatcher, dead_letter, watchdog_s=rt.settings.watchdog_s, send_run=dispatcher.run)
+
+
+@app.task(name="panel.sweep", ignore_result=True, expires=30)
+def deadline_sweep() -> int:
+    return run_sweep()
