@@ -240,7 +240,7 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=0.0, help="seconds per sustained-rate step (default: --duration)")
     args = ap.parse_args()
     hold = args.hold or args.duration
-    # the deployed sweep interval (producer/settings.py; the test fleet's 0.5 s would add a control task a second)
+    # the deployed sweep interval (producer/settings.py), not the test fleet's 0.5 s
     fleet = Fleet(env={"PANEL_POLICIES": str(bench_policies()), "PANEL_SWEEP_INTERVAL_S": str(SWEEP_S)},
                   workers=default_workers(args.tier_processes or None))
     fleet.start()
