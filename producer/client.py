@@ -141,10 +141,11 @@ class PanelClient:
         again (then the key holds `job_id`: the job is stored below as usual), or a submit that
         stopped between its SET and its store (its caller got an error, never the id). Returning
         such an id would lose the job: a wait on it finds nothing. So an id is returned only once
-        its job exists; one still missing after IDEMPOTENCY_WAIT_S (its submitter is gone, not
-        slow) is replaced by this job's, if the key still names it (WATCH: one winner)."""
+        its job exists; one still missing IDEMPOTENCY_WAIT_S after this submit first saw it in the
+        key (its submitter is gone, not slow) is replaced by this job's, if the key still names it
+        (WATCH: one winner; a submit that saw the ghost too then waits on the winner's job)."""
         ttl = self.settings.result_ttl_s
-        until = time.monotonic() + IDEMPOTENCY_WAIT_S
+        holder, until = "", 0.0
         while True:
             if self.redis.set(key, job_id, nx=True, ex=ttl):
                 return None
@@ -154,6 +155,8 @@ class PanelClient:
             first = text(raw)
             if first == job_id or self.redis.exists(keys.job(first)):
                 return None if first == job_id else first
+            if first != holder:  # each holder gets the whole wait: one that just took the key over is storing its job
+                holder, until = first, time.monotonic() + IDEMPOTENCY_WAIT_S
             if time.monotonic() < until:
                 time.sleep(0.05)
                 continue

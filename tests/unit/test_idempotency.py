@@ -6,6 +6,8 @@ wait; a stored first job is returned as before."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -56,3 +58,31 @@ def test_a_stored_first_job_is_returned_and_nothing_more_is_stored(client: Panel
     jobs_before = len(redis_client.keys("pf:{j:*}:job"))
     assert client.submit({**JOB, "idempotency_key": key}) == first
     assert len(redis_client.keys("pf:{j:*}:job")) == jobs_before
+
+
+def test_a_key_taken_over_by_another_submit_gets_the_wait_again(
+    client: PanelClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is per holder: a submit that has waited out a ghost must not take the key from
+    the submit that took it over a moment ago and is storing its job (both would be stored, each
+    caller told it was the only one)."""
+    monkeypatch.setattr(client_mod, "IDEMPOTENCY_WAIT_S", 1.0)
+    key, ghost, other = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    ikey = keys.idempotency("idem-tests", key)
+    redis_client.set(ikey, ghost)
+
+    def other_submit() -> None:  # took the ghost's key at 0.5 s (its own wait over), stores its job at 1.3 s
+        time.sleep(0.5)
+        redis_client.set(ikey, other)
+        time.sleep(0.8)
+        redis_client.hset(keys.job(other), mapping={"status": "queued", "tenant": "idem-tests"})
+
+    t = threading.Thread(target=other_submit)
+    t.start()
+    try:
+        got = client.submit({**JOB, "idempotency_key": key})
+    finally:
+        t.join()
+    assert got == other, "the key's new holder stored its job within its wait: it is the first job"
+    assert redis_client.get(ikey) == other.encode()
+
