@@ -160,7 +160,7 @@ class PanelClient:
             if time.monotonic() < until:
                 time.sleep(0.05)
                 continue
-            with self.redis.pipeline() as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:  # a cluster's WATCH needs it said
                 try:
                     cast(Any, pipe).watch(key)  # redis-py leaves watch untyped
                     if pipe.get(key) == raw:

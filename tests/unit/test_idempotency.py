@@ -17,6 +17,8 @@ import redis
 from producer import client as client_mod
 from producer import keys
 from producer.client import PanelClient
+from producer.settings import Settings
+from tests.topologies import ClusterProcess
 
 JOB = {"task_class": "multiple_choice", "prompt": "Which? A) x B) y", "tenant": "idem-tests"}
 
@@ -86,3 +88,23 @@ def test_a_key_taken_over_by_another_submit_gets_the_wait_again(
     assert got == other, "the key's new holder stored its job within its wait: it is the first job"
     assert redis_client.get(ikey) == other.encode()
 
+
+def test_a_ghost_key_is_taken_over_on_a_redis_cluster(
+    redis_cluster: ClusterProcess, cluster_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """State on a Redis Cluster: the take-over's WATCH needs a transactional cluster pipeline
+    (a plain one refuses WATCH), or every submit with that key fails for the key's whole TTL."""
+    monkeypatch.setattr(client_mod, "IDEMPOTENCY_WAIT_S", 0.2)
+    cluster_client.sadd(keys.task_classes(), "multiple_choice")
+    settings = Settings.model_validate({**Settings.from_env().model_dump(), "redis_url": redis_url,
+                                        "broker_url": redis_url, "state_url": redis_cluster.url})  # fmt: skip
+    c = PanelClient(settings=settings)
+    try:
+        key, ghost = uuid.uuid4().hex, uuid.uuid4().hex
+        cluster_client.set(keys.idempotency("idem-tests", key), ghost)
+        got = c.submit({**JOB, "idempotency_key": key})
+        assert got != ghost
+        assert cluster_client.hget(keys.job(got), "status") == b"queued"
+        assert cluster_client.get(keys.idempotency("idem-tests", key)) == got.encode()
+    finally:
+        c.close()
