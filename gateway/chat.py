@@ -43,7 +43,8 @@ async def chat_completions(request: Request) -> Response:
     g = gw(request)
     req = parse_chat(await json_body(request))
     d = draft(to_job(req, g.catalogue), caller, idempotency_header(request), private_ok=g.settings.callback_private_hosts)
-    job_id = await g.blocking(g.submitter.submit, d, caller, short=True)
+    # an idempotent submit may wait on the key's first job (producer/client.py): never on the loop
+    job_id = await g.blocking(g.submitter.submit, d, caller, short=not d.job.idempotency_key)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(stream(g, job_id, caller, req.model, include_usage), media_type="text/event-stream",

@@ -41,7 +41,8 @@ async def create_job(request: Request) -> Response:
     caller = await admit(request)
     g = gw(request)
     d = draft(await json_body(request), caller, idempotency_header(request), private_ok=g.settings.callback_private_hosts)
-    job_id = await g.blocking(g.submitter.submit, d, caller, short=True)
+    # an idempotent submit may wait on the key's first job (producer/client.py): never on the loop
+    job_id = await g.blocking(g.submitter.submit, d, caller, short=not d.job.idempotency_key)
     return json_response({"id": job_id, "object": "panel.job", "status": "queued"}, 202,
                          {"Location": f"/v1/jobs/{job_id}"})  # fmt: skip
 
