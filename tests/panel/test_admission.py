@@ -60,6 +60,14 @@ def fleet(r: Any, budget_usd: float | None = None) -> tuple[Chord, Any, Provider
     return chord, io, provider
 
 
+def staged(r: Any) -> tuple[Chord, Any, Provider]:
+    """The chord of `fleet`, with job j1 stored and its panel j1.1 made."""
+    chord, io, provider = fleet(r)
+    store_job(r, "j1")
+    make_panel(chord.store)
+    return chord, io, provider
+
+
 def ask_of(chord: Chord, job_id: str, member: str = "m0", **change: Any) -> Ask:
     spec = chord.store.spec(f"{job_id}.1")
     assert spec is not None
@@ -90,9 +98,7 @@ def r() -> fakeredis.FakeRedis:
 
 
 def test_a_member_with_an_ask_calls_on_the_admission_it_sent_with_its_start(r: fakeredis.FakeRedis) -> None:
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     asked: list[str] = []
     real = io.limiter.acquire_step
     io.limiter.acquire_step = lambda *a: asked.append("limiter") or real(*a)  # counts the admissions built
@@ -108,9 +114,7 @@ def test_a_member_with_an_ask_calls_on_the_admission_it_sent_with_its_start(r: f
 
 
 def test_a_member_that_finds_its_panel_decided_gives_its_admission_back(r: fakeredis.FakeRedis) -> None:
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     ask = ask_of(chord, "j1")
     chord.store.decide("j1.1", "quorum", "B")
     turn = run_member(chord, "j1.1", "m0", ask=ask)
@@ -119,9 +123,7 @@ def test_a_member_that_finds_its_panel_decided_gives_its_admission_back(r: faker
 
 
 def test_a_redelivered_member_reusing_its_answer_gives_its_admission_back(r: fakeredis.FakeRedis) -> None:
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     ask = ask_of(chord, "j1")
     chord.store.put_call("j1.1", Call(member="m0", model=M0, provider="fireworks", tier="workhorse", status="answered",
                                       answer_key="B", text="B"))  # fmt: skip
@@ -131,9 +133,7 @@ def test_a_redelivered_member_reusing_its_answer_gives_its_admission_back(r: fak
 
 
 def test_a_member_whose_lease_another_copy_holds_gives_its_admission_back(r: fakeredis.FakeRedis) -> None:
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     ask = ask_of(chord, "j1")
     r.set(keys.member_lease("j1.1", "m0"), "another-copy", px=60_000)
     chord.store.decide("j1.1", "quorum", "B")  # so the waiting copy stops at once
@@ -168,9 +168,7 @@ def test_a_refusal_gives_the_rest_back_and_the_call_refuses_as_before(r: fakered
 
 
 def test_an_ask_that_differs_from_the_job_is_given_back_and_the_call_asks_again(r: fakeredis.FakeRedis) -> None:
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     turn = run_member(chord, "j1.1", "m0", ask=ask_of(chord, "j1", chars=10_000))  # a stale or forged size
     assert turn.status == "answered" and len(provider.requests) == 1
     (tried,) = attempts.parse(r.hgetall(attempts.key("j1.1")))["m0"]  # the given-back record is gone
@@ -181,9 +179,7 @@ def test_an_ask_that_differs_from_the_job_is_given_back_and_the_call_asks_again(
 
 
 def test_an_attempt_script_redis_lost_is_loaded_and_the_record_written_alone(r: fakeredis.FakeRedis) -> None:
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     r.script_flush()
     turn = run_member(chord, "j1.1", "m0", ask=ask_of(chord, "j1"))  # the limits' scripts lost too: asked again
     assert turn.status == "answered" and len(provider.requests) == 1
@@ -220,9 +216,7 @@ def test_a_start_whose_reply_was_lost_leaves_no_attempt_on_record(r: fakeredis.F
     reply was lost: the retry goes without the admission and finds the panel decided meanwhile. The
     record of that never-made attempt goes (before: left in flight, the receipt showed the member
     "lost in flight, may be billed" for a call never sent; the usual path drops it on any error)."""
-    chord, io, provider = fleet(r)
-    store_job(r, "j1")
-    make_panel(chord.store)
+    chord, io, provider = staged(r)
     ask = ask_of(chord, "j1")
     real = chord.store.turn
     lost: list[bool] = []

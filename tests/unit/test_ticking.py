@@ -4,6 +4,7 @@ threads arm one tick that takes them all, and what a tick leaves behind arms the
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,22 +42,27 @@ class Buffer:
         return bool(self.items)
 
 
-def on_hub() -> tuple[Any, Hub, Callable[[], None]]:
-    hub = Hub(timer=Timer())
+def on_hub(timer: Timer | None = None) -> tuple[Any, Hub, Callable[[], None]]:
+    hub = Hub(timer=timer or Timer())
     # the loop polls only with a socket registered: a socketpair end that never gets data
-    import socket
-
     a, b = socket.socketpair()
     hub.add_reader(a, lambda *_: None)
+    hub.on_close.add(lambda *_: (a.close(), b.close()))
     c = SimpleNamespace(hub=hub, timer=hub.timer)
     return c, hub, hub.run_once
 
 
-def test_an_idle_step_puts_nothing_on_the_loops_timer() -> None:
-    c, hub, turn = on_hub()
+def planned(c: Any, seconds: float) -> tuple[TickingStep, Buffer]:
+    """A step whose ticks flush a Buffer, armed on demand every `seconds`."""
     buf = Buffer()
     step = TickingStep(c)
-    step.lazily(c, 0.05, buf.tick, buf.pending)
+    step.lazily(c, seconds, buf.tick, buf.pending)
+    return step, buf
+
+
+def test_an_idle_step_puts_nothing_on_the_loops_timer() -> None:
+    c, hub, turn = on_hub()
+    step, buf = planned(c, 0.05)
     for _ in range(5):
         turn()
     assert list(hub.timer.queue) == [], "nothing buffered: no timer entry, the loop sleeps"
@@ -65,9 +71,7 @@ def test_an_idle_step_puts_nothing_on_the_loops_timer() -> None:
 
 def test_items_from_other_threads_arm_one_tick_that_takes_them_all() -> None:
     c, hub, turn = on_hub()
-    buf = Buffer()
-    step = TickingStep(c)
-    step.lazily(c, 0.05, buf.tick, buf.pending)
+    step, buf = planned(c, 0.05)
 
     def send(i: int) -> None:
         buf.items.append(i)
@@ -88,9 +92,7 @@ def test_items_from_other_threads_arm_one_tick_that_takes_them_all() -> None:
 
 def test_what_a_failed_tick_leaves_arms_the_next() -> None:
     c, hub, turn = on_hub()
-    buf = Buffer()
-    step = TickingStep(c)
-    step.lazily(c, 0.02, buf.tick, buf.pending)
+    step, buf = planned(c, 0.02)
     buf.items.append(1)
     buf.fail_next = True
     step.poke()
@@ -100,9 +102,7 @@ def test_what_a_failed_tick_leaves_arms_the_next() -> None:
 
 def test_a_cancelled_step_is_not_armed_again() -> None:
     c, hub, turn = on_hub()
-    buf = Buffer()
-    step = TickingStep(c)
-    step.lazily(c, 0.02, buf.tick, buf.pending)
+    step, buf = planned(c, 0.02)
     buf.items.append(1)
     step.poke()
     turn()
@@ -117,9 +117,7 @@ def test_on_celerys_threaded_timer_without_a_loop() -> None:
     timer = ThreadedTimer()
     try:
         c = SimpleNamespace(hub=None, timer=timer)
-        buf = Buffer()
-        step = TickingStep(c)
-        step.lazily(c, 0.02, buf.tick, buf.pending)
+        step, buf = planned(c, 0.02)
         buf.items.extend([1, 2])
         step.poke()
         until(lambda: bool(buf.ticks))
@@ -134,16 +132,9 @@ def test_an_item_buffered_by_a_callback_the_loop_runs_is_flushed_within_the_peri
     call_soon from the loop's thread sends no wakeup, and the ready set was already taken for this
     turn: an `_arm` queued that way waits for whatever wakes the poll next (a BRPOP timeout, the
     worker's 2 s heartbeat timer, up to the timer's 10 s max_interval), not `seconds`."""
-    hub = Hub(timer=Timer(max_interval=10.0))  # Celery's event-loop timer (celery/worker/components.py)
-    import socket
-
-    a, b = socket.socketpair()
-    hub.add_reader(a, lambda *_: None)
+    c, hub, _ = on_hub(Timer(max_interval=10.0))  # Celery's event-loop timer (celery/worker/components.py)
     hub.call_repeatedly(2.0, lambda: None)  # the consumer's heartbeat (celery/worker/heartbeat.py)
-    c = SimpleNamespace(hub=hub, timer=hub.timer)
-    buf = Buffer()
-    step = TickingStep(c)
-    step.lazily(c, 0.05, buf.tick, buf.pending)
+    step, buf = planned(c, 0.05)
     loop = threading.Thread(target=hub.run_forever, daemon=True)
     loop.start()
     try:
@@ -161,5 +152,3 @@ def test_an_item_buffered_by_a_callback_the_loop_runs_is_flushed_within_the_peri
         hub.stop()
         loop.join(5)
         hub.close()
-        a.close()
-        b.close()
