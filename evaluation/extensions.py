@@ -21,6 +21,13 @@ quantiles of the train half's rows, as the space's own gates):
   those costing <= 0.45x the strongest model's on the train half, the most accurate (smoothed);
   none: the cheapest eligible. Without it the default budget (0.40); `budgetoff`: the cheapest
   eligible always (the rule before the budget pick, which the families were measured with).
+- `pmet` / `pmetany`: a selection rule (measured, not shipped): the candidate with the highest
+  bootstrap chance of meeting the target on rows like the train half's (`choose_pmet`: 200
+  resamples of the train rows; met = accuracy >= 0.99x and cost <= 0.5x the *resample's*
+  strongest model, so the yardstick's own winner's curse is in the estimate), ties to the more
+  accurate (smoothed) then the cheaper. `pmet` chooses among the rule's eligible candidates;
+  `pmetany` among every candidate, and falls back to the default rule when no candidate's chance
+  reaches 0.25 (without a floor it takes cheap policies on files where nothing can meet the target).
 
 Scoring: "tuned" is the candidate `tune.choose` picks on the train half's space, scored on the
 eval half's matrix (the space built on the eval half with `fit=train` has the same candidates,
@@ -143,16 +150,19 @@ class Variant:
     families: frozenset[str] = frozenset()
     confirms: bool = False
     budget: float | None = tune.DEFAULT_BUDGET  # the selection variant (`tune.Rule.budget`); budgetoff: None
+    pmet: str = ""  # "", "eligible" (`pmet`) or "any" (`pmetany`): `choose_pmet` instead of `tune.choose`
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         parts = [p for p in text.split("+") if p and p != "default"]
-        bad = [p for p in parts if p not in FAMILIES and p != "confirm" and not p.startswith("budget")]
+        picks = {"pmet": "eligible", "pmetany": "any"}
+        bad = [p for p in parts if p not in FAMILIES and p not in picks and p != "confirm" and not p.startswith("budget")]
         if bad:
-            raise ValueError(f"--variants: unknown {bad}; use {', '.join(FAMILIES)}, confirm, budget0.45 or budgetoff (joined by +)")
+            raise ValueError(f"--variants: unknown {bad}; use {', '.join(FAMILIES)}, confirm, pmet, pmetany, budget0.45 or budgetoff (joined by +)")
         given = [tune.parse_budget(p.removeprefix("budget")) for p in parts if p.startswith("budget")]
         budget = given[0] if given else tune.DEFAULT_BUDGET
-        return cls(frozenset(p for p in parts if p in FAMILIES), "confirm" in parts, budget)
+        pmet = next((picks[p] for p in parts if p in picks), "")
+        return cls(frozenset(p for p in parts if p in FAMILIES), "confirm" in parts, budget, pmet)
 
 
 def space_for(
@@ -162,6 +172,49 @@ def space_for(
     if variant.families:
         extend(s, m, fit or m, agreement, rule, variant.families)
     return s
+
+
+PMET_RESAMPLES = 200
+PMET_FLOOR = 0.25  # `pmetany`: below this chance for every candidate, the default rule's pick
+
+
+def candidate_rows(space: search.Space, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per question right [len(idx), n] and cost of candidates `idx` (each block's chain scored once)."""
+    right, cost = np.zeros((len(idx), space.n), bool), np.zeros((len(idx), space.n))
+    starts = np.concatenate([[0], np.cumsum([b.size for b in space.correct])])
+    block = np.searchsorted(starts, idx, side="right") - 1
+    for b in np.unique(block):
+        sel = np.flatnonzero(block == b)
+        r, c = search._chain(space.chains[b])
+        right[sel], cost[sel] = r.reshape(-1, space.n)[idx[sel] - starts[b]], c.reshape(-1, space.n)[idx[sel] - starts[b]]
+    return right, cost
+
+
+def choose_pmet(space: search.Space, train: Matrix, rule: tune.Rule, among: str = "eligible", seed: int = 0) -> int:
+    """The candidate most often meeting the target (>= 0.99x accuracy at <= 0.5x cost of the
+    resample's strongest model) over bootstrap resamples of the training rows; -1: none eligible."""
+    s = tune.strongest(train)
+    bar, max_cost = float(train.right[:, s].mean()), float(train.cost[:, s].sum())
+    ok = tune.eligible(space, bar, rule, max_cost)
+    picks = np.flatnonzero(ok if among == "eligible" else np.ones_like(ok))
+    if picks.size == 0:
+        return -1
+    n = train.n
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=PMET_RESAMPLES).astype(np.float32)
+    acc_m, cost_m = w @ train.right.astype(np.float32) / n, w @ train.cost.astype(np.float32) / n
+    top = np.lexsort((np.broadcast_to(train.cost.mean(axis=0), acc_m.shape), -acc_m), axis=1)[:, 0]  # per resample
+    rows = np.arange(PMET_RESAMPLES)
+    right, cost = candidate_rows(space, picks)
+    met = (right.astype(np.float32) @ w.T / n >= ACCURACY_GOAL * acc_m[rows, top] - 1e-9) & (
+        cost.astype(np.float32) @ w.T / n <= COST_GOAL * cost_m[rows, top] + 1e-12
+    )
+    chance = met.mean(axis=1)
+    if among != "eligible" and chance.max() < PMET_FLOOR:
+        return tune.choose(space, bar, rule, max_cost)
+    _, smooth, total, stages = space.flat()
+    best = picks[chance >= chance.max() - 1e-12]
+    best = best[smooth[best] >= smooth[best].max() - 1e-12]
+    return int(best[np.lexsort((stages[best], total[best]))[0]])
 
 
 @dataclass(frozen=True)
@@ -186,7 +239,9 @@ def one(m: Matrix, agreement: dict[str, object], rule: tune.Rule, variant: Varia
     acc, mean_cost = correct / test.n, cost / test.n
     cheap = mean_cost <= COST_GOAL * bar_cost + 1e-12
     p = tune.strongest(train)
-    i = tune.choose(space_for(train, agreement, rule, variant), float(train.right[:, p].mean()), rule, float(train.cost[:, p].sum()))
+    trained = space_for(train, agreement, rule, variant)
+    i = (choose_pmet(trained, train, rule, variant.pmet) if variant.pmet
+         else tune.choose(trained, float(train.right[:, p].mean()), rule, float(train.cost[:, p].sum())))  # fmt: skip
     ta, tc = (
         (float(test.right[:, p].mean()), float(test.cost[:, p].mean()))
         if i < 0

@@ -100,3 +100,32 @@ def test_the_real_files_default_row_is_headroom_s(replay_dir: Path) -> None:
         )
         assert (ours.tuned_met, ours.oracle_met) == (theirs.tuned_met, theirs.oracle_met)
         assert ours.tuned_acc == pytest.approx(theirs.tuned_acc) and ours.tuned_cost == pytest.approx(theirs.tuned_cost)
+
+
+def test_candidate_rows_sum_to_the_space_s_counts(tmp_path: Path) -> None:
+    _, m = synthetic(tmp_path)
+    space = extensions.space_for(m, AGREEMENT, tune.Rule(), Variant())
+    correct, _, cost, _ = space.flat()
+    idx = np.random.default_rng(3).choice(correct.size, 300, replace=False)
+    right, each = extensions.candidate_rows(space, idx)
+    assert np.array_equal(right.sum(axis=1), correct[idx])
+    assert np.allclose(each.sum(axis=1), cost[idx])
+
+
+def test_pmet_takes_the_candidate_that_meets_the_target_over_one_that_is_cheaper_and_misses() -> None:
+    """a: cheap, right on 70% of rows; b: the strongest, right on all; c: costs 0.45x b, right on 99.5%."""
+    n = 200
+    right = np.ones((n, 3), bool)
+    right[: int(0.3 * n), 0] = False
+    right[0, 2] = False
+    m = Matrix(("a", "b", "c"), tuple(f"q{i}" for i in range(n)), right, np.tile([0.1, 10.0, 4.5], (n, 1)),
+               np.full((n, 3), np.nan), np.where(right, 0, 1), np.ones((n, 3)), "USD")  # fmt: skip
+    space = extensions.space_for(m, AGREEMENT, tune.Rule(), Variant())
+    for among in ("eligible", "any"):
+        spec = space.spec(extensions.choose_pmet(space, m, tune.Rule(), among))
+        assert [s.model for s in spec.stages] == ["c"], among
+
+
+def test_pmet_variants_parse() -> None:
+    assert Variant.parse("pmet").pmet == "eligible" and Variant.parse("pmetany+confirm").pmet == "any"
+    assert Variant.parse("budgetoff").pmet == ""
