@@ -424,17 +424,19 @@ def main() -> None:
                   f"fleet {a_fleet:.2f} / bare {a_bare:.2f} = {a_fleet / a_bare:.2f}x;  ideal {sum(cpu_ideal.values()):.2f}")
         print(f"   the floor: the fleet's shape with no panel-fleet code (bench/floor_task.py: admission and landing "
               f"scripts, decision once at quorum 2, no cancellation), its control process of 16 threads, "
-              f"{args.floor_processes} member process(es) of {member_threads} threads; against the bare task with the "
-              "same Celery settings, and the fleet against it:")
+              f"{args.floor_processes} member process(es) of {member_threads} threads; against the bare task (Celery's "
+              "defaults, the issue's reference; a floor with the fleet's settings also against the bare task with "
+              "them), and the fleet against it:")
         for form in FLOORS:
             cpu = cpu_floor[form]
             w_floor, a_floor = sum(v for k, v in cpu.items() if k.startswith("floor")), sum(cpu.values())
-            b = cpu_bare["bench.bare.fleet" if form.fleet else "bench.bare"]
-            w_bare, a_bare = b["bare worker"], sum(b.values())
+            against = [("bare", cpu_bare["bench.bare"])] + ([("bare fleet", cpu_bare["bench.bare.fleet"])] if form.fleet else [])
             print(f"   {form.label}\n      " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + "\n"
-                  f"      workers: floor {w_floor:.2f} / bare {w_bare:.2f} = {w_floor / w_bare:.2f}x;  "
-                  f"fleet {w_fleet:.2f} / floor {w_floor:.2f} = {w_fleet / w_floor:.2f}x;  all processes: "
-                  f"floor / bare {a_floor / a_bare:.2f}x, fleet / floor {a_fleet / a_floor:.2f}x")
+                  "      workers: " + "; ".join(f"floor {w_floor:.2f} / {name} {b['bare worker']:.2f} = "
+                                               f"{w_floor / b['bare worker']:.2f}x" for name, b in against)
+                  + f";  fleet {w_fleet:.2f} / floor {w_floor:.2f} = {w_fleet / w_floor:.2f}x;  all processes: "
+                  + ", ".join(f"floor / {name} {a_floor / sum(b.values()):.2f}x" for name, b in against)
+                  + f", fleet / floor {a_fleet / a_floor:.2f}x")
 
         print("\n2. Redis round trips per member call (server total_reads_processed)")
         print(f"   bare task {rt_bare['bench.bare']:.1f} (as the fleet: {rt_bare['bench.bare.fleet']:.1f});  "
