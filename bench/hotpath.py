@@ -225,6 +225,9 @@ FLOORS = (
               http="async"),
     FloorForm("floor with the fleet's Celery settings (BARE_AS=fleet), with the control hop", fleet=True),
     FloorForm("floor with the fleet's Celery settings (BARE_AS=fleet), producer publishes members", fleet=True, hop=False),
+    # the closest to the fleet: what its code adds beyond these choices is fleet / this floor
+    FloorForm("floor with each choice the fleet made: its Celery settings, the control hop, one batch publish, "
+              "httpx async", fleet=True, batch=True, http="async"),
 )  # fmt: skip
 
 
