@@ -12,9 +12,10 @@ panel-fleet code) and the fleet (agreeing 3-member panels, quorum 2, the slow me
 1. CPU ms per member call by process at `--rate` panels/s, and the fleet / bare-task ratio; for
    each form of the floor (`FLOORS`: with the control hop or the producer publishing the members;
    three publishes or one batch; sync httpx or one asyncio loop thread; Celery's defaults or the
-   fleet's settings) its processes' CPU, floor / bare task (with the same Celery settings) and
-   fleet / floor. Whether the fleet's target against the bare task can be met by any code with
-   this shape is floor / bare; what the fleet's own code adds is fleet / floor;
+   fleet's settings; and the fleet's choices all together) its processes' CPU (`--floor-processes`
+   member processes), floor / bare task (Celery's defaults; with the fleet's settings, also the bare
+   task with them) and fleet / floor. Whether the fleet's target against the bare task can be met
+   by any code with this shape is floor / bare; what the fleet's own code adds is fleet / floor;
 2. Redis round trips per member call, from the server's `total_reads_processed` (one per request
    a client sends; a pipeline or a script is one), split by connection from the kernel's count of
    data segments each connection sent the server (`ss -ti`: the same count, per socket): Celery's
