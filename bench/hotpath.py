@@ -5,17 +5,27 @@ side by side in one run on one machine.
     python3 -m bench.hotpath --duration 60 --rates 20,30,45,60
 
 Prints, for the ideal (one asyncio process, httpx), a bare Celery task (bench/bare_task.py: same
-broker, pool, Celery settings and HTTP library, no panel logic) and the fleet (agreeing 3-member
-panels, quorum 2, the slow member cancelled):
-1. CPU ms per member call by process at `--rate` panels/s, and the fleet / bare-task ratio;
+broker, pool, Celery settings and HTTP library, no panel logic), the floor of the fleet's shape
+(bench/floor_task.py: the bare task plus a control hop that publishes the three members, one
+admission script before each call and one landing script after it that decides at quorum 2; no
+panel-fleet code) and the fleet (agreeing 3-member panels, quorum 2, the slow member cancelled):
+1. CPU ms per member call by process at `--rate` panels/s, and the fleet / bare-task ratio; for
+   each form of the floor (`FLOORS`: with the control hop or the producer publishing the members;
+   three publishes or one batch; sync httpx or one asyncio loop thread; Celery's defaults or the
+   fleet's settings; and the fleet's choices all together) its processes' CPU (`--floor-processes`
+   member processes), floor / bare task (Celery's defaults; with the fleet's settings, also the bare
+   task with them) and fleet / floor. Whether the fleet's target against the bare task can be met
+   by any code with this shape is floor / bare; what the fleet's own code adds is fleet / floor;
 2. Redis round trips per member call, from the server's `total_reads_processed` (one per request
    a client sends; a pipeline or a script is one), split by connection from the kernel's count of
    data segments each connection sent the server (`ss -ti`: the same count, per socket): Celery's
    (kombu: unnamed connections), ours (connections named pf-*), the producer's (pf-producer: the
-   benchmark's PanelClient), the benchmark's own (bench-*); then the commands by MONITOR, where
-   MULTI..EXEC counts as one round trip, every other command as one (a pipeline's too: MONITOR
-   does not show where a pipeline ends) and commands run by Lua as none;
-3. decision latency at `--rate` panels/s against the ideal's (p50, p99);
+   benchmark's PanelClient), the benchmark's own (bench-*: the bare task's and the floor's done
+   counters too), the floor's state (floor-state); then the commands by MONITOR, where MULTI..EXEC
+   counts as one round trip, every other command as one (a pipeline's too: MONITOR does not show
+   where a pipeline ends) and commands run by Lua as none;
+3. decision latency at `--rate` panels/s against the ideal's (p50, p99), and the floor's (from the
+   send to the decision's write);
 4. the highest of `--rates` at which the fleet's p99 stays within 100 ms of the ideal's.
 The machine is shared: the load average is printed, and every figure is a ratio to a path
 measured in the same minute.
@@ -35,6 +45,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -116,7 +127,11 @@ def segments_in(port: int) -> dict[str, int]:
 
 
 def whose(name: str) -> str:
-    return "producer" if name == "pf-producer" else "ours" if name.startswith("pf-") else "bench" if name.startswith("bench") else "celery"
+    """The floor's state connection (floor-state) is a kind of its own, beside the fleet's (pf-*: the
+    idle fleet's sweeps and flushes go on while the floor runs); its done counter (bench-floor) is the
+    benchmark's own, as the bare task's (bench-bare)."""
+    return ("producer" if name == "pf-producer" else "ours" if name.startswith("pf-") else "floor"
+            if name.startswith("floor-") else "bench" if name.startswith("bench") else "celery")  # fmt: skip
 
 
 def by_client(before: dict[str, int], after: dict[str, int], names: dict[str, str]) -> Counter[str]:
@@ -130,14 +145,14 @@ def by_client(before: dict[str, int], after: dict[str, int], names: dict[str, st
 
 def split(lines: list[tuple[str, str]], names: dict[str, str]) -> dict[str, Counter[str]]:
     """Round trips and commands per kind of client; MULTI..EXEC is one round trip."""
-    out: dict[str, Counter[str]] = {k: Counter() for k in ("celery", "ours", "bench", "lua")}
+    out: dict[str, Counter[str]] = {k: Counter() for k in ("celery", "ours", "floor", "bench", "lua")}
     in_multi: set[str] = set()
     for who, cmd in lines:
         if who == "lua":
             out["lua"]["commands"] += 1
             continue
         name = names.get(who, "")
-        kind = "ours" if name.startswith("pf-") else "bench" if name.startswith("bench") or cmd == "MONITOR" else "celery"
+        kind = "bench" if cmd == "MONITOR" else whose(name).replace("producer", "ours")
         out[kind]["commands"] += 1
         if cmd == "MULTI":
             in_multi.add(who)
@@ -184,6 +199,77 @@ def run_bare(fleet: Fleet, r: redis.Redis, panels: int, rate: float, queue: str 
     end = time.time() + 120
     while int(r.get("bench:bare:done") or 0) < panels * len(MEMBERS) and time.time() < end:
         time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class FloorForm:
+    """One way of running the floor (bench/floor_task.py): which pair of floor worker processes
+    (`fleet`: the pair run with BARE_AS=fleet), whether the producer sends one start task per panel
+    to the control queue or the three members itself, and how the control publishes and the
+    members call."""
+
+    label: str
+    fleet: bool = False
+    hop: bool = True
+    batch: bool = False  # the control's three publishes in one kombu batch (one pipeline)
+    http: str = "sync"  # "async": one asyncio loop thread per process, as the fleet's runtime
+
+    def queue(self, role: str) -> str:
+        return f"bench.floor{'.fleet' if self.fleet else ''}.{role}"
+
+
+FLOORS = (
+    FloorForm("floor, with the control hop"),
+    FloorForm("floor, producer publishes members", hop=False),
+    FloorForm("floor, with the control hop, the three members in one batch publish (as the fleet's control)", batch=True),
+    FloorForm("floor, with the control hop, httpx async on one loop thread per process (as the fleet's runtime)",
+              http="async"),
+    FloorForm("floor with the fleet's Celery settings (BARE_AS=fleet), with the control hop", fleet=True),
+    FloorForm("floor with the fleet's Celery settings (BARE_AS=fleet), producer publishes members", fleet=True, hop=False),
+    # the closest to the fleet: what its code adds beyond these choices is fleet / this floor
+    FloorForm("floor with each choice the fleet made: its Celery settings, the control hop, one batch publish, "
+              "httpx async", fleet=True, batch=True, http="async"),
+)  # fmt: skip
+
+
+def run_floor(fleet: Fleet, r: redis.Redis, panels: int, rate: float, form: FloorForm) -> dict[str, float]:
+    """Send `panels` panels at `rate` and wait for every member to finish (as `run_bare`); returns
+    each panel's id and when it was sent."""
+    from bench import floor_task
+
+    floor_task.app.conf.broker_url = fleet.redis_url
+    r.delete("bench:floor:done")
+    sent: dict[str, float] = {}
+    kwargs = {"http": form.http} if form.http != "sync" else {}
+    for _ in range(panels):
+        t = time.perf_counter()
+        panel_id = uuid.uuid4().hex
+        prompt = f"floor {panel_id} A) x B) y"
+        sent[panel_id] = time.time()
+        if form.hop:
+            floor_task.start.apply_async(args=[fleet.sim_url, prompt, panel_id], queue=form.queue("control"),
+                                         kwargs={**kwargs, "batch": True} if form.batch else kwargs)  # fmt: skip
+        else:
+            for i, m in enumerate(MEMBERS):
+                floor_task.member.apply_async(args=[fleet.sim_url, m, prompt, panel_id, f"m{i}"], kwargs=kwargs,
+                                              queue=form.queue("members"))  # fmt: skip
+        time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
+    end = time.time() + 120
+    while int(r.get("bench:floor:done") or 0) < panels * len(MEMBERS) and time.time() < end:
+        time.sleep(0.1)
+    return sent
+
+
+def floor_decisions(r: redis.Redis, sent: dict[str, float]) -> tuple[list[float], int]:
+    """Each decided panel's latency (send to the decision's write, the worker's clock) and how many
+    panels were not decided."""
+    from bench.floor_task import panel_keys
+
+    pipe = r.pipeline(transaction=False)
+    for panel_id in sent:
+        pipe.hget(panel_keys(panel_id)[2], "at")
+    got = [(float(at) - t) for at, t in zip(pipe.execute(), sent.values(), strict=True) if at is not None]
+    return got, len(sent) - len(got)
 
 
 def run_fleet(client: PanelClient, panels: int, rate: float) -> tuple[list[float], int]:
@@ -238,6 +324,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=128, help="threads in each bare worker")
     ap.add_argument("--tier-processes", type=int, default=0, help="fleet tier processes (default: one per core)")
     ap.add_argument("--hold", type=float, default=0.0, help="seconds per sustained-rate step (default: --duration)")
+    ap.add_argument("--floor-processes", type=int, default=1,
+                    help="floor member processes, the threads split between them (default: 1, as the bare task)")
     args = ap.parse_args()
     hold = args.hold or args.duration
     # the deployed sweep interval (producer/settings.py), not the test fleet's 0.5 s
@@ -245,6 +333,7 @@ def main() -> None:
                   workers=default_workers(args.tier_processes or None))
     fleet.start()
     bares: dict[str, subprocess.Popen[bytes]] = {}
+    floors: dict[bool, dict[str, subprocess.Popen[bytes]]] = {}  # fleet settings? -> role -> process
     try:
         fleet.sim("/_sim/config", {"models": {m: {"latency_ms": ms, "answer": "B"} for m, ms in MEMBERS.items()}})
         for i, queue in enumerate(BARE):
@@ -254,11 +343,30 @@ def main() -> None:
                  "-c", str(args.threads), "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO",
                  "-n", f"bare{i}@%h"], env=child_env({"PANEL_REDIS_URL": fleet.redis_url, **events}),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        # the floor's workers, each started as the bare worker is: per pair of settings a control
+        # process (16 threads, as the fleet's) and --floor-processes member processes
+        member_threads = max(16, args.threads // args.floor_processes)
+        for as_fleet in sorted({f.fleet for f in FLOORS}):
+            q = FloorForm("", fleet=as_fleet).queue
+            env = child_env({"PANEL_REDIS_URL": fleet.redis_url, "FLOOR_MEMBERS_QUEUE": q("members"),
+                             **({"BARE_AS": "fleet"} if as_fleet else {})})  # fmt: skip
+            roles = [("floor control", q("control"), 16)] + [
+                (f"floor members{f' {i + 1}' if args.floor_processes > 1 else ''}", q("members"), member_threads)
+                for i in range(args.floor_processes)]  # fmt: skip
+            floors[as_fleet] = {
+                role: subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "bench.floor_task", "worker", "-Q", queue, "--pool", "threads",
+                     "-c", str(threads), "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO",
+                     "-n", f"{role.replace(' ', '-')}{'-fleet' if as_fleet else ''}@%h"], env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for role, queue, threads in roles}  # fmt: skip
         r = redis.Redis.from_url(fleet.redis_url, client_name="bench-main")
         client = PanelClient(fleet.redis_url)
         time.sleep(4)
         for queue in BARE:
             run_bare(fleet, r, 5, 5, queue)  # warm-up: imports, connections, the sim's caches
+        for form in FLOORS:
+            run_floor(fleet, r, 5, 5, form)  # and the scripts loaded
         run_fleet(client, 5, 5)
         n = max(10, int(args.rate * args.duration))
         calls = n * len(MEMBERS)
@@ -267,11 +375,14 @@ def main() -> None:
         shared = {"redis": fleet.redis.proc.pid}
         print(f"machine: {os.cpu_count()} cores; load average at start {os.getloadavg()}")
         print(f"command: python3 -m bench.hotpath --rate {args.rate:g} --duration {args.duration:g} --rates {args.rates}"
-              f"{f' --tier-processes {args.tier_processes}' if args.tier_processes else ''}{f' --hold {hold:g}' if args.hold else ''}")
+              f"{f' --tier-processes {args.tier_processes}' if args.tier_processes else ''}{f' --hold {hold:g}' if args.hold else ''}"
+              f"{f' --floor-processes {args.floor_processes}' if args.floor_processes != 1 else ''}")
         print(f"fleet processes: {', '.join(workers)}; members (latency ms) {MEMBERS}; {n} panels = {calls} member calls per path\n")
 
         time.sleep(1)
-        idle_pids = {**workers, **{f"bare ({how.split(':')[0]})": bares[q].pid for q, how in BARE.items()}, **shared}
+        idle_pids = {**workers, **{f"bare ({how.split(':')[0]})": bares[q].pid for q, how in BARE.items()},
+                     **{f"{role}{' (fleet settings)' if as_fleet else ''}": p.pid
+                        for as_fleet, procs in floors.items() for role, p in procs.items()}, **shared}  # fmt: skip
         idle0, t0 = {k: tree_cpu(p) for k, p in idle_pids.items()}, time.monotonic()
         time.sleep(IDLE_S)
         idle = {k: (tree_cpu(p) - idle0[k]) * 1000 / (time.monotonic() - t0) for k, p in idle_pids.items()}
@@ -288,6 +399,15 @@ def main() -> None:
                                        lambda q=queue: run_bare(fleet, r, n, args.rate, q), calls)  # fmt: skip
             rt_bare[queue] = (reads(r) - rt0) / calls
             split_bare[queue] = by_client(seg0, segments_in(port), client_names(r))
+        cpu_floor, rt_floor, split_floor, sent_floor = {}, {}, {}, {}
+        for form in FLOORS:
+            procs = {role: p.pid for role, p in floors[form.fleet].items() if form.hop or role != "floor control"}
+            rt0, seg0 = reads(r), segments_in(port)
+            cpu_floor[form] = measured({**procs, **shared},
+                                       lambda f=form: sent_floor.update({f: run_floor(fleet, r, n, args.rate, f)}), calls)  # fmt: skip
+            rt_floor[form] = (reads(r) - rt0) / calls
+            split_floor[form] = by_client(seg0, segments_in(port), client_names(r))
+        decided_floor = {form: floor_decisions(r, sent) for form, sent in sent_floor.items()}
         rt0, seg0 = reads(r), segments_in(port)
         cpu_fleet = measured({**workers, **shared}, lambda: holder.update(fleet=run_fleet(client, n, args.rate)), calls)
         rt_fleet = (reads(r) - rt0) / calls
@@ -306,15 +426,39 @@ def main() -> None:
             print(f"   against the bare task with {how}:\n"
                   f"      workers: fleet {w_fleet:.2f} / bare {w_bare:.2f} = {w_fleet / w_bare:.2f}x;  all processes: "
                   f"fleet {a_fleet:.2f} / bare {a_bare:.2f} = {a_fleet / a_bare:.2f}x;  ideal {sum(cpu_ideal.values()):.2f}")
+        print(f"   the floor: the fleet's shape with no panel-fleet code (bench/floor_task.py: admission and landing "
+              f"scripts, decision once at quorum 2, no cancellation), its control process of 16 threads, "
+              f"{args.floor_processes} member process(es) of {member_threads} threads; against the bare task (Celery's "
+              "defaults, the issue's reference; a floor with the fleet's settings also against the bare task with "
+              "them), and the fleet against it:")
+        for form in FLOORS:
+            cpu = cpu_floor[form]
+            w_floor, a_floor = sum(v for k, v in cpu.items() if k.startswith("floor")), sum(cpu.values())
+            against = [("bare", cpu_bare["bench.bare"])] + ([("bare fleet", cpu_bare["bench.bare.fleet"])] if form.fleet else [])
+            print(f"   {form.label}\n      " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + "\n"
+                  "      workers: " + "; ".join(f"floor {w_floor:.2f} / {name} {b['bare worker']:.2f} = "
+                                               f"{w_floor / b['bare worker']:.2f}x" for name, b in against)
+                  + f";  fleet {w_fleet:.2f} / floor {w_floor:.2f} = {w_fleet / w_floor:.2f}x;  all processes: "
+                  + ", ".join(f"floor / {name} {a_floor / sum(b.values()):.2f}x" for name, b in against)
+                  + f", fleet / floor {a_fleet / a_floor:.2f}x")
 
         print("\n2. Redis round trips per member call (server total_reads_processed)")
         print(f"   bare task {rt_bare['bench.bare']:.1f} (as the fleet: {rt_bare['bench.bare.fleet']:.1f});  "
               f"fleet {rt_fleet:.1f}")
+        for form in FLOORS:
+            print(f"   {form.label}: {rt_floor[form]:.1f}")
         print("   by connection (the server's data segments in, `ss -ti`; producer: the benchmark's PanelClient, "
               "its Celery publishes in Celery's):")
         for name, sp in (("bare task", split_bare["bench.bare"]), ("bare fleet", split_bare["bench.bare.fleet"]),
                          ("fleet", split_fleet)):  # fmt: skip
             print(f"   {name:10} " + ", ".join(f"{k} {sp[k] / calls:.1f}" for k in ("celery", "ours", "producer", "bench"))
+                  + f"; all {sum(sp.values()) / calls:.1f}")
+        print("   the floor's (floor: its state connection, floor-state; bench: its done counter, bench-floor, "
+              "as the bare task's; ours: the idle fleet's meanwhile):")
+        for form in FLOORS:
+            sp = split_floor[form]
+            print(f"   {form.label}\n      "
+                  + ", ".join(f"{k} {sp[k] / calls:.1f}" for k in ("celery", "floor", "bench", "ours"))
                   + f"; all {sum(sp.values()) / calls:.1f}")
         k = max(10, n // 4)
         monitored: list[tuple[str, dict[str, Counter[str]]]] = []
@@ -322,16 +466,24 @@ def main() -> None:
             with Monitor(fleet.redis_url) as mon_b:
                 run_bare(fleet, r, k, args.rate, queue)
             monitored.append((name, split(mon_b.lines, client_names(r))))
+        for i, form in enumerate(FLOORS):
+            with Monitor(fleet.redis_url) as mon_fl:
+                run_floor(fleet, r, k, args.rate, form)
+            monitored.append((f"floor {i + 1}", split(mon_fl.lines, client_names(r))))
         with Monitor(fleet.redis_url) as mon_f:
             run_fleet(client, k, args.rate)
         monitored.append(("fleet", split(mon_f.lines, client_names(r))))
+        print("   (MONITOR: floor N is the Nth floor form above, in that order)")
         c = k * len(MEMBERS)
         for name, s in monitored:
+            state = "floor" if name.startswith("floor") else "ours"  # Lua's commands are the floor's there
             print(f"   {name:10} (MONITOR, {k} panels) Celery {s['celery']['round_trips'] / c:.1f} round trips "
-                  f"({s['celery']['commands'] / c:.1f} commands); ours {s['ours']['round_trips'] / c:.1f} round trips "
-                  f"({s['ours']['commands'] / c:.1f} commands, {s['lua']['commands'] / c:.1f} more inside Lua); "
-                  f"benchmark's own {s['bench']['round_trips'] / c:.1f}")
-            for kind in ("celery", "ours"):
+                  f"({s['celery']['commands'] / c:.1f} commands); {state} {s[state]['round_trips'] / c:.1f} round trips "
+                  f"({s[state]['commands'] / c:.1f} commands, {s['lua']['commands'] / c:.1f} more inside Lua"
+                  f"{', the idle fleet’s among them' if state == 'floor' else ''}); "
+                  f"benchmark's own {s['bench']['round_trips'] / c:.1f}"
+                  + (f"; the idle fleet's {s['ours']['round_trips'] / c:.1f}" if state == "floor" else ""))
+            for kind in ("celery", state):
                 top = [(cmd, v) for cmd, v in s[kind].most_common() if cmd not in ("commands", "round_trips")]
                 print(f"   {'':10} {kind} commands per call: " + ", ".join(f"{cmd} {v / c:.2f}" for cmd, v in top[:16]))
 
@@ -339,6 +491,11 @@ def main() -> None:
         i50, i99, f50, f99 = pct(ideal, 0.5), pct(ideal, 0.99), pct(fl, 0.5), pct(fl, 0.99)
         print(f"   ideal p50 {i50 * 1000:.0f} ms p99 {i99 * 1000:.0f} ms; fleet p50 {f50 * 1000:.0f} ms p99 {f99 * 1000:.0f} ms"
               f"  -> +{(f50 - i50) * 1000:.0f} / +{(f99 - i99) * 1000:.0f} ms")
+        for form in FLOORS:
+            got, lost = decided_floor[form]
+            print(f"   {form.label}: p50 {pct(got, 0.5) * 1000 if got else 0:.0f} ms p99 "
+                  f"{pct(got, 0.99) * 1000 if got else 0:.0f} ms ({len(got)} decided, {lost} not; from the send to "
+                  "the decision's write)")
 
         print(f"\n4. Highest sustained rate with fleet p99 <= ideal p99 + {P99_MARGIN_MS:.0f} ms ({hold:g} s each)")
         best = 0.0
@@ -357,6 +514,9 @@ def main() -> None:
     finally:
         for proc in bares.values():
             stop_process(proc)
+        for procs in floors.values():
+            for proc in procs.values():
+                stop_process(proc)
         fleet.stop()
 
 
