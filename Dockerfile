@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image runs every role of panel-fleet: the worker of each queue, beat, Flower and the
+# One image runs every role of panel-fleet: the worker of each queue, Flower, the gateway and the
 # provider simulator. Roles differ only by command (docker-compose.yml, k8s/), so a release is one
 # digest and a queue can never run code of another version than its neighbours.
 

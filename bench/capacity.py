@@ -53,7 +53,7 @@ def measure(rate: float, seconds: float, plain: bool = False) -> Profile:
     (tmp / "sim.yaml").write_text(yaml.safe_dump({"default": {"latency_ms": 200, "answer": "APPROVE"}}))
     cluster = ClusterProcess().start()
     state_env = {} if plain else {"PANEL_STATE_URL": cluster.url}
-    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=32, beat=True),
+    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=32),
                            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier", concurrency=128)],
                   sim_args=["--config", str(tmp / "sim.yaml")],
                   env={"PANEL_POLICIES": str(tmp), **state_env})  # fmt: skip

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average at start {os.getloadavg()[0]:.1f}")  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="bench-conc-"))
     write_policies(tmp)
-    workers = [WorkerSpec("control", "control", concurrency=32, beat=True),
+    workers = [WorkerSpec("control", "control", concurrency=32),
                *[WorkerSpec(f"tiers{i}", "llm.economy,llm.workhorse,llm.frontier", concurrency=args.threads)
                  for i in range(args.processes)]]  # fmt: skip
     fleet = Fleet(workers=workers, sim_args=["--config", str(tmp / "sim.yaml")], env={"PANEL_POLICIES": str(tmp)})

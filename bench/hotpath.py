@@ -289,8 +289,8 @@ def run_fleet(client: PanelClient, panels: int, rate: float) -> tuple[list[float
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its children (the control's embedded beat is a child process,
-    whose time /proc/PID/stat does not count until it is reaped)."""
+    """CPU seconds of a process and its children (a child's time, a quarantine child's say, is not
+    in /proc/PID/stat until it is reaped)."""
     return sum(cpu_seconds(p) for p in tree(pid))
 
 
@@ -386,7 +386,7 @@ def main() -> None:
         idle0, t0 = {k: tree_cpu(p) for k, p in idle_pids.items()}, time.monotonic()
         time.sleep(IDLE_S)
         idle = {k: (tree_cpu(p) - idle0[k]) * 1000 / (time.monotonic() - t0) for k, p in idle_pids.items()}
-        print(f"0. Idle CPU ms per second, no job for {IDLE_S:g} s (timers, beat and the sweep every {SWEEP_S:g} s, "
+        print(f"0. Idle CPU ms per second, no job for {IDLE_S:g} s (timers, the sweep every {SWEEP_S:g} s, batch ticks, "
               "heartbeats, BRPOP timeouts):\n   " + ", ".join(f"{k} {v:.1f}" for k, v in idle.items()) + "\n")
 
         holder: dict[str, object] = {}

@@ -202,7 +202,7 @@ def stop_fleet(fleet: Fleet) -> None:
 def run(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     limit = args.rpm if scenario.dimension == "rpm" else args.tpm
     registry_limit = int(limit * args.headroom)
-    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=16, beat=True)]
+    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=16)]
                   + [WorkerSpec(f"tier{i}", "llm.economy", concurrency=args.concurrency) for i in range(args.workers)])  # fmt: skip
     policies = write_policies(fleet.log_dir / "policies", args.model, scenario, registry_limit, args.burst_s,
                               args.max_output_tokens)  # fmt: skip

@@ -130,7 +130,7 @@ def main() -> None:
         m["rpm"], m["tpm"] = 1_000_000, 1_000_000_000
     (tmp / "models.yaml").write_text(yaml.safe_dump(reg))
     shutil.copy(shipped / "tasks.yaml", tmp / "tasks.yaml")
-    fleet = Fleet(env={"PANEL_POLICIES": str(tmp)}, workers=[WorkerSpec("control", "control", 32, beat=True),
+    fleet = Fleet(env={"PANEL_POLICIES": str(tmp)}, workers=[WorkerSpec("control", "control", 32),
                            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier", 256)])  # fmt: skip
     fleet.start()
     native = None

@@ -52,7 +52,7 @@ def parent(pid: int) -> int:
 
 
 def process_name(pid: int, roots: dict[int, str]) -> str:
-    """The fleet process `pid` is, or descends from (a pool child, beat)."""
+    """The fleet process `pid` is, or descends from (a pool or quarantine child)."""
     seen = pid
     while seen > 1:
         if seen in roots:

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     write_policies(tmp)
     (tmp / "sim.yaml").write_text(yaml.safe_dump({"default": {"latency_ms": args.latency_ms, "answer": "APPROVE"}}))
-    workers = [WorkerSpec("control", "control", concurrency=32, beat=True),
+    workers = [WorkerSpec("control", "control", concurrency=32),
                WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier", concurrency=args.threads)]  # fmt: skip
     fleet = Fleet(workers=workers, sim_args=["--config", str(tmp / "sim.yaml")],
                   env={"PANEL_POLICIES": str(tmp), "PANEL_RESULT_TTL": str(args.result_ttl_s)})  # fmt: skip

@@ -5,9 +5,9 @@ else on the machine falls on both alike.
 
     python3 -m bench.tracing [--jobs 100] [--rounds 3]
 
-Measured: CPU seconds (user + system) of every worker process (and its beat) per decided job, from
+Measured: CPU seconds (user + system) of every worker process (and its children) per decided job, from
 /proc, and the ratio on / off. Beside it, each fleet's wall time and its idle CPU (what its
-processes use per second with no job: beat, sweeps, pool threads), and the ratio net of that idle
+processes use per second with no job: sweeps, batch ticks, pool threads), and the ratio net of that idle
 CPU over the rounds' wall time, so a fleet whose rounds ran longer on the loaded machine is not
 charged its idle polling as tracing.
 """
@@ -40,7 +40,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def tree(pid: int) -> list[int]:
-    """pid and its descendants (a worker's beat, a prefork child if any)."""
+    """pid and its descendants (a quarantine or prefork child, if any)."""
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -85,7 +85,7 @@ class Sink:
 
 
 def fleet(env: dict[str, str]) -> Fleet:
-    return Fleet(workers=[WorkerSpec("control", "control", concurrency=16, beat=True),
+    return Fleet(workers=[WorkerSpec("control", "control", concurrency=16),
                           WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=64)],
                  env=env)  # fmt: skip
 

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
     s = parser("up", "run a local fleet until Ctrl-C: redis (embedded unless PANEL_REDIS_URL), the simulator "
-                     "(unless a provider key is set), control + tier workers, beat; live status")  # fmt: skip
+                     "(unless a provider key is set), control + tier workers; live status")  # fmt: skip
     s.add_argument("--redis-port", type=int, default=6379,
                    help="the embedded Redis's port (default 6379; any free one when taken)")
     s.add_argument("--workers", type=int, default=0, help="tier worker processes (default: one per core)")

@@ -124,8 +124,8 @@ _GROUP_LEADERS: set[int] = set()
 
 
 def start_owned(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
-    """Start a process we must be able to stop with all its children (Celery's embedded beat is a
-    child of its worker): it leads its own process group, and on Linux dies with us."""
+    """Start a process we must be able to stop with all its children (a worker's quarantine children,
+    workers/quarantine.py): it leads its own process group, and on Linux dies with us."""
     preexec = _die_with_parent if sys.platform == "linux" else None
     proc: subprocess.Popen[bytes] = subprocess.Popen(args, start_new_session=True, preexec_fn=preexec, **popen)
     _GROUP_LEADERS.add(proc.pid)
@@ -134,7 +134,7 @@ def start_owned(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
-        os.killpg(proc.pid, sig)  # the leader's group: children too (a worker's beat)
+        os.killpg(proc.pid, sig)  # the leader's group: children too (a worker's quarantine children)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -150,7 +150,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if own_group:  # the leader is gone; a child it left (beat) must not outlive it. The group id
+    if own_group:  # the leader is gone; a child it left must not outlive it. The group id
         # cannot name another process's group while any member of ours is alive (no pid reuse).
         _signal_group(proc, signal.SIGKILL)
         _GROUP_LEADERS.discard(proc.pid)

@@ -30,7 +30,6 @@ class WorkerSpec:
     queues: str
     concurrency: int = 32
     pool: str = "threads"
-    beat: bool = False
 
 
 TIER_QUEUES = "llm.economy,llm.workhorse,llm.frontier,llm.batch"
@@ -46,7 +45,7 @@ def default_workers(processes: int | None = None) -> list[WorkerSpec]:
     n = max(1, processes or (os.cpu_count() or 2) - 1)
     tiers = [WorkerSpec("tiers" if i == 0 else f"tiers-{i + 1}", TIER_QUEUES, concurrency=max(16, TIER_THREADS // n))
              for i in range(n)]  # fmt: skip
-    return [WorkerSpec("control", "control", concurrency=16, beat=True), *tiers]
+    return [WorkerSpec("control", "control", concurrency=16), *tiers]
 
 
 DEFAULT_WORKERS = default_workers()
@@ -130,8 +129,6 @@ class Fleet:
         args = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", w.queues,
                 "-n", f"{w.name}@%h", "--pool", w.pool, "--concurrency", str(w.concurrency),
                 "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO"]  # fmt: skip
-        if w.beat:
-            args += ["-B", "-s", str(self.log_dir / "beat-schedule")]
         log = open(self.log_dir / f"worker-{w.name}.log", "ab")
         proc = start_owned(args, stdout=log, stderr=subprocess.STDOUT, env=self.worker_env())
         self.procs[w.name] = proc

@@ -165,6 +165,12 @@ def batch_poll_lock(batch_id: str) -> str:
     return f"{BATCH_TAG}:poll:{batch_id}"
 
 
+# Strings with a TTL: a control worker's turn to flush, to poll (workers/duties.py). `turn:` first:
+# `poll:<id>` is a batch's lock, and a provider's batch id is not ours to choose.
+BATCH_FLUSH_TURN = f"{BATCH_TAG}:turn:flush"
+BATCH_POLL_TURN = f"{BATCH_TAG}:turn:poll"
+
+
 def batch_line(cid: str) -> str:
     """Hash per line: panel, member, attempts (batches it was sent in); single-key ops only."""
     return f"{PREFIX}{{bl:{cid}}}:line"
@@ -250,7 +256,7 @@ WATCH_RESENDS = f"{PREFIX}{{watchdog}}:resends"  # hash: "panel_id|member" -> ti
 WATCH_SCAN_LOCK = f"{PREFIX}{{watchdog}}:scan"
 DEAD_LETTER = f"{PREFIX}{{deadletter}}"  # list, newest first: what operators inspect and replay
 SWEEP_FAILURES = f"{PREFIX}{{sweep}}:failures"  # hash: panel id -> ticks it made the sweep raise
-SWEEP_TURN = f"{PREFIX}{{sweep}}:turn"  # string with a TTL: a control worker's turn to sweep (workers/sweeper.py)
+SWEEP_TURN = f"{PREFIX}{{sweep}}:turn"  # string with a TTL: a control worker's turn to sweep (workers/duties.py)
 PROVIDERS_SNAPSHOT = f"{PREFIX}{{providers}}"  # string: JSON breaker + headroom per provider:model
 PROVIDERS_SNAPSHOT_GUARD = f"{PREFIX}{{providers}}:guard"
 # Pub/sub: panel id, for in-flight cancellation. Classic PUBLISH reaches every node of a cluster.

@@ -3,8 +3,9 @@
 Redis: the one at PANEL_REDIS_URL (or --redis-url), else an embedded redis-server (its data dir
 is removed on stop). Providers: the simulator, unless a provider key is set in the environment
 (then workers call the real providers with the keys and base URLs they find there). Workers: one
-control worker (with the embedded beat) and one tier worker process per core. Flower with
---flower. Everything started is stopped on Ctrl-C or SIGTERM, and every temp dir removed.
+control worker (it also sweeps deadlines and flushes and polls batches: there is no beat) and one
+tier worker process per core. Flower with --flower. Everything started is stopped on Ctrl-C or
+SIGTERM, and every temp dir removed.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class UpOptions:
 
 
 def plan_workers(tier_processes: int, concurrency: int) -> list[WorkerSpec]:
-    """control (plans jobs, flushes and polls batches, runs beat) + one tier process per core (or
+    """control (plans jobs, sweeps deadlines, flushes and polls batches) + one tier process per core (or
     `tier_processes`), threads as the fleet splits them unless `concurrency` is given."""
     workers = default_workers(tier_processes or None)
     if concurrency:

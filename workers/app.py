@@ -59,7 +59,8 @@ app.conf.update(
         "panel.run": {"queue": "control"},
         "panel.sweep": {"queue": "control"},
         "panel.batch_member": {"queue": "llm.batch"},
-        # periodic ticks run on control, so llm.batch stays empty and can scale to zero
+        # the control workers run the batch ticks themselves (workers/duties.py); these tasks come
+        # from an older beat in a rolling upgrade or an operator, to control: llm.batch can scale to zero
         "panel.batch_flush": {"queue": "control"},
         "panel.batch_poll": {"queue": "control"},
         "panel.arbiter": {"queue": "llm.frontier"},
@@ -83,12 +84,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options=BROKER_OPTIONS,
     task_publish_retry_policy=settings.publish_retry_policy(),
-    beat_schedule={
-        "panel-batch-flush": {"task": "panel.batch_flush", "schedule": settings.batch_tick_s,
-                              "options": {"queue": "control"}},
-        "panel-batch-poll": {"task": "panel.batch_poll", "schedule": settings.batch_tick_s,
-                             "options": {"queue": "control"}},
-    },
     worker_hijack_root_logger=False,
 )
 
@@ -178,31 +173,34 @@ class Census(bootsteps.StartStopStep):
             self.stop_flush.set()
 
 
-class Sweeper(bootsteps.StartStopStep):
-    """On workers that consume `control`: the deadline sweep every PANEL_SWEEP_INTERVAL_S, one
-    per interval fleet-wide (workers/sweeper.py), instead of a beat-sent task."""
+class Duties(bootsteps.StartStopStep):
+    """On workers that consume `control`: the fleet's periodic duties (the deadline sweep every
+    PANEL_SWEEP_INTERVAL_S, the batch lane's flush and poll every PANEL_BATCH_TICK_S), each once per
+    interval fleet-wide from a thread of its own (workers/duties.py). No beat sends them."""
 
     def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
         super().__init__(worker, **kwargs)
-        self.stop_sweeps = None
+        self.running = None
 
     def start(self, worker):  # type: ignore[no-untyped-def]
-        from workers import sweeper
+        from workers import duties
         from workers.runtime import runtime
-        from workers.tasks import run_sweep
+        from workers.tasks import control_duties
 
-        if sweeper.consumes_control(worker.app):
-            self.stop_sweeps = sweeper.start(runtime().redis, settings.sweep_interval_s, run_sweep)
+        if duties.consumes_control(worker.app):
+            self.running = duties.start(runtime().redis, *control_duties(settings))
 
     def stop(self, worker):  # type: ignore[no-untyped-def]
-        if self.stop_sweeps is not None:
-            self.stop_sweeps.set()
+        from workers import duties
+
+        if self.running is not None:  # a warm shutdown lets a flush mid-upload record its batch
+            self.running.stop(wait_s=duties.STOP_WAIT_S)
 
 
 app.steps["worker"].add(Heartbeat)
 app.steps["worker"].add(PolicyCheck)
 app.steps["worker"].add(Census)
-app.steps["worker"].add(Sweeper)
+app.steps["worker"].add(Duties)
 app.steps["consumer"].add(BufferedTaskEvents)
 app.steps["consumer"].add(DeferredAcks)
 

@@ -19,10 +19,12 @@ from celery import Task
 from kombu.exceptions import KombuError
 
 from producer import keys
+from producer.settings import Settings
 from producer.wire import text
 from workers import census, quarantine, status
 from workers.app import app
 from workers.batch import lane as batch_lane
+from workers.duties import Duty
 from workers.errors import failure_reason
 from workers.jobs import conclude_panel, start_job
 from workers.panel.act import carry_out
@@ -302,14 +304,28 @@ def batch_member(self: Task, panel_id: str, member_id: str) -> str:
                    abandon=_abandon(panel_id, member_id))  # fmt: skip
 
 
+def run_batch_flush() -> int:
+    """Send the batch lane's due lines (workers/batch/lane.py `flush`): what every control worker's
+    batch-flush thread runs in its turn (workers/duties.py), and `panel.batch_flush`."""
+    return len(batch_lane.flush(runtime()))
+
+
+def run_batch_poll() -> int:
+    """Land the finished batches' lines (workers/batch/lane.py `poll`): what every control worker's
+    batch-poll thread runs in its turn (workers/duties.py), and `panel.batch_poll`."""
+    return batch_lane.poll(runtime(), dispatcher)
+
+
+# Kept as tasks for a beat of an earlier release (it sends them during a rolling upgrade) and for
+# an operator; beside a control worker's own turn they are harmless (workers/duties.py says why).
 @app.task(name="panel.batch_flush", ignore_result=True, expires=30)
 def batch_flush() -> int:
-    return len(batch_lane.flush(runtime()))
+    return run_batch_flush()
 
 
 @app.task(name="panel.batch_poll", ignore_result=True, expires=30)
 def batch_poll() -> int:
-    return batch_lane.poll(runtime(), dispatcher)
+    return run_batch_poll()
 
 
 @app.task(name="panel.batch_arbiter", bind=True, acks_late=True)
@@ -327,7 +343,7 @@ def batch_realtime(self: Task, panel_id: str, member_id: str) -> str:
 
 def run_sweep() -> int:
     """One deadline sweep (workers/panel/sweep.py) with the provider snapshot: what every control
-    worker's sweeper thread runs in its turn (workers/sweeper.py), and `panel.sweep` for a beat of
+    worker's sweep thread runs in its turn (workers/duties.py), and `panel.sweep` for a beat of
     an earlier release or an operator."""
     rt = runtime()
     status.publish(rt)
@@ -340,3 +356,13 @@ def run_sweep() -> int:
 @app.task(name="panel.sweep", ignore_result=True, expires=30)
 def deadline_sweep() -> int:
     return run_sweep()
+
+
+def control_duties(settings: Settings) -> tuple[Duty, ...]:
+    """What every `control` worker runs in its turns (workers/duties.py), each duty from a thread
+    of its own: a flush or poll waits on a provider for seconds, and the sweep must not wait behind it."""
+    return (
+        Duty("deadline sweep", keys.SWEEP_TURN, settings.sweep_interval_s, run_sweep),
+        Duty("batch flush", keys.BATCH_FLUSH_TURN, settings.batch_tick_s, run_batch_flush),
+        Duty("batch poll", keys.BATCH_POLL_TURN, settings.batch_tick_s, run_batch_poll),
+    )

@@ -43,7 +43,7 @@ def fleet(llmock_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (policies / "tasks.yaml").write_text(yaml.safe_dump(tasks))
     env = {"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": f"{llmock_origin}/v1", "OPENAI_API_KEY": "sk-llmock",
            "ANTHROPIC_BASE_URL": f"{llmock_origin}/anthropic", "ANTHROPIC_API_KEY": "sk-ant-llmock"}  # fmt: skip
-    f = Fleet(workers=[WorkerSpec("all", ALL_QUEUES, concurrency=8, beat=True)], env=env)
+    f = Fleet(workers=[WorkerSpec("all", ALL_QUEUES, concurrency=8)], env=env)
     f.start()
     yield f
     f.stop()

@@ -23,7 +23,7 @@ from producer.settings import Settings
 from tests.topologies import ClusterProcess
 
 JOBS = int(os.environ.get("PANEL_CLUSTER_JOBS", "30"))
-WORKERS = [WorkerSpec("control", "control", concurrency=16, beat=True),
+WORKERS = [WorkerSpec("control", "control", concurrency=16),
            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=64)]  # fmt: skip
 
 

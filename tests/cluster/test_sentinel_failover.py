@@ -31,7 +31,7 @@ DRILL = os.environ.get("PANEL_SENTINEL_DRILL") == "1"
 # in 58 runs of 20-200 jobs here (tests/reliability/README.md part C has the counts and the fix).
 JOBS = int(os.environ.get("PANEL_SENTINEL_JOBS", "40" if DRILL else "20"))
 SINGLE_MODEL = "qwen2.5-32b-coder-instruct"  # code_review's single lane
-WORKERS = [WorkerSpec("control", "control", concurrency=16, beat=True),
+WORKERS = [WorkerSpec("control", "control", concurrency=16),
            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=16)]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
-"""docker-compose.yml: a worker service per queue beside Redis, beat, Flower and the simulator;
-keyless by default; every variable documented in .env.example."""
+"""docker-compose.yml: a worker service per queue beside Redis, Flower and the simulator (no beat:
+the control workers run the periodic duties); keyless by default; every variable documented in
+.env.example."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tests.deploy.artefacts import COMPOSE, CONCURRENCY, REPO, compose, interpol
 
 def test_compose_has_a_worker_per_queue_and_the_supporting_services() -> None:
     services = compose()["services"]
-    assert {"redis", "beat", "flower", "sim"} <= set(services)
+    assert {"redis", "flower", "sim"} <= set(services)
     seen = {}
     for svc in services.values():
         cmd = svc.get("command", [])
@@ -22,6 +23,16 @@ def test_compose_has_a_worker_per_queue_and_the_supporting_services() -> None:
             test = " ".join(svc["healthcheck"]["test"])
             assert "panel-heartbeat-ok" in test and "inspect" not in test
     assert seen == CONCURRENCY
+
+
+def test_compose_runs_no_beat_the_control_workers_tick_themselves() -> None:
+    """The sweep and the batch ticks run in the control workers (workers/duties.py): nothing runs
+    `celery beat`, alone or embedded with -B, so no service must be kept to exactly one replica."""
+    services = compose()["services"]
+    assert "beat" not in services
+    for name, svc in services.items():
+        cmd = svc.get("command", [])
+        assert "beat" not in cmd and "-B" not in cmd and "--beat" not in cmd, name
 
 
 def test_compose_up_works_keyless() -> None:

@@ -1,6 +1,6 @@
 """The rendered Kubernetes manifests keep the properties the fleet relies on (k8s/README.md says
-why): a worker Deployment per queue, KEDA on every priority list, heartbeat probes, PDBs, one
-beat, non-root pods, a persistent Redis, and overlays a user will write."""
+why): a worker Deployment per queue, KEDA on every priority list, heartbeat probes, PDBs, no
+beat (the control pods tick), non-root pods, a persistent Redis, and overlays a user will write."""
 
 from __future__ import annotations
 
@@ -144,11 +144,17 @@ def test_every_worker_has_a_pod_disruption_budget_that_matches_it(rendered: list
         assert matching[0]["spec"].get("maxUnavailable") == 1, queue
 
 
-def test_beat_is_a_single_recreated_pod(rendered: list[dict]) -> None:
-    beat = by_kind(rendered, "Deployment")["panel-beat"]
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"]["type"] == "Recreate"
-    assert container(beat)["args"][:4] == ["celery", "-A", "workers.app", "beat"]
+def test_no_beat_the_control_pods_run_the_periodic_duties(rendered: list[dict]) -> None:
+    """The sweep and the batch ticks run in the control pods (workers/duties.py): no Deployment runs
+    `celery beat`, alone or embedded with -B, so none must be kept to exactly one replica."""
+    deployments = by_kind(rendered, "Deployment")
+    assert "panel-beat" not in deployments
+    for name, d in deployments.items():
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            args = c.get("args", [])
+            assert "beat" not in args and "-B" not in args and "--beat" not in args, name
+    control = container(workers(rendered)["control"], "worker")["args"]
+    assert control[:4] == ["celery", "-A", "workers.app", "worker"] and "control" in control
 
 
 def test_everything_runs_non_root(rendered: list[dict]) -> None:

@@ -40,7 +40,7 @@ def test_every_compose_worker_gets_the_provider_keys_and_urls_and_the_sim_takes_
         assert set(KEYS + BASE_URLS) <= set(env), f"{name} lacks provider variables"
         assert all(interpolate_defaults(str(env[k])) == "" for k in KEYS), f"{name}: a key default in the file"
     assert "--keyless" in doc["services"]["sim"]["command"]
-    for svc in ("beat", "flower"):  # they never call a model, so they get no key
+    for svc in ("flower", "gateway"):  # they never call a model, so they get no key
         assert not set(KEYS) & set(doc["services"][svc]["environment"])
 
 
@@ -83,7 +83,7 @@ def compose_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
                           stderr=subprocess.STDOUT)  # fmt: skip
         procs.append(sim)
         wait_port("127.0.0.1", sport, timeout=30, proc=sim)
-        for name, svc in [*worker_services(doc).items(), ("beat", doc["services"]["beat"])]:
+        for name, svc in worker_services(doc).items():  # no beat: worker-control flushes and polls the batch
             env = {k: _localise(interpolate_defaults(str(v)), rport, sport) for k, v in svc["environment"].items()}
             env |= {"PANEL_METRICS_PORT": "0", "PANEL_HEARTBEAT_FILE": str(tmp / f"{name}.heartbeat")}
             cmd = [c.replace("/tmp/", f"{tmp}/") for c in svc["command"]]

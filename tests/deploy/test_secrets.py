@@ -61,7 +61,7 @@ def test_no_real_keys_in_the_artefacts(path: str) -> None:
 
 
 def test_provider_keys_reach_only_the_workers(rendered: list[dict]) -> None:
-    """Beat and Flower never call a model: least privilege keeps the keys out of them."""
+    """Flower and the gateway never call a model: least privilege keeps the keys out of them."""
     for name, d in by_kind(rendered, "Deployment").items():
         is_worker = d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
         refs = {

@@ -92,7 +92,7 @@ def test_compose_dependency_on_a_missing_service_is_caught_by_config(broken_comp
     """The schema cannot see references; this is why both checks run."""
     tool(validate.docker_compose)
     path = broken_compose(
-        lambda d: d["services"]["beat"]["depends_on"].update({"redis-typo": {"condition": "service_healthy"}})
+        lambda d: d["services"]["flower"]["depends_on"].update({"redis-typo": {"condition": "service_healthy"}})
     )
     assert "redis-typo" in assert_rejected([validate.compose_config(path)])
 

@@ -30,6 +30,7 @@ from producer.fleet import DEFAULT_WORKERS, Fleet
 from producer.ledger_view import summarise
 from sim.prompt import Prompt
 from sim.rules import rule_answer
+from tests.waiting import eventually
 from workers.batch import lane
 from workers.panel.arbiter import anonymise
 from workers.registry import Registry
@@ -37,7 +38,7 @@ from workers.registry import Registry
 REG = Registry.load()
 MARGIN_S = 8.0  # PANEL_BATCH_REALTIME_MARGIN_S of this fleet
 BATCH_ENV = {
-    "PANEL_BATCH_TICK_S": "0.2",  # beat flushes and polls this often
+    "PANEL_BATCH_TICK_S": "0.2",  # the control worker flushes and polls this often
     "PANEL_BATCH_MAX_AGE_S": "0.3",  # a model's pending lines are sent once the oldest is this old
     "PANEL_BATCH_REALTIME_MARGIN_S": str(MARGIN_S),
     "PANEL_BATCH_LOCK_S": "3",  # a lock left by a killed worker blocks its model this long at most
@@ -89,6 +90,16 @@ def assert_batch_priced(call: Any) -> None:
     assert call.cost_usd == pytest.approx(REG.cost(call.model, call.tokens_in, call.tokens_out, batch=True))
     assert call.realtime_cost_usd == pytest.approx(REG.cost(call.model, call.tokens_in, call.tokens_out))
     assert call.cost_usd < call.realtime_cost_usd
+
+
+def test_the_control_worker_flushes_and_polls_in_its_own_turns_with_no_beat(fleet: Fleet) -> None:
+    control = fleet.procs[next(w.name for w in DEFAULT_WORKERS if "control" in w.queues.split(","))]
+    assert descendants(control.pid) == [], "a process beside the control worker (an embedded beat?)"
+    r = redis_lib.Redis.from_url(fleet.redis_url)
+    for turn in (keys.BATCH_FLUSH_TURN, keys.BATCH_POLL_TURN):  # taken every PANEL_BATCH_TICK_S, held 0.8 of it
+        holder = eventually(lambda t=turn: r.get(t), f"a control worker's turn at {turn}")
+        assert holder.decode().endswith(f":{control.pid}"), holder
+    r.close()
 
 
 def test_openai_and_anthropic_members_decide_through_batches_at_the_batch_price(
@@ -280,7 +291,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a worker we started and every process it forked (Celery's embedded beat included)."""
+    """SIGKILL a worker we started and every process it forked (its quarantine children, if any)."""
     family = [*descendants(proc.pid), proc.pid]
     for pid in family:
         try:
@@ -318,8 +329,8 @@ def test_killing_the_pollers_worker_mid_batch_loses_nothing_and_decides_each_job
     else:
         pytest.fail("the first-stage lines were never all submitted")
     assert not any(client.status(j) == "decided" for j in ids), "a batch ended before the kill: raise batch_delay_s"
-    control = next(w for w in DEFAULT_WORKERS if w.beat)
-    kill_tree(fleet.procs[control.name])  # the worker that runs beat, and so the poller
+    control = next(w for w in DEFAULT_WORKERS if "control" in w.queues.split(","))
+    kill_tree(fleet.procs[control.name])  # the only control worker: the poller, in its own thread
     time.sleep(3.5)  # the batches end at the provider meanwhile; nobody polls them
     assert r.hlen(keys.BATCH_OPEN) >= 1 and not any(client.status(j) == "decided" for j in ids)
     before = ready_count(fleet, control.name)

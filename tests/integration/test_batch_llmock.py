@@ -50,8 +50,8 @@ def fleet(llmock_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = {"PANEL_POLICIES": str(policies), "OPENAI_BASE_URL": f"{llmock_origin}/v1", "OPENAI_API_KEY": "sk-llmock",
            "ANTHROPIC_BASE_URL": f"{llmock_origin}/anthropic", "ANTHROPIC_API_KEY": "sk-ant-llmock",
            "PANEL_BATCH_TICK_S": "0.3", "PANEL_BATCH_MAX_AGE_S": "0.3"}  # fmt: skip
-    # one worker for every queue and the beat: the lane needs no more to run end to end
-    f = Fleet(workers=[WorkerSpec("all", ALL_QUEUES, concurrency=32, beat=True)], env=env)
+    # one worker for every queue (it flushes and polls too): the lane needs no more to run end to end
+    f = Fleet(workers=[WorkerSpec("all", ALL_QUEUES, concurrency=32)], env=env)
     f.start()
     yield f
     f.stop()

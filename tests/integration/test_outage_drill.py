@@ -69,7 +69,7 @@ def drill_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     env = {"PANEL_POLICIES": str(policies), "PANEL_CALL_TIMEOUT_S": "1",
            "PANEL_BREAKER_WINDOW_S": str(BREAKER.window_s), "PANEL_BREAKER_MIN_CALLS": str(BREAKER.min_calls),
            "PANEL_BREAKER_FAILURE_RATE": str(BREAKER.failure_rate), "PANEL_BREAKER_OPEN_S": str(BREAKER.open_s)}  # fmt: skip
-    workers = [WorkerSpec("control", "control", concurrency=8, beat=True)]
+    workers = [WorkerSpec("control", "control", concurrency=8)]
     workers += [WorkerSpec(f"tier{i}", "llm.economy", concurrency=THREADS_PER_TIER) for i in range(TIERS)]
     fleet = Fleet(workers=workers, env=env)
     # Fleet.start, with more than its minute for workers to come up on a busy shared machine

@@ -29,7 +29,7 @@ from producer.embedded import child_env, free_port, stop_process
 from producer.fleet import Fleet, WorkerSpec
 
 OPS_WORKERS = [
-    WorkerSpec("control", "control", concurrency=8, beat=True),
+    WorkerSpec("control", "control", concurrency=8),
     WorkerSpec("economy", "llm.economy", concurrency=16),
     WorkerSpec("workhorse", "llm.workhorse", concurrency=16),
     WorkerSpec("frontier", "llm.frontier,llm.batch", concurrency=8),

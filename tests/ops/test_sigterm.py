@@ -37,7 +37,7 @@ TIERS = "llm.economy,llm.workhorse,llm.frontier"
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    f = Fleet(workers=[WorkerSpec("control", "control", concurrency=4, beat=True)])
+    f = Fleet(workers=[WorkerSpec("control", "control", concurrency=4)])
     f.start()
     yield f
     f.stop()

@@ -91,7 +91,7 @@ def _value(v: Any) -> Any:
 def traced() -> Iterator[tuple[Fleet, Receiver]]:
     receiver = Receiver()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=8, beat=True),
+    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=8),
                            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=16)],
                   env=otel)  # fmt: skip
     try:

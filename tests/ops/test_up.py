@@ -89,7 +89,7 @@ def test_panel_up_runs_the_readme_commands_and_ctrl_c_leaves_nothing(tmp_path: P
             m = re.search(r"export PANEL_REDIS_URL=(\S+)", line)
             url = m.group(1) if m else None
         started = descendants(up.pid)
-        assert len(started) >= 4, started  # redis-server, simulator, control (+ its beat), a tier worker
+        assert len(started) >= 4, started  # redis-server, simulator, control, a tier worker
         workdir = tmp_path / "work"
         workdir.mkdir()
         (workdir / "examples").symlink_to(REPO / "examples")

@@ -36,7 +36,7 @@ RELIABILITY_ENV = {
     "PANEL_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
     "PANEL_SWEEP_INTERVAL_S": "0.5",
 }
-CONTROL = WorkerSpec("control", "control", concurrency=16, beat=True)
+CONTROL = WorkerSpec("control", "control", concurrency=16)
 TIERS = WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=32)
 
 

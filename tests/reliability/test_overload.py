@@ -30,7 +30,7 @@ DEFAULT_DEADLINES = os.environ.get("PANEL_OVERLOAD_DEFAULT_DEADLINES") == "1"
 PANEL_EVERY = 4  # one job in four is a three-member panel (multiple_choice), the rest single calls
 RUN_LIMIT_S = 240 + JOBS // 4  # 20,000 jobs took 37 min on this loaded 2-core machine
 RSS_CEILING_MIB = 600  # per worker process; a leak per job would pass it well before 20,000 jobs
-WORKERS = [WorkerSpec("control", "control", concurrency=16, beat=True),
+WORKERS = [WorkerSpec("control", "control", concurrency=16),
            WorkerSpec("tiers", "llm.economy,llm.workhorse,llm.frontier,llm.batch", concurrency=64)]  # fmt: skip
 
 

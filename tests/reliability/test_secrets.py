@@ -101,7 +101,7 @@ def _jobs(fleet: Fleet) -> tuple[list[dict[str, object]], list[str]]:
 @pytest.fixture(scope="module")
 def run() -> Iterator[Run]:
     env = {**KEYS, "PANEL_BATCH_TICK_S": "0.3", "PANEL_BATCH_MAX_AGE_S": "0.5"}
-    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=16, beat=True)], env=env)
+    fleet = Fleet(workers=[WorkerSpec("control", "control", concurrency=16)], env=env)
     fleet.start()
     flower = None
     try:

@@ -158,6 +158,10 @@ def flush(rt: Runtime, policy: FlushPolicy | None = None, force: bool = False) -
         size = int(rt.redis.llen(keys.batch_pending(model)))
         if size == 0:
             rt.redis.zrem(AGES, model)
+            # a line queued between the LLEN and the ZREM found its model's age still there (ZADD NX):
+            # without it back, nothing would flush that line until the model's next one came
+            if rt.redis.llen(keys.batch_pending(model)):
+                rt.redis.zadd(AGES, {model: since}, nx=True)
             continue
         if force or size >= policy.max_items or now - since >= policy.max_age_s:
             created += _flush_model(rt, model, policy)

@@ -1,6 +1,6 @@
 """The deadline sweep: decides panels whose members are lost or late, with what has arrived.
 
-Runs every PANEL_SWEEP_INTERVAL_S in one of the `control` workers (workers/sweeper.py). It also finishes the follow-up of
+Runs every PANEL_SWEEP_INTERVAL_S in one of the `control` workers (workers/duties.py). It also finishes the follow-up of
 a panel decided by a member whose worker died right after its vote (the decision is in Redis;
 the conclusion was not made), so no job waits forever.
 
