@@ -49,28 +49,33 @@ def breaker_state(key: str, state: str) -> None:
 
 
 def announce_decision(receipt: Receipt) -> None:
-    """Send `task-panel-decided` on the Celery task that decided the job, so Flower shows the
-    decision on that task (and an event consumer sees every decision as it happens).
+    """Send `task-panel-decided` on a task of the job, so Flower shows the decision there (and an
+    event consumer sees every decision as it happens): on the Celery task that decided it; for a job
+    decided where no task runs (a control worker's batch poll or deadline sweep, in threads of their
+    own: workers/duties.py), on the job's `panel.run` task, `run-<job id>` (the id every sender
+    gives it: producer/client.py, gateway/submission.py, workers/tasks.py).
 
-    Ids, counts and money only: never the prompt or the answer. Outside a task (plain-call tests)
-    there is nothing to attach the event to, so nothing is sent. A broker blip costs the event,
-    never the decision: the result and receipt are already stored when this runs.
+    Ids, counts and money only: never the prompt or the answer. Outside a worker and outside a task
+    (plain-call tests) there is nothing to send it through, so nothing is sent. A broker blip costs
+    the event, never the decision: the result and receipt are already stored when this runs.
     """
     from celery import current_task
 
     from workers import task_events
 
-    if not current_task or not current_task.request.id:  # a Proxy: `is None` is never true
+    in_task = bool(current_task) and bool(current_task.request.id)  # a Proxy: `is None` is never true
+    buffered = task_events.dispatcher()
+    if not in_task and buffered is None:
         return
+    uuid = str(current_task.request.id) if in_task else f"run-{receipt.job_id}"
     fields = dict(
         job_id=receipt.job_id, task_class=receipt.task_class, decision=receipt.decision, lane=receipt.lane,
         early_exit=receipt.early_exit, calls=len(receipt.calls), calls_saved=receipt.calls_saved,
         arbiter_calls=sum(1 for c in receipt.calls if c.role == "arbiter"), cost_usd=receipt.total_cost_usd,
     )  # fmt: skip
     try:
-        buffered = task_events.dispatcher()
         if buffered is not None:  # in the worker: in the next batch of this process's task events
-            buffered.send(DECISION_EVENT, uuid=current_task.request.id, **fields)
+            buffered.send(DECISION_EVENT, uuid=uuid, **fields)
         else:  # a publisher of its own (Celery's default for a task's custom event)
             current_task.send_event(DECISION_EVENT, retry=False, **fields)
     except Exception as e:  # the event is for people watching; the job is already decided
