@@ -139,6 +139,26 @@ def test_openai_and_anthropic_members_decide_through_batches_at_the_batch_price(
     assert out.returncode == 0 and b"batch saved $" in out.stdout, out.stderr
 
 
+def test_a_job_the_batch_lane_decides_sends_its_decision_event_on_its_run_task(
+    fleet: Fleet, client: PanelClient
+) -> None:
+    """The control worker's poll thread lands the deciding line (no Celery task runs there): an event
+    consumer still sees the job's `task-panel-decided`, on its `panel.run` task (workers/metrics.py)."""
+    from tests.ops.conftest import DecisionEvents
+
+    configure(fleet, {"gpt-4o-mini": {"answer": "Ship it."}, "claude-3-5-haiku": {"answer": "Ship it."}})
+    events = DecisionEvents(fleet.redis_url).start()
+    try:
+        job = client.submit({"task_class": "product_copy", "mode": "batch", "lane": "panel",
+                             "prompt": f"{uid('ev')}: a headline"})  # fmt: skip
+        res = client.wait(job, timeout=60)
+        assert res.status == "decided" and res.receipt is not None and [s.lane for s in res.receipt.lanes] == ["batch"]
+        mine = eventually(lambda: [e for e in events.events if e["job_id"] == job], "the batch job's decision event")
+    finally:
+        events.stop()
+    assert [(e["uuid"], e["decision"], e["lane"]) for e in mine] == [(f"run-{job}", "quorum", "batch")]
+
+
 def test_disagreement_escalates_one_batch_at_a_time_then_the_arbiter_also_by_batch(
     fleet: Fleet, client: PanelClient
 ) -> None:
