@@ -41,17 +41,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 import yaml
 
+from bench.floor_run import FLOORS, floor_decisions, run_floor, start_floor_workers
 from bench.overhead import MEMBERS, cpu_seconds, ideal_panel, pct
+from bench.roundtrips import Monitor, by_client, client_names, reads, segments_in, split
 from bench.tracing import tree
 from producer.client import PanelClient
 from producer.embedded import child_env, stop_process
@@ -65,104 +65,6 @@ IDLE_S = 10.0  # seconds of no work over which each process's idle CPU is measur
 def own_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
-
-
-def reads(r: redis.Redis) -> int:
-    return int(r.info("stats")["total_reads_processed"])
-
-
-class Monitor:
-    """MONITOR on the bench's own redis-server, in a thread: every command with its client."""
-
-    def __init__(self, url: str) -> None:
-        self.r = redis.Redis.from_url(url, socket_timeout=0.5)
-        self.lines: list[tuple[str, str]] = []  # (client "ip:port" or "lua", command)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.r.monitor() as m:
-            while not self._stop.is_set():
-                try:
-                    c = m.next_command()
-                except (redis.TimeoutError, TimeoutError):
-                    continue
-                except Exception:
-                    return
-                who = "lua" if c.get("client_type") == "lua" else f"{c['client_address']}:{c['client_port']}"
-                words = str(c["command"]).split(" ", 2)
-                cmd = words[0].upper()
-                if cmd == "PUBLISH" and len(words) > 1:  # the channel says whose: task events, pidbox, ours
-                    cmd = f"PUBLISH {words[1]}"
-                self.lines.append((who, cmd))
-
-    def __enter__(self) -> Monitor:
-        self._thread.start()
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def client_names(r: redis.Redis) -> dict[str, str]:
-    return {c["addr"]: c.get("name", "") for c in r.client_list()}
-
-
-def segments_in(port: int) -> dict[str, int]:
-    """Data segments the redis-server on `port` received, per client "ip:port" (`ss -ti`): one per
-    request a client writes (a pipeline or MULTI..EXEC is one; a write past redis-py's 6,000-byte
-    chunks is two), what `total_reads_processed` counts, split by connection."""
-    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, check=False).stdout  # fmt: skip
-    got, peer = {}, ""
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 4 and not line[:1].isspace():
-            peer = words[3]
-        elif peer and (seg := next((w for w in words if w.startswith("data_segs_in:")), None)):
-            got[peer] = int(seg.split(":")[1])
-    return got
-
-
-def whose(name: str) -> str:
-    """The floor's state connection (floor-state) is a kind of its own, beside the fleet's (pf-*: the
-    idle fleet's sweeps and flushes go on while the floor runs); its done counter (bench-floor) is the
-    benchmark's own, as the bare task's (bench-bare)."""
-    return ("producer" if name == "pf-producer" else "ours" if name.startswith("pf-") else "floor"
-            if name.startswith("floor-") else "bench" if name.startswith("bench") else "celery")  # fmt: skip
-
-
-def by_client(before: dict[str, int], after: dict[str, int], names: dict[str, str]) -> Counter[str]:
-    """Round trips between two `segments_in`, by kind of client (a connection opened meanwhile counts
-    from zero; one closed meanwhile is missed: the totals are printed beside the server's)."""
-    out: Counter[str] = Counter()
-    for addr, n in after.items():
-        out[whose(names.get(addr, ""))] += n - before.get(addr, 0)
-    return out
-
-
-def split(lines: list[tuple[str, str]], names: dict[str, str]) -> dict[str, Counter[str]]:
-    """Round trips and commands per kind of client; MULTI..EXEC is one round trip."""
-    out: dict[str, Counter[str]] = {k: Counter() for k in ("celery", "ours", "floor", "bench", "lua")}
-    in_multi: set[str] = set()
-    for who, cmd in lines:
-        if who == "lua":
-            out["lua"]["commands"] += 1
-            continue
-        name = names.get(who, "")
-        kind = "bench" if cmd == "MONITOR" else whose(name).replace("producer", "ours")
-        out[kind]["commands"] += 1
-        if cmd == "MULTI":
-            in_multi.add(who)
-            out[kind]["round_trips"] += 1
-        elif cmd == "EXEC":
-            in_multi.discard(who)
-        elif who not in in_multi:
-            out[kind]["round_trips"] += 1
-        out[kind][cmd] += 1
-    return out
 
 
 def run_ideal(base: str, panels: int, rate: float) -> list[float]:
@@ -199,77 +101,6 @@ def run_bare(fleet: Fleet, r: redis.Redis, panels: int, rate: float, queue: str 
     end = time.time() + 120
     while int(r.get("bench:bare:done") or 0) < panels * len(MEMBERS) and time.time() < end:
         time.sleep(0.1)
-
-
-@dataclass(frozen=True)
-class FloorForm:
-    """One way of running the floor (bench/floor_task.py): which pair of floor worker processes
-    (`fleet`: the pair run with BARE_AS=fleet), whether the producer sends one start task per panel
-    to the control queue or the three members itself, and how the control publishes and the
-    members call."""
-
-    label: str
-    fleet: bool = False
-    hop: bool = True
-    batch: bool = False  # the control's three publishes in one kombu batch (one pipeline)
-    http: str = "sync"  # "async": one asyncio loop thread per process, as the fleet's runtime
-
-    def queue(self, role: str) -> str:
-        return f"bench.floor{'.fleet' if self.fleet else ''}.{role}"
-
-
-FLOORS = (
-    FloorForm("floor, with the control hop"),
-    FloorForm("floor, producer publishes members", hop=False),
-    FloorForm("floor, with the control hop, the three members in one batch publish (as the fleet's control)", batch=True),
-    FloorForm("floor, with the control hop, httpx async on one loop thread per process (as the fleet's runtime)",
-              http="async"),
-    FloorForm("floor with the fleet's Celery settings (BARE_AS=fleet), with the control hop", fleet=True),
-    FloorForm("floor with the fleet's Celery settings (BARE_AS=fleet), producer publishes members", fleet=True, hop=False),
-    # the closest to the fleet: what its code adds beyond these choices is fleet / this floor
-    FloorForm("floor with each choice the fleet made: its Celery settings, the control hop, one batch publish, "
-              "httpx async", fleet=True, batch=True, http="async"),
-)  # fmt: skip
-
-
-def run_floor(fleet: Fleet, r: redis.Redis, panels: int, rate: float, form: FloorForm) -> dict[str, float]:
-    """Send `panels` panels at `rate` and wait for every member to finish (as `run_bare`); returns
-    each panel's id and when it was sent."""
-    from bench import floor_task
-
-    floor_task.app.conf.broker_url = fleet.redis_url
-    r.delete("bench:floor:done")
-    sent: dict[str, float] = {}
-    kwargs = {"http": form.http} if form.http != "sync" else {}
-    for _ in range(panels):
-        t = time.perf_counter()
-        panel_id = uuid.uuid4().hex
-        prompt = f"floor {panel_id} A) x B) y"
-        sent[panel_id] = time.time()
-        if form.hop:
-            floor_task.start.apply_async(args=[fleet.sim_url, prompt, panel_id], queue=form.queue("control"),
-                                         kwargs={**kwargs, "batch": True} if form.batch else kwargs)  # fmt: skip
-        else:
-            for i, m in enumerate(MEMBERS):
-                floor_task.member.apply_async(args=[fleet.sim_url, m, prompt, panel_id, f"m{i}"], kwargs=kwargs,
-                                              queue=form.queue("members"))  # fmt: skip
-        time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t)))
-    end = time.time() + 120
-    while int(r.get("bench:floor:done") or 0) < panels * len(MEMBERS) and time.time() < end:
-        time.sleep(0.1)
-    return sent
-
-
-def floor_decisions(r: redis.Redis, sent: dict[str, float]) -> tuple[list[float], int]:
-    """Each decided panel's latency (send to the decision's write, the worker's clock) and how many
-    panels were not decided."""
-    from bench.floor_task import panel_keys
-
-    pipe = r.pipeline(transaction=False)
-    for panel_id in sent:
-        pipe.hget(panel_keys(panel_id)[2], "at")
-    got = [(float(at) - t) for at, t in zip(pipe.execute(), sent.values(), strict=True) if at is not None]
-    return got, len(sent) - len(got)
 
 
 def run_fleet(client: PanelClient, panels: int, rate: float) -> tuple[list[float], int]:
@@ -333,7 +164,7 @@ def main() -> None:
                   workers=default_workers(args.tier_processes or None))
     fleet.start()
     bares: dict[str, subprocess.Popen[bytes]] = {}
-    floors: dict[bool, dict[str, subprocess.Popen[bytes]]] = {}  # fleet settings? -> role -> process
+    floors: dict[bool, dict[str, subprocess.Popen[bytes]]] = {}  # fleet settings? -> role -> process (bench/floor_run.py)
     try:
         fleet.sim("/_sim/config", {"models": {m: {"latency_ms": ms, "answer": "B"} for m, ms in MEMBERS.items()}})
         for i, queue in enumerate(BARE):
@@ -343,23 +174,8 @@ def main() -> None:
                  "-c", str(args.threads), "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO",
                  "-n", f"bare{i}@%h"], env=child_env({"PANEL_REDIS_URL": fleet.redis_url, **events}),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        # the floor's workers, each started as the bare worker is: per pair of settings a control
-        # process (16 threads, as the fleet's) and --floor-processes member processes
         member_threads = max(16, args.threads // args.floor_processes)
-        for as_fleet in sorted({f.fleet for f in FLOORS}):
-            q = FloorForm("", fleet=as_fleet).queue
-            env = child_env({"PANEL_REDIS_URL": fleet.redis_url, "FLOOR_MEMBERS_QUEUE": q("members"),
-                             **({"BARE_AS": "fleet"} if as_fleet else {})})  # fmt: skip
-            roles = [("floor control", q("control"), 16)] + [
-                (f"floor members{f' {i + 1}' if args.floor_processes > 1 else ''}", q("members"), member_threads)
-                for i in range(args.floor_processes)]  # fmt: skip
-            floors[as_fleet] = {
-                role: subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "bench.floor_task", "worker", "-Q", queue, "--pool", "threads",
-                     "-c", str(threads), "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO",
-                     "-n", f"{role.replace(' ', '-')}{'-fleet' if as_fleet else ''}@%h"], env=env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for role, queue, threads in roles}  # fmt: skip
+        floors = start_floor_workers(fleet.redis_url, member_threads, args.floor_processes)
         r = redis.Redis.from_url(fleet.redis_url, client_name="bench-main")
         client = PanelClient(fleet.redis_url)
         time.sleep(4)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import redis
 
-from bench.hotpath import bench_policies, client_names
+from bench.hotpath import bench_policies
 from bench.overhead import MEMBERS
+from bench.roundtrips import client_names
 from producer.client import PanelClient
 from producer.fleet import Fleet, default_workers
 
