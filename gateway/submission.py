@@ -21,8 +21,8 @@ import httpx
 from gateway.errors import ApiError, BadRequest, Conflict, from_contract, from_json
 from gateway.tenants import Caller
 from producer import job_json, keys
-from producer.client import RUN_TASK, PanelClient
-from producer.contract import Job
+from producer.client import PanelClient
+from producer.contract import RUN_TASK, Job, run_task_id
 from producer.errors import ContractError
 
 MAX_CALLBACK_URL = 2048
@@ -190,7 +190,7 @@ class Submitter:
         celery = self.client.celery
         with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
             for jid in ids:
-                celery.send_task(RUN_TASK, args=[jid], queue="control", task_id=f"run-{jid}", producer=producer)
+                celery.send_task(RUN_TASK, args=[jid], queue="control", task_id=run_task_id(jid), producer=producer)
 
     def submit_many(self, drafts: list[tuple[int, Draft]], caller: Caller) -> LineReport:
         """Queue many jobs: one pipeline stores them, one publish batch sends their tasks. Lines with an idempotency key or their own id go one by one (they may be repeats)."""

@@ -23,14 +23,13 @@ from kombu.exceptions import KombuError
 from redis.typing import EncodableT
 
 from producer import answer_cache, connect, job_json, keys
-from producer.contract import Job, Result
+from producer.contract import RUN_TASK, Job, Result, run_task_id
 from producer.errors import ContractError, JobTimeout, UnknownJob
 from producer.settings import Settings
 from producer.tracing import submit_span
 from producer.wire import NAME as CODEC
 from producer.wire import text
 
-RUN_TASK = "panel.run"
 CLASSES_TTL_S = 5.0  # how long a submit trusts the task classes it read (`_check_task_class`)
 IDEMPOTENCY_WAIT_S = 5.0  # how long an idempotency key may name a job not yet stored (`_claim_idempotency`)
 # KEYS job hash [, the watchdog's jobs zset]; ARGV spec, TTL s, job id, time, then field, value
@@ -202,7 +201,7 @@ class PanelClient:
         re-sends a run that never starts) was written with the job, else it is written here first."""
         if not watched:
             self.redis.zadd(keys.JOB_WATCH, {job_id: time.time()})
-        send = partial(self.celery.send_task, RUN_TASK, args=[job_id], queue="control", task_id=f"run-{job_id}",
+        send = partial(self.celery.send_task, RUN_TASK, args=[job_id], queue="control", task_id=run_task_id(job_id),
                        headers=trace_headers or None)  # fmt: skip
         try:
             with self.celery.producer_or_acquire() as producer, producer.batch():

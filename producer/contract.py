@@ -20,6 +20,14 @@ from producer import job_json
 from producer.errors import ContractError
 
 SCHEMA_VERSION: Literal[1] = 1
+RUN_TASK = "panel.run"  # the task a submit sends to the `control` queue
+
+
+def run_task_id(job_id: str) -> str:
+    """The id of a job's `panel.run` task, the same from every sender (the client, the gateway, the
+    watchdog's re-send): Flower shows one task per job, and an event about the job can go on it."""
+    return f"run-{job_id}"
+
 MAX_PROMPT_CHARS = 400_000  # ~100k tokens: above every registry context window we ship
 MAX_METADATA_BYTES = 4_096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")

@@ -61,13 +61,14 @@ def announce_decision(receipt: Receipt) -> None:
     """
     from celery import current_task
 
+    from producer.contract import run_task_id
     from workers import task_events
 
     in_task = bool(current_task) and bool(current_task.request.id)  # a Proxy: `is None` is never true
     buffered = task_events.dispatcher()
     if not in_task and buffered is None:
         return
-    uuid = str(current_task.request.id) if in_task else f"run-{receipt.job_id}"
+    uuid = str(current_task.request.id) if in_task else run_task_id(receipt.job_id)
     fields = dict(
         job_id=receipt.job_id, task_class=receipt.task_class, decision=receipt.decision, lane=receipt.lane,
         early_exit=receipt.early_exit, calls=len(receipt.calls), calls_saved=receipt.calls_saved,

@@ -19,6 +19,7 @@ from celery import Task
 from kombu.exceptions import KombuError
 
 from producer import keys
+from producer.contract import RUN_TASK, run_task_id
 from producer.settings import Settings
 from producer.wire import text
 from workers import census, quarantine, status
@@ -95,7 +96,7 @@ class CeleryDispatcher:
         app.control.revoke(task_ids)
 
     def run(self, job_id: str) -> None:
-        app.send_task("panel.run", args=[job_id], queue="control", task_id=f"run-{job_id}")
+        app.send_task(RUN_TASK, args=[job_id], queue="control", task_id=run_task_id(job_id))
 
 
 dispatcher = CeleryDispatcher()
