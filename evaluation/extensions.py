@@ -178,18 +178,6 @@ PMET_RESAMPLES = 200
 PMET_FLOOR = 0.25  # `pmetany`: below this chance for every candidate, the default rule's pick
 
 
-def candidate_rows(space: search.Space, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per question right [len(idx), n] and cost of candidates `idx` (each block's chain scored once)."""
-    right, cost = np.zeros((len(idx), space.n), bool), np.zeros((len(idx), space.n))
-    starts = np.concatenate([[0], np.cumsum([b.size for b in space.correct])])
-    block = np.searchsorted(starts, idx, side="right") - 1
-    for b in np.unique(block):
-        sel = np.flatnonzero(block == b)
-        r, c = search._chain(space.chains[b])
-        right[sel], cost[sel] = r.reshape(-1, space.n)[idx[sel] - starts[b]], c.reshape(-1, space.n)[idx[sel] - starts[b]]
-    return right, cost
-
-
 def choose_pmet(space: search.Space, train: Matrix, rule: tune.Rule, among: str = "eligible", seed: int = 0) -> int:
     """The candidate most often meeting the target (>= 0.99x accuracy at <= 0.5x cost of the
     resample's strongest model) over bootstrap resamples of the training rows; -1: none eligible."""
@@ -204,7 +192,7 @@ def choose_pmet(space: search.Space, train: Matrix, rule: tune.Rule, among: str 
     acc_m, cost_m = w @ train.right.astype(np.float32) / n, w @ train.cost.astype(np.float32) / n
     top = np.lexsort((np.broadcast_to(train.cost.mean(axis=0), acc_m.shape), -acc_m), axis=1)[:, 0]  # per resample
     rows = np.arange(PMET_RESAMPLES)
-    right, cost = candidate_rows(space, picks)
+    right, cost = space.rows(picks)
     met = (right.astype(np.float32) @ w.T / n >= ACCURACY_GOAL * acc_m[rows, top] - 1e-9) & (
         cost.astype(np.float32) @ w.T / n <= COST_GOAL * cost_m[rows, top] + 1e-12
     )

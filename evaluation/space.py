@@ -74,6 +74,18 @@ class Space:
             i -= block.size
         raise IndexError(i)
 
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per question right [len(idx), n] and cost of candidates `idx` (each block's chain scored
+        again, once): what `correct` and `cost` sum, for selections that need the rows."""
+        right, cost = np.zeros((len(idx), self.n), bool), np.zeros((len(idx), self.n))
+        starts = np.concatenate([[0], np.cumsum([b.size for b in self.correct])])
+        block = np.searchsorted(starts, idx, side="right") - 1
+        for b in np.unique(block):
+            sel = np.flatnonzero(block == b)
+            r, c = _chain(self.chains[b])
+            right[sel], cost[sel] = r.reshape(-1, self.n)[idx[sel] - starts[b]], c.reshape(-1, self.n)[idx[sel] - starts[b]]
+        return right, cost
+
     def add(self, chain: tuple[StageArr, ...]) -> None:
         right, cost = _chain(chain)
         correct, total = right.sum(axis=-1), cost.sum(axis=-1)
