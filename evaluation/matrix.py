@@ -49,7 +49,9 @@ class Matrix:
 
 
 def costs_known(rows: list[Row], models: list[str], prices: offline.Prices) -> bool:
-    return all(not recorded_cost(r, m, prices.get(m))[1] for r in rows for m in models)
+    """Every call has a cost: recorded, or its tokens at the model's models.csv price."""
+    return all(r.models[m].cost_usd is not None or (m in prices and r.models[m].tokens_in is not None)
+               for r in rows for m in models)  # fmt: skip
 
 
 def build(rows: list[Row], prices: offline.Prices, keyer: object = None) -> Matrix:

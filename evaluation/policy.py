@@ -90,8 +90,8 @@ class CascadePolicy:
 def load_any(ref: str) -> list[EvalPolicy | CascadePolicy]:
     """`--policy` for `panel eval`: an eval policy (policies/eval/NAME or its YAML), or a tasks.yaml
     file whose task classes have `cascade:` stages (every such class is evaluated)."""
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    path = Path(ref) if Path(ref).suffix in (".yaml", ".yml") else EVAL_DIR / f"{ref}.yaml"  # a name, as `load`
+    if path.exists():
         raw = yaml.safe_load(path.read_text())
         if isinstance(raw, dict) and ("task_classes" in raw or "cascade" in raw):
             classes = raw.get("task_classes") or {path.stem: raw}

@@ -5,6 +5,8 @@ bad line is refused with the file, the line and the field (`x.jsonl:7: models.gp
 from __future__ import annotations
 
 import gzip
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,8 +68,12 @@ def open_text(path: Path) -> bytes:
     return gzip.decompress(raw) if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b" else raw
 
 
+MODEL_SHARE = 0.9  # a model recorded in fewer of a file's rows is left out of it (`complete`)
+
+
 def load(path: Path) -> list[Row]:
-    rows = []
+    """Every question of a replay file, each with the same models (`complete`)."""
+    rows, lines = [], []
     for n, line in enumerate(open_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -84,9 +90,32 @@ def load(path: Path) -> list[Row]:
                                     "see shared/data/replay/README.md for the format") from None  # fmt: skip
         models = {m: Recorded(**r.model_dump()) for m, r in v.models.items()}
         rows.append(Row(str(v.id), v.kind, v.messages, str(v.gold), models))
+        lines.append(n)
     if not rows:
         raise ReplayFormatError(f"{path}: no rows")
-    return rows
+    return complete(rows, lines, path)
+
+
+def complete(rows: list[Row], lines: list[int], path: Path) -> list[Row]:
+    """The rows that record every kept model. A policy can only be replayed, and a model compared,
+    where each model answered, so a model recorded in fewer than 90% of the rows is left out of the
+    file (one added late, say), and a row without one of the others is left out; both are said on
+    stderr. Fewer than half the rows left is an error naming the models and lines to mend."""
+    counts = Counter(m for r in rows for m in r.models)
+    keep = {m for m, c in counts.items() if c >= MODEL_SHARE * len(rows)}
+    kept = [i for i, r in enumerate(rows) if keep <= r.models.keys()]
+    if len(kept) == len(rows) and len(keep) == len(counts):
+        return rows
+    gaps = [(lines[i], sorted(keep - r.models.keys())) for i, r in enumerate(rows) if not keep <= r.models.keys()]
+    where = "; ".join(f"line {n}: {', '.join(ms[:3])}" for n, ms in gaps[:3]) + (" ..." if len(gaps) > 3 else "")
+    rare = ", ".join(f"{m} ({counts[m]} rows)" for m in sorted(set(counts) - keep))
+    if len(kept) * 2 < len(rows) or not keep:
+        raise ReplayFormatError(f"{path}: only {len(kept)} of {len(rows)} rows record every model kept "
+                                f"({where}); give each row the same models' records")  # fmt: skip
+    print(f"{path}: {len(rows) - len(kept)} of {len(rows)} rows left out, each lacking a model's record"
+          f"{f' ({where})' if gaps else ''}" + (f"; models in < {MODEL_SHARE:.0%} of rows left out: {rare}" if rare else ""),
+          file=sys.stderr)  # fmt: skip
+    return [rows[i] for i in kept]
 
 
 def is_correct(kind: str, answer: str | None, gold: str) -> bool:
