@@ -38,9 +38,11 @@ def write_json(path: Path, file: Path, scores: list[Score], extra: dict[str, obj
                                   option=orjson.OPT_INDENT_2))  # fmt: skip
 
 
-def plot(path: Path, title: str, scores: list[Score], goal_cost_ratio: float = 0.35) -> None:
-    """One point per policy; the strongest single model ringed, with its accuracy (dotted) and
-    `goal_cost_ratio` of its cost (dashed) drawn, so the goal region (up and left) reads at a glance."""
+def plot(path: Path, title: str, scores: list[Score], goal_accuracy_ratio: float = 0.99,
+         goal_cost_ratio: float = 0.5) -> None:  # fmt: skip
+    """One point per policy; the strongest single model ringed, with `goal_accuracy_ratio` of its
+    accuracy (dotted) and `goal_cost_ratio` of its cost (dashed) drawn, so the goal region (up and
+    left) reads at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,11 +60,11 @@ def plot(path: Path, title: str, scores: list[Score], goal_cost_ratio: float = 0
     if strongest is not None and strongest.questions:
         x = strongest.cost_usd / strongest.questions
         ax.scatter([x], [strongest.accuracy], s=260, facecolors="none", edgecolors="tab:purple", linewidths=1.5, zorder=4)
-        ax.axhline(strongest.accuracy, color="tab:purple", linestyle=":", linewidth=1)
+        ax.axhline(goal_accuracy_ratio * strongest.accuracy, color="tab:purple", linestyle=":", linewidth=1)
         ax.axvline(goal_cost_ratio * x, color="tab:purple", linestyle="--", linewidth=1)
         model = strongest.name.removeprefix("strongest=")
-        ax.text(0.01, 0.985, f"goal region (above the dotted line, left of the dashed one): at least the accuracy of\n"
-                f"the strongest single model ({model}) at no more than {goal_cost_ratio:.0%} of its cost",
+        ax.text(0.01, 0.985, f"goal region (above the dotted line, left of the dashed one): at least {goal_accuracy_ratio:g}x the\n"
+                f"accuracy of the strongest single model ({model}) at no more than {goal_cost_ratio:g}x its cost",
                 transform=ax.transAxes, va="top", fontsize=8, color="tab:purple")  # fmt: skip
     lows = [s.accuracy for s in scores]
     ax.set_ylim(min(lows) - 0.02, max(lows) + 0.12 * (max(lows) - min(lows) + 0.05))  # headroom for the goal text

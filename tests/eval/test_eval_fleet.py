@@ -90,8 +90,12 @@ def test_a_cascade_policy_runs_through_the_fleet_and_matches_its_offline_replay(
     decisions = [run_row(r, cascade.spec, prices_near(file)) for r in rows]  # type: ignore[union-attr]
     expected_correct = sum(is_correct(r.kind, d.answer, r.gold) for r, d in zip(rows, decisions, strict=True))
     assert len({d.stage for d in decisions}) > 1, "every row stopped at one stage: pick more rows"
-    evaluate(file, [str(REPO / "policies" / "eval" / "tuned-mmlu.yaml")], tmp_path, latency_scale=0.05, limit=n)
+    summary = evaluate(file, [str(REPO / "policies" / "eval" / "tuned-mmlu.yaml")], tmp_path, latency_scale=0.05, limit=n)
     report = orjson.loads((tmp_path / f"eval-{name.split('.')[0]}.json").read_bytes())
+    # no panel among the policies: Fusion-style of the three most accurate models, both forms, as --offline
+    assert sum(p["policy"].startswith(("fusion:judge-always:", "fusion:majority-first:")) for p in report["policies"]) == 2
+    ratios = summary["ratios"]
+    assert summary["goals_reached"] == {"strongest": ratios["accuracy_vs_strongest"] >= 0.99 and ratios["cost_vs_strongest"] <= 0.5}
     fleet = next(p for p in report["policies"] if p["policy"] == "multiple_choice")
     assert fleet["failed"] == 0, fleet
     assert fleet["accuracy"] == round(expected_correct / n, 4), (fleet, expected_correct)
