@@ -208,6 +208,11 @@ class CrossValidation:
     test_index: list[np.ndarray]
     right: np.ndarray  # out-of-fold, per question
     cost: np.ndarray
+    # the same selection for one model: each fold's training-best model on that fold's questions
+    # (the strongest model of the whole file is picked in hindsight; this one is not)
+    single_right: np.ndarray
+    single_cost: np.ndarray
+    singles: list[str]
 
 
 def cross_validate(rows: list[Row], m: Matrix, prices: Prices, agreement: dict[str, object], k: int = 5,
@@ -216,17 +221,21 @@ def cross_validate(rows: list[Row], m: Matrix, prices: Prices, agreement: dict[s
     those rows) and scored on its own rows: every question's outcome comes from a policy that never
     saw it."""
     right, cost = np.zeros(m.n, dtype=bool), np.zeros(m.n)
+    single_right, single_cost, singles = np.zeros(m.n, dtype=bool), np.zeros(m.n), []
     parts = folds(m.n, k, seed)
     policies = []
     for test in parts:
-        train = np.setdiff1d(np.arange(m.n), test)
-        fitted = fit(m.take(train), agreement, rule)
+        train = m.take(np.setdiff1d(np.arange(m.n), test))
+        fitted = fit(train, agreement, rule)
         policies.append(fitted)
         r, c = outcome([rows[i] for i in test], fitted.spec, prices, m.unit)
         right[test], cost[test] = r, c
+        s = strongest(train)
+        single_right[test], single_cost[test] = m.right[test, s], m.cost[test, s]
+        singles.append(m.models[s])
         if on_fold is not None:  # `panel tune`'s progress bar
             on_fold(len(policies))
-    return CrossValidation(policies, parts, right, cost)
+    return CrossValidation(policies, parts, right, cost, single_right, single_cost, singles)
 
 
 def hindsight(m: Matrix, agreement: dict[str, object], accuracy: float, rule: Rule = Rule()) -> Fitted | None:

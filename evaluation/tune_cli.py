@@ -30,6 +30,7 @@ class TuneResult:
     rows: int
     strongest: Outcomes
     tuned: Outcomes  # out-of-fold
+    oof_strongest: Outcomes  # each fold's training-best single model, out of fold
     hindsight: tune.Fitted | None  # cheapest in-sample policy at the tuned accuracy
     final: tune.Fitted  # fitted on every row: what --write writes
     fold_policies: list[str]
@@ -86,7 +87,10 @@ def run(file: Path, k: int = 5, seed: int = 0, rule: tune.Rule | None = None, ro
     refs = [*([baselines.fusion_judge_always(rows, top, judge, prices, m.unit),
                baselines.majority_first(rows, top, judge, prices, m.unit)] if len(top) == 3 else []), *singles]  # fmt: skip
     tuned = Outcomes("tuned (out-of-fold)", cv.right, cv.cost, np.zeros(m.n), np.zeros(m.n, dtype=bool))
-    return TuneResult(file.name, m.unit, m.n, strongest, tuned, hindsight, final,
+    picked = ", ".join(dict.fromkeys(cv.singles))
+    oof_strongest = Outcomes(f"strongest chosen out of fold ({picked})", cv.single_right, cv.single_cost,
+                             np.ones(m.n), np.zeros(m.n, dtype=bool))  # fmt: skip
+    return TuneResult(file.name, m.unit, m.n, strongest, tuned, oof_strongest, hindsight, final,
                       [p.spec.describe() for p in cv.policies], refs)  # fmt: skip
 
 
@@ -104,6 +108,8 @@ def report(res: TuneResult, k: int) -> str:
                    f"{h.spec.describe()}")  # fmt: skip
     st_row = Outcomes(f"strongest={st.name.removeprefix('single:')}", st.right, st.cost, st.calls, st.arbiter)
     out.append(row_line(st_row, st, unit, res.tuned))
+    # the fair form of the same yardstick: one model, chosen the way the tuned policy is (per fold)
+    out.append(row_line(res.oof_strongest, st, unit, res.tuned))
     for o in res.references:
         out.append(row_line(o, st, unit, res.tuned))
     out.append("per-fold policies (chosen on the other folds): " + "; ".join(res.fold_policies))
