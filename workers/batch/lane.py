@@ -32,6 +32,7 @@ from workers.batch import holds
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
+from workers.batch.poll_lock import PollLock
 from workers.batch.realtime import run_arbiter_now
 from workers.panel.act import carry_out
 from workers.panel.arbiter import before_judge, member_answers
@@ -268,15 +269,16 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
     landed = 0
     for raw_id, raw in rt.redis.hgetall(OPEN).items():
         bid, info = text(raw_id), orjson.loads(raw)
-        lock = keys.batch_poll_lock(bid)
-        if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
+        lock = PollLock.take(rt.redis, bid, policy.lock_s)
+        if lock is None:
             continue
         try:
             landed += _poll_one(rt, d, bid, info, policy)
         except ProviderError as e:  # the provider is down or slow: the batch is still open, try next tick
             log.warning("batch %s: poll failed (%s); will retry", bid, e)
         finally:
-            rt.redis.delete(lock)
+            if not lock.release():
+                log.warning("batch %s: the poll outlived its lock (PANEL_BATCH_LOCK_S=%g)", bid, policy.lock_s)
     return landed
 
 
