@@ -1,10 +1,12 @@
 """The batch lane's poll lock (workers/batch/poll_lock.py) on a real Redis: a poll that outlives its
-lock must not free the lock the next poller took, or a third poller follows the batch too."""
+lock must not free the lock the next poller took, or a third poller follows the batch too; a poll
+of many lines keeps its lock, and one that lost it anyway stops."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -74,3 +76,62 @@ def test_a_poll_that_outlived_its_lock_leaves_the_next_pollers_lock_alone(
     held.calls[1].set()
     second.join(30)
     assert not redis_client.exists(lock), "the second poller did not free its own lock"
+
+
+class FinishedProvider:
+    """A batch provider whose batch is done, with `n` result lines."""
+
+    def __init__(self, n: int) -> None:
+        self.lines = [(f"pf-line-{i}", object()) for i in range(n)]
+
+    async def status(self, batch_id: str) -> Any:
+        return SimpleNamespace(finished=True, raw_status="completed", message=None)
+
+    async def results(self, status: Any) -> list[tuple[str, object]]:
+        return self.lines
+
+
+@pytest.fixture
+def slow_landing(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis) -> list[tuple[str, bytes | None]]:
+    """A finished batch of four lines whose landings take 0.6 s each, recording who held the lock
+    at each (the test's own `lane._land_line`; landing itself is specified elsewhere)."""
+    monkeypatch.setitem(backends._clients, "done", FinishedProvider(4))  # type: ignore[arg-type]
+    redis_client.hset(keys.BATCH_OPEN, BID, orjson.dumps({"provider": "done", "group": "g1"}))
+    redis_client.set(keys.batch_group_left("g1"), 1)
+    landed: list[tuple[str, bytes | None]] = []
+
+    def land(rt: Any, d: Any, bid: str, cid: str, outcome: object, policy: Any) -> None:
+        landed.append((cid, redis_client.get(keys.batch_poll_lock(bid))))
+        time.sleep(0.6)
+
+    monkeypatch.setattr(lane, "_land_line", land)
+    return landed
+
+
+def test_a_poll_longer_than_its_lock_keeps_it_to_the_last_line(
+    redis_client: redis.Redis, slow_landing: list[tuple[str, bytes | None]]
+) -> None:
+    rt: Any = SimpleNamespace(redis=redis_client, run=asyncio.run)
+    assert lane.poll(rt, None, lane.FlushPolicy(lock_s=1.5)) == 4  # type: ignore[arg-type]  # 2.4 s of landing
+    holders = [holder for _, holder in slow_landing]
+    assert len(holders) == 4 and holders[0] is not None and set(holders) == {holders[0]}, holders
+    assert not redis_client.hexists(keys.BATCH_OPEN, BID) and not redis_client.exists(keys.batch_poll_lock(BID))
+
+
+def test_a_poll_that_lost_its_lock_stops_and_leaves_the_batch_to_its_holder(
+    redis_client: redis.Redis, slow_landing: list[tuple[str, bytes | None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = keys.batch_poll_lock(BID)
+    first_landing = lane._land_line
+
+    def land_then_lose_the_lock(*args: Any) -> None:
+        first_landing(*args)
+        redis_client.set(lock, "another-poller", px=60_000)  # as if ours expired and another took it
+
+    rt: Any = SimpleNamespace(redis=redis_client, run=asyncio.run)
+    monkeypatch.setattr(lane, "_land_line", land_then_lose_the_lock)
+    lane.poll(rt, None, lane.FlushPolicy(lock_s=1.5))  # type: ignore[arg-type]
+    assert [cid for cid, _ in slow_landing] == ["pf-line-0"], "lines landed after the lock was lost"
+    assert redis_client.hexists(keys.BATCH_OPEN, BID), "the batch was closed by a poller that lost its lock"
+    assert redis_client.get(keys.batch_group_left("g1")) == b"1"
+    assert redis_client.get(lock) == b"another-poller"

@@ -25,6 +25,7 @@ from importlib.resources import files
 from typing import Any
 
 import orjson
+from redis.exceptions import LockNotOwnedError
 
 from producer import keys
 from producer.wire import text
@@ -273,16 +274,20 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
         if lock is None:
             continue
         try:
-            landed += _poll_one(rt, d, bid, info, policy)
+            landed += _poll_one(rt, d, bid, info, policy, lock)
         except ProviderError as e:  # the provider is down or slow: the batch is still open, try next tick
             log.warning("batch %s: poll failed (%s); will retry", bid, e)
+        except LockNotOwnedError:  # lost mid-batch (logged below): the poller holding it lands the rest
+            pass
         finally:
             if not lock.release():
-                log.warning("batch %s: the poll outlived its lock (PANEL_BATCH_LOCK_S=%g)", bid, policy.lock_s)
+                log.warning("batch %s: the poll outlived its lock (PANEL_BATCH_LOCK_S=%g); the poller "
+                            "holding it now follows the batch", bid, policy.lock_s)  # fmt: skip
     return landed
 
 
-def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], policy: FlushPolicy) -> int:
+def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], policy: FlushPolicy,
+              lock: PollLock) -> int:  # fmt: skip
     backend = backend_for(rt, str(info["provider"]))
     status = rt.run(backend.status(bid))
     if not status.finished:
@@ -290,6 +295,7 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
     results = rt.run(backend.results(status))
     group = keys.batch_group(str(info.get("group", "")))
     for cid, outcome in results:
+        lock.keep()  # a batch of many lines outlasts the lock: re-armed as it goes
         try:
             _land_line(rt, d, bid, cid, outcome, policy)
         except Exception:  # one bad line (its job gone, say) must not hold up the batch's others
