@@ -217,7 +217,7 @@ _SCRIPTS: dict[tuple[int, str], Any] = {}
 
 
 def _script(rt: Runtime, name: str) -> Any:
-    """claim.lua / reclaim.lua, registered once per Redis client."""
+    """claim.lua / reclaim.lua / close.lua, registered once per Redis client."""
     key = (id(rt.redis), name)
     if key not in _SCRIPTS:
         _SCRIPTS[key] = rt.redis.register_script(files("workers.batch").joinpath(f"{name}.lua").read_text())
@@ -274,7 +274,8 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
         if lock is None:
             continue
         try:
-            landed += _poll_one(rt, d, bid, info, policy, lock)
+            if rt.redis.hexists(OPEN, bid):  # else closed since the HGETALL, by a poller that held the lock
+                landed += _poll_one(rt, d, bid, info, policy, lock)
         except ProviderError as e:  # the provider is down or slow: the batch is still open, try next tick
             log.warning("batch %s: poll failed (%s); will retry", bid, e)
         except LockNotOwnedError:  # lost mid-batch (logged below): the poller holding it lands the rest
@@ -302,11 +303,10 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
             log.exception("batch %s: line %s could not be landed; its panel is left to the deadline sweep", bid, cid)
     if results:
         rt.redis.srem(group, *[cid for cid, _ in results])
-    pipe = rt.redis.pipeline(transaction=True)  # MULTI: a re-run after a crash cannot close the batch twice
-    pipe.hdel(OPEN, bid)
-    pipe.decr(group + ":left")
-    _, left = pipe.execute()
-    if int(left) <= 0:
+    # close.lua: None when the batch was closed already (a re-run after a crash, or another poller that
+    # landed it too): each batch counts its group down once, so a group closes with its last batch only
+    left = _script(rt, "close")(keys=[OPEN, group + ":left"], args=[bid])
+    if left is not None and int(left) <= 0:
         unanswered = [text(c) for c in rt.redis.smembers(group)]
         for cid in unanswered:
             reason = f"batch {bid} {status.raw_status} without a result for this line"
