@@ -30,7 +30,6 @@ from producer import keys
 @dataclass
 class PollLock:
     lock: Lock
-    batch_id: str
     lock_s: float
     armed_at: float  # time.monotonic() just before the lock was last set to a full lock_s
 
@@ -40,7 +39,7 @@ class PollLock:
         armed_at = time.monotonic()
         if not lock.acquire(blocking=False, token=uuid.uuid4().hex):
             return None
-        return cls(lock, batch_id, lock_s, armed_at)
+        return cls(lock, lock_s, armed_at)
 
     def keep(self) -> None:
         """Re-arm the lock to a full `lock_s` once a third of it has gone (one round trip then,
