@@ -50,7 +50,8 @@ class Gateway:
         client = PanelClient(redis_url, settings=env)
         r, _ = connect.async_state_clients(state, sentinel_master=client.settings.sentinel_master,
                                            max_connections=2048, pool_timeout_s=30, client_name="pf-gateway",
-                                           health_check_interval=30)  # fmt: skip
+                                           health_check_interval=30,
+                                           socket_timeout_s=client.settings.redis_socket_timeout_s)  # fmt: skip
         return cls(settings, client, r, Admission(r, settings, client.settings.tenant_budget_usd),
                    Submitter(client), Jobs(r), Catalogue.load())  # fmt: skip
 

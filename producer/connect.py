@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypedDict, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -48,6 +48,26 @@ class NoReplicasError(redis.ConnectionError):
 BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
 # Across a failover (~1-3 s: promotion, then the old primary re-pointed) commands retry with backoff.
 FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
+# A read or connect to a hung Redis (a stopped process, a dead peer behind a live TCP path) fails after
+# this long instead of waiting forever: redis-py's default, 5 s, is only redis-py 8's (none before, and
+# pyproject allows redis>=6.4), so every state client says it. Above every blocking read the fleet makes
+# (BLMOVE/BLPOP/XREADGROUP BLOCK of at most 1 s, the decision watch's 1 s pub/sub read), which would
+# otherwise fail with TimeoutError; PANEL_REDIS_SOCKET_TIMEOUT_S (producer/settings.py) sets it.
+SOCKET_TIMEOUT_S = 5.0
+# Reads on a Sentinel-managed primary: 30 s since Sentinel support came in (3b1c55b), kept as it was; a
+# read that times out is retried there (FAILOVER_RETRY), so a hung primary holds a call up to 40 times this.
+SENTINEL_MASTER_TIMEOUT_S = 30.0
+
+
+class Timeouts(TypedDict):
+    socket_timeout: float
+    socket_connect_timeout: float
+
+
+def timeouts(socket_timeout_s: float = SOCKET_TIMEOUT_S) -> Timeouts:
+    """redis-py's read and connect timeouts, as keyword arguments of any of its clients (one made
+    outside `state_client` too: a status panel, the embedded Redis's start check)."""
+    return Timeouts(socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
 
 
 class FailoverConnection(SentinelManagedConnection):
@@ -149,46 +169,56 @@ def is_cluster(client: Any) -> bool:
 
 
 def state_client(url: str, *, sentinel_master: str = "mymaster", max_connections: int = 512,
-                 pool_timeout_s: float = 30.0, client_name: str | None = None) -> StateClient:  # fmt: skip
+                 pool_timeout_s: float = 30.0, client_name: str | None = None,
+                 socket_timeout_s: float = SOCKET_TIMEOUT_S) -> StateClient:  # fmt: skip
     """A sync client for the state store. A plain Redis gets a blocking pool (threads wait their
-    turn rather than fail past the pool size); Sentinel re-resolves the primary after a failover."""
+    turn rather than fail past the pool size); Sentinel re-resolves the primary after a failover.
+    A hung Redis fails a command with TimeoutError after `socket_timeout_s` (the Sentinel-managed
+    primary's reads: SENTINEL_MASTER_TIMEOUT_S)."""
     ep = parse(url)
     if ep.kind == "redis":
         return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=pool_timeout_s, health_check_interval=30,
-            socket_keepalive=True, client_name=client_name))  # fmt: skip
+            socket_keepalive=True, client_name=client_name, **timeouts(socket_timeout_s)))  # fmt: skip
     if ep.kind == "sentinel":
-        s = Sentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)  # type: ignore[no-untyped-call]
+        s = Sentinel(list(ep.nodes), password=ep.password, **timeouts(socket_timeout_s))  # type: ignore[no-untyped-call]
         return s.master_for(  # type: ignore[no-untyped-call,no-any-return]
-            sentinel_master, db=ep.db, password=ep.password, socket_timeout=30.0, client_name=client_name,
+            sentinel_master, db=ep.db, password=ep.password, socket_timeout=SENTINEL_MASTER_TIMEOUT_S,
+                            socket_connect_timeout=socket_timeout_s, client_name=client_name,
                             max_connections=max_connections, health_check_interval=30, retry=FAILOVER_RETRY,
                             connection_class=FailoverConnection, retry_on_error=[redis.ConnectionError, redis.ReadOnlyError, redis.TimeoutError])  # fmt: skip
     nodes = [ClusterNode(h, p) for h, p in ep.nodes]  # type: ignore[no-untyped-call]
     cluster = RedisCluster(startup_nodes=nodes, ssl=ep.tls, password=ep.password, max_connections=max_connections,
-                           client_name=client_name)  # fmt: skip
+                           client_name=client_name, **timeouts(socket_timeout_s))  # fmt: skip
     return cast(redis.Redis, cluster)
 
 
 def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
                         max_connections: int = 512, pool_timeout_s: float = 30.0,
-                        client_name: str | None = None, health_check_interval: int = 0) -> tuple[Any, aredis.Redis]:  # fmt: skip
+                        client_name: str | None = None, health_check_interval: int = 0,
+                        socket_timeout_s: float = SOCKET_TIMEOUT_S) -> tuple[Any, aredis.Redis]:  # fmt: skip
     """(commands, pub/sub) async clients. A cluster's commands go through the cluster client; its
-    pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node)."""
+    pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node).
+    A hung Redis fails a command with TimeoutError after `socket_timeout_s`; a pub/sub reader
+    reads for less than that at a time (`get_message(timeout=...)`, not `listen()`: redis-py
+    before 8 applies the socket timeout to `listen()`'s wait on a quiet channel)."""
     ep = parse(url)
+    limits = timeouts(socket_timeout_s)
     if ep.kind == "redis":
         c = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=pool_timeout_s, client_name=client_name,
-            health_check_interval=health_check_interval))  # fmt: skip
+            health_check_interval=health_check_interval, **limits))  # fmt: skip
         return c, c
     if ep.kind == "sentinel":
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
-        s = AsyncSentinel(list(ep.nodes), socket_timeout=5.0, password=ep.password)  # type: ignore[no-untyped-call]
+        s = AsyncSentinel(list(ep.nodes), password=ep.password, **limits)  # type: ignore[no-untyped-call]
         c = s.master_for(sentinel_master, db=ep.db, password=ep.password, max_connections=max_connections,
-                         client_name=client_name, health_check_interval=health_check_interval)
+                         client_name=client_name, health_check_interval=health_check_interval, **limits)  # fmt: skip
         return c, c
     cluster = AsyncRedisCluster(startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in ep.nodes],
                                 ssl=ep.tls, password=ep.password, max_connections=max_connections,
-                                client_name=client_name)  # fmt: skip
+                                client_name=client_name, **limits)  # fmt: skip
     host, port = ep.nodes[0]
-    return cluster, aredis.Redis(host=host, port=port, ssl=ep.tls, password=ep.password, client_name=client_name)
+    return cluster, aredis.Redis(host=host, port=port, ssl=ep.tls, password=ep.password, client_name=client_name,
+                                 **limits)  # fmt: skip

@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from producer.connect import timeouts
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -75,7 +77,7 @@ class RedisProcess:
         ]  # fmt: skip
         self.proc = start_owned(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port("127.0.0.1", self.port, proc=self.proc)
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, **timeouts())
         end = time.monotonic() + 10
         while True:  # AOF load: PING answers LOADING until the data is back
             try:

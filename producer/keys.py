@@ -11,7 +11,7 @@ run unchanged on Redis Cluster (docs/cluster.md; tests/cluster/test_slots.py fai
                       takes from both at once) and breakers (breaker.lua)
     {t:<tenant>}      one tenant: idempotency keys, and budget counters per job and per day
                       (budget.lua charges a job's and its tenant's counters in one slot)
-    {batch}           the batch lane's bookkeeping (claim.lua, reclaim.lua; a few ops per flush)
+    {batch}           the batch lane's bookkeeping (claim.lua, reclaim.lua, close.lua; a few ops per flush)
 
 Keys no script or MULTI shares (ledger stream, deadlines zset, dead letters, snapshots) are single
 keys under their own tag; commands on them never name another key.

@@ -42,6 +42,9 @@ class Settings(BaseModel):
     # (up to redis_pool_timeout_s) instead of failing, so size it near the pool's concurrency.
     redis_max_connections: int = Field(default=512, ge=1)
     redis_pool_timeout_s: float = Field(default=30.0, gt=0)
+    # A hung Redis fails a state command after this long (read or connect) instead of hanging it;
+    # at least 2 s: above the 1 s blocking reads the fleet makes (producer/connect.py SOCKET_TIMEOUT_S)
+    redis_socket_timeout_s: float = Field(default=connect.SOCKET_TIMEOUT_S, ge=2.0)
     # Circuit breakers (workers/limits/breaker.py): fleet-wide, so every worker must share them.
     breaker_window_s: float = Field(default=30.0, gt=0)
     breaker_min_calls: int = Field(default=5, ge=1)
@@ -81,7 +84,8 @@ class Settings(BaseModel):
     def state_client(self, client_name: str | None = None) -> connect.StateClient:
         return connect.state_client(self.state, sentinel_master=self.sentinel_master,
                                     max_connections=self.redis_max_connections,
-                                    pool_timeout_s=self.redis_pool_timeout_s, client_name=client_name)  # fmt: skip
+                                    pool_timeout_s=self.redis_pool_timeout_s, client_name=client_name,
+                                    socket_timeout_s=self.redis_socket_timeout_s)  # fmt: skip
 
     def transport_options(self) -> dict[str, object]:
         """Broker options every producer and worker must share: they name the Redis lists."""
@@ -122,6 +126,7 @@ class Settings(BaseModel):
             "tenant_budget_usd": "PANEL_TENANT_BUDGET_USD",
             "redis_max_connections": "PANEL_REDIS_MAX_CONNECTIONS",
             "redis_pool_timeout_s": "PANEL_REDIS_POOL_TIMEOUT_S",
+            "redis_socket_timeout_s": "PANEL_REDIS_SOCKET_TIMEOUT_S",
             "breaker_window_s": "PANEL_BREAKER_WINDOW_S",
             "breaker_min_calls": "PANEL_BREAKER_MIN_CALLS",
             "breaker_failure_rate": "PANEL_BREAKER_FAILURE_RATE",

@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from producer import keys
+from producer import connect, keys
 from producer.fleet import Fleet
 
 QUEUES = ("control", "llm.economy", "llm.workhorse", "llm.frontier", "llm.batch")
@@ -115,7 +115,7 @@ class StatusPanel:
 
     def run(self, refresh_s: float) -> None:
         """Until interrupted (KeyboardInterrupt) or a worker exits (RuntimeError)."""
-        r = redis.Redis.from_url(self.fleet.redis_url)
+        r = redis.Redis.from_url(self.fleet.redis_url, **connect.timeouts())
         rates = Rates()
         extra = {"flower": self.flower} if self.flower is not None else {}
         console = Console(file=sys.stdout)

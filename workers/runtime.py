@@ -42,6 +42,7 @@ log = logging.getLogger("panel.runtime")
 # costs CPU the calls need; our own call records and metrics carry what an operator reads.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 T = TypeVar("T")
+WATCH_READ_S = 1.0  # one wait of the decision watch: a quiet channel is no socket timeout
 
 
 class Runtime:
@@ -87,7 +88,8 @@ class Runtime:
         self._http: httpx.AsyncClient = self.run(self._make_http())
         self._aredis, self._apubsub = connect.async_state_clients(
             settings.state, sentinel_master=settings.sentinel_master,
-            max_connections=settings.redis_max_connections, pool_timeout_s=settings.redis_pool_timeout_s, client_name="pf-worker-io")  # fmt: skip
+            max_connections=settings.redis_max_connections, pool_timeout_s=settings.redis_pool_timeout_s, client_name="pf-worker-io",
+            socket_timeout_s=settings.redis_socket_timeout_s)  # fmt: skip
         asyncio.run_coroutine_threadsafe(self._watch_decisions(), self.loop)
         from workers import metrics
 
@@ -116,7 +118,10 @@ class Runtime:
             try:
                 pubsub = self._apubsub.pubsub()
                 await pubsub.subscribe(keys.DECIDED_CHANNEL)
-                async for msg in pubsub.listen():
+                while True:  # reads of WATCH_READ_S, below the socket timeout (producer/connect.py)
+                    msg = await pubsub.get_message(timeout=WATCH_READ_S)
+                    if msg is None:
+                        continue
                     if msg.get("type") == "subscribe":
                         self._subscribed = True
                     elif msg.get("type") == "message":

@@ -11,6 +11,7 @@ producer/keys.py. These fail when someone adds a cross-slot key or a key name ou
 from __future__ import annotations
 
 import ast
+import asyncio
 import hashlib
 import inspect
 import re
@@ -26,7 +27,7 @@ from redis.cluster import key_slot
 
 from producer import keys
 from workers import concluding, jobs
-from workers.batch import lane
+from workers.batch import backends, lane
 from workers.budget import Budget
 from workers.limits import BreakerConfig, CircuitBreaker, Limit, RateLimiter
 from workers.panel.run import Member, PanelRun
@@ -47,6 +48,7 @@ SCRIPT_CALL_SITES = {
     ("workers/panel/state.py", "vote"), ("workers/panel/state.py", "decide"),
     ("workers/limits/limiter.py", "_run"),
     ("workers/batch/lane.py", "_flush_model"), ("workers/batch/lane.py", "_reclaim_stale"),
+    ("workers/batch/lane.py", "_poll_one"),
     ("workers/jobs.py", "conclude_panel"), ("workers/limits/steps.py", "run"),
     ("workers/concluding.py", "take_and_read"),
 }  # fmt: skip
@@ -126,6 +128,16 @@ def _spec(pid: str) -> PanelRun:
                      deadline=time.time() + 60)  # type: ignore[arg-type]  # fmt: skip
 
 
+class _FinishedBatch:
+    """A provider's batch that finished with no lines."""
+
+    async def status(self, batch_id: str) -> Any:
+        return SimpleNamespace(finished=True, raw_status="completed", message=None)
+
+    async def results(self, status: Any) -> list[Any]:
+        return []
+
+
 def scenario(r: Any) -> None:
     """Runs every script through the code that calls it in production."""
     store = PanelStore(r)
@@ -160,6 +172,14 @@ def scenario(r: Any) -> None:
     r.hset(keys.BATCH_CLAIMS, "c1", '{"model": "gpt-4o-mini", "at": 0, "cids": ["pf-x"]}')
     lane._reclaim_stale(rt, policy)  # type: ignore[arg-type]  # reclaim.lua
     assert r.lrange(keys.batch_pending("gpt-4o-mini"), 0, -1) == [b"pf-x"]
+    r.hset(keys.BATCH_OPEN, "b1", '{"provider": "scenario", "group": "g1"}')
+    r.set(keys.batch_group_left("g1"), 1)
+    backends._clients["scenario"] = _FinishedBatch()  # type: ignore[assignment]
+    try:  # the poll lock (redis-py's Lock: one key) and close.lua
+        assert lane.poll(SimpleNamespace(redis=r, run=asyncio.run), None, policy) == 0  # type: ignore[arg-type]
+    finally:
+        del backends._clients["scenario"]
+    assert not r.hexists(keys.BATCH_OPEN, "b1")
 
 
 def _check(r: Any) -> None:

@@ -25,6 +25,7 @@ from importlib.resources import files
 from typing import Any
 
 import orjson
+from redis.exceptions import LockNotOwnedError
 
 from producer import keys
 from producer.wire import text
@@ -32,6 +33,7 @@ from workers.batch import holds
 from workers.batch.arbiter import arbiter_messages_for, land_arbiter, needs_arbiter
 from workers.batch.backends import backend_for
 from workers.batch.lines import Line
+from workers.batch.poll_lock import PollLock
 from workers.batch.realtime import run_arbiter_now
 from workers.panel.act import carry_out
 from workers.panel.arbiter import before_judge, member_answers
@@ -215,7 +217,7 @@ _SCRIPTS: dict[tuple[int, str], Any] = {}
 
 
 def _script(rt: Runtime, name: str) -> Any:
-    """claim.lua / reclaim.lua, registered once per Redis client."""
+    """claim.lua / reclaim.lua / close.lua, registered once per Redis client."""
     key = (id(rt.redis), name)
     if key not in _SCRIPTS:
         _SCRIPTS[key] = rt.redis.register_script(files("workers.batch").joinpath(f"{name}.lua").read_text())
@@ -268,19 +270,25 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
     landed = 0
     for raw_id, raw in rt.redis.hgetall(OPEN).items():
         bid, info = text(raw_id), orjson.loads(raw)
-        lock = keys.batch_poll_lock(bid)
-        if not rt.redis.set(lock, 1, nx=True, ex=max(1, int(policy.lock_s))):
+        lock = PollLock.take(rt.redis, bid, policy.lock_s)
+        if lock is None:
             continue
         try:
-            landed += _poll_one(rt, d, bid, info, policy)
+            if rt.redis.hexists(OPEN, bid):  # else closed since the HGETALL, by a poller that held the lock
+                landed += _poll_one(rt, d, bid, info, policy, lock)
         except ProviderError as e:  # the provider is down or slow: the batch is still open, try next tick
             log.warning("batch %s: poll failed (%s); will retry", bid, e)
+        except LockNotOwnedError:  # lost mid-batch (logged below): the poller holding it lands the rest
+            pass
         finally:
-            rt.redis.delete(lock)
+            if not lock.release():
+                log.warning("batch %s: the poll outlived its lock (PANEL_BATCH_LOCK_S=%g); the poller "
+                            "holding it now follows the batch", bid, policy.lock_s)  # fmt: skip
     return landed
 
 
-def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], policy: FlushPolicy) -> int:
+def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], policy: FlushPolicy,
+              lock: PollLock) -> int:  # fmt: skip
     backend = backend_for(rt, str(info["provider"]))
     status = rt.run(backend.status(bid))
     if not status.finished:
@@ -288,17 +296,17 @@ def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], pol
     results = rt.run(backend.results(status))
     group = keys.batch_group(str(info.get("group", "")))
     for cid, outcome in results:
+        lock.keep()  # a batch of many lines outlasts the lock: re-armed as it goes
         try:
             _land_line(rt, d, bid, cid, outcome, policy)
         except Exception:  # one bad line (its job gone, say) must not hold up the batch's others
             log.exception("batch %s: line %s could not be landed; its panel is left to the deadline sweep", bid, cid)
     if results:
         rt.redis.srem(group, *[cid for cid, _ in results])
-    pipe = rt.redis.pipeline(transaction=True)  # MULTI: a re-run after a crash cannot close the batch twice
-    pipe.hdel(OPEN, bid)
-    pipe.decr(group + ":left")
-    _, left = pipe.execute()
-    if int(left) <= 0:
+    # close.lua: None when the batch was closed already (a re-run after a crash, or another poller that
+    # landed it too): each batch counts its group down once, so a group closes with its last batch only
+    left = _script(rt, "close")(keys=[OPEN, group + ":left"], args=[bid])
+    if left is not None and int(left) <= 0:
         unanswered = [text(c) for c in rt.redis.smembers(group)]
         for cid in unanswered:
             reason = f"batch {bid} {status.raw_status} without a result for this line"

@@ -1,0 +1,144 @@
+"""A state command on a hung Redis (its process stopped: the TCP connection stays up, nothing
+answers) fails with redis-py's TimeoutError or ConnectionError instead of hanging its caller,
+whatever redis-py's own default timeout is: pyproject allows redis>=6.4, and before redis-py 8 a
+client with no timeout of its own waited forever (producer/connect.py SOCKET_TIMEOUT_S)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio.connection as aconnection
+import redis.connection as sconnection
+
+from producer import connect, keys
+from producer.embedded import free_port, redis_server_binary, start_owned, stop_process, wait_port
+from producer.settings import Settings
+from tests.waiting import eventually
+from workers.runtime import Runtime
+
+DEADLINE_S = 60.0  # generous: a few socket timeouts, a loaded 2-core machine
+
+
+@pytest.fixture
+def stoppable_redis() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A redis-server of this test's own, and a function that stops it (SIGSTOP) until the test ends."""
+    port = free_port()
+    proc = start_owned([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no"])  # fmt: skip
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        os.kill(proc.pid, signal.SIGSTOP)
+        stopped = True
+
+    try:
+        wait_port("127.0.0.1", port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0", stop
+    finally:
+        if stopped:
+            os.kill(proc.pid, signal.SIGCONT)
+        stop_process(proc, timeout=10)
+
+
+@pytest.fixture(params=["redis-py defaults", "no default timeout (redis-py before 8)"])
+def defaults(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each spec as it is, and again with redis-py's connections given no timeout unless the
+    caller names one, as redis-py 6.4 and 7 do."""
+    if request.param.startswith("no default"):
+        for module in (sconnection, aconnection):
+            init = module.AbstractConnection.__init__
+
+            def no_default(self: Any, *args: Any, __init: Any = init, **kwargs: Any) -> None:
+                kwargs.setdefault("socket_timeout", None)
+                kwargs.setdefault("socket_connect_timeout", None)
+                __init(self, *args, **kwargs)
+
+            monkeypatch.setattr(module.AbstractConnection, "__init__", no_default)
+    return str(request.param)
+
+
+def outcome_within(call: Callable[[], object], deadline_s: float) -> BaseException | object:
+    """What `call` returned or raised, or AssertionError if it still runs after `deadline_s`."""
+    box: list[BaseException | object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as e:  # the outcome under test
+            box.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(deadline_s)
+    assert box, f"still waiting on the stopped Redis after {deadline_s:.0f} s"
+    return box[0]
+
+
+def test_a_sync_state_command_on_a_stopped_redis_fails_instead_of_hanging(
+    stoppable_redis: tuple[str, Callable[[], None]], defaults: str
+) -> None:
+    url, stop = stoppable_redis
+    client = Settings(redis_url=url).state_client("pf-test")
+    client.set("k", "v")  # a live connection in the pool, as a worker has one
+    stop()
+    got = outcome_within(lambda: client.get("k"), DEADLINE_S)
+    assert isinstance(got, redis.TimeoutError | redis.ConnectionError), got
+
+
+def test_an_async_state_command_and_a_pubsub_read_on_a_stopped_redis_fail_instead_of_hanging(
+    stoppable_redis: tuple[str, Callable[[], None]], defaults: str
+) -> None:
+    url, stop = stoppable_redis
+
+    async def hang() -> list[object]:
+        commands, pubsub_client = connect.async_state_clients(url, client_name="pf-test")
+        await commands.set("k", "v")
+        pubsub = pubsub_client.pubsub()
+        await pubsub.subscribe("pf-test-channel")
+        await pubsub.get_message(timeout=1.0)  # the subscribe reply
+        stop()
+        seen: list[object] = []
+        try:
+            await commands.get("k")
+        except (redis.TimeoutError, redis.ConnectionError) as e:
+            seen.append(e)
+        seen.append(await pubsub.get_message(timeout=1.0))  # the decision watch's read (workers/runtime.py)
+        return seen
+
+    got = outcome_within(lambda: asyncio.run(hang()), DEADLINE_S)
+    assert isinstance(got, list), got
+    assert isinstance(got[0], redis.TimeoutError | redis.ConnectionError), got
+    assert got[1] is None, "a quiet pub/sub read is not a timeout"
+
+
+def test_the_socket_timeout_stays_above_the_fleets_one_second_blocking_reads() -> None:
+    with pytest.raises(ValueError):
+        Settings(redis_socket_timeout_s=1.0)
+    assert Settings().redis_socket_timeout_s == connect.SOCKET_TIMEOUT_S
+
+
+def test_the_decision_watch_outlasts_a_quiet_channel_longer_than_the_socket_timeout(
+    redis_client: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reads are shorter than the socket timeout: redis-py before 8 applies that timeout to
+    `listen()`'s wait, which dropped and re-made the subscription on every quiet spell."""
+    rt = Runtime(Settings(redis_url=redis_url, redis_socket_timeout_s=2.0))
+    try:
+        eventually(lambda: rt._subscribed, "the decision watch subscribed")
+        time.sleep(3.0)  # the quiet spell itself, longer than the socket timeout
+        decided = asyncio.Event()
+        rt._add_waiter("job-quiet.1", decided)
+        redis_client.publish(keys.DECIDED_CHANNEL, "job-quiet.1")
+        eventually(decided.is_set, "the decision reaching the panel's waiting call")
+        assert rt._subscribed and "reconnecting" not in caplog.text
+    finally:
+        rt.close()
