@@ -138,7 +138,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.export:
         if not args.task_class:
             raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
-        rows = labels.export(client.ledger(), labels.get_all(client.redis), args.task_class, args.kind)
+        fed_back = labels.get_all(client.redis)
+        rows = labels.export(client.ledger(), fed_back, args.task_class, args.kind,
+                             labels.job_messages(client.redis, sorted(fed_back)))  # fmt: skip
         Path(args.export).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
         print(f"wrote {len(rows)} labelled jobs of {args.task_class} to {args.export}", file=sys.stderr)
     elif args.file:

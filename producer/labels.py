@@ -6,11 +6,16 @@ Redis beside the ledger, and what they say about the ledger:
     panel label --export rows.jsonl --task-class qa_choice   # labelled receipts as a replay file
     panel tune rows.jsonl --write policy.yaml
 
-The export turns each labelled job into a replay row: every member call that answered is a model's
-recorded answer (its vote key, tokens, cost, latency); its `correct` is the label when it voted for
-the decided answer, the opposite when the decided answer was labelled correct and it voted for
-something else, and unknown otherwise. Only models answering on every exported job can be tuned on
-(a production ledger holds the models a policy called, not the ones it did not).
+The export turns each labelled job into a replay row: the job's messages (from its stored spec),
+and every member call that answered is a model's recorded answer (its vote key, tokens, cost,
+latency, log-probability as `conf`); its `correct` is the label when it gave the decided answer,
+the opposite when the decided answer was labelled correct and it gave something else, and unknown
+otherwise. The decided answer is the job's last lane's (a cascade's concluding stage, the panel an
+escalation ran), as the fleet decided it: the arbiter's chosen member's, else the plurality of that
+lane's votes. A job served from the answer cache is exported with the calls of the job it was served
+from (unless that job is labelled too: one row per question). Only models answering on every
+exported job can be tuned on (a production ledger holds the models a policy called, not the ones
+it did not).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from producer import keys
+from producer.contract import Job
 from producer.errors import PanelError
 
 LABELS = keys.LABELS
@@ -72,39 +78,89 @@ def get_all(r: redis.Redis) -> dict[str, bool]:
 
 
 def _decided_key(receipt: dict[str, Any]) -> str | None:
-    keys_ = [c.get("answer_key") for c in receipt["calls"] if c["role"] == "member" and c["status"] in ("answered", "late")]
-    tally = Counter(k for k in keys_ if k)
-    return tally.most_common(1)[0][0] if tally and receipt["decision"] in ("single", "quorum", "majority") else None
+    """The answer key the job was decided with, read from its last lane's member calls (numbered
+    `N.mK` for lane N): a cascade's earlier stages and the default lane before an escalation did
+    not decide it. Arbiter decisions take the chosen member's key (None when the judge wrote its
+    own answer); the rest the plurality of that lane's votes, a tie to the smaller key as
+    `decide.lua` breaks it. Late answers came after the decision and did not vote."""
+    if receipt["decision"] not in ("single", "quorum", "majority", "sweep", "arbiter") or not receipt["lanes"]:
+        return None
+    lane = f"{len(receipt['lanes'])}."
+    voted: dict[str, str] = {c["member"][len(lane):]: c["answer_key"] for c in receipt["calls"]
+             if c["role"] == "member" and c["status"] == "answered" and c.get("answer_key") and c["member"].startswith(lane)}  # fmt: skip
+    verdict = receipt.get("verdict")
+    if verdict and receipt["decision"] in ("arbiter", "majority"):
+        chosen = [voted[m] for m in verdict.get("chosen_members") or [] if m in voted]
+        return chosen[0] if chosen else None
+    tally = Counter(voted.values())
+    if not tally:
+        return None
+    most = max(tally.values())
+    return min(k for k, v in tally.items() if v == most)
+
+
+def _once(receipts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One receipt per job id, its last (a job appended twice, re-rendered after a crash, has the
+    fuller receipt last)."""
+    return {str(r["job_id"]): r for r in receipts}
+
+
+def _stop(step: dict[str, Any]) -> str:
+    """Where a job concluded: its cascade stage and check (`stage2:logprob`), else its lane."""
+    if step.get("stage"):
+        return f"stage{step['stage']}:{step.get('check')}"
+    return str(step["lane"])
 
 
 def summary(receipts: list[dict[str, Any]], labels: dict[str, bool]) -> list[str]:
     """Per task class: labelled jobs, their accuracy, how often each lane step was the last one,
     and how often escalation changed a labelled answer (and whether the change was right)."""
     by_class: dict[str, list[dict[str, Any]]] = {}
-    for rc in receipts:
+    for rc in _once(receipts).values():
         if rc["job_id"] in labels:
             by_class.setdefault(rc["task_class"], []).append(rc)
     out = []
     for tc, rs in sorted(by_class.items()):
         right = sum(labels[r["job_id"]] for r in rs)
-        stops = Counter(r["lanes"][-1]["lane"] + (f":{r['lanes'][-1].get('check')}" if r["lanes"][-1].get("check") else "")
-                        for r in rs if r["lanes"])  # fmt: skip
+        stops = Counter(_stop(r["lanes"][-1]) for r in rs if r["lanes"])
         changed = [r for r in rs if r.get("changed_vs_default")]
         out.append(f"{tc}: {len(rs)} labelled, {right / len(rs):.1%} correct; decided at "
-                   + ", ".join(f"{k} {v}" for k, v in stops.most_common())
+                   + (", ".join(f"{k} {v}" for k, v in stops.most_common()) or "-")
                    + f"; escalation changed {len(changed)} labelled answers ({sum(labels[r['job_id']] for r in changed)} now correct)")  # fmt: skip
     return out or ["no labelled job in the ledger (panel label JOB correct|wrong)"]
 
 
-def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: str, kind: str = "label") -> list[dict[str, Any]]:
-    """Labelled receipts of one task class as replay rows (see the module doc)."""
+def job_messages(r: redis.Redis, job_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Each job's conversation as it was sent (its stored spec), for the jobs still stored."""
+    pipe = r.pipeline(transaction=False)
+    for j in job_ids:
+        pipe.hget(keys.job(j), "spec")
+    out = {}
+    for j, spec in zip(job_ids, pipe.execute(), strict=True):
+        if spec:
+            out[j] = Job.parse(spec).chat()
+    return out
+
+
+def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: str, kind: str = "label",
+           messages: dict[str, list[dict[str, str]]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Labelled receipts of one task class as replay rows (see the module doc). `messages`: each
+    job's conversation (`job_messages`); a job without it exports `messages: []` (replayable
+    offline only)."""
+    once = _once(receipts)
     rows = []
-    for rc in receipts:
+    for rc in once.values():
         if rc["task_class"] != task_class or rc["job_id"] not in labels:
             continue
-        label, decided = labels[rc["job_id"]], _decided_key(rc)
+        decided_by = rc
+        if rc.get("served_from_cache") and rc.get("cached_from_job"):
+            source = rc["cached_from_job"]
+            if source in labels or source not in once:
+                continue  # the question's row is the source's own, or its calls left the ledger
+            decided_by = once[source]
+        label, decided = labels[rc["job_id"]], _decided_key(decided_by)
         models: dict[str, dict[str, Any]] = {}
-        for c in rc["calls"]:
+        for c in decided_by["calls"]:
             if c["role"] != "member" or c["status"] not in ("answered", "late") or not c.get("answer_key"):
                 continue
             same = decided is not None and c["answer_key"] == decided
@@ -113,6 +169,7 @@ def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: 
                                   "tokens_in": c["tokens_in"], "tokens_out": c["tokens_out"],
                                   "cost_usd": c["cost_usd"], "latency_ms": c["latency_ms"], "conf": c.get("logprob")}  # fmt: skip
         if models:
-            rows.append({"id": rc["job_id"], "source": "ledger", "task": task_class, "kind": kind, "messages": [],
+            rows.append({"id": rc["job_id"], "source": "ledger", "task": task_class, "kind": kind,
+                         "messages": (messages or {}).get(rc["job_id"], []),
                          "gold": decided if label and decided else "", "models": models})  # fmt: skip
     return rows
