@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency; per cascade stage: reached, accepted")
     s.add_argument("--html", metavar="FILE", help="write the ledger page (plots, receipts by job id) to FILE")
     s.add_argument("--serve", type=int, metavar="PORT", help="serve the ledger page on 127.0.0.1:PORT until Ctrl-C")
-    s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false} besides `panel label`s: labelled accuracy')
+    s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false} (or "label": "correct"|"wrong") besides `panel label`s: labelled accuracy')
     s.set_defaults(func=cmd_ledger)
 
     s = parser("label", "feed back whether a decided job's answer was right (kept beside the ledger)")

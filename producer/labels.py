@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import orjson
 import redis
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_validator
 
 from producer import keys
 from producer.contract import Job
@@ -41,9 +41,23 @@ class LabelError(PanelError):
 
 
 class _Line(BaseModel):
+    """One label: `{"job_id": ..., "label": "correct"|"wrong"}`, or the ledger page's
+    `{"job_id": ..., "correct": true|false}`; either file is read by both commands."""
+
     model_config = ConfigDict(extra="forbid")
     job_id: str
-    label: Literal["correct", "wrong"]
+    label: Literal["correct", "wrong"] | None = None
+    correct: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> _Line:
+        if (self.label is None) == (self.correct is None):
+            raise ValueError('give one of "label": "correct"|"wrong" or "correct": true|false')
+        return self
+
+    @property
+    def right(self) -> bool:
+        return self.label == "correct" if self.label is not None else bool(self.correct)
 
 
 def put(r: redis.Redis, job_id: str, label: str) -> None:
@@ -54,21 +68,36 @@ def put(r: redis.Redis, job_id: str, label: str) -> None:
     r.hset(LABELS, job_id, orjson.dumps({"label": label, "at": time.time()}))
 
 
-def put_file(r: redis.Redis, path: Path) -> int:
-    """Every line checked before any is stored: a bad line names the file, line and field."""
-    lines = []
+def read_file(path: Path) -> list[tuple[int, str, bool]]:
+    """(line number, job id, correct?) per label of a JSONL file; a bad line is a LabelError
+    naming the file, the line and the field."""
+    out = []
     for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            lines.append(_Line.model_validate(orjson.loads(raw)))
+            line = _Line.model_validate(orjson.loads(raw))
         except orjson.JSONDecodeError as e:
             raise LabelError(f"{path}:{n}: not JSON ({e}); one {{\"job_id\": ..., \"label\": \"correct\"|\"wrong\"}} per line") from None
         except ValidationError as e:
             err = e.errors()[0]
             raise LabelError(f"{path}:{n}: {'.'.join(map(str, err['loc'])) or '(line)'}: {err['msg']}") from None
-    for line in lines:
-        put(r, line.job_id, line.label)
+        out.append((n, line.job_id, line.right))
+    return out
+
+
+def put_file(r: redis.Redis, path: Path) -> int:
+    """Every line checked before any is stored, its job too: a bad line names the file, line and
+    field, an unknown job its line."""
+    lines = read_file(path)
+    pipe = r.pipeline(transaction=False)
+    for _, job_id, _ in lines:
+        pipe.exists(keys.job(job_id))
+    for (n, job_id, _), found in zip(lines, pipe.execute(), strict=True):
+        if not found:
+            raise LabelError(f"{path}:{n}: job_id: no job {job_id!r} in this Redis (label jobs the fleet decided); nothing stored")
+    for _, job_id, right in lines:
+        put(r, job_id, "correct" if right else "wrong")
     return len(lines)
 
 

@@ -146,3 +146,39 @@ def test_the_summary_names_the_stage_each_labelled_cascade_job_concluded_at() ->
     line = labels.summary(rs, {"j1": True, "j2": True, "j3": False})[0]
     assert "decided at stage2:logprob 2, stage1:logprob 1" in line
     assert "escalation changed 2 labelled answers (1 now correct)" in line
+
+
+def test_a_label_file_naming_an_unknown_job_names_its_line_and_stores_nothing(r: fakeredis.FakeRedis,
+                                                                             tmp_path: Path) -> None:  # fmt: skip
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"job_id": "j1", "label": "correct"}\n\n{"job_id": "typo", "label": "wrong"}\n')
+    with pytest.raises(labels.LabelError, match=r"labels.jsonl:3: job_id: no job 'typo'"):
+        labels.put_file(r, path)
+    assert labels.get_all(r) == {}
+
+
+def test_one_label_file_serves_panel_label_and_the_ledger_page(r: fakeredis.FakeRedis, tmp_path: Path) -> None:
+    from producer.ledger_page import read_labels
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"job_id": "j1", "label": "correct"}\n{"job_id": "j2", "correct": false}\n')
+    assert read_labels(path) == {"j1": True, "j2": False}
+    assert labels.put_file(r, path) == 2 and labels.get_all(r) == {"j1": True, "j2": False}
+    for bad, where in [('{"job_id": "j1", "correct": "yes"}', "labels.jsonl:2: correct:"),
+                       ('{"job_id": "j1"}', r"labels.jsonl:2: \(line\): .*give one of"),
+                       ("{not json", "labels.jsonl:2: not JSON")]:  # fmt: skip
+        path.write_text('{"job_id": "j1", "correct": true}\n' + bad + "\n")
+        with pytest.raises(labels.LabelError, match=where):
+            read_labels(path)
+
+
+def test_panel_ledger_with_a_bad_labels_file_is_one_line_naming_it(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from producer.cli import main as panel
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"job_id": "j1", "label": "correct"}\n{"job_id": "j2", "label": "maybe"}\n')
+    assert panel(["--redis-url", "redis://127.0.0.1:1/0", "ledger", "--html", str(tmp_path / "l.html"),
+                  "--labels", str(path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "labels.jsonl:2: label:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
