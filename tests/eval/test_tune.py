@@ -262,6 +262,22 @@ def test_a_budget_outside_0_1_is_refused_naming_the_flag(tmp_path: Path, capsys:
     assert cli.main(["tune", str(path), "--budget", "off"]) == 0  # the cheapest eligible, the rule before
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_file_of_fewer_questions_than_folds_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              n: int) -> None:  # fmt: skip
+    """A handful of labelled jobs exported from the ledger: refused in one line that says how many
+    questions the folds need, and (with 2 or more) that fewer folds would run; they do."""
+    from producer import cli
+
+    path = cascade_data.write(tmp_path / "s.jsonl", cascade_data.rows(n))
+    assert cli.main(["tune", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"panel tune: --folds: 5 folds need at least 5 questions and the file has {n}: label more jobs" in err
+    assert ("--folds 3" in err) == (n == 3)
+    if n == 3:
+        assert cli.main(["tune", str(path), "--folds", "3"]) == 0
+
+
 def test_transfer_pools_files_as_one_file_of_their_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--pool`: the files' rows are split as one file (halves the size of the hidden test's)."""
     from evaluation import transfer
