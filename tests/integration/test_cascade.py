@@ -212,6 +212,21 @@ def test_a_split_agreement_stage_escalates_without_its_arbiter(fleet: Fleet, cli
     assert r.final_answer == "C" and r.decision == "single" and r.changed_vs_default is True
 
 
+def test_an_agreement_stage_left_with_one_answer_by_a_failed_member_escalates(fleet: Fleet, client: PanelClient) -> None:
+    """One member of the agreeing pair fails (a 400: not retried): the panel is settled on the
+    other's answer with nothing to arbitrate, but nobody agreed with it, so the stage escalates as
+    the offline replay does, instead of accepting an unconfirmed answer (value 1 < threshold 2)."""
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -2.5}, "llama3.1-70b": {"answer": "B"},
+                            "qwen2.5-72b-instruct": {"answer": "B", "fail_next": 1, "fail_status": 400},
+                            "llama3.1-405b": {"answer": "C"}})  # fmt: skip
+    assert [(c.member, c.status) for c in r.calls if c.member.startswith("2.")] == [("2.m0", "answered"), ("2.m1", "failed")]
+    assert [s.stage for s in r.lanes] == [1, 2, 3], [(s.stage, s.check, s.value, s.accepted) for s in r.lanes]
+    lone = r.lanes[1]
+    assert (lone.check, lone.value, lone.threshold, lone.accepted) == ("agreement", 1.0, 2.0, False)
+    assert r.lanes[2].reason == "cascade:stage2:agreement=1<2"
+    assert r.final_answer == "C"
+
+
 def test_a_server_without_logprobs_escalates_with_a_null_value(fleet: Fleet, client: PanelClient) -> None:
     r = run(fleet, client, {"llama3.1-70b": {"answer": "D"}}, task_class="qa_llmock")
     first, second = r.lanes
