@@ -10,6 +10,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -225,6 +226,27 @@ def test_an_agreement_stage_left_with_one_answer_by_a_failed_member_escalates(fl
     assert (lone.check, lone.value, lone.threshold, lone.accepted) == ("agreement", 1.0, 2.0, False)
     assert r.lanes[2].reason == "cascade:stage2:agreement=1<2"
     assert r.final_answer == "C"
+
+
+def test_a_cascade_whose_later_stages_run_out_of_the_deadline_keeps_the_answer_it_had(fleet: Fleet,
+                                                                                     client: PanelClient) -> None:  # fmt: skip
+    """Stage 1 answers, unsure; stage 2's members cannot answer before the deadline the stages
+    share, nor can stage 3 after it: the job is decided with stage 1's paid answer, the receipt
+    saying it was kept unaccepted, instead of failing with "no member answered"."""
+    fleet.sim("/_sim/config", {"models": {"llama3.1-8b": {"answer": "A", "logprob": -2.5, "latency_ms": 20},
+                                          "llama3.1-70b": {"answer": "B", "latency_ms": 60_000},
+                                          "qwen2.5-72b-instruct": {"answer": "B", "latency_ms": 60_000},
+                                          "llama3.1-405b": {"answer": "C", "latency_ms": 60_000}}})  # fmt: skip
+    deadline = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    job = {"task_class": "qa_cascade", "prompt": f"{uuid.uuid4().hex[:8]}: {QUESTION}", "deadline": deadline}
+    res = client.wait(client.submit(job), timeout=90)
+    assert res.status == "decided" and res.answer == "A", (res.status, res.error)
+    r = res.receipt
+    assert r is not None and r.final_answer == "A" and r.decision == "single"
+    assert [(s.stage, s.accepted) for s in r.lanes][0] == (1, False) and len(r.lanes) >= 2
+    assert not r.lanes[-1].accepted
+    assert f"cascade:stage{r.lanes[-1].stage}:no answer; stage1's unaccepted answer kept" in r.triggers
+    assert r.default_answer == "A" and r.changed_vs_default is False
 
 
 def test_a_server_without_logprobs_escalates_with_a_null_value(fleet: Fleet, client: PanelClient) -> None:
