@@ -109,14 +109,18 @@ def get_all(r: redis.Redis) -> dict[str, bool]:
 def _decided_key(receipt: dict[str, Any]) -> str | None:
     """The answer key the job was decided with, read from its last lane's member calls (numbered
     `N.mK` for lane N): a cascade's earlier stages and the default lane before an escalation did
-    not decide it. Arbiter decisions take the chosen member's key (None when the judge wrote its
+    not decide it (unless the cascade's later stages ended without an answer: the latest kept). Arbiter decisions take the chosen member's key (None when the judge wrote its
     own answer); the rest the plurality of that lane's votes, a tie to the smaller key as
     `decide.lua` breaks it. Late answers came after the decision and did not vote."""
     if receipt["decision"] not in ("single", "quorum", "majority", "sweep", "arbiter") or not receipt["lanes"]:
         return None
-    lane = f"{len(receipt['lanes'])}."
-    voted: dict[str, str] = {c["member"][len(lane):]: c["answer_key"] for c in receipt["calls"]
-             if c["role"] == "member" and c["status"] == "answered" and c.get("answer_key") and c["member"].startswith(lane)}  # fmt: skip
+    voted: dict[str, str] = {}
+    for n in range(len(receipt["lanes"]), 0, -1):  # a cascade's last stages may have no answer: an earlier one's was kept
+        lane = f"{n}."
+        voted = {c["member"][len(lane):]: c["answer_key"] for c in receipt["calls"]
+                 if c["role"] == "member" and c["status"] == "answered" and c.get("answer_key") and c["member"].startswith(lane)}  # fmt: skip
+        if voted or not receipt["lanes"][n - 1].get("stage"):
+            break
     verdict = receipt.get("verdict")
     if verdict and receipt["decision"] in ("arbiter", "majority"):
         chosen = [voted[m] for m in verdict.get("chosen_members") or [] if m in voted]

@@ -182,3 +182,11 @@ def test_panel_ledger_with_a_bad_labels_file_is_one_line_naming_it(tmp_path: Pat
                   "--labels", str(path)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "labels.jsonl:2: label:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cascade_that_kept_an_earlier_stage_s_answer_is_credited_with_that_answer() -> None:
+    rc = cascade_receipt("j1", ["A", "B", "C"])
+    for c in rc["calls"][1:]:  # type: ignore[union-attr]
+        c["status"], c["answer_key"] = "failed", None  # stages 2 and 3 ran out of the deadline
+    row = labels.export([rc], {"j1": True}, "qa", kind="choice")[0]
+    assert row["gold"] == "A" and row["models"]["model-1"]["correct"] is True
