@@ -8,6 +8,7 @@ from pathlib import Path
 import fakeredis
 import orjson
 import pytest
+import redis
 
 from evaluation.replay import load
 from producer import keys, labels
@@ -190,3 +191,20 @@ def test_a_cascade_that_kept_an_earlier_stage_s_answer_is_credited_with_that_ans
         c["status"], c["answer_key"] = "failed", None  # stages 2 and 3 ran out of the deadline
     row = labels.export([rc], {"j1": True}, "qa", kind="choice")[0]
     assert row["gold"] == "A" and row["models"]["model-1"]["correct"] is True
+
+
+def test_exporting_a_class_with_no_labelled_job_names_the_classes_that_have_some(
+        redis_url: str, redis_client: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A typo in --task-class wrote an empty file and said "wrote 0"; `panel tune` then failed on it."""
+    from producer.cli import main as panel
+
+    r = redis_client
+    r.hset(keys.job("j1"), "status", "decided")
+    r.xadd(keys.LEDGER_STREAM, {"task_class": "qa", "receipt": orjson.dumps(receipt("j1", ["A", "A"]))})
+    labels.put(r, "j1", "correct")
+    out = tmp_path / "rows.jsonl"
+    assert panel(["--redis-url", redis_url, "label", "--export", str(out), "--task-class", "qa_choise"]) == 2
+    assert "--task-class: no labelled job of 'qa_choise' in the ledger; labelled: qa" in capsys.readouterr().err
+    assert not out.exists()
+    assert panel(["--redis-url", redis_url, "label", "--export", str(out), "--task-class", "qa"]) == 0
+    assert len(out.read_bytes().splitlines()) == 1
