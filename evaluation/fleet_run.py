@@ -83,6 +83,25 @@ def write_policies(dest: Path, rows: list[Row], policies: list[EvalPolicy | Casc
     (dest / "tasks.yaml").write_text(yaml.safe_dump({"task_classes": tasks}, sort_keys=False))
 
 
+def refused(dest: Path, policies: list[EvalPolicy | CascadePolicy]) -> None:
+    """The policies as the fleet's workers load them, before any starts: a policy they would refuse
+    is a ValueError naming its file (or name) and field, not a worker that exits behind a traceback."""
+    from workers.errors import PolicyError
+    from workers.policy import PolicyTable
+    from workers.registry import Registry
+
+    try:
+        PolicyTable.load(Registry.load(dest / "models.yaml"), dest / "tasks.yaml")
+    except PolicyError as e:
+        said, field = str(e).split(f"{e.field}: ", 1)[-1], e.field
+        for p in policies:  # the eval's own class name back to the policy's
+            prefix = f"task_classes.{p.task_class}"
+            if field == prefix or field.startswith(prefix + "."):
+                source = p.path if isinstance(p, CascadePolicy) else p.name
+                field = f"{source}: task_classes.{p.name}{field[len(prefix):]}"
+        raise ValueError(f"the fleet refuses the policy: {field}: {said} (`--offline` replays it without the fleet)") from None
+
+
 def windowed(client: PanelClient, jobs: list[dict[str, Any]], in_flight: int, timeout_s: float) -> Iterator[tuple[int, Result]]:
     """Submit `jobs` keeping at most `in_flight` undecided; yield (index, result) as each is done."""
     end = time.monotonic() + timeout_s
@@ -147,6 +166,11 @@ def run(file: Path, rows: list[Row], policies: list[EvalPolicy | CascadePolicy],
     tmp = Path(tempfile.mkdtemp(prefix="panel-eval-"))
     prices = prices_near(file)
     write_policies(tmp, rows, policies, prices)
+    try:
+        refused(tmp, policies)
+    except ValueError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / "sim.yaml").write_text(yaml.safe_dump({"default": {"latency_mode": "recorded", "latency_scale": latency_scale}}))
     fleet = Fleet(sim_args=["--replay", str(file), "--config", str(tmp / "sim.yaml")],
                   env={"PANEL_POLICIES": str(tmp), "REPLAY_API_KEY": SIM_KEY, "REPLAY_BASE_URL": "$SIM_URL/v1"})  # fmt: skip

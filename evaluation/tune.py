@@ -188,8 +188,11 @@ def fit(train: Matrix, agreement: dict[str, object], rule: Rule = Rule()) -> Fit
 
 def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     """k disjoint test index sets covering 0..n-1 (shuffled with `seed`)."""
-    if not 2 <= k <= n:
-        raise ValueError(f"--folds: {k} folds need 2..{n} questions")
+    if k < 2:
+        raise ValueError(f"--folds: give 2 or more folds, got {k}")
+    if n < k:  # a few labelled jobs (`panel label --export`) are the usual way here
+        fewer = f", or give --folds {n}" if n >= 2 else " (cross-validation needs 2 or more)"
+        raise ValueError(f"--folds: {k} folds need at least {k} questions and the file has {n}: label more jobs{fewer}")
     return [np.sort(part) for part in np.array_split(np.random.default_rng(seed).permutation(n), k)]
 
 

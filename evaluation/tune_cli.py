@@ -127,9 +127,10 @@ def entry(res: TuneResult, kind: str, command: str) -> dict[str, Any]:
     spec: CascadeSpec = res.final.spec
     strongest = res.strongest.name.removeprefix("single:")
     panel = next((s.panel for s in spec.stages if s.panel is not None and s.panel.arbiter), None)
-    panel_entry = panel.model_dump(exclude_none=True) if panel else {
-        "members": baselines.top_models([o for o in res.references if o.name.startswith("single:")]),
-        "quorum": 2, "dispatch": "staged", "agreement": agreement_for(kind), "arbiter": strongest}  # fmt: skip
+    top = baselines.top_models([o for o in res.references if o.name.startswith("single:")])
+    panel_entry = panel.model_dump(exclude_none=True) if panel else {  # a file of one model: a panel of one
+        "members": top, "quorum": min(2, len(top)), "dispatch": "staged", "agreement": agreement_for(kind),
+        "arbiter": strongest}  # fmt: skip
     return {"description": f"tuned by `{command}`", "default_lane": "cascade", "single": {"model": strongest},
             "panel": panel_entry, "cascade": spec.to_entry()}  # fmt: skip
 

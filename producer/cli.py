@@ -138,7 +138,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.export:
         if not args.task_class:
             raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
-        rows = labels.export(client.ledger(), labels.get_all(client.redis), args.task_class, args.kind)
+        fed_back, receipts = labels.get_all(client.redis), client.ledger()
+        rows = labels.export(receipts, fed_back, args.task_class, args.kind,
+                             labels.job_messages(client.redis, sorted(fed_back)))  # fmt: skip
+        if not rows:  # a typo in the class, or nothing labelled yet: not an empty file for panel tune
+            have = sorted({r["task_class"] for r in receipts if r["job_id"] in fed_back})
+            raise labels.LabelError(f"--task-class: no labelled job of {args.task_class!r} in the ledger; "
+                                    + (f"labelled: {', '.join(have)}" if have else "label some with `panel label JOB correct|wrong`"))  # fmt: skip
         Path(args.export).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
         print(f"wrote {len(rows)} labelled jobs of {args.task_class} to {args.export}", file=sys.stderr)
     elif args.file:
@@ -276,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = parser("ledger", "per task class: jobs, escalation, arbiter, changed answers, cost, latency; per cascade stage: reached, accepted")
     s.add_argument("--html", metavar="FILE", help="write the ledger page (plots, receipts by job id) to FILE")
     s.add_argument("--serve", type=int, metavar="PORT", help="serve the ledger page on 127.0.0.1:PORT until Ctrl-C")
-    s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false} besides `panel label`s: labelled accuracy')
+    s.add_argument("--labels", metavar="FILE", help='JSONL {"job_id": ..., "correct": true|false} (or "label": "correct"|"wrong") besides `panel label`s: labelled accuracy')
     s.set_defaults(func=cmd_ledger)
 
     s = parser("label", "feed back whether a decided job's answer was right (kept beside the ledger)")

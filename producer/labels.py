@@ -6,11 +6,16 @@ Redis beside the ledger, and what they say about the ledger:
     panel label --export rows.jsonl --task-class qa_choice   # labelled receipts as a replay file
     panel tune rows.jsonl --write policy.yaml
 
-The export turns each labelled job into a replay row: every member call that answered is a model's
-recorded answer (its vote key, tokens, cost, latency); its `correct` is the label when it voted for
-the decided answer, the opposite when the decided answer was labelled correct and it voted for
-something else, and unknown otherwise. Only models answering on every exported job can be tuned on
-(a production ledger holds the models a policy called, not the ones it did not).
+The export turns each labelled job into a replay row: the job's messages (from its stored spec),
+and every member call that answered is a model's recorded answer (its vote key, tokens, cost,
+latency, log-probability as `conf`); its `correct` is the label when it gave the decided answer,
+the opposite when the decided answer was labelled correct and it gave something else, and unknown
+otherwise. The decided answer is the job's last lane's (a cascade's concluding stage, the panel an
+escalation ran), as the fleet decided it: the arbiter's chosen member's, else the plurality of that
+lane's votes. A job served from the answer cache is exported with the calls of the job it was served
+from (unless that job is labelled too: one row per question). Only models answering on every
+exported job can be tuned on (a production ledger holds the models a policy called, not the ones
+it did not).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import Any, Literal
 
 import orjson
 import redis
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_validator
 
 from producer import keys
+from producer.contract import Job
 from producer.errors import PanelError
 
 LABELS = keys.LABELS
@@ -35,9 +41,23 @@ class LabelError(PanelError):
 
 
 class _Line(BaseModel):
+    """One label: `{"job_id": ..., "label": "correct"|"wrong"}`, or the ledger page's
+    `{"job_id": ..., "correct": true|false}`; either file is read by both commands."""
+
     model_config = ConfigDict(extra="forbid")
     job_id: str
-    label: Literal["correct", "wrong"]
+    label: Literal["correct", "wrong"] | None = None
+    correct: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> _Line:
+        if (self.label is None) == (self.correct is None):
+            raise ValueError('give one of "label": "correct"|"wrong" or "correct": true|false')
+        return self
+
+    @property
+    def right(self) -> bool:
+        return self.label == "correct" if self.label is not None else bool(self.correct)
 
 
 def put(r: redis.Redis, job_id: str, label: str) -> None:
@@ -48,21 +68,36 @@ def put(r: redis.Redis, job_id: str, label: str) -> None:
     r.hset(LABELS, job_id, orjson.dumps({"label": label, "at": time.time()}))
 
 
-def put_file(r: redis.Redis, path: Path) -> int:
-    """Every line checked before any is stored: a bad line names the file, line and field."""
-    lines = []
+def read_file(path: Path) -> list[tuple[int, str, bool]]:
+    """(line number, job id, correct?) per label of a JSONL file; a bad line is a LabelError
+    naming the file, the line and the field."""
+    out = []
     for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            lines.append(_Line.model_validate(orjson.loads(raw)))
+            line = _Line.model_validate(orjson.loads(raw))
         except orjson.JSONDecodeError as e:
             raise LabelError(f"{path}:{n}: not JSON ({e}); one {{\"job_id\": ..., \"label\": \"correct\"|\"wrong\"}} per line") from None
         except ValidationError as e:
             err = e.errors()[0]
             raise LabelError(f"{path}:{n}: {'.'.join(map(str, err['loc'])) or '(line)'}: {err['msg']}") from None
-    for line in lines:
-        put(r, line.job_id, line.label)
+        out.append((n, line.job_id, line.right))
+    return out
+
+
+def put_file(r: redis.Redis, path: Path) -> int:
+    """Every line checked before any is stored, its job too: a bad line names the file, line and
+    field, an unknown job its line."""
+    lines = read_file(path)
+    pipe = r.pipeline(transaction=False)
+    for _, job_id, _ in lines:
+        pipe.exists(keys.job(job_id))
+    for (n, job_id, _), found in zip(lines, pipe.execute(), strict=True):
+        if not found:
+            raise LabelError(f"{path}:{n}: job_id: no job {job_id!r} in this Redis (label jobs the fleet decided); nothing stored")
+    for _, job_id, right in lines:
+        put(r, job_id, "correct" if right else "wrong")
     return len(lines)
 
 
@@ -72,39 +107,93 @@ def get_all(r: redis.Redis) -> dict[str, bool]:
 
 
 def _decided_key(receipt: dict[str, Any]) -> str | None:
-    keys_ = [c.get("answer_key") for c in receipt["calls"] if c["role"] == "member" and c["status"] in ("answered", "late")]
-    tally = Counter(k for k in keys_ if k)
-    return tally.most_common(1)[0][0] if tally and receipt["decision"] in ("single", "quorum", "majority") else None
+    """The answer key the job was decided with, read from its last lane's member calls (numbered
+    `N.mK` for lane N): a cascade's earlier stages and the default lane before an escalation did
+    not decide it (unless the cascade's later stages ended without an answer: the latest kept). Arbiter decisions take the chosen member's key (None when the judge wrote its
+    own answer); the rest the plurality of that lane's votes, a tie to the smaller key as
+    `decide.lua` breaks it. Late answers came after the decision and did not vote."""
+    if receipt["decision"] not in ("single", "quorum", "majority", "sweep", "arbiter") or not receipt["lanes"]:
+        return None
+    voted: dict[str, str] = {}
+    for n in range(len(receipt["lanes"]), 0, -1):  # a cascade's last stages may have no answer: an earlier one's was kept
+        lane = f"{n}."
+        voted = {c["member"][len(lane):]: c["answer_key"] for c in receipt["calls"]
+                 if c["role"] == "member" and c["status"] == "answered" and c.get("answer_key") and c["member"].startswith(lane)}  # fmt: skip
+        if voted or not receipt["lanes"][n - 1].get("stage"):
+            break
+    verdict = receipt.get("verdict")
+    if verdict and receipt["decision"] in ("arbiter", "majority"):
+        chosen = [voted[m] for m in verdict.get("chosen_members") or [] if m in voted]
+        return chosen[0] if chosen else None
+    tally = Counter(voted.values())
+    if not tally:
+        return None
+    most = max(tally.values())
+    return min(k for k, v in tally.items() if v == most)
+
+
+def _once(receipts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One receipt per job id, its last (a job appended twice, re-rendered after a crash, has the
+    fuller receipt last)."""
+    return {str(r["job_id"]): r for r in receipts}
+
+
+def _stop(step: dict[str, Any]) -> str:
+    """Where a job concluded: its cascade stage and check (`stage2:logprob`), else its lane."""
+    if step.get("stage"):
+        return f"stage{step['stage']}:{step.get('check')}"
+    return str(step["lane"])
 
 
 def summary(receipts: list[dict[str, Any]], labels: dict[str, bool]) -> list[str]:
     """Per task class: labelled jobs, their accuracy, how often each lane step was the last one,
     and how often escalation changed a labelled answer (and whether the change was right)."""
     by_class: dict[str, list[dict[str, Any]]] = {}
-    for rc in receipts:
+    for rc in _once(receipts).values():
         if rc["job_id"] in labels:
             by_class.setdefault(rc["task_class"], []).append(rc)
     out = []
     for tc, rs in sorted(by_class.items()):
         right = sum(labels[r["job_id"]] for r in rs)
-        stops = Counter(r["lanes"][-1]["lane"] + (f":{r['lanes'][-1].get('check')}" if r["lanes"][-1].get("check") else "")
-                        for r in rs if r["lanes"])  # fmt: skip
+        stops = Counter(_stop(r["lanes"][-1]) for r in rs if r["lanes"])
         changed = [r for r in rs if r.get("changed_vs_default")]
         out.append(f"{tc}: {len(rs)} labelled, {right / len(rs):.1%} correct; decided at "
-                   + ", ".join(f"{k} {v}" for k, v in stops.most_common())
+                   + (", ".join(f"{k} {v}" for k, v in stops.most_common()) or "-")
                    + f"; escalation changed {len(changed)} labelled answers ({sum(labels[r['job_id']] for r in changed)} now correct)")  # fmt: skip
     return out or ["no labelled job in the ledger (panel label JOB correct|wrong)"]
 
 
-def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: str, kind: str = "label") -> list[dict[str, Any]]:
-    """Labelled receipts of one task class as replay rows (see the module doc)."""
+def job_messages(r: redis.Redis, job_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Each job's conversation as it was sent (its stored spec), for the jobs still stored."""
+    pipe = r.pipeline(transaction=False)
+    for j in job_ids:
+        pipe.hget(keys.job(j), "spec")
+    out = {}
+    for j, spec in zip(job_ids, pipe.execute(), strict=True):
+        if spec:
+            out[j] = Job.parse(spec).chat()
+    return out
+
+
+def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: str, kind: str = "label",
+           messages: dict[str, list[dict[str, str]]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Labelled receipts of one task class as replay rows (see the module doc). `messages`: each
+    job's conversation (`job_messages`); a job without it exports `messages: []` (replayable
+    offline only)."""
+    once = _once(receipts)
     rows = []
-    for rc in receipts:
+    for rc in once.values():
         if rc["task_class"] != task_class or rc["job_id"] not in labels:
             continue
-        label, decided = labels[rc["job_id"]], _decided_key(rc)
+        decided_by = rc
+        if rc.get("served_from_cache") and rc.get("cached_from_job"):
+            source = rc["cached_from_job"]
+            if source in labels or source not in once:
+                continue  # the question's row is the source's own, or its calls left the ledger
+            decided_by = once[source]
+        label, decided = labels[rc["job_id"]], _decided_key(decided_by)
         models: dict[str, dict[str, Any]] = {}
-        for c in rc["calls"]:
+        for c in decided_by["calls"]:
             if c["role"] != "member" or c["status"] not in ("answered", "late") or not c.get("answer_key"):
                 continue
             same = decided is not None and c["answer_key"] == decided
@@ -113,6 +202,7 @@ def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: 
                                   "tokens_in": c["tokens_in"], "tokens_out": c["tokens_out"],
                                   "cost_usd": c["cost_usd"], "latency_ms": c["latency_ms"], "conf": c.get("logprob")}  # fmt: skip
         if models:
-            rows.append({"id": rc["job_id"], "source": "ledger", "task": task_class, "kind": kind, "messages": [],
+            rows.append({"id": rc["job_id"], "source": "ledger", "task": task_class, "kind": kind,
+                         "messages": (messages or {}).get(rc["job_id"], []),
                          "gold": decided if label and decided else "", "models": models})  # fmt: skip
     return rows

@@ -17,8 +17,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from producer.ledger_svg import line_chart
 from producer.ledger_view import _pct, stage_rates, summarise
 
@@ -182,12 +180,8 @@ def _receipts(receipts: list[dict[str, Any]], labels: dict[str, bool]) -> str:
 
 
 def read_labels(path: Path) -> dict[str, bool]:
-    """JSONL: {"job_id": ..., "correct": true|false} per line."""
-    out: dict[str, bool] = {}
-    for n, line in enumerate(path.read_bytes().splitlines(), start=1):
-        if line.strip():
-            row = orjson.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("correct"), bool) or "job_id" not in row:
-                raise ValueError(f"{path}:{n}: want {{\"job_id\": ..., \"correct\": true|false}}")
-            out[str(row["job_id"])] = row["correct"]
-    return out
+    """JSONL: {"job_id": ..., "correct": true|false} per line, or `panel label --file`'s
+    {"job_id": ..., "label": "correct"|"wrong"}; a bad line is a LabelError naming file:line: field."""
+    from producer.labels import read_file
+
+    return {job_id: right for _, job_id, right in read_file(path)}

@@ -8,7 +8,8 @@ is accepted (the job concludes) or escalated (the next stage runs). No Redis her
 Checks (thresholds range-checked at load, `workers/policy.py`):
   logprob        accept when the answer's sequence log-probability >= min (None: not accepted)
   self_reported  accept when the model's own "confidence: 0.x" (or 0-100%) >= min
-  agreement      accept when the panel reached its quorum on its own (no arbiter, no split)
+  agreement      accept when the panel reached its quorum on its own (no arbiter, no split, not
+                 one answer left by members that failed)
   agrees_previous  accept when the stage's answer is the stage before's (the same vote key by
                  the class's agreement rule): an unsure cheap answer confirmed by one more model
   schema         accept when the answer validates against the job's response_schema
@@ -42,6 +43,7 @@ class Evidence:
     response_schema: dict[str, Any] | None = None
     key: str | None = None  # the decided answer's vote key
     previous_key: str | None = None  # the stage before's decided answer's vote key (agrees_previous)
+    equivalent: bool = False  # the equivalence check joined two near-miss answers into the quorum
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,10 @@ def acceptance(spec: StageSpec, n: int, last: bool, ev: Evidence) -> Acceptance:
         value = ev.logprob if check == "logprob" else self_reported(ev.text)
         return Acceptance(n, check, value, bound, value is not None and value >= bound, last)
     if check == "agreement":
-        agreed = ev.outcome == "quorum"
-        detail = "" if agreed else ("split" if ev.outcome in ("split", "arbiter") else ev.outcome)
+        # a quorum of votes: a panel left with one answer (its other members failed) is settled as
+        # `quorum` with nothing to arbitrate, yet nobody agreed with it
+        agreed = ev.outcome == "quorum" and (ev.agreeing >= ev.quorum or ev.equivalent)
+        detail = "" if agreed or ev.outcome == "quorum" else ("split" if ev.outcome in ("split", "arbiter") else ev.outcome)
         return Acceptance(n, check, float(ev.agreeing), float(ev.quorum), agreed, last, detail)
     if check == "agrees_previous":
         same = ev.key is not None and ev.key == ev.previous_key

@@ -66,9 +66,11 @@ def evidence(spec: PanelRun, snap: PanelSnapshot, job: Job, text: str | None) ->
     backers = [c for m, c in calls.items() if m not in NOT_MEMBERS and c.status in ("answered", "late")
                and key is not None and c.answer_key == key]  # fmt: skip
     logprobs = [c.logprob for c in backers if c.logprob is not None]
+    joined = calls.get("equivalence")
     return cascade.Evidence(text=text, logprob=max(logprobs) if logprobs else None,
                             outcome=state.get("decided", "failed"), agreeing=len(backers), quorum=spec.quorum,
-                            response_schema=job.response_schema, key=key)  # fmt: skip
+                            response_schema=job.response_schema, key=key,
+                            equivalent=joined is not None and joined.equivalent is True)  # fmt: skip
 
 
 def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: int, text: str | None,

@@ -156,6 +156,20 @@ def final_text(snap: PanelSnapshot) -> str | None:
     return None
 
 
+def kept_stage(panels: list[dict[str, Any]], snaps: dict[str, PanelSnapshot]) -> dict[str, Any] | None:
+    """A cascade whose last stage taken ended without an answer (its calls failed, or ran out of
+    the deadline the stages share) after an earlier stage answered: that stage, whose answer,
+    paid for and unaccepted, the job keeps rather than failing with none. None otherwise."""
+    last = panels[-1]
+    if "cascade" not in last or final_text(snaps[last["panel_id"]]) is not None:
+        return None
+    for p in reversed(panels[:-1]):
+        if "cascade" in p and final_text(snaps[p["panel_id"]]) is not None:
+            stage: dict[str, Any] = p
+            return stage
+    return None
+
+
 def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_far: int) -> tuple[list[str], bool]:
     """(triggers hit, schema_invalid) for the single lane's answer."""
     out = policy.triggers.output
@@ -315,8 +329,9 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     for p in panels:
         if p["panel_id"] not in snaps:
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
-    text = final_text(snaps[panels[-1]["panel_id"]])
-    receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at).model_copy(update={"final_answer": text})
+    kept = kept_stage(panels, snaps)
+    text = final_text(snaps[kept["panel_id"] if kept else panels[-1]["panel_id"]])
+    receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at, kept=kept).model_copy(update={"final_answer": text})
     prior: bytes | str | None
     ledger_id: bytes | str | None
     if not rerender:

@@ -32,8 +32,10 @@ def _decision(stage: str, decided: str, verdict: Verdict | None) -> str:
 
 
 def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, Any]],
-                   snaps: dict[str, PanelSnapshot], submitted_at: float) -> Receipt:  # fmt: skip
-    """The job's receipt from its panels' snapshots (workers/panel/state.py), read by the caller."""
+                   snaps: dict[str, PanelSnapshot], submitted_at: float, kept: dict[str, Any] | None = None) -> Receipt:  # fmt: skip
+    """The job's receipt from its panels' snapshots (workers/panel/state.py), read by the caller.
+    `kept`: the earlier cascade stage whose answer decides the job, its last stage having none
+    (workers/jobs.py `kept_stage`): the decision is that stage's, and a trigger says so."""
     policy = rt.policies.get(job.task_class)
     lanes: list[LaneStep] = []
     triggers: list[str] = []
@@ -78,7 +80,15 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
         final_key = state.get("answer") or None
         voted = len(snap.votes)
         early_exit = state.get("decided") == "quorum" and voted < len(spec.members)
-    disagreement = _disagreement(snaps[panels[-1]["panel_id"]], verdict)
+    if kept is not None:
+        snap = snaps[kept["panel_id"]]
+        spec = rt.store.spec(kept["panel_id"])
+        verdict = Verdict.model_validate(orjson.loads(snap.state["verdict"])) if snap.state.get("verdict") else None
+        decision = _decision(spec.stage if spec else "panel", snap.state.get("decided", ""), verdict)
+        final_key = snap.state.get("answer") or None
+        early_exit = snap.state.get("decided") == "quorum" and spec is not None and len(snap.votes) < len(spec.members)
+        triggers.append(f"cascade:stage{panels[-1]['cascade']['stage']}:no answer; stage{kept['cascade']['stage']}'s unaccepted answer kept")
+    disagreement = _disagreement(snaps[(kept or panels[-1])["panel_id"]], verdict)
     changed = None if default_key is None or final_key is None else default_key != final_key
     submitted = submitted_at
     return Receipt(

@@ -262,6 +262,48 @@ def test_a_budget_outside_0_1_is_refused_naming_the_flag(tmp_path: Path, capsys:
     assert cli.main(["tune", str(path), "--budget", "off"]) == 0  # the cheapest eligible, the rule before
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_file_of_fewer_questions_than_folds_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              n: int) -> None:  # fmt: skip
+    """A handful of labelled jobs exported from the ledger: refused in one line that says how many
+    questions the folds need, and (with 2 or more) that fewer folds would run; they do."""
+    from producer import cli
+
+    path = cascade_data.write(tmp_path / "s.jsonl", cascade_data.rows(n))
+    assert cli.main(["tune", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"panel tune: --folds: 5 folds need at least 5 questions and the file has {n}: label more jobs" in err
+    assert ("--folds 3" in err) == (n == 3)
+    if n == 3:
+        assert cli.main(["tune", str(path), "--folds", "3"]) == 0
+
+
+def test_a_file_of_one_model_tunes_an_entry_the_fleet_loads(tmp_path: Path) -> None:
+    """Labelled jobs of a cascade whose later stages ran on few of them keep one model (the rest
+    are in < 90% of the rows): the written entry's seed panel is that one model, with a quorum it
+    can reach, and the fleet's loader takes the file; `panel eval` refuses a panel it cannot
+    reach in one line, before starting a fleet."""
+    from evaluation import fleet_run
+    from evaluation.policy import load_any
+    from producer import cli
+    from workers.policy import PolicyTable
+    from workers.registry import Registry
+
+    data = [{**r, "models": {"cheap": r["models"]["cheap"]}} for r in cascade_data.rows(20)]
+    path = cascade_data.write(tmp_path / "one.jsonl", data)
+    written = tmp_path / "p.yaml"
+    assert cli.main(["tune", str(path), "--write", str(written), "--task-class", "qa"]) == 0
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    fleet_run.write_policies(policies, load(path), load_any(str(written)), fleet_run.prices_near(path))
+    PolicyTable.load(Registry.load(policies / "models.yaml"), policies / "tasks.yaml")
+    entry = yaml.safe_load(written.read_text())
+    entry["task_classes"]["qa"]["panel"]["quorum"] = 2
+    written.write_text(yaml.safe_dump(entry))
+    with pytest.raises(ValueError, match=r"the fleet refuses the policy: .*p.yaml: task_classes.qa.panel: quorum: 2 is more than the 1 members"):
+        fleet_run.run(path, load(path), load_any(str(written)))
+
+
 def test_transfer_pools_files_as_one_file_of_their_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--pool`: the files' rows are split as one file (halves the size of the hidden test's)."""
     from evaluation import transfer

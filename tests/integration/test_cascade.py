@@ -10,6 +10,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -210,6 +211,42 @@ def test_a_split_agreement_stage_escalates_without_its_arbiter(fleet: Fleet, cli
     assert not any(c.role == "arbiter" for c in r.calls)
     assert fleet.sim("/_sim/stats")["models"].get("claude-3-5-sonnet", {}).get("requests", 0) == 0  # type: ignore[union-attr]
     assert r.final_answer == "C" and r.decision == "single" and r.changed_vs_default is True
+
+
+def test_an_agreement_stage_left_with_one_answer_by_a_failed_member_escalates(fleet: Fleet, client: PanelClient) -> None:
+    """One member of the agreeing pair fails (a 400: not retried): the panel is settled on the
+    other's answer with nothing to arbitrate, but nobody agreed with it, so the stage escalates as
+    the offline replay does, instead of accepting an unconfirmed answer (value 1 < threshold 2)."""
+    r = run(fleet, client, {"llama3.1-8b": {"answer": "A", "logprob": -2.5}, "llama3.1-70b": {"answer": "B"},
+                            "qwen2.5-72b-instruct": {"answer": "B", "fail_next": 1, "fail_status": 400},
+                            "llama3.1-405b": {"answer": "C"}})  # fmt: skip
+    assert [(c.member, c.status) for c in r.calls if c.member.startswith("2.")] == [("2.m0", "answered"), ("2.m1", "failed")]
+    assert [s.stage for s in r.lanes] == [1, 2, 3], [(s.stage, s.check, s.value, s.accepted) for s in r.lanes]
+    lone = r.lanes[1]
+    assert (lone.check, lone.value, lone.threshold, lone.accepted) == ("agreement", 1.0, 2.0, False)
+    assert r.lanes[2].reason == "cascade:stage2:agreement=1<2"
+    assert r.final_answer == "C"
+
+
+def test_a_cascade_whose_later_stages_run_out_of_the_deadline_keeps_the_answer_it_had(fleet: Fleet,
+                                                                                     client: PanelClient) -> None:  # fmt: skip
+    """Stage 1 answers, unsure; stage 2's members cannot answer before the deadline the stages
+    share, nor can stage 3 after it: the job is decided with stage 1's paid answer, the receipt
+    saying it was kept unaccepted, instead of failing with "no member answered"."""
+    fleet.sim("/_sim/config", {"models": {"llama3.1-8b": {"answer": "A", "logprob": -2.5, "latency_ms": 20},
+                                          "llama3.1-70b": {"answer": "B", "latency_ms": 60_000},
+                                          "qwen2.5-72b-instruct": {"answer": "B", "latency_ms": 60_000},
+                                          "llama3.1-405b": {"answer": "C", "latency_ms": 60_000}}})  # fmt: skip
+    deadline = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    job = {"task_class": "qa_cascade", "prompt": f"{uuid.uuid4().hex[:8]}: {QUESTION}", "deadline": deadline}
+    res = client.wait(client.submit(job), timeout=90)
+    assert res.status == "decided" and res.answer == "A", (res.status, res.error)
+    r = res.receipt
+    assert r is not None and r.final_answer == "A" and r.decision == "single"
+    assert [(s.stage, s.accepted) for s in r.lanes][0] == (1, False) and len(r.lanes) >= 2
+    assert not r.lanes[-1].accepted
+    assert f"cascade:stage{r.lanes[-1].stage}:no answer; stage1's unaccepted answer kept" in r.triggers
+    assert r.default_answer == "A" and r.changed_vs_default is False
 
 
 def test_a_server_without_logprobs_escalates_with_a_null_value(fleet: Fleet, client: PanelClient) -> None:

@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -69,3 +70,49 @@ def test_the_tuned_entry_stops_where_its_offline_replay_stops(fleet: Fleet, repl
                 assert step.value == pytest.approx(r.models[stage.model].conf, abs=1e-9), r.id  # type: ignore[index]
         stages_taken.append(len(lanes))
     assert len(set(stages_taken)) > 1, "every row stopped at the same stage: the gate was not exercised"
+
+
+def test_labelled_cascade_jobs_export_as_the_replay_file_recorded_them(fleet: Fleet, replay_dir: Path,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """The evidence loop as a user runs it: cascade jobs on the fleet, `panel label --file` with
+    each job's truth, `panel label --export`: every exported model's answer and verdict is what the
+    replay file recorded for it (a stage that did not conclude the job is not credited with the
+    label of the one that did), the messages are the ones sent, and `panel tune` and `panel eval
+    --offline` read the file."""
+    from evaluation.replay import is_correct
+    from producer.cli import main as panel
+
+    policy, task_class = TUNED["mmlu_train.jsonl"]
+    rows = load(replay_dir / "mmlu_train.jsonl")[:ROWS]
+    client = PanelClient(fleet.redis_url)
+    try:
+        ids = [client.submit({"task_class": task_class, "messages": r.messages, "id": f"label-{r.id}"}) for r in rows]
+        results = {res.job_id: res for res in client.wait_many(ids, timeout=120)}
+    finally:
+        client.close()
+    truth = tmp_path / "labels.jsonl"
+    truth.write_bytes(b"".join(orjson.dumps({"job_id": f"label-{r.id}", "label": "correct" if is_correct(
+        r.kind, results[f"label-{r.id}"].answer, r.gold) else "wrong"}) + b"\n" for r in rows))  # fmt: skip
+    url = ["--redis-url", fleet.redis_url]
+    assert panel([*url, "label", "--file", str(truth)]) == 0
+    exported = tmp_path / "rows.jsonl"
+    assert panel([*url, "label", "--export", str(exported), "--task-class", task_class, "--kind", "choice"]) == 0
+    lines = [orjson.loads(x) for x in exported.read_bytes().splitlines()]
+    assert len(lines) == ROWS
+    recorded = {f"label-{r.id}": r for r in rows}
+    escalated_past_agreement = 0
+    for line in lines:
+        r, res = recorded[line["id"]], results[line["id"]]
+        assert line["messages"] == r.messages
+        assert res.receipt is not None
+        concluded = res.receipt.calls[-1].model  # a single-model cascade: the last call concluded it
+        for model, got in line["models"].items():
+            assert got["answer"] == r.models[model].answer, (line["id"], model)
+            assert got["correct"] in (None, r.models[model].correct), (line["id"], model, got, r.models[model])
+        assert line["models"][concluded]["correct"] == r.models[concluded].correct, line["id"]
+        answers = [got["answer"] for got in line["models"].values()]
+        escalated_past_agreement += len(answers) == 3 and answers[0] == answers[1] != answers[2]
+    assert escalated_past_agreement, "no job where two stages agreed and the last one differed: the case is not exercised"
+    written = tmp_path / "p.yaml"
+    assert panel(["tune", str(exported), "--write", str(written), "--task-class", task_class]) == 0
+    assert panel(["eval", str(exported), "--policy", str(written), "--offline", "--out", str(tmp_path / "out")]) == 0

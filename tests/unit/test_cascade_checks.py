@@ -48,6 +48,11 @@ def test_agreement_accepts_a_quorum_and_escalates_a_split() -> None:
     assert not split.accepted and split.reason() == "cascade:stage2:agreement=split" and cascade.goes_on(split)
     late = cascade.acceptance(PANEL, 2, False, Evidence(text="B", outcome="sweep", agreeing=1, quorum=2))
     assert not late.accepted and late.reason() == "cascade:stage2:agreement=sweep"
+    # the other members failed: settled on the one answer left, which nobody agreed with
+    lone = cascade.acceptance(PANEL, 1, False, Evidence(text="B", outcome="quorum", agreeing=1, quorum=2))
+    assert not lone.accepted and lone.reason() == "cascade:stage1:agreement=1<2" and cascade.goes_on(lone)
+    joined = cascade.acceptance(PANEL, 1, False, Evidence(text="B", outcome="quorum", agreeing=1, quorum=2, equivalent=True))
+    assert joined.accepted  # the equivalence check joined a near miss into the quorum
 
 
 def test_schema_check_validates_the_answer_against_the_jobs_schema() -> None:
