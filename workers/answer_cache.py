@@ -76,11 +76,13 @@ def lead_ttl(table: PolicyTable) -> float:
 
 
 def settle(r: redis.Redis, job_id: str, result: Result, result_ttl_s: int, lead_ttl_s: float,
-           send: Callable[[str], None]) -> None:  # fmt: skip
-    """A job is finalised. A cache leader or bypass job writes its decided answer; a leader
-    resolves its followers, or, having failed, hands the lead to the first of them. Safe to repeat
-    (a re-render after a crash between the result and this): the followers list is drained or
-    moved once, each follower is claimed once."""
+           send: Callable[[str], None], store: bool = True) -> None:  # fmt: skip
+    """A job is finalised. A cache leader or bypass job writes its decided answer (unless `store`
+    is False: an answer no check accepted, kept because the stages after it ran out of time, is
+    given to the jobs waiting on it, not served to later ones); a leader resolves its followers,
+    or, having failed, hands the lead to the first of them. Safe to repeat (a re-render after a
+    crash between the result and this): the followers list is drained or moved once, each
+    follower is claimed once."""
     role, key, ttl = r.hmget(keys.job(job_id), ["acache_role", "acache_key", "acache_ttl_s"])
     if role not in (b"leader", b"bypass") or key is None:
         return
@@ -93,14 +95,14 @@ def settle(r: redis.Redis, job_id: str, result: Result, result_ttl_s: int, lead_
                                disagreement=result.disagreement, cost_usd=result.receipt.total_cost_usd,
                                decided_at=time.time()).model_dump_json().encode()  # fmt: skip
     if role == b"bypass":
-        if entry:
+        if entry and store:
             r.set(pac.entry_key(k), entry, px=int(float(ttl or 60) * 1000))
         return
     if not decided:
         promote(r, k, job_id, lead_ttl_s, send)
         return
     followers = r.eval(_SETTLE, 3, pac.entry_key(k), pac.lead_key(k), pac.followers_key(k, job_id),
-                              entry, int(float(ttl or 60) * 1000), job_id)  # fmt: skip
+                              entry, int(float(ttl or 60) * 1000) if store else 0, job_id)  # fmt: skip
     if followers:
         resolve(r, job_id, pac.CacheEntry.model_validate_json(entry), [pac.text(f) for f in followers], result_ttl_s)
 
@@ -150,9 +152,9 @@ def _spec(raw: str) -> dict[str, Any]:
     return data
 
 
-# KEYS entry, lead, leader's followers; ARGV entry JSON, ttl ms, leader.
+# KEYS entry, lead, leader's followers; ARGV entry JSON, ttl ms (0: not stored), leader.
 _SETTLE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 local f = redis.call('LRANGE', KEYS[3], 0, -1)
 redis.call('DEL', KEYS[3])

@@ -400,7 +400,7 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
         tracing.job_decided(rt, job_id, receipt, panels)
     if rt.policies.get(job.task_class).cache is not None:  # idempotent, so a re-render after a crash finishes it
         answer_cache.settle(rt.redis, job_id, result, rt.settings.result_ttl_s, answer_cache.lead_ttl(rt.policies),
-                            d.run)  # fmt: skip
+                            d.run, store=kept is None)  # fmt: skip
     log.log(logging.DEBUG if rerender else logging.INFO, "job %s %s via %s (%s calls, $%.6f)", job_id, result.status,
             receipt.decision, len(receipt.calls), receipt.total_cost_usd)  # a re-render (a straggler's charge): DEBUG
     return result
