@@ -140,17 +140,21 @@ def cmd_label(args: argparse.Namespace) -> int:
             raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
         fed_back, receipts = labels.get_all(client.redis), client.ledger()
         rows = labels.export(receipts, fed_back, args.task_class, args.kind,
-                             labels.job_messages(client.redis, sorted(fed_back)))  # fmt: skip
+                             labels.job_messages(client.redis, sorted(fed_back)), labels.get_answers(client.redis))  # fmt: skip
         if not rows:  # a typo in the class, or nothing labelled yet: not an empty file for panel tune
             have = sorted({r["task_class"] for r in receipts if r["job_id"] in fed_back})
             raise labels.LabelError(f"--task-class: no labelled job of {args.task_class!r} in the ledger; "
                                     + (f"labelled: {', '.join(have)}" if have else "label some with `panel label JOB correct|wrong`"))  # fmt: skip
         Path(args.export).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
         print(f"wrote {len(rows)} labelled jobs of {args.task_class} to {args.export}", file=sys.stderr)
+        if n := labels.unknown(rows):
+            print(f"{n} of them are labelled wrong without the right answer: there, the answers of the models "
+                  "that did not give the decided one count as wrong in panel tune; label with --answer "
+                  '(or "answer" in a label file) to score them', file=sys.stderr)  # fmt: skip
     elif args.file:
         print(f"stored {labels.put_file(client.redis, Path(args.file))} labels", file=sys.stderr)
     elif args.job_id and args.label:
-        labels.put(client.redis, args.job_id, args.label)
+        labels.put(client.redis, args.job_id, args.label, args.answer)
     else:
         raise labels.LabelError("give JOB correct|wrong, --file labels.jsonl, or --export FILE --task-class NAME")
     return 0
@@ -288,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = parser("label", "feed back whether a decided job's answer was right (kept beside the ledger)")
     s.add_argument("job_id", nargs="?", help="the job whose answer is labelled")
     s.add_argument("label", nargs="?", choices=["correct", "wrong"], help="correct or wrong")
-    s.add_argument("--file", help='a JSONL of {"job_id": ..., "label": "correct"|"wrong"}')
+    s.add_argument("--answer", help="the right answer (with `wrong`): the other models' answers are scored against it")
+    s.add_argument("--file", help='a JSONL of {"job_id": ..., "label": "correct"|"wrong"[, "answer": "C"]}')
     s.add_argument("--export", help="write one task class's labelled jobs as a replay file (for panel tune)")
     s.add_argument("--task-class", help="--export: the class whose labelled jobs are written")
     s.add_argument("--kind", default="label", choices=["choice", "number", "label", "text"], help="the exported rows' kind")

@@ -2,7 +2,8 @@
 Redis beside the ledger, and what they say about the ledger:
 
     panel label 7f3c... correct
-    panel label --file labels.jsonl          # {"job_id": "...", "label": "correct"|"wrong"} per line
+    panel label 7f3c... wrong --answer C     # and the right answer: every model's answer is scored
+    panel label --file labels.jsonl          # {"job_id": "...", "label": "correct"|"wrong"[, "answer": "C"]} per line
     panel label --export rows.jsonl --task-class qa_choice   # labelled receipts as a replay file
     panel tune rows.jsonl --write policy.yaml
 
@@ -10,7 +11,9 @@ The export turns each labelled job into a replay row: the job's messages (from i
 and every member call that answered is a model's recorded answer (its vote key, tokens, cost,
 latency, log-probability as `conf`); its `correct` is the label when it gave the decided answer,
 the opposite when the decided answer was labelled correct and it gave something else, and unknown
-otherwise. The decided answer is the job's last lane's (a cascade's concluding stage, the panel an
+otherwise: a wrong decided answer says nothing of the others, so an unknown verdict counts as
+wrong in `panel tune` unless the label gives the right answer (`--answer`, `"answer"`), which
+becomes the row's gold: each other answer is then scored against it by the row's kind. The decided answer is the job's last lane's (a cascade's concluding stage, the panel an
 escalation ran), as the fleet decided it: the arbiter's chosen member's, else the plurality of that
 lane's votes. A job served from the answer cache is exported with the calls of the job it was served
 from (unless that job is labelled too: one row per question). Only models answering on every
@@ -48,6 +51,7 @@ class _Line(BaseModel):
     job_id: str
     label: Literal["correct", "wrong"] | None = None
     correct: StrictBool | None = None
+    answer: str | None = None  # the right answer, when the decided one was wrong (scores the others)
 
     @model_validator(mode="after")
     def _one_verdict(self) -> _Line:
@@ -60,17 +64,22 @@ class _Line(BaseModel):
         return self.label == "correct" if self.label is not None else bool(self.correct)
 
 
-def put(r: redis.Redis, job_id: str, label: str) -> None:
+def put(r: redis.Redis, job_id: str, label: str, answer: str | None = None) -> None:
     if label not in ("correct", "wrong"):
         raise LabelError(f"label: {label!r} is not correct|wrong")
+    if answer is not None and not answer.strip():
+        raise LabelError("answer: empty; give the right answer (e.g. --answer C), or leave it out")
     if not r.exists(keys.job(job_id)):
         raise LabelError(f"job_id: no job {job_id!r} in this Redis (label jobs the fleet decided)")
-    r.hset(LABELS, job_id, orjson.dumps({"label": label, "at": time.time()}))
+    entry: dict[str, object] = {"label": label, "at": time.time()}
+    if answer is not None:
+        entry["answer"] = answer.strip()
+    r.hset(LABELS, job_id, orjson.dumps(entry))
 
 
-def read_file(path: Path) -> list[tuple[int, str, bool]]:
-    """(line number, job id, correct?) per label of a JSONL file; a bad line is a LabelError
-    naming the file, the line and the field."""
+def read_file(path: Path) -> list[tuple[int, str, bool, str | None]]:
+    """(line number, job id, correct?, the right answer if given) per label of a JSONL file; a bad
+    line is a LabelError naming the file, the line and the field."""
     out = []
     for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
@@ -82,7 +91,9 @@ def read_file(path: Path) -> list[tuple[int, str, bool]]:
         except ValidationError as e:
             err = e.errors()[0]
             raise LabelError(f"{path}:{n}: {'.'.join(map(str, err['loc'])) or '(line)'}: {err['msg']}") from None
-        out.append((n, line.job_id, line.right))
+        if line.answer is not None and not line.answer.strip():
+            raise LabelError(f"{path}:{n}: answer: empty; give the right answer, or leave the field out")
+        out.append((n, line.job_id, line.right, line.answer))
     return out
 
 
@@ -91,19 +102,25 @@ def put_file(r: redis.Redis, path: Path) -> int:
     field, an unknown job its line."""
     lines = read_file(path)
     pipe = r.pipeline(transaction=False)
-    for _, job_id, _ in lines:
+    for _, job_id, _, _ in lines:
         pipe.exists(keys.job(job_id))
-    for (n, job_id, _), found in zip(lines, pipe.execute(), strict=True):
+    for (n, job_id, _, _), found in zip(lines, pipe.execute(), strict=True):
         if not found:
             raise LabelError(f"{path}:{n}: job_id: no job {job_id!r} in this Redis (label jobs the fleet decided); nothing stored")
-    for _, job_id, right in lines:
-        put(r, job_id, "correct" if right else "wrong")
+    for _, job_id, right, answer in lines:
+        put(r, job_id, "correct" if right else "wrong", answer)
     return len(lines)
 
 
 def get_all(r: redis.Redis) -> dict[str, bool]:
     raw: dict[bytes, bytes] = r.hgetall(LABELS)  # type: ignore[assignment]
     return {k.decode(): orjson.loads(v)["label"] == "correct" for k, v in raw.items()}
+
+
+def get_answers(r: redis.Redis) -> dict[str, str]:
+    """The right answers labels gave (`--answer`), by job."""
+    raw: dict[bytes, bytes] = r.hgetall(LABELS)  # type: ignore[assignment]
+    return {k.decode(): a for k, v in raw.items() if (a := orjson.loads(v).get("answer"))}
 
 
 def _decided_key(receipt: dict[str, Any]) -> str | None:
@@ -176,10 +193,11 @@ def job_messages(r: redis.Redis, job_ids: list[str]) -> dict[str, list[dict[str,
 
 
 def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: str, kind: str = "label",
-           messages: dict[str, list[dict[str, str]]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+           messages: dict[str, list[dict[str, str]]] | None = None,
+           answers: dict[str, str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Labelled receipts of one task class as replay rows (see the module doc). `messages`: each
     job's conversation (`job_messages`); a job without it exports `messages: []` (replayable
-    offline only)."""
+    offline only). `answers`: the right answers labels gave (`get_answers`)."""
     once = _once(receipts)
     rows = []
     for rc in once.values():
@@ -192,17 +210,26 @@ def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: 
                 continue  # the question's row is the source's own, or its calls left the ledger
             decided_by = once[source]
         label, decided = labels[rc["job_id"]], _decided_key(decided_by)
+        given = (answers or {}).get(rc["job_id"])
         models: dict[str, dict[str, Any]] = {}
         for c in decided_by["calls"]:
             if c["role"] != "member" or c["status"] not in ("answered", "late") or not c.get("answer_key"):
                 continue
             same = decided is not None and c["answer_key"] == decided
-            correct = label if same else (False if label and decided is not None else None)
+            # with the right answer given, the label still speaks for the decided answer; every
+            # other is left to the replay's scoring against the gold, by the row's kind
+            correct = label if same else (False if label and decided is not None and given is None else None)
             models[c["model"]] = {"answer": c["answer_key"], "text": c["answer_key"], "correct": correct,
                                   "tokens_in": c["tokens_in"], "tokens_out": c["tokens_out"],
                                   "cost_usd": c["cost_usd"], "latency_ms": c["latency_ms"], "conf": c.get("logprob")}  # fmt: skip
         if models:
             rows.append({"id": rc["job_id"], "source": "ledger", "task": task_class, "kind": kind,
                          "messages": (messages or {}).get(rc["job_id"], []),
-                         "gold": decided if label and decided else "", "models": models})  # fmt: skip
+                         "gold": given or (decided if label and decided else ""), "models": models})  # fmt: skip
     return rows
+
+
+def unknown(rows: list[dict[str, Any]]) -> int:
+    """Exported rows where some model's verdict is unknown (a wrong decided answer, no right one
+    given): `panel tune` counts those answers as wrong."""
+    return sum(not x["gold"] and any(m["correct"] is None for m in x["models"].values()) for x in rows)

@@ -184,4 +184,4 @@ def read_labels(path: Path) -> dict[str, bool]:
     {"job_id": ..., "label": "correct"|"wrong"}; a bad line is a LabelError naming file:line: field."""
     from producer.labels import read_file
 
-    return {job_id: right for _, job_id, right in read_file(path)}
+    return {job_id: right for _, job_id, right, _ in read_file(path)}

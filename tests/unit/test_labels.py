@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis
 
-from evaluation.replay import load
+from evaluation.replay import credit, load
 from producer import keys, labels
 
 
@@ -208,3 +208,29 @@ def test_exporting_a_class_with_no_labelled_job_names_the_classes_that_have_some
     assert not out.exists()
     assert panel(["--redis-url", redis_url, "label", "--export", str(out), "--task-class", "qa"]) == 0
     assert len(out.read_bytes().splitlines()) == 1
+
+
+def test_a_wrong_label_with_the_right_answer_scores_every_model_against_it(r: fakeredis.FakeRedis,
+                                                                            tmp_path: Path) -> None:  # fmt: skip
+    """Decided A, labelled wrong: without the right answer, B and C are unknown and count as wrong
+    in tune; with `--answer B`, B is scored right and C wrong, by the row's kind."""
+    labels.put(r, "j1", "wrong", answer="b")  # a choice is scored case-blind
+    assert labels.get_answers(r) == {"j1": "b"}
+    receipts = [receipt("j1", ["A", "A", "B", "C"])]
+    path = tmp_path / "rows.jsonl"
+    for answers, expected, unknown in (({}, [False, False, False, False], 1), (labels.get_answers(r), [False, False, True, False], 0)):
+        rows = labels.export(receipts, labels.get_all(r), "qa", kind="choice", answers=answers)
+        assert labels.unknown(rows) == unknown
+        path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in rows))
+        (row,) = load(path)
+        assert [credit(row, f"model-{i}") for i in range(4)] == expected, answers
+
+
+def test_a_label_file_may_give_the_right_answer_and_an_empty_one_is_refused(r: fakeredis.FakeRedis,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"job_id": "j1", "label": "wrong", "answer": "C"}\n{"job_id": "j2", "correct": true}\n')
+    assert labels.put_file(r, path) == 2 and labels.get_answers(r) == {"j1": "C"}
+    path.write_text('{"job_id": "j2", "label": "wrong", "answer": " "}\n')
+    with pytest.raises(labels.LabelError, match=r"labels.jsonl:1: answer: empty"):
+        labels.put_file(r, path)
