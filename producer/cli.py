@@ -139,8 +139,12 @@ def cmd_label(args: argparse.Namespace) -> int:
         if not args.task_class:
             raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
         fed_back, receipts = labels.get_all(client.redis), client.ledger()
-        rows = labels.export(receipts, fed_back, args.task_class, args.kind,
+        rows = labels.export(receipts, fed_back, args.task_class, args.kind or "label",
                              labels.job_messages(client.redis, sorted(fed_back)), labels.get_answers(client.redis))  # fmt: skip
+        if rows and args.kind is None:  # the kind sets the agreement rule panel tune writes: say which
+            kind = labels.infer_kind(rows)
+            rows = [{**x, "kind": kind} for x in rows]
+            print(f"kind: {kind}, from the answers (--kind choice|number|label|text to say otherwise)", file=sys.stderr)
         if not rows:  # a typo in the class, or nothing labelled yet: not an empty file for panel tune
             have = sorted({r["task_class"] for r in receipts if r["job_id"] in fed_back})
             raise labels.LabelError(f"--task-class: no labelled job of {args.task_class!r} in the ledger; "
@@ -296,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--file", help='a JSONL of {"job_id": ..., "label": "correct"|"wrong"[, "answer": "C"]}')
     s.add_argument("--export", help="write one task class's labelled jobs as a replay file (for panel tune)")
     s.add_argument("--task-class", help="--export: the class whose labelled jobs are written")
-    s.add_argument("--kind", default="label", choices=["choice", "number", "label", "text"], help="the exported rows' kind")
+    s.add_argument("--kind", choices=["choice", "number", "label", "text"],
+                   help="the exported rows' kind, which sets the agreement rule panel tune writes (default: from the answers)")
     s.set_defaults(func=cmd_label)
 
     s = parser("eval", "replay a recorded-answers file through the fleet under policies; table, JSON, PNG")

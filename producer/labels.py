@@ -13,12 +13,13 @@ latency, log-probability as `conf`); its `correct` is the label when it gave the
 the opposite when the decided answer was labelled correct and it gave something else, and unknown
 otherwise: a wrong decided answer says nothing of the others, so an unknown verdict counts as
 wrong in `panel tune` unless the label gives the right answer (`--answer`, `"answer"`), which
-becomes the row's gold: each other answer is then scored against it by the row's kind. The decided answer is the job's last lane's (a cascade's concluding stage, the panel an
-escalation ran), as the fleet decided it: the arbiter's chosen member's, else the plurality of that
-lane's votes. A job served from the answer cache is exported with the calls of the job it was served
-from (unless that job is labelled too: one row per question). Only models answering on every
-exported job can be tuned on (a production ledger holds the models a policy called, not the ones
-it did not).
+becomes the row's gold: each other answer is then scored against it by the row's kind (given with
+`--kind`, else inferred from the answers: `infer_kind`). The decided answer is the job's last
+lane's (a cascade's concluding stage, the panel an escalation ran), as the fleet decided it: the
+arbiter's chosen member's, else the plurality of that lane's votes. A job served from the answer
+cache is exported with the calls of the job it was served from (unless that job is labelled too:
+one row per question). Only models answering on most exported jobs can be tuned on (a production
+ledger holds the models a policy called, not the ones it did not; `evaluation.replay.complete`).
 """
 
 from __future__ import annotations
@@ -227,6 +228,19 @@ def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: 
                          "messages": (messages or {}).get(rc["job_id"], []),
                          "gold": given or (decided if label and decided else ""), "models": models})  # fmt: skip
     return rows
+
+
+def infer_kind(rows: list[dict[str, Any]]) -> str:
+    """The rows' kind from their answers (vote keys), for an export not told one: `choice` when
+    every answer is one letter A-J, `number` when every one is a number, else `label` (exact)."""
+    given = [m["answer"] for x in rows for m in x["models"].values()]
+    if given and all(len(a) == 1 and "A" <= a.upper() <= "J" for a in given):
+        return "choice"
+    try:
+        [float(a) for a in given]
+    except ValueError:
+        return "label"
+    return "number" if given else "label"
 
 
 def unknown(rows: list[dict[str, Any]]) -> int:

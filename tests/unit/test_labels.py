@@ -234,3 +234,10 @@ def test_a_label_file_may_give_the_right_answer_and_an_empty_one_is_refused(r: f
     path.write_text('{"job_id": "j2", "label": "wrong", "answer": " "}\n')
     with pytest.raises(labels.LabelError, match=r"labels.jsonl:1: answer: empty"):
         labels.put_file(r, path)
+
+
+@pytest.mark.parametrize(("answers", "kind"), [(["A", "c", "J"], "choice"), (["12", "-3.5", "1e3"], "number"),
+                                               (["A", "12"], "label"), (["AB"], "label"), ([], "label")])  # fmt: skip
+def test_an_export_not_told_its_kind_infers_it_from_the_answers(answers: list[str], kind: str) -> None:
+    rows = [{"models": {f"m{i}": {"answer": a}}} for i, a in enumerate(answers)]
+    assert labels.infer_kind(rows) == kind
