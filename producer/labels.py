@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_v
 from producer import keys
 from producer.contract import Job
 from producer.errors import PanelError
+from producer.ledger_view import kept_stage
 
 LABELS = keys.LABELS
 
@@ -127,9 +128,10 @@ def get_answers(r: redis.Redis) -> dict[str, str]:
 def _decided_key(receipt: dict[str, Any]) -> str | None:
     """The answer key the job was decided with, read from its last lane's member calls (numbered
     `N.mK` for lane N): a cascade's earlier stages and the default lane before an escalation did
-    not decide it (unless the cascade's later stages ended without an answer: the latest kept). Arbiter decisions take the chosen member's key (None when the judge wrote its
-    own answer); the rest the plurality of that lane's votes, a tie to the smaller key as
-    `decide.lua` breaks it. Late answers came after the decision and did not vote."""
+    not decide it (unless the cascade's later stages ended without an answer: the latest kept).
+    Arbiter decisions take the chosen member's key (None when the judge wrote its own answer); the
+    rest the plurality of that lane's votes, a tie to the smaller key as `decide.lua` breaks it.
+    Late answers came after the decision and did not vote."""
     if receipt["decision"] not in ("single", "quorum", "majority", "sweep", "arbiter") or not receipt["lanes"]:
         return None
     voted: dict[str, str] = {}
@@ -156,6 +158,13 @@ def _once(receipts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(r["job_id"]): r for r in receipts}
 
 
+def _concluding(receipt: dict[str, Any]) -> dict[str, Any]:
+    """The lane step that decided the job: its last, or the cascade stage whose answer it kept."""
+    kept = kept_stage(receipt)
+    step: dict[str, Any] = next((s for s in receipt["lanes"] if kept and s.get("stage") == kept), receipt["lanes"][-1])
+    return step
+
+
 def _stop(step: dict[str, Any]) -> str:
     """Where a job concluded: its cascade stage and check (`stage2:logprob`), else its lane."""
     if step.get("stage"):
@@ -173,7 +182,7 @@ def summary(receipts: list[dict[str, Any]], labels: dict[str, bool]) -> list[str
     out = []
     for tc, rs in sorted(by_class.items()):
         right = sum(labels[r["job_id"]] for r in rs)
-        stops = Counter(_stop(r["lanes"][-1]) for r in rs if r["lanes"])
+        stops = Counter(_stop(_concluding(r)) for r in rs if r["lanes"])
         changed = [r for r in rs if r.get("changed_vs_default")]
         out.append(f"{tc}: {len(rs)} labelled, {right / len(rs):.1%} correct; decided at "
                    + (", ".join(f"{k} {v}" for k, v in stops.most_common()) or "-")

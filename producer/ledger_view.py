@@ -3,9 +3,22 @@ answer-cache hits and prompt-cache tokens with the money each saved)."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from statistics import quantiles
 from typing import Any
+
+# workers/ledger.py's trigger for a cascade whose later stages ended without an answer
+_KEPT = re.compile(r"^cascade:stage\d+:no answer; stage(\d+)'s unaccepted answer kept$")
+
+
+def kept_stage(receipt: dict[str, Any]) -> int | None:
+    """The earlier cascade stage whose unaccepted answer decided the job (its later stages ended
+    without one), else None."""
+    for t in receipt.get("triggers") or []:
+        if m := _KEPT.match(str(t)):
+            return int(m.group(1))
+    return None
 
 
 def _pct(values: list[float], q: int) -> float:
@@ -52,7 +65,8 @@ def summarise(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def stage_rates(receipts: list[dict[str, Any]]) -> list[str]:
     """Per cascade task class and stage: jobs that reached it, how many its check accepted (and
     the share), and how many concluded there (a last stage concludes whatever its check says, so
-    concluded > accepted there). A job appended twice counts once; a stage run twice (a retried
+    concluded > accepted there; a job whose later stages ended without an answer concluded at the
+    stage whose answer it kept). A job appended twice counts once; a stage run twice (a retried
     panel) counts by its last run."""
     once: dict[str, dict[str, Any]] = {}
     for r in receipts:
@@ -60,9 +74,10 @@ def stage_rates(receipts: list[dict[str, Any]]) -> list[str]:
     tally: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
     for r in once.values():
         verdicts = {int(step["stage"]): bool(step.get("accepted")) for step in r["lanes"] if step.get("stage")}
+        last = kept_stage(r) or (max(verdicts) if verdicts else 0)
         for n, accepted in verdicts.items():
             t = tally[r["task_class"]][n]
-            t[0], t[1], t[2] = t[0] + 1, t[1] + accepted, t[2] + (n == max(verdicts))
+            t[0], t[1], t[2] = t[0] + 1, t[1] + accepted, t[2] + (n == last)
     return [f"{tc} (cascade): " + "; ".join(f"stage {n}: {reached} reached, {acc} accepted ({acc / reached:.0%}), {done} concluded"
                                              for n, (reached, acc, done) in sorted(by_stage.items()))
             for tc, by_stage in sorted(tally.items())]  # fmt: skip

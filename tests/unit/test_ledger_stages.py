@@ -39,3 +39,17 @@ def test_the_ledger_page_lists_the_stage_lines() -> None:
     page = render_page([(1.0, receipt("a", [(1, False), (2, True)])), (2.0, receipt("b", [(1, True)]))])
     assert "<h2>Cascade stages</h2>" in page
     assert "<li>qa (cascade): stage 1: 2 reached, 1 accepted (50%), 1 concluded; stage 2: 1 reached, 1 accepted (100%), 1 concluded</li>" in page
+
+
+def test_a_job_that_kept_an_earlier_stage_s_answer_concluded_there() -> None:
+    """Stages 2 and 3 ended without an answer (the deadline ran out): the job concluded at stage 1,
+    whose unaccepted answer it kept (workers/ledger.py's trigger), in the ledger and the labels'
+    summary alike."""
+    from producer.labels import summary
+
+    kept = receipt("a", [(1, False), (2, False), (3, False)])
+    kept["triggers"] = ["cascade:stage3:no answer; stage1's unaccepted answer kept"]
+    (line,) = stage_rates([kept, receipt("b", [(1, False), (2, True)])])
+    assert line == ("qa (cascade): stage 1: 2 reached, 0 accepted (0%), 1 concluded; "
+                    "stage 2: 2 reached, 1 accepted (50%), 1 concluded; stage 3: 1 reached, 0 accepted (0%), 0 concluded")  # fmt: skip
+    assert "decided at stage1:logprob 1" in summary([kept], {"a": True})[0]
