@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio.connection as aconnection
 import redis.connection as sconnection
+import redis.sentinel
 
 from producer import connect, keys
 from producer.embedded import free_port, redis_server_binary, start_owned, stop_process, wait_port
@@ -142,3 +144,61 @@ def test_the_decision_watch_outlasts_a_quiet_channel_longer_than_the_socket_time
         assert rt._subscribed and "reconnecting" not in caplog.text
     finally:
         rt.close()
+
+
+@pytest.fixture
+def mute_primary() -> Iterator[int]:
+    """A port that takes connections and never answers: a primary the sentinels still name while
+    this client gets no reply from it (stopped, before the sentinels' down-after-milliseconds; a
+    hung proxy or sidecar in front of it)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_sentinel_primary_that_never_answers_fails_a_call_after_the_failover_ride_not_forty_reads(
+    mute_primary: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary's reads retry on TimeoutError to ride out a failover, but each try costs a whole
+    read timeout: by count alone (41 tries of 30 s) a call was held about 21 minutes. Scaled down
+    here (reads of 1 s, a ride of 3 s), it fails within seconds instead of after 41 reads."""
+    monkeypatch.setattr(redis.sentinel.Sentinel, "discover_master", lambda self, name: ("127.0.0.1", mute_primary))
+    monkeypatch.setattr(connect, "SENTINEL_MASTER_TIMEOUT_S", 1.0)  # 30 s in production
+    monkeypatch.setattr(connect, "FAILOVER_RIDE_S", 3.0, raising=False)  # 40 s in production
+    client = connect.state_client("sentinel://127.0.0.1:26379", sentinel_master="pfmaster", client_name="pf-test",
+                                  socket_timeout_s=2.0)  # fmt: skip
+    got = outcome_within(lambda: client.get("k"), 45.0)  # 41 reads of 1 s and their backoff: ~80 s
+    assert isinstance(got, redis.TimeoutError | redis.ConnectionError), got
+
+
+def test_a_failover_still_rides_out_fast_failures_within_its_ride() -> None:
+    """Refused connections and READONLY replies fail fast: those are retried with backoff as before."""
+    failures = iter([redis.ConnectionError("refused")] * 5 + [redis.ReadOnlyError("READONLY")])
+    seen: list[Exception] = []
+
+    def call() -> str:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return "answered"
+
+    retry = connect.FailoverRetry(connect.ExponentialBackoff(cap=1.0, base=0.05), retries=40,
+                                  supported_errors=(redis.ConnectionError, redis.ReadOnlyError))  # fmt: skip
+    assert retry.call_with_retry(call, seen.append) == "answered"
+    assert len(seen) == 6
