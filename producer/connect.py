@@ -228,9 +228,9 @@ def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
                         socket_timeout_s: float = SOCKET_TIMEOUT_S) -> tuple[Any, aredis.Redis]:  # fmt: skip
     """(commands, pub/sub) async clients. A cluster's commands go through the cluster client; its
     pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node).
-    A hung Redis fails a command with TimeoutError after `socket_timeout_s`; a pub/sub reader
-    reads for less than that at a time (`get_message(timeout=...)`, not `listen()`: redis-py
-    before 8 applies the socket timeout to `listen()`'s wait on a quiet channel)."""
+    A hung Redis fails a command with TimeoutError after `socket_timeout_s`; a pub/sub reader on
+    redis-py before 8.0.1 reads for less than that at a time (`get_message(timeout=...)`): there
+    `listen()`'s wait on a quiet channel fails after the socket timeout (workers/runtime.py)."""
     ep = parse(url)
     limits = timeouts(socket_timeout_s)
     if ep.kind == "redis":
