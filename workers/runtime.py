@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import httpx
@@ -120,8 +120,8 @@ class Runtime:
     # --- cancellation: one pub/sub subscription per process fans decisions out to local calls
     async def _watch_decisions(self) -> None:
         while True:
+            pubsub = self._apubsub.pubsub()
             try:
-                pubsub = self._apubsub.pubsub()
                 await pubsub.subscribe(keys.DECIDED_CHANNEL)
                 async for msg in _messages(pubsub):
                     if msg.get("type") == "subscribe":
@@ -134,9 +134,12 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a Redis blip: resubscribe; calls check `decided` on start meanwhile
-                self._subscribed = False
                 log.warning("decision watch reconnecting after %s", type(e).__name__)
-                await asyncio.sleep(0.5)
+            finally:
+                self._subscribed = False
+                with suppress(Exception):  # its connection back to the pool, or each blip keeps one for good
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(0.5)
 
     def _add_waiter(self, panel_id: str, ev: asyncio.Event) -> None:
         with self._waiters_lock:

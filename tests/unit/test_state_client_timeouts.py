@@ -240,3 +240,28 @@ def test_the_decision_watch_reads_a_burst_of_decisions_without_a_timer_per_messa
         assert len(armed) < 100, f"{len(armed)} timers armed for 200 decision messages"
     finally:
         rt.close()
+
+
+def test_the_decision_watch_gives_its_connection_back_each_time_it_resubscribes(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A Redis blip drops the watch's connection and it subscribes again on a new one. The old one
+    must go back to the IO loop's pool: kept, each blip took a connection for good, and once the
+    pool was spent the watch could not subscribe again and the loop's commands waited for one."""
+    rt = Runtime(Settings(redis_url=redis_url, redis_max_connections=3, redis_pool_timeout_s=1.0))
+    try:
+
+        def subscribed_on_a_new_connection(before: set[int]) -> bool:
+            now = {int(c["id"]) for c in redis_client.client_list(_type="pubsub")}
+            return rt._subscribed and bool(now) and not now & before
+
+        eventually(lambda: subscribed_on_a_new_connection(set()), "the decision watch subscribed")
+        for blip in range(5):  # more blips than the pool has connections
+            before = {int(c["id"]) for c in redis_client.client_list(_type="pubsub")}
+            redis_client.client_kill_filter(_type="pubsub")
+            eventually(
+                lambda b=before: subscribed_on_a_new_connection(b), f"the watch subscribed again after blip {blip}"
+            )
+        assert rt.run(rt._aredis.ping(), timeout=30), "the IO loop's commands found no free connection"
+    finally:
+        rt.close()
