@@ -16,8 +16,10 @@ kombu PR #2204 unmerged), so `BrokerUrlError` names Sentinel and RabbitMQ instea
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -35,6 +37,7 @@ Kind = Literal["redis", "sentinel", "cluster"]
 # A RedisCluster takes the same commands the code uses; typed as Redis so callers need no union.
 StateClient = redis.Redis
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+T = TypeVar("T")
 
 
 class NoReplicasError(redis.ConnectionError):
@@ -46,8 +49,33 @@ class NoReplicasError(redis.ConnectionError):
 # Primaries run with `min-replicas-to-write 1` (docs/cluster.md) so a write never lands on a primary
 # that is being failed over; redis-py maps error prefixes to exception types in this table.
 BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
-# Across a failover (~1-3 s: promotion, then the old primary re-pointed) commands retry with backoff.
-FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
+# Across a failover (~1-3 s: promotion, then the old primary re-pointed) commands retry with backoff:
+# 40 fast failures (refused connects, READONLY, no primary named yet) ride out about 37 s of it.
+# No retry starts later than this after a call's first failure (FailoverRetry).
+FAILOVER_RIDE_S = 40.0
+
+
+class FailoverRetry(Retry):
+    """Retry's count and backoff, within a time: no retry starts FAILOVER_RIDE_S after a call's
+    first failure. A try that times out (a primary the sentinels still name, taking connections
+    and answering nothing) costs a whole read timeout, so by count alone 41 tries of
+    SENTINEL_MASTER_TIMEOUT_S held a call about 21 minutes; now about the ride and two reads."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> T:
+        first_failure: list[float] = []
+
+        def fail_within_ride(error: Exception, *rest: Any) -> Any:
+            fail(error, *rest)  # redis-py's own handler first: it closes the connection
+            now = time.monotonic()
+            if not first_failure:
+                first_failure.append(now)
+            elif now - first_failure[0] >= FAILOVER_RIDE_S:
+                raise error
+
+        return super().call_with_retry(do, fail_within_ride, *args, **kwargs)
+
+
+FAILOVER_RETRY = FailoverRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
 # A read or connect to a hung Redis (a stopped process, a dead peer behind a live TCP path) fails after
 # this long instead of waiting forever: redis-py's default, 5 s, is only redis-py 8's (none before, and
 # pyproject allows redis>=6.4), so every state client says it. Above every blocking read the fleet makes
@@ -55,7 +83,8 @@ FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
 # otherwise fail with TimeoutError; PANEL_REDIS_SOCKET_TIMEOUT_S (producer/settings.py) sets it.
 SOCKET_TIMEOUT_S = 5.0
 # Reads on a Sentinel-managed primary: 30 s since Sentinel support came in (3b1c55b), kept as it was; a
-# read that times out is retried there (FAILOVER_RETRY), so a hung primary holds a call up to 40 times this.
+# read that times out is retried there (FAILOVER_RETRY), so a hung primary holds a call for about
+# FAILOVER_RIDE_S and two of these.
 SENTINEL_MASTER_TIMEOUT_S = 30.0
 
 
@@ -199,9 +228,9 @@ def async_state_clients(url: str, *, sentinel_master: str = "mymaster",
                         socket_timeout_s: float = SOCKET_TIMEOUT_S) -> tuple[Any, aredis.Redis]:  # fmt: skip
     """(commands, pub/sub) async clients. A cluster's commands go through the cluster client; its
     pub/sub through one plain connection to a seed node (classic PUBLISH reaches every node).
-    A hung Redis fails a command with TimeoutError after `socket_timeout_s`; a pub/sub reader
-    reads for less than that at a time (`get_message(timeout=...)`, not `listen()`: redis-py
-    before 8 applies the socket timeout to `listen()`'s wait on a quiet channel)."""
+    A hung Redis fails a command with TimeoutError after `socket_timeout_s`; a pub/sub reader on
+    redis-py before 8.0.1 reads for less than that at a time (`get_message(timeout=...)`): there
+    `listen()`'s wait on a quiet channel fails after the socket timeout (workers/runtime.py)."""
     ep = parse(url)
     limits = timeouts(socket_timeout_s)
     if ep.kind == "redis":

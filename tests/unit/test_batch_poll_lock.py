@@ -57,26 +57,62 @@ def poller(r: redis.Redis, policy: lane.FlushPolicy) -> threading.Thread:
     return t
 
 
+class FirstFinishedThenHeld:
+    """The first status call finds the batch finished with two lines; later ones wait until the
+    test lets them answer (a slow provider) and find it still running."""
+
+    def __init__(self) -> None:
+        self.calls: list[threading.Event] = []
+
+    async def status(self, batch_id: str) -> Any:
+        answer = threading.Event()
+        self.calls.append(answer)
+        if len(self.calls) == 1:
+            return SimpleNamespace(finished=True, raw_status="completed", message=None)
+        answer.wait(60)
+        return SimpleNamespace(finished=False)
+
+    async def results(self, status: Any) -> list[tuple[str, object]]:
+        return [("pf-line-0", object()), ("pf-line-1", object())]
+
+
 def test_a_poll_that_outlived_its_lock_leaves_the_next_pollers_lock_alone(
-    redis_client: redis.Redis, held: HeldProvider
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first poller stalls between two lines longer than its lock (a stopped process: nothing
+    re-arms the lock meanwhile); a second takes the lock and is still asking its slow provider
+    when the first wakes. The first stops, and frees neither the lock nor the batch to a third."""
+    provider = FirstFinishedThenHeld()
+    monkeypatch.setitem(backends._clients, "held", provider)  # type: ignore[arg-type]
+    redis_client.hset(keys.BATCH_OPEN, BID, orjson.dumps({"provider": "held", "group": "g1"}))
+    stalled = threading.Event()
+    landed: list[str] = []
+
+    def land(rt: Any, d: Any, bid: str, cid: str, outcome: object, policy: Any) -> None:
+        landed.append(cid)
+        stalled.wait(60)
+
+    monkeypatch.setattr(lane, "_land_line", land)
     policy = lane.FlushPolicy(lock_s=1.0)
     lock = keys.batch_poll_lock(BID)
     first = poller(redis_client, policy)
-    eventually(lambda: len(held.calls) == 1, "the first poller asking the provider")
-    eventually(lambda: not redis_client.exists(lock), "the first poller's lock expiring while the provider stalls")
+    eventually(lambda: landed == ["pf-line-0"], "the first poller landing its first line")
+    eventually(lambda: not redis_client.exists(lock), "the first poller's lock expiring while it stalls")
     second = poller(redis_client, policy)
-    eventually(lambda: len(held.calls) == 2, "a second poller taking the expired lock")
+    eventually(lambda: len(provider.calls) == 2, "a second poller taking the expired lock")
     taken = redis_client.get(lock)
-    held.calls[0].set()  # the first poll ends now, long after its lock
+    stalled.set()  # the first poll goes on now, long after its lock
     first.join(30)
     assert not first.is_alive()
+    assert landed == ["pf-line-0"], "the first poller landed lines after it lost its lock"
     assert redis_client.get(lock) == taken, "the first poller freed the lock the second one holds"
+    assert redis_client.hexists(keys.BATCH_OPEN, BID), "the first poller closed the batch it lost"
     third = poller(redis_client, policy)
     third.join(30)
-    assert not third.is_alive() and len(held.calls) == 2, "a third poller followed the batch alongside the second"
-    held.calls[1].set()
+    assert not third.is_alive() and len(provider.calls) == 2, "a third poller followed the batch alongside the second"
+    provider.calls[1].set()
     second.join(30)
+    assert not second.is_alive()
     assert not redis_client.exists(lock), "the second poller did not free its own lock"
 
 
@@ -182,3 +218,53 @@ def test_two_pollers_landing_one_batch_at_once_count_its_group_down_once(
         lock.release()
     assert landed == ["pf-b1", "pf-b1"], "each lands b1's line (idempotent: Line.first_landing)"
     assert redis_client.get(keys.batch_group_left("g2")) == b"1", "b1 counted its group down twice"
+
+
+class SlowResults(FinishedProvider):
+    """A finished batch whose results file takes `download_s` to come down (a large batch: the
+    batch clients give a download up to 300 s, five times the default 60 s lock), noting who
+    holds the poll lock once it is down."""
+
+    def __init__(self, r: redis.Redis, cids: list[str], download_s: float) -> None:
+        super().__init__(cids)
+        self.r, self.download_s = r, download_s
+        self.held_after: list[bytes | None] = []
+
+    async def results(self, status: Any) -> list[tuple[str, object]]:
+        await asyncio.sleep(self.download_s)
+        self.held_after.append(self.r.get(keys.batch_poll_lock(BID)))
+        return self.lines
+
+
+def test_a_results_download_longer_than_the_lock_keeps_the_lock_and_lands_the_batch(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller is alive and working, so it keeps its batch: its lock is re-armed while the
+    download runs, and it lands the lines. A poll that found its lock gone after the download
+    stopped before the first line, and so did every later one (each downloading the file again):
+    the batch was never landed, even with no other poller about."""
+    provider = SlowResults(redis_client, ["pf-line-0", "pf-line-1"], download_s=2.5)
+    monkeypatch.setitem(backends._clients, "slow", provider)  # type: ignore[arg-type]
+    redis_client.hset(keys.BATCH_OPEN, BID, orjson.dumps({"provider": "slow", "group": "g1"}))
+    redis_client.set(keys.batch_group_left("g1"), 1)
+    landed: list[str] = []
+    monkeypatch.setattr(lane, "_land_line", lambda rt, d, bid, cid, outcome, policy: landed.append(cid))
+    rt: Any = SimpleNamespace(redis=redis_client, run=asyncio.run)
+    policy = lane.FlushPolicy(lock_s=1.0)
+    for _ in range(3):  # a poll that stops is followed by the next tick's, as the duty thread does
+        if lane.poll(rt, None, policy):  # type: ignore[arg-type]
+            break
+    assert landed == ["pf-line-0", "pf-line-1"], f"downloads: {len(provider.held_after)}, landed: {landed}"
+    assert provider.held_after[0] is not None, "the lock lapsed during the download"
+    assert not redis_client.hexists(keys.BATCH_OPEN, BID), "the batch was not closed"
+    assert not redis_client.exists(keys.batch_poll_lock(BID))
+
+
+def test_a_step_that_never_ends_lets_the_lock_lapse_after_its_bound(redis_client: redis.Redis) -> None:
+    """`kept` re-arms through a slow step, not through a wedged one: past its bound the lock lapses,
+    as a killed poller's does, and another poller may follow the batch."""
+    lock = PollLock.take(redis_client, BID, 0.6)
+    assert lock is not None
+    with lock.kept(up_to_s=1.5):
+        eventually(lambda: not redis_client.exists(keys.batch_poll_lock(BID)), "the lock lapsing past the bound")
+        assert PollLock.take(redis_client, BID, 0.6) is not None, "another poller could not take the lapsed lock"

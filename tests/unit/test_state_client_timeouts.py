@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,11 +18,13 @@ import pytest
 import redis
 import redis.asyncio.connection as aconnection
 import redis.connection as sconnection
+import redis.sentinel
 
 from producer import connect, keys
 from producer.embedded import free_port, redis_server_binary, start_owned, stop_process, wait_port
 from producer.settings import Settings
 from tests.waiting import eventually
+from workers import runtime as runtime_module
 from workers.runtime import Runtime
 
 DEADLINE_S = 60.0  # generous: a few socket timeouts, a loaded 2-core machine
@@ -126,11 +129,18 @@ def test_the_socket_timeout_stays_above_the_fleets_one_second_blocking_reads() -
     assert Settings().redis_socket_timeout_s == connect.SOCKET_TIMEOUT_S
 
 
+@pytest.mark.parametrize("listen_waits", [True, False], ids=["listen", "timed reads (redis-py before 8.0.1)"])
 def test_the_decision_watch_outlasts_a_quiet_channel_longer_than_the_socket_timeout(
-    redis_client: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+    redis_client: redis.Redis,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    listen_waits: bool,
 ) -> None:
-    """Its reads are shorter than the socket timeout: redis-py before 8 applies that timeout to
-    `listen()`'s wait, which dropped and re-made the subscription on every quiet spell."""
+    """redis-py before 8.0.1 applies that timeout to `listen()`'s wait, which dropped and re-made
+    the subscription on every quiet spell: there the watch reads for less than the socket timeout
+    at a time. Both ways of reading are run here on the installed redis-py."""
+    monkeypatch.setattr(runtime_module, "LISTEN_WAITS", listen_waits)
     rt = Runtime(Settings(redis_url=redis_url, redis_socket_timeout_s=2.0))
     try:
         eventually(lambda: rt._subscribed, "the decision watch subscribed")
@@ -140,5 +150,118 @@ def test_the_decision_watch_outlasts_a_quiet_channel_longer_than_the_socket_time
         redis_client.publish(keys.DECIDED_CHANNEL, "job-quiet.1")
         eventually(decided.is_set, "the decision reaching the panel's waiting call")
         assert rt._subscribed and "reconnecting" not in caplog.text
+    finally:
+        rt.close()
+
+
+@pytest.fixture
+def mute_primary() -> Iterator[int]:
+    """A port that takes connections and never answers: a primary the sentinels still name while
+    this client gets no reply from it (stopped, before the sentinels' down-after-milliseconds; a
+    hung proxy or sidecar in front of it)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_sentinel_primary_that_never_answers_fails_a_call_after_the_failover_ride_not_forty_reads(
+    mute_primary: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary's reads retry on TimeoutError to ride out a failover, but each try costs a whole
+    read timeout: by count alone (41 tries of 30 s) a call was held about 21 minutes. Scaled down
+    here (reads of 1 s, a ride of 3 s), it fails within seconds instead of after 41 reads."""
+    monkeypatch.setattr(redis.sentinel.Sentinel, "discover_master", lambda self, name: ("127.0.0.1", mute_primary))
+    monkeypatch.setattr(connect, "SENTINEL_MASTER_TIMEOUT_S", 1.0)  # 30 s in production
+    monkeypatch.setattr(connect, "FAILOVER_RIDE_S", 3.0, raising=False)  # 40 s in production
+    client = connect.state_client("sentinel://127.0.0.1:26379", sentinel_master="pfmaster", client_name="pf-test",
+                                  socket_timeout_s=2.0)  # fmt: skip
+    got = outcome_within(lambda: client.get("k"), 45.0)  # 41 reads of 1 s and their backoff: ~80 s
+    assert isinstance(got, redis.TimeoutError | redis.ConnectionError), got
+
+
+def test_a_failover_still_rides_out_fast_failures_within_its_ride() -> None:
+    """Refused connections and READONLY replies fail fast: those are retried with backoff as before."""
+    failures = iter([redis.ConnectionError("refused")] * 5 + [redis.ReadOnlyError("READONLY")])
+    seen: list[Exception] = []
+
+    def call() -> str:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return "answered"
+
+    retry = connect.FailoverRetry(connect.ExponentialBackoff(cap=1.0, base=0.05), retries=40,
+                                  supported_errors=(redis.ConnectionError, redis.ReadOnlyError))  # fmt: skip
+    assert retry.call_with_retry(call, seen.append) == "answered"
+    assert len(seen) == 6
+
+
+def test_the_decision_watch_reads_a_burst_of_decisions_without_a_timer_per_message(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker process reads every decision of the fleet, so the read is on the hot path: a
+    timed read (`get_message(timeout=...)`) arms and cancels an asyncio timer per message (~3 us
+    more CPU per message than `listen()`, measured here). Where redis-py's `listen()` waits past the
+    socket timeout (8.0.1 on), the watch listens; before that it needs the timed read."""
+    rt = Runtime(Settings(redis_url=redis_url, redis_socket_timeout_s=2.0))
+    try:
+        eventually(lambda: rt._subscribed, "the decision watch subscribed")
+        armed: list[float] = []
+        real = aconnection.async_timeout
+
+        def counting(delay: float | None) -> Any:
+            armed.append(time.monotonic())
+            return real(delay)
+
+        monkeypatch.setattr(aconnection, "async_timeout", counting)
+        last = asyncio.Event()
+        rt._add_waiter("job-burst.199", last)
+        pipe = redis_client.pipeline(transaction=False)
+        for i in range(200):
+            pipe.publish(keys.DECIDED_CHANNEL, f"job-burst.{i}")
+        pipe.execute()
+        eventually(last.is_set, "the burst's last decision reaching its waiting call")
+        assert len(armed) < 100, f"{len(armed)} timers armed for 200 decision messages"
+    finally:
+        rt.close()
+
+
+def test_the_decision_watch_gives_its_connection_back_each_time_it_resubscribes(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A Redis blip drops the watch's connection and it subscribes again on a new one. The old one
+    must go back to the IO loop's pool: kept, each blip took a connection for good, and once the
+    pool was spent the watch could not subscribe again and the loop's commands waited for one."""
+    rt = Runtime(Settings(redis_url=redis_url, redis_max_connections=3, redis_pool_timeout_s=1.0))
+    try:
+
+        def subscribed_on_a_new_connection(before: set[int]) -> bool:
+            now = {int(c["id"]) for c in redis_client.client_list(_type="pubsub")}
+            return rt._subscribed and bool(now) and not now & before
+
+        eventually(lambda: subscribed_on_a_new_connection(set()), "the decision watch subscribed")
+        for blip in range(5):  # more blips than the pool has connections
+            before = {int(c["id"]) for c in redis_client.client_list(_type="pubsub")}
+            redis_client.client_kill_filter(_type="pubsub")
+            eventually(
+                lambda b=before: subscribed_on_a_new_connection(b), f"the watch subscribed again after blip {blip}"
+            )
+        assert rt.run(rt._aredis.ping(), timeout=30), "the IO loop's commands found no free connection"
     finally:
         rt.close()

@@ -290,10 +290,11 @@ def poll(rt: Runtime, d: Dispatcher, policy: FlushPolicy | None = None) -> int:
 def _poll_one(rt: Runtime, d: Dispatcher, bid: str, info: dict[str, object], policy: FlushPolicy,
               lock: PollLock) -> int:  # fmt: skip
     backend = backend_for(rt, str(info["provider"]))
-    status = rt.run(backend.status(bid))
-    if not status.finished:
-        return 0
-    results = rt.run(backend.results(status))
+    with lock.kept():  # a provider slow to answer, or a large results file, outlasts the lock: still ours
+        status = rt.run(backend.status(bid))
+        if not status.finished:
+            return 0
+        results = rt.run(backend.results(status))
     group = keys.batch_group(str(info.get("group", "")))
     for cid, outcome in results:
         lock.keep()  # a batch of many lines outlasts the lock: re-armed as it goes
