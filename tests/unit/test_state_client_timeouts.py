@@ -90,7 +90,7 @@ def test_a_sync_state_command_on_a_stopped_redis_fails_instead_of_hanging(
     stoppable_redis: tuple[str, Callable[[], None]], defaults: str
 ) -> None:
     url, stop = stoppable_redis
-    client = Settings(redis_url=url).state_client("pf-test")
+    client = Settings(redis_url=url, redis_socket_timeout_s=2.0).state_client("pf-test")  # the least allowed: a shorter test
     client.set("k", "v")  # a live connection in the pool, as a worker has one
     stop()
     got = outcome_within(lambda: client.get("k"), DEADLINE_S)
@@ -103,7 +103,7 @@ def test_an_async_state_command_and_a_pubsub_read_on_a_stopped_redis_fail_instea
     url, stop = stoppable_redis
 
     async def hang() -> list[object]:
-        commands, pubsub_client = connect.async_state_clients(url, client_name="pf-test")
+        commands, pubsub_client = connect.async_state_clients(url, client_name="pf-test", socket_timeout_s=2.0)
         await commands.set("k", "v")
         pubsub = pubsub_client.pubsub()
         await pubsub.subscribe("pf-test-channel")
