@@ -138,23 +138,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.export:
         if not args.task_class:
             raise labels.LabelError("--export needs --task-class (one class's jobs make one replay file)")
-        fed_back, receipts = labels.get_all(client.redis), client.ledger()
-        rows = labels.export(receipts, fed_back, args.task_class, args.kind or "label",
-                             labels.job_messages(client.redis, sorted(fed_back)), labels.get_answers(client.redis))  # fmt: skip
-        if rows and args.kind is None:  # the kind sets the agreement rule panel tune writes: say which
-            kind = labels.infer_kind(rows)
-            rows = [{**x, "kind": kind} for x in rows]
-            print(f"kind: {kind}, from the answers (--kind choice|number|label|text to say otherwise)", file=sys.stderr)
-        if not rows:  # a typo in the class, or nothing labelled yet: not an empty file for panel tune
-            have = sorted({r["task_class"] for r in receipts if r["job_id"] in fed_back})
-            raise labels.LabelError(f"--task-class: no labelled job of {args.task_class!r} in the ledger; "
-                                    + (f"labelled: {', '.join(have)}" if have else "label some with `panel label JOB correct|wrong`"))  # fmt: skip
-        Path(args.export).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-        print(f"wrote {len(rows)} labelled jobs of {args.task_class} to {args.export}", file=sys.stderr)
-        if n := labels.unknown(rows):
-            print(f"{n} of them are labelled wrong without the right answer: there, the answers of the models "
-                  "that did not give the decided one count as wrong in panel tune; label with --answer "
-                  '(or "answer" in a label file) to score them', file=sys.stderr)  # fmt: skip
+        for said in labels.export_file(client.redis, client.ledger(), args.task_class, args.kind, Path(args.export)):
+            print(said, file=sys.stderr)
     elif args.file:
         print(f"stored {labels.put_file(client.redis, Path(args.file))} labels", file=sys.stderr)
     elif args.job_id and args.label:

@@ -256,3 +256,27 @@ def unknown(rows: list[dict[str, Any]]) -> int:
     """Exported rows where some model's verdict is unknown (a wrong decided answer, no right one
     given): `panel tune` counts those answers as wrong."""
     return sum(not x["gold"] and any(m["correct"] is None for m in x["models"].values()) for x in rows)
+
+
+def export_file(r: redis.Redis, receipts: list[dict[str, Any]], task_class: str, kind: str | None, path: Path) -> list[str]:
+    """`panel label --export`: one class's labelled jobs written as a replay file; returns what to
+    say. No labelled job of the class (a typo, say) is an error naming the classes that have some,
+    not an empty file for `panel tune`."""
+    fed_back = get_all(r)
+    rows = export(receipts, fed_back, task_class, kind or "label", job_messages(r, sorted(fed_back)), get_answers(r))
+    if not rows:
+        have = sorted({x["task_class"] for x in receipts if x["job_id"] in fed_back})
+        raise LabelError(f"--task-class: no labelled job of {task_class!r} in the ledger; "
+                         + (f"labelled: {', '.join(have)}" if have else "label some with `panel label JOB correct|wrong`"))  # fmt: skip
+    said = []
+    if kind is None:  # the kind sets the agreement rule panel tune writes: say which
+        kind = infer_kind(rows)
+        rows = [{**x, "kind": kind} for x in rows]
+        said.append(f"kind: {kind}, from the answers (--kind choice|number|label|text to say otherwise)")
+    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in rows))
+    said.append(f"wrote {len(rows)} labelled jobs of {task_class} to {path}")
+    if n := unknown(rows):
+        said.append(f"{n} of them are labelled wrong without the right answer: there, the answers of the models that "
+                    "did not give the decided one count as wrong in panel tune; label with --answer "
+                    '(or "answer" in a label file) to score them')  # fmt: skip
+    return said

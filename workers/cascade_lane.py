@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
@@ -18,7 +19,7 @@ from producer import keys
 from producer.contract import Job
 from workers import cascade
 from workers.panel.record import NOT_MEMBERS
-from workers.panel.run import Member, PanelRun, PanelSnapshot
+from workers.panel.run import Member, PanelRun, PanelSnapshot, final_text
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
@@ -88,3 +89,17 @@ def judge_stage(rt: Runtime, spec: PanelRun, job: Job, policy: TaskPolicy, n: in
     if cascade.goes_on(verdict):
         log.info("job %s: %s; stage %d follows", spec.job_id, verdict.reason(), n + 1)
     return verdict
+
+
+def kept_stage(panels: list[dict[str, Any]], snaps: dict[str, PanelSnapshot]) -> dict[str, Any] | None:
+    """A cascade whose last stage taken ended without an answer (its calls failed, or ran out of
+    the deadline the stages share) after an earlier stage answered: that stage, whose answer,
+    paid for and unaccepted, the job keeps rather than failing with none. None otherwise."""
+    last = panels[-1]
+    if "cascade" not in last or final_text(snaps[last["panel_id"]]) is not None:
+        return None
+    for p in reversed(panels[:-1]):
+        if "cascade" in p and final_text(snaps[p["panel_id"]]) is not None:
+            stage: dict[str, Any] = p
+            return stage
+    return None

@@ -30,7 +30,7 @@ from workers.panel.agreement import parse_json_object
 from workers.panel.jobview import JobView
 from workers.panel.ports import Dispatcher
 from workers.panel.route import route
-from workers.panel.run import Member, PanelRun, PanelSnapshot, Read, Stage
+from workers.panel.run import Member, PanelRun, PanelSnapshot, Read, Stage, final_text
 from workers.policy import TaskPolicy
 from workers.runtime import Runtime
 
@@ -141,33 +141,6 @@ def open_stage(rt: Runtime, d: Dispatcher, job_id: str, job: Job, policy: TaskPo
     assert policy.cascade is not None
     spec = cascade_lane.stage_run(rt, job_id, job, policy, n, triggers, deadline, first=first)
     return open_panel(rt, d, spec, reason, plan, first=first, cascade={"stage": n, "of": len(policy.cascade.stages)})
-
-
-def final_text(snap: PanelSnapshot) -> str | None:
-    """The decided answer as text: the arbiter's, else the first answering member with the key."""
-    st = snap.state
-    if st.get("verdict"):
-        return str(orjson.loads(st["verdict"])["final_answer"])
-    key = st.get("answer")
-    answered = [c for c in snap.calls.values() if c.status in ("answered", "late")]
-    for c in sorted(answered, key=lambda c: c.member):
-        if key and c.answer_key == key:
-            return c.text
-    return None
-
-
-def kept_stage(panels: list[dict[str, Any]], snaps: dict[str, PanelSnapshot]) -> dict[str, Any] | None:
-    """A cascade whose last stage taken ended without an answer (its calls failed, or ran out of
-    the deadline the stages share) after an earlier stage answered: that stage, whose answer,
-    paid for and unaccepted, the job keeps rather than failing with none. None otherwise."""
-    last = panels[-1]
-    if "cascade" not in last or final_text(snaps[last["panel_id"]]) is not None:
-        return None
-    for p in reversed(panels[:-1]):
-        if "cascade" in p and final_text(snaps[p["panel_id"]]) is not None:
-            stage: dict[str, Any] = p
-            return stage
-    return None
 
 
 def output_triggers(job: Job, policy: TaskPolicy, text: str | None, invalid_so_far: int) -> tuple[list[str], bool]:
@@ -329,7 +302,7 @@ def finalise_job(rt: Runtime, d: Dispatcher, job_id: str, rerender: bool = False
     for p in panels:
         if p["panel_id"] not in snaps:
             snaps[p["panel_id"]] = rt.store.snapshot(p["panel_id"])
-    kept = kept_stage(panels, snaps)
+    kept = cascade_lane.kept_stage(panels, snaps)
     text = final_text(snaps[kept["panel_id"] if kept else panels[-1]["panel_id"]])
     receipt = render_receipt(rt, job_id, job, panels, snaps, view.submitted_at, kept=kept).model_copy(update={"final_answer": text})
     prior: bytes | str | None

@@ -35,7 +35,7 @@ def render_receipt(rt: Runtime, job_id: str, job: Job, panels: list[dict[str, An
                    snaps: dict[str, PanelSnapshot], submitted_at: float, kept: dict[str, Any] | None = None) -> Receipt:  # fmt: skip
     """The job's receipt from its panels' snapshots (workers/panel/state.py), read by the caller.
     `kept`: the earlier cascade stage whose answer decides the job, its last stage having none
-    (workers/jobs.py `kept_stage`): the decision is that stage's, and a trigger says so."""
+    (workers/cascade_lane.py `kept_stage`): the decision is that stage's, and a trigger says so."""
     policy = rt.policies.get(job.task_class)
     lanes: list[LaneStep] = []
     triggers: list[str] = []

@@ -29,7 +29,7 @@ task_classes:
   qa_cascade:
     default_lane: cascade
     single: {model: llama3.1-8b}
-    panel:
+    panel: &seed_panel
       members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
       quorum: 2
       agreement: {rule: choice}
@@ -45,15 +45,11 @@ task_classes:
             arbiter: claude-3-5-sonnet      # named, yet never called: this stage is not the last
           accept: {check: agreement}
         - model: llama3.1-405b
-  qa_cascade_cached:                        # qa_cascade's stages, answers cached
+  qa_cascade_cached:                        # two of qa_cascade's stages, answers cached
     default_lane: cascade
     cache: {ttl_s: 3600}
     single: {model: llama3.1-8b}
-    panel:
-      members: [llama3.1-70b, qwen2.5-72b-instruct, qwen2.5-32b-coder-instruct]
-      quorum: 2
-      agreement: {rule: choice}
-      arbiter: llama3.1-405b
+    panel: *seed_panel
     cascade:
       stages:
         - model: llama3.1-8b

@@ -88,7 +88,8 @@ class VoteOutcome:
 
 @dataclass(frozen=True)
 class PanelSnapshot:
-    """Everything recorded about a panel, read in one round trip (for its conclusion and receipt)."""
+    """Everything recorded about a panel, read in one round trip (for its conclusion and receipt;
+    its decided answer as text: `final_text`)."""
 
     state: dict[str, str]  # the panel hash without its spec
     calls: dict[str, Call]  # member (or "arbiter") -> its call
@@ -103,3 +104,16 @@ Read = tuple[JobView, PanelSnapshot]  # what a conclusion reads: its job's view 
 def json_mode(spec: PanelRun, job: Job) -> bool:
     """A member of this panel asks its model for JSON (a response schema, or a JSON agreement rule)."""
     return job.response_schema is not None or spec.agreement.get("rule") == "json"
+
+
+def final_text(snap: PanelSnapshot) -> str | None:
+    """The decided answer as text: the arbiter's, else the first answering member with the key."""
+    st = snap.state
+    if st.get("verdict"):
+        return str(orjson.loads(st["verdict"])["final_answer"])
+    key = st.get("answer")
+    answered = [c for c in snap.calls.values() if c.status in ("answered", "late")]
+    for c in sorted(answered, key=lambda c: c.member):
+        if key and c.answer_key == key:
+            return c.text
+    return None
