@@ -19,8 +19,9 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     A cascade policy (a tasks.yaml entry with `cascade:` stages, as `panel tune --write` writes it)
     runs on the fleet's cascade lane like any other. `offline` replays the policies on the
     recorded rows instead (`evaluation.offline_eval`)."""
-    rows = load_rows(file)[:limit] if limit else load_rows(file)
     loaded = [p for ref in policy_refs for p in load_any(ref)]
+    need = {m for p in loaded for m in p.models}  # kept even where rarer than the share (`replay.complete`)
+    rows = load_rows(file, need)[:limit] if limit else load_rows(file, need)
     available = models_in(rows)
     for p in loaded:
         missing = [m for m in p.models if m not in available]
