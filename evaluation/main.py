@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 from evaluation import fleet_run, judging, offline_eval, reference, report
+from evaluation.matrix import costs_known
 from evaluation.offline_eval import ACCURACY_GOAL, COST_GOAL
 from evaluation.policy import EvalPolicy, load_any
+from evaluation.reference import Score
 from evaluation.replay import load as load_rows
 from evaluation.replay import models_in
 
@@ -19,8 +21,9 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     A cascade policy (a tasks.yaml entry with `cascade:` stages, as `panel tune --write` writes it)
     runs on the fleet's cascade lane like any other. `offline` replays the policies on the
     recorded rows instead (`evaluation.offline_eval`)."""
-    rows = load_rows(file)[:limit] if limit else load_rows(file)
     loaded = [p for ref in policy_refs for p in load_any(ref)]
+    need = {m for p in loaded for m in p.models}  # kept even where rarer than the share (`replay.complete`)
+    rows = load_rows(file, need)[:limit] if limit else load_rows(file, need)
     available = models_in(rows)
     for p in loaded:
         missing = [m for m in p.models if m not in available]
@@ -62,17 +65,24 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     if unpriced:
         named = ", ".join(unpriced[:5]) + (f" and {len(unpriced) - 5} more" if len(unpriced) > 5 else "")
         print(f"\nwarning: no recorded cost_usd and no price in {file.parent / 'models.csv'} for {named}: "
-              "their calls count as 0 USD, so cost ratios are not meaningful", file=sys.stderr)  # fmt: skip
-    best = max(fleet_scores, key=lambda s: (s.accuracy, -s.cost_usd))
-    fusion = fusions.get(best.name) or min(fusions.values(), key=lambda s: s.cost_usd, default=strongest)
-    ratios = report.ratios(best, strongest, fusion)
+              "the table's USD count their calls as 0; the verdict compares calls", file=sys.stderr)  # fmt: skip
+    # as --offline: a file where some call has no cost (recorded, or tokens at a price) is compared in calls
+    unit = "USD" if costs_known(rows, available, prices) else "calls"
+
+    def cost(s: Score) -> float:
+        return s.cost_usd if unit == "USD" else float(s.calls)
+
+    best = max(fleet_scores, key=lambda s: (s.accuracy, -cost(s)))
+    fusion = fusions.get(best.name) or min(fusions.values(), key=cost, default=strongest)
+    ratios = report.ratios(best, strongest, fusion, cost)
+    of = "its cost" if unit == "USD" else "its calls (no costs recorded)"
     print(f"\nbest fleet policy {best.name}: accuracy {best.accuracy:.3f} vs strongest {strongest.accuracy:.3f} "
-          f"({ratios['accuracy_vs_strongest']:.3f}x) at {ratios['cost_vs_strongest']:.2f}x its cost; "
-          f"vs Fusion-style {fusion.accuracy:.3f} ({ratios['accuracy_vs_fusion']:.3f}x) at {ratios['cost_vs_fusion']:.2f}x its cost")  # fmt: skip
-    # the issue's target, as `panel eval --offline` words it; None: no costs, so no verdict
-    goal = (None if not strongest.cost_usd else
+          f"({ratios['accuracy_vs_strongest']:.3f}x) at {ratios['cost_vs_strongest']:.2f}x {of}; "
+          f"vs Fusion-style {fusion.accuracy:.3f} ({ratios['accuracy_vs_fusion']:.3f}x) at {ratios['cost_vs_fusion']:.2f}x {of}")  # fmt: skip
+    # the issue's target, as `panel eval --offline` words it; None: nothing spent, so no verdict
+    goal = (None if not cost(strongest) else
             ratios["accuracy_vs_strongest"] >= ACCURACY_GOAL and ratios["cost_vs_strongest"] <= COST_GOAL)  # fmt: skip
-    dominated = [s.name for s in singles if s.accuracy > best.accuracy and s.cost_usd < best.cost_usd]
+    dominated = [s.name for s in singles if s.accuracy > best.accuracy and cost(s) < cost(best)]
     said = {True: "reached", False: "NOT reached", None: "unknown (no costs)"}
     print(f"goal >= {ACCURACY_GOAL}x the strongest model's accuracy at <= {COST_GOAL}x its cost: {said[goal]}; "
           f"dominated by a single model: {', '.join(dominated) or 'no'}")  # fmt: skip
@@ -81,7 +91,7 @@ def evaluate(file: Path, policy_refs: list[str], out_dir: Path, latency_scale: f
     stem = file.name.split(".")[0]
     json_path, png_path = out_dir / f"eval-{stem}.json", out_dir / f"eval-{stem}.png"
     summary = {"best": best.name, "strongest": strongest.name, "fusion": fusion.name, "ratios": ratios,
-               "goals_reached": goals, "dominated_by": dominated, "latency_scale": latency_scale, "in_flight": in_flight, "rows": len(rows)}  # fmt: skip
+               "goals_reached": goals, "unit": unit, "dominated_by": dominated, "latency_scale": latency_scale, "in_flight": in_flight, "rows": len(rows)}  # fmt: skip
     report.write_json(json_path, file, scores, summary)
     report.plot(png_path, f"{stem}: accuracy against cost ({len(rows)} questions)", scores, ACCURACY_GOAL, COST_GOAL)
     print(f"wrote {json_path} and {png_path}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -71,8 +72,9 @@ def open_text(path: Path) -> bytes:
 MODEL_SHARE = 0.9  # a model recorded in fewer of a file's rows is left out of it (`complete`)
 
 
-def load(path: Path) -> list[Row]:
-    """Every question of a replay file, each with the same models (`complete`)."""
+def load(path: Path, need: Iterable[str] = ()) -> list[Row]:
+    """Every question of a replay file, each with the same models (`complete`; `need`: models kept
+    whatever their share, as `panel eval` keeps the models its policies name)."""
     rows, lines = [], []
     for n, line in enumerate(open_text(path).splitlines(), start=1):
         if not line.strip():
@@ -93,16 +95,18 @@ def load(path: Path) -> list[Row]:
         lines.append(n)
     if not rows:
         raise ReplayFormatError(f"{path}: no rows")
-    return complete(rows, lines, path)
+    return complete(rows, lines, path, need)
 
 
-def complete(rows: list[Row], lines: list[int], path: Path) -> list[Row]:
+def complete(rows: list[Row], lines: list[int], path: Path, need: Iterable[str] = ()) -> list[Row]:
     """The rows that record every kept model. A policy can only be replayed, and a model compared,
     where each model answered, so a model recorded in fewer than 90% of the rows is left out of the
     file (one added late, say), and a row without one of the others is left out; both are said on
-    stderr. Fewer than half the rows left is an error naming the models and lines to mend."""
+    stderr. Fewer than half the rows left is an error naming the models and lines to mend.
+    A model in `need` is kept whatever its share: a policy tuned on one half of a file, where it
+    cleared the share, is evaluated on the other, where it may not."""
     counts = Counter(m for r in rows for m in r.models)
-    keep = {m for m, c in counts.items() if c >= MODEL_SHARE * len(rows)}
+    keep = {m for m, c in counts.items() if c >= MODEL_SHARE * len(rows)} | (set(need) & counts.keys())
     kept = [i for i, r in enumerate(rows) if keep <= r.models.keys()]
     if len(kept) == len(rows) and len(keep) == len(counts):
         return rows

@@ -3,6 +3,7 @@ cost with one labelled point per policy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -24,12 +25,17 @@ def table(scores: list[Score]) -> str:
     return "\n".join(lines)
 
 
-def ratios(best: Score, strongest: Score, fusion: Score) -> dict[str, float]:
+def usd(s: Score) -> float:
+    return s.cost_usd
+
+
+def ratios(best: Score, strongest: Score, fusion: Score, cost: Callable[[Score], float] = usd) -> dict[str, float]:
+    """`cost`: what a policy spent (USD, or its calls where the file records no costs)."""
     return {
         "accuracy_vs_strongest": best.accuracy / strongest.accuracy if strongest.accuracy else 0.0,
-        "cost_vs_strongest": best.cost_usd / strongest.cost_usd if strongest.cost_usd else 0.0,
+        "cost_vs_strongest": cost(best) / cost(strongest) if cost(strongest) else 0.0,
         "accuracy_vs_fusion": best.accuracy / fusion.accuracy if fusion.accuracy else 0.0,
-        "cost_vs_fusion": best.cost_usd / fusion.cost_usd if fusion.cost_usd else 0.0,
+        "cost_vs_fusion": cost(best) / cost(fusion) if cost(fusion) else 0.0,
     }
 
 

@@ -101,3 +101,22 @@ def test_a_cascade_policy_runs_through_the_fleet_and_matches_its_offline_replay(
     assert fleet["accuracy"] == round(expected_correct / n, 4), (fleet, expected_correct)
     assert fleet["calls_per_question"] == pytest.approx(sum(d.calls for d in decisions) / n)
     assert fleet["arbiter_rate"] == 0  # logprob stages only: no panel, no judge
+
+
+def test_a_file_without_costs_gets_the_same_verdict_through_the_fleet_as_offline(tmp_path: Path) -> None:
+    """No cost_usd and no tokens anywhere (as ZeroEval): --offline compares calls; the fleet path
+    gave no verdict ('unknown (no costs)') for the same policy on the same rows."""
+    lines = []
+    for q in synthetic.QUESTIONS:
+        r = synthetic.row(q)
+        for rec in r["models"].values():
+            rec.update(cost_usd=None, tokens_in=None, tokens_out=None)
+        lines.append(orjson.dumps(r))
+    data = tmp_path / "costless.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    single = policy(tmp_path / "single.yaml", name="judge-alone", lane="single", model=synthetic.JUDGE)
+    offline_summary = evaluate(data, [single], tmp_path / "offline", offline=True)
+    fleet_summary = evaluate(data, [single], tmp_path / "fleet", latency_scale=0.05)
+    assert offline_summary["goal_reached"] is False  # the strongest model itself: 1.0x its calls
+    assert fleet_summary["goals_reached"] == {"strongest": offline_summary["goal_reached"]}
+    assert offline_summary["unit"] == fleet_summary["unit"] == "calls"

@@ -69,3 +69,21 @@ def test_a_tuned_policy_loads_by_name_as_by_path() -> None:
     (by_name,) = load_any("tuned-medmcqa")
     (by_path,) = load_any(str(Path(__file__).parents[2] / "policies" / "eval" / "tuned-medmcqa.yaml"))
     assert isinstance(by_name, CascadePolicy) and by_name.spec == by_path.spec
+
+
+def test_a_policy_tuned_on_one_half_is_evaluated_on_the_other_where_its_model_is_rarer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """`late` is in 90% of one half's rows (kept there, so panel tune may choose it) and 85% of
+    the other's (under the share): panel eval of that policy on the other half keeps `late` for
+    the policy that names it, with the rows that record it, rather than refusing the policy."""
+    from evaluation.main import evaluate
+
+    lines = [line(i, MODELS + (() if i in (0, 1, 2) else ("late",))) for i in range(20)]
+    half = write(tmp_path, lines)
+    policy = tmp_path / "tuned.yaml"
+    policy.write_text("task_classes:\n  tuned:\n    default_lane: cascade\n    cascade:\n      stages:\n"
+                      "        - {model: small, accept: {check: logprob, min: -0.2}}\n        - model: late\n")  # fmt: skip
+    summary = evaluate(half, [str(policy)], tmp_path / "out", offline=True)
+    assert summary["rows"] == 17 and "3 of 20 rows left out" in capsys.readouterr().err
+    rows = load(half)  # no policy naming `late`: the share alone, every row
+    assert len(rows) == 20 and "late" not in models_in(rows)
