@@ -62,6 +62,7 @@ class _Line(BaseModel):
     messages: list[dict[str, str]]
     gold: str | int | float
     models: dict[str, _Model]
+    source: str | None = None  # "ledger": a `panel label --export` file (`complete`)
 
 
 def open_text(path: Path) -> bytes:
@@ -75,7 +76,7 @@ MODEL_SHARE = 0.9  # a model recorded in fewer of a file's rows is left out of i
 def load(path: Path, need: Iterable[str] = ()) -> list[Row]:
     """Every question of a replay file, each with the same models (`complete`; `need`: models kept
     whatever their share, as `panel eval` keeps the models its policies name)."""
-    rows, lines = [], []
+    rows, lines, sources = [], [], set()
     for n, line in enumerate(open_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -93,20 +94,25 @@ def load(path: Path, need: Iterable[str] = ()) -> list[Row]:
         models = {m: Recorded(**r.model_dump()) for m, r in v.models.items()}
         rows.append(Row(str(v.id), v.kind, v.messages, str(v.gold), models))
         lines.append(n)
+        sources.add(v.source)
     if not rows:
         raise ReplayFormatError(f"{path}: no rows")
-    return complete(rows, lines, path, need)
+    return complete(rows, lines, path, need, share=1.0 if sources == {"ledger"} else MODEL_SHARE)
 
 
-def complete(rows: list[Row], lines: list[int], path: Path, need: Iterable[str] = ()) -> list[Row]:
+def complete(rows: list[Row], lines: list[int], path: Path, need: Iterable[str] = (),
+             share: float = MODEL_SHARE) -> list[Row]:  # fmt: skip
     """The rows that record every kept model. A policy can only be replayed, and a model compared,
-    where each model answered, so a model recorded in fewer than 90% of the rows is left out of the
-    file (one added late, say), and a row without one of the others is left out; both are said on
-    stderr. Fewer than half the rows left is an error naming the models and lines to mend.
-    A model in `need` is kept whatever its share: a policy tuned on one half of a file, where it
-    cleared the share, is evaluated on the other, where it may not."""
+    where each model answered, so a model recorded in fewer than `share` (90%) of the rows is left
+    out of the file (one added late, say), and a row without one of the others is left out; both
+    are said on stderr. Fewer than half the rows left is an error naming the models and lines to
+    mend. A model in `need` is kept whatever its share: a policy tuned on one half of a file, where
+    it cleared the share, is evaluated on the other, where it may not. A `panel label --export`
+    file (`source: ledger`) reads with share 1: there a model is missing where the policy did not
+    call it (a cascade's later stage, on the rows its first stage accepted), not at random, and
+    leaving those rows out would hide exactly the rows the first stage was sure of."""
     counts = Counter(m for r in rows for m in r.models)
-    keep = {m for m, c in counts.items() if c >= MODEL_SHARE * len(rows)} | (set(need) & counts.keys())
+    keep = {m for m, c in counts.items() if c >= share * len(rows)} | (set(need) & counts.keys())
     kept = [i for i, r in enumerate(rows) if keep <= r.models.keys()]
     if len(kept) == len(rows) and len(keep) == len(counts):
         return rows
@@ -114,11 +120,13 @@ def complete(rows: list[Row], lines: list[int], path: Path, need: Iterable[str] 
     where = "; ".join(f"line {n}: {', '.join(ms[:3])}" for n, ms in gaps[:3]) + (" ..." if len(gaps) > 3 else "")
     rare = ", ".join(f"{m} ({counts[m]} rows)" for m in sorted(set(counts) - keep))
     if len(kept) * 2 < len(rows) or not keep:
-        raise ReplayFormatError(f"{path}: only {len(kept)} of {len(rows)} rows record every model kept "
-                                f"({where}); give each row the same models' records")  # fmt: skip
-    print(f"{path}: {len(rows) - len(kept)} of {len(rows)} rows left out, each lacking a model's record"
-          f"{f' ({where})' if gaps else ''}" + (f"; models in < {MODEL_SHARE:.0%} of rows left out: {rare}" if rare else ""),
-          file=sys.stderr)  # fmt: skip
+        missing = f" ({where})" if gaps else f"; no model is recorded in {share:.0%} of them ({rare})"
+        raise ReplayFormatError(f"{path}: only {len(kept)} of {len(rows)} rows record every model kept{missing}; "
+                                "give each row the same models' records")  # fmt: skip
+    said = [f"{len(gaps)} of {len(rows)} rows left out, each lacking a model's record ({where})"] if gaps else []
+    if rare:
+        said.append(f"models in < {share:.0%} of rows left out: {rare}")
+    print(f"{path}: " + "; ".join(said), file=sys.stderr)
     return [rows[i] for i in kept]
 
 

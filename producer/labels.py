@@ -253,8 +253,9 @@ def infer_kind(rows: list[dict[str, Any]]) -> str:
 
 
 def unknown(rows: list[dict[str, Any]]) -> int:
-    """Exported rows where some model's verdict is unknown (a wrong decided answer, no right one
-    given): `panel tune` counts those answers as wrong."""
+    """Exported rows where some model's verdict is unknown (a wrong decided answer and no right one
+    given, or no decided answer among the models': a judge wrote its own): `panel tune` counts
+    those answers as wrong."""
     return sum(not x["gold"] and any(m["correct"] is None for m in x["models"].values()) for x in rows)
 
 
@@ -276,7 +277,7 @@ def export_file(r: redis.Redis, receipts: list[dict[str, Any]], task_class: str,
     path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in rows))
     said.append(f"wrote {len(rows)} labelled jobs of {task_class} to {path}")
     if n := unknown(rows):
-        said.append(f"{n} of them are labelled wrong without the right answer: there, the answers of the models that "
-                    "did not give the decided one count as wrong in panel tune; label with --answer "
+        said.append(f"{n} of them hold answers whose verdict is unknown (labelled wrong without the right answer, or "
+                    "decided by a judge's own answer): panel tune counts those answers wrong; label with --answer "
                     '(or "answer" in a label file) to score them')  # fmt: skip
     return said

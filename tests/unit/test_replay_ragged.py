@@ -87,3 +87,15 @@ def test_a_policy_tuned_on_one_half_is_evaluated_on_the_other_where_its_model_is
     assert summary["rows"] == 17 and "3 of 20 rows left out" in capsys.readouterr().err
     rows = load(half)  # no policy naming `late`: the share alone, every row
     assert len(rows) == 20 and "late" not in models_in(rows)
+
+
+def test_a_label_export_keeps_its_rows_and_leaves_out_the_models_a_policy_did_not_always_call(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """In a ledger export a later cascade stage is missing exactly where the first stage was sure:
+    leaving those rows out would hide them from `panel tune`, so the model goes, not the rows."""
+    lines = [line(i, MODELS if i else ("small", "mid")) for i in range(20)]  # `large` ran on 19 of 20
+    assert len(load(write(tmp_path, lines))) == 19  # a recorded benchmark: a missing record is a gap
+    ledger = [orjson.dumps({**orjson.loads(x), "source": "ledger"}) for x in lines]
+    rows = load(write(tmp_path, ledger))
+    assert len(rows) == 20 and models_in(rows) == ["mid", "small"]
+    assert "models in < 100% of rows left out: large (19 rows)" in capsys.readouterr().err
