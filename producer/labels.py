@@ -24,6 +24,7 @@ ledger holds the models a policy called, not the ones it did not; `evaluation.re
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -252,6 +253,17 @@ def infer_kind(rows: list[dict[str, Any]]) -> str:
     return "number" if given else "label"
 
 
+def gold_for(kind: str, answer: str) -> str:
+    """A right answer as typed (`--answer "(C)"`, `--answer "42 apples"`) in the form the row's
+    answers take: one letter for a choice, the number for a number, when the text holds exactly
+    one; else as typed."""
+    if kind == "choice" and (m := re.fullmatch(r"\W*([A-Ja-j])\W*", answer)):
+        return m.group(1).upper()
+    if kind == "number" and len(found := re.findall(r"-?\d+(?:\.\d+)?", answer.replace(",", ""))) == 1:
+        return str(found[0])
+    return answer
+
+
 def unknown(rows: list[dict[str, Any]]) -> int:
     """Exported rows where some model's verdict is unknown (a wrong decided answer and no right one
     given, or no decided answer among the models': a judge wrote its own): `panel tune` counts
@@ -272,8 +284,8 @@ def export_file(r: redis.Redis, receipts: list[dict[str, Any]], task_class: str,
     said = []
     if kind is None:  # the kind sets the agreement rule panel tune writes: say which
         kind = infer_kind(rows)
-        rows = [{**x, "kind": kind} for x in rows]
         said.append(f"kind: {kind}, from the answers (--kind choice|number|label|text to say otherwise)")
+    rows = [{**x, "kind": kind, "gold": gold_for(kind, x["gold"])} for x in rows]
     path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in rows))
     said.append(f"wrote {len(rows)} labelled jobs of {task_class} to {path}")
     if n := unknown(rows):

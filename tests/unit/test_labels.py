@@ -241,3 +241,10 @@ def test_a_label_file_may_give_the_right_answer_and_an_empty_one_is_refused(r: f
 def test_an_export_not_told_its_kind_infers_it_from_the_answers(answers: list[str], kind: str) -> None:
     rows = [{"models": {f"m{i}": {"answer": a}}} for i, a in enumerate(answers)]
     assert labels.infer_kind(rows) == kind
+
+
+@pytest.mark.parametrize(("kind", "typed", "gold"), [("choice", "(c)", "C"), ("choice", "C.", "C"), ("choice", "Paris", "Paris"),
+                                                     ("number", "1,234 apples", "1234"), ("number", "3 or 4", "3 or 4"),
+                                                     ("label", "Paris.", "Paris.")])  # fmt: skip
+def test_a_right_answer_as_typed_takes_the_form_of_the_rows_answers(kind: str, typed: str, gold: str) -> None:
+    assert labels.gold_for(kind, typed) == gold
