@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from producer.labels import summary as label_summary
 from producer.ledger_svg import line_chart
 from producer.ledger_view import _pct, stage_rates, summarise
 
@@ -147,6 +148,9 @@ def render_page(entries: list[Entry], labels: dict[str, bool] | None = None, tit
         "<h2>Per task class</h2><table id='classes'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
         *body, "</table>",
         *(["<h2>Cascade stages</h2><ul id='stages'>", *(f"<li>{escape(s)}</li>" for s in stages), "</ul>"] if stages else []),
+        # as `panel ledger` prints them: where labelled jobs were decided, and what escalation changed
+        *(["<h2>Labelled jobs</h2><ul id='labelled'>", *(f"<li>{escape(s)}</li>" for s in label_summary(receipts, labels)),
+           "</ul>"] if labels else []),  # fmt: skip
         f"<h2>Trends</h2><div class='charts'>{charts}</div>",
         "<h2>Receipts</h2><p>Newest first; link to one as <code>#job-ID</code>.</p>",
         _receipts(receipts[::-1][:RECEIPTS_SHOWN], labels), "</body></html>",

@@ -53,3 +53,18 @@ def test_a_job_that_kept_an_earlier_stage_s_answer_concluded_there() -> None:
     assert line == ("qa (cascade): stage 1: 2 reached, 0 accepted (0%), 1 concluded; "
                     "stage 2: 2 reached, 1 accepted (50%), 1 concluded; stage 3: 1 reached, 0 accepted (0%), 0 concluded")  # fmt: skip
     assert "decided at stage1:logprob 1" in summary([kept], {"a": True})[0]
+
+
+def test_the_ledger_page_says_what_escalation_changed_among_labelled_jobs_as_the_cli_does() -> None:
+    from producer.labels import summary
+    from producer.ledger_page import render_page
+
+    changed = receipt("a", [(1, False), (2, True)])
+    changed["changed_vs_default"] = True
+    receipts = [changed, receipt("b", [(1, True)])]
+    labels = {"a": True, "b": False}
+    page = render_page([(1.0, receipts[0]), (2.0, receipts[1])], labels)
+    (line,) = summary(receipts, labels)
+    assert "escalation changed 1 labelled answers (1 now correct)" in line
+    assert "<h2>Labelled jobs</h2>" in page and line in page
+    assert "<h2>Labelled jobs</h2>" not in render_page([(1.0, receipts[0])])  # no labels, no section
