@@ -9,9 +9,9 @@ Redis beside the ledger, and what they say about the ledger:
 
 The export turns each labelled job into a replay row: the job's messages (from its stored spec),
 and every member call that answered is a model's recorded answer (its vote key, tokens, cost,
-latency, log-probability as `conf`); its `correct` is the label when it gave the decided answer,
-the opposite when the decided answer was labelled correct and it gave something else, and unknown
-otherwise: a wrong decided answer says nothing of the others, so an unknown verdict counts as
+latency, log-probability as `conf`; a batch call's cost at the real-time price, `list_cost`); its
+`correct` is the label when it gave the decided answer, the opposite when the decided answer was
+labelled correct and it gave something else, and unknown otherwise: a wrong decided answer says nothing of the others, so an unknown verdict counts as
 wrong in `panel tune` unless the label gives the right answer (`--answer`, `"answer"`), which
 becomes the row's gold: each other answer is then scored against it by the row's kind (given with
 `--kind`, else inferred from the answers: `infer_kind`). The decided answer is the job's last
@@ -203,6 +203,14 @@ def job_messages(r: redis.Redis, job_ids: list[str]) -> dict[str, list[dict[str,
     return out
 
 
+def list_cost(call: dict[str, Any]) -> Any:
+    """A call's cost at the real-time price list: a batch call's receipt keeps both, and one
+    exported file must not price some rows at half (`panel tune` compares policies by cost)."""
+    if call.get("batch") and call.get("realtime_cost_usd") is not None:
+        return call["realtime_cost_usd"]
+    return call["cost_usd"]
+
+
 def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: str, kind: str = "label",
            messages: dict[str, list[dict[str, str]]] | None = None,
            answers: dict[str, str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
@@ -232,7 +240,7 @@ def export(receipts: list[dict[str, Any]], labels: dict[str, bool], task_class: 
             correct = label if same else (False if label and decided is not None and given is None else None)
             models[c["model"]] = {"answer": c["answer_key"], "text": c["answer_key"], "correct": correct,
                                   "tokens_in": c["tokens_in"], "tokens_out": c["tokens_out"],
-                                  "cost_usd": c["cost_usd"], "latency_ms": c["latency_ms"], "conf": c.get("logprob")}  # fmt: skip
+                                  "cost_usd": list_cost(c), "latency_ms": c["latency_ms"], "conf": c.get("logprob")}  # fmt: skip
         if models:
             rows.append({"id": rc["job_id"], "source": "ledger", "task": task_class, "kind": kind,
                          "messages": (messages or {}).get(rc["job_id"], []),

@@ -248,3 +248,11 @@ def test_an_export_not_told_its_kind_infers_it_from_the_answers(answers: list[st
                                                      ("label", "Paris.", "Paris.")])  # fmt: skip
 def test_a_right_answer_as_typed_takes_the_form_of_the_rows_answers(kind: str, typed: str, gold: str) -> None:
     assert labels.gold_for(kind, typed) == gold
+
+
+def test_a_batch_call_exports_at_the_real_time_price_so_one_file_has_one_price_list() -> None:
+    rc = receipt("j1", ["A", "A"])
+    batch = rc["calls"][1]  # type: ignore[index]
+    batch.update({"batch": True, "cost_usd": 1e-5, "realtime_cost_usd": 2e-5})
+    (row,) = labels.export([rc], {"j1": True}, "qa", kind="choice")
+    assert row["models"]["model-0"]["cost_usd"] == 1e-5 and row["models"]["model-1"]["cost_usd"] == 2e-5
