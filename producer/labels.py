@@ -11,10 +11,11 @@ The export turns each labelled job into a replay row: the job's messages (from i
 and every member call that answered is a model's recorded answer (its vote key, tokens, cost,
 latency, log-probability as `conf`; a batch call's cost at the real-time price, `list_cost`); its
 `correct` is the label when it gave the decided answer, the opposite when the decided answer was
-labelled correct and it gave something else, and unknown otherwise: a wrong decided answer says nothing of the others, so an unknown verdict counts as
-wrong in `panel tune` unless the label gives the right answer (`--answer`, `"answer"`), which
-becomes the row's gold: each other answer is then scored against it by the row's kind (given with
-`--kind`, else inferred from the answers: `infer_kind`). The decided answer is the job's last
+labelled correct and it gave something else, and unknown otherwise: a wrong decided answer says
+nothing of the others, so an unknown verdict counts as wrong in `panel tune` unless the label
+gives the right answer (`--answer`, `"answer"`), which becomes the row's gold: each other answer
+is then scored against it by the row's kind (given with `--kind`, else inferred from the answers:
+`infer_kind`). The decided answer is the job's last
 lane's (a cascade's concluding stage, the panel an escalation ran), as the fleet decided it: the
 arbiter's chosen member's, else the plurality of that lane's votes. A job served from the answer
 cache is exported with the calls of the job it was served from (unless that job is labelled too:
@@ -115,15 +116,21 @@ def put_file(r: redis.Redis, path: Path) -> int:
     return len(lines)
 
 
-def get_all(r: redis.Redis) -> dict[str, bool]:
+def read_stored(r: redis.Redis) -> tuple[dict[str, bool], dict[str, str]]:
+    """Every stored label in one read: (correct? by job, the right answers labels gave by job)."""
     raw: dict[bytes, bytes] = r.hgetall(LABELS)  # type: ignore[assignment]
-    return {k.decode(): orjson.loads(v)["label"] == "correct" for k, v in raw.items()}
+    entries = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+    return ({j: e["label"] == "correct" for j, e in entries.items()},
+            {j: e["answer"] for j, e in entries.items() if e.get("answer")})  # fmt: skip
+
+
+def get_all(r: redis.Redis) -> dict[str, bool]:
+    return read_stored(r)[0]
 
 
 def get_answers(r: redis.Redis) -> dict[str, str]:
     """The right answers labels gave (`--answer`), by job."""
-    raw: dict[bytes, bytes] = r.hgetall(LABELS)  # type: ignore[assignment]
-    return {k.decode(): a for k, v in raw.items() if (a := orjson.loads(v).get("answer"))}
+    return read_stored(r)[1]
 
 
 def _decided_key(receipt: dict[str, Any]) -> str | None:
@@ -283,8 +290,8 @@ def export_file(r: redis.Redis, receipts: list[dict[str, Any]], task_class: str,
     """`panel label --export`: one class's labelled jobs written as a replay file; returns what to
     say. No labelled job of the class (a typo, say) is an error naming the classes that have some,
     not an empty file for `panel tune`."""
-    fed_back = get_all(r)
-    rows = export(receipts, fed_back, task_class, kind or "label", job_messages(r, sorted(fed_back)), get_answers(r))
+    fed_back, answers = read_stored(r)
+    rows = export(receipts, fed_back, task_class, kind or "label", job_messages(r, sorted(fed_back)), answers)
     if not rows:
         have = sorted({x["task_class"] for x in receipts if x["job_id"] in fed_back})
         raise LabelError(f"--task-class: no labelled job of {task_class!r} in the ledger; "
