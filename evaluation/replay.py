@@ -113,10 +113,11 @@ def complete(rows: list[Row], lines: list[int], path: Path, need: Iterable[str] 
     leaving those rows out would hide exactly the rows the first stage was sure of."""
     counts = Counter(m for r in rows for m in r.models)
     keep = {m for m, c in counts.items() if c >= share * len(rows)} | (set(need) & counts.keys())
-    kept = [i for i, r in enumerate(rows) if keep <= r.models.keys()]
+    lacking = [sorted(keep - r.models.keys()) for r in rows]  # per row, the kept models it does not record
+    kept = [i for i, ms in enumerate(lacking) if not ms]
     if len(kept) == len(rows) and len(keep) == len(counts):
         return rows
-    gaps = [(lines[i], sorted(keep - r.models.keys())) for i, r in enumerate(rows) if not keep <= r.models.keys()]
+    gaps = [(lines[i], ms) for i, ms in enumerate(lacking) if ms]
     where = "; ".join(f"line {n}: {', '.join(ms[:3])}" for n, ms in gaps[:3]) + (" ..." if len(gaps) > 3 else "")
     rare = ", ".join(f"{m} ({counts[m]} rows)" for m in sorted(set(counts) - keep))
     if len(kept) * 2 < len(rows) or not keep:
